@@ -1,0 +1,68 @@
+"""Request bodies: read as JSON whatever the Content-Type, validated into Parley's models.
+
+FastAPI's own body handling refuses a JSON body sent without
+`Content-Type: application/json` and answers 422; OpenAI's clients and curl
+users expect a body that parses to be read, and a 400 naming the field.
+`documented` registers the model so that /openapi.json still shows the body.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import FastAPI, Request
+from pydantic import BaseModel, ValidationError
+
+from parley.api.errors import validation_error
+from parley.errors import InvalidRequestError
+
+Body = TypeVar("Body", bound=BaseModel)
+
+_DOCUMENTED: dict[str, type[BaseModel]] = {}
+
+
+class InvalidBodyError(InvalidRequestError):
+    def __init__(self, body: dict[str, Any]) -> None:
+        error = body["error"]
+        super().__init__(error["message"], param=error["param"], code=error["code"])
+
+
+async def read_body(request: Request, model: type[Body]) -> Body:
+    raw = await request.body()
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict):
+        raise InvalidBodyError(validation_error([{"type": "json_invalid", "loc": ("body",), "msg": ""}]))
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidBodyError(validation_error(list(exc.errors()))) from exc
+
+
+def documented(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` for a route whose JSON body is `model`."""
+    _DOCUMENTED[model.__name__] = model
+    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def install_body_schemas(app: FastAPI) -> None:
+    """Adds the documented body models to the app's OpenAPI components."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = build()
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        for name, model in _DOCUMENTED.items():
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schema.pop("$defs", {}))
+            schemas[name] = schema
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]

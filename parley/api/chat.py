@@ -1,0 +1,173 @@
+"""`POST /v1/chat/completions`, streaming and not, over any provider."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+
+from parley.api.body import documented, read_body
+from parley.api.chat_request import ChatCompletionBody
+from parley.api.errors import body_for, error_body
+from parley.api.responses import EventStreamResponse, JSONResponse
+from parley.api.sse import DONE, frame
+from parley.errors import ParleyError
+from parley.inference.collect import Completion, collect
+from parley.inference.registry import ModelRegistry
+from parley.inference.types import ChatChunk, Usage
+
+log = logging.getLogger(__name__)
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions", openapi_extra=documented(ChatCompletionBody))
+async def create_chat_completion(request: Request) -> Any:
+    body = await read_body(request, ChatCompletionBody)
+    registry: ModelRegistry = request.app.state.registry
+    resolved = registry.resolve(body.model)
+    chat_request = body.to_chat_request(resolved.name)
+    completion_id = "chatcmpl-" + secrets.token_hex(12)
+    created = int(time.time())
+    stream = resolved.provider.stream_chat(chat_request)
+    if not body.stream:
+        completion = await collect(stream)
+        return JSONResponse(_completion_object(completion, completion_id, created, body.model))
+
+    # Wait for the first chunk, so that a request the provider refuses gets its
+    # own status instead of a 200 whose stream says the error.
+    try:
+        first = await anext(stream)
+    except StopAsyncIteration:
+        first = None
+    except BaseException:
+        await stream.aclose()
+        raise
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    encoder = _ChunkEncoder(completion_id, created, body.model, include_usage)
+    return EventStreamResponse(_event_stream(first, stream, encoder))
+
+
+async def _event_stream(
+    first: ChatChunk | None, rest: AsyncIterator[ChatChunk], encoder: _ChunkEncoder
+) -> AsyncIterator[bytes]:
+    try:
+        if first is not None:
+            if (data := encoder.encode(first)) is not None:
+                yield data
+            async for chunk in rest:
+                if (data := encoder.encode(chunk)) is not None:
+                    yield data
+    except ParleyError as exc:
+        log.warning("chat completion stream failed: %s", exc.message)
+        yield frame(orjson.dumps(body_for(exc)))
+    except Exception:
+        log.exception("chat completion stream failed")
+        yield frame(orjson.dumps(error_body("The server had an error while streaming.", type="server_error")))
+    finally:
+        await rest.aclose()
+    yield DONE
+
+
+class _ChunkEncoder:
+    """Turns typed chunks into `chat.completion.chunk` frames."""
+
+    __slots__ = ("_head", "_include_usage")
+
+    def __init__(self, completion_id: str, created: int, model: str, include_usage: bool) -> None:
+        self._head = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": None,
+        }
+        self._include_usage = include_usage
+
+    def encode(self, chunk: ChatChunk) -> bytes | None:
+        if chunk.usage is not None:
+            if not self._include_usage:
+                return None
+            return frame(orjson.dumps({**self._head, "choices": [], "usage": _usage_object(chunk.usage)}))
+        delta: dict[str, Any] = {}
+        if chunk.role is not None:
+            delta["role"] = chunk.role
+        if chunk.content is not None:
+            delta["content"] = chunk.content
+        if chunk.reasoning is not None:
+            delta["reasoning_content"] = chunk.reasoning
+        if chunk.refusal is not None:
+            delta["refusal"] = chunk.refusal
+        if chunk.tool_calls:
+            delta["tool_calls"] = [_tool_call_delta(call) for call in chunk.tool_calls]
+        choice = {
+            "index": chunk.index,
+            "delta": delta,
+            "logprobs": {"content": chunk.logprobs, "refusal": None} if chunk.logprobs else None,
+            "finish_reason": chunk.finish_reason,
+        }
+        return frame(orjson.dumps({**self._head, "choices": [choice]}))
+
+
+def _tool_call_delta(call: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"index": call.index}
+    if call.id is not None:
+        out["id"] = call.id
+        out["type"] = "function"
+    function: dict[str, Any] = {}
+    if call.name is not None:
+        function["name"] = call.name
+    if call.arguments is not None:
+        function["arguments"] = call.arguments
+    out["function"] = function
+    return out
+
+
+def _usage_object(usage: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+    }
+
+
+def _completion_object(completion: Completion, completion_id: str, created: int, model: str) -> dict[str, Any]:
+    choices = []
+    for choice in completion.choices:
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": choice.content,
+            "refusal": choice.refusal,
+            "annotations": [],
+        }
+        if choice.reasoning is not None:
+            message["reasoning_content"] = choice.reasoning
+        if choice.tool_calls:
+            message["tool_calls"] = [
+                {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+                for call in choice.tool_calls
+            ]
+        choices.append(
+            {
+                "index": choice.index,
+                "message": message,
+                "logprobs": {"content": choice.logprobs, "refusal": None} if choice.logprobs is not None else None,
+                "finish_reason": choice.finish_reason or "stop",
+            }
+        )
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": choices,
+        "usage": _usage_object(completion.usage),
+        "system_fingerprint": None,
+    }

@@ -1,0 +1,93 @@
+"""The OpenAI error body, and the handlers that put every failure into it.
+
+Every error leaves as `{"error": {"message", "type", "param", "code"}}`:
+Parley's own exceptions with their status, request validation as a 400 that
+names the field, unknown routes as a 404, and anything unexpected as a 500
+whose body says nothing of the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from parley.api.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from parley.errors import ParleyError
+
+log = logging.getLogger(__name__)
+
+
+def error_body(
+    message: str, type: str = "invalid_request_error", param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def body_for(exc: ParleyError) -> dict[str, Any]:
+    return error_body(exc.message, exc.error_type, exc.param, exc.code)
+
+
+def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
+    """`("body", "messages", 0, "role")` -> `messages[0].role`."""
+    path = ""
+    for piece in loc:
+        if piece == "body" and not path:
+            continue
+        if isinstance(piece, int):
+            path += f"[{piece}]"
+        elif isinstance(piece, str) and (piece.startswith("function-") or piece in _UNION_BRANCHES):
+            continue  # pydantic's name for a union branch, not a key of the request
+        else:
+            path += ("." if path else "") + str(piece)
+    return path
+
+
+_UNION_BRANCHES = {"str", "list[str]", "list[dict[str,any]]", "int", "float", "bool", "dict[str,any]"}
+
+
+def validation_error(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    first = errors[0] if errors else {"type": "value_error", "loc": (), "msg": "Invalid request."}
+    if first["type"] in ("json_invalid", "model_attributes_type") and len(first["loc"]) <= 2:
+        return error_body(
+            "We could not parse the JSON body of your request. The body must be a JSON object "
+            "sent with Content-Type: application/json."
+        )
+    param = field_path(first["loc"]) or None
+    if first["type"] == "missing":
+        return error_body(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        return error_body(f"Unrecognized request argument supplied: {param}", param=param, code="unknown_parameter")
+    return error_body(f"Invalid value for '{param}': {message}", param=param, code="invalid_value")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ParleyError)
+    async def _parley_error(request: Request, exc: ParleyError) -> JSONResponse:
+        if exc.status_code >= 500:
+            log.warning("%s %s failed: %s", request.method, request.url.path, exc.message)
+        return JSONResponse(body_for(exc), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(validation_error(list(exc.errors())), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code in (404, 405):
+            message = f"Invalid URL ({request.method} {request.url.path})"
+        else:
+            message = str(exc.detail)
+        return JSONResponse(error_body(message), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("%s %s raised", request.method, request.url.path)
+        return JSONResponse(
+            error_body("The server had an error while processing your request.", type="server_error"),
+            status_code=500,
+        )

@@ -1,0 +1,40 @@
+"""Wires configuration, providers and routes into the ASGI application."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from parley import __version__
+from parley.api import install_error_handlers, routers
+from parley.api.body import install_body_schemas
+from parley.config import Settings
+from parley.inference.registry import ModelRegistry
+
+
+def create_app(settings: Settings) -> FastAPI:
+    registry = ModelRegistry.from_settings(settings.inference)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await registry.start()
+        try:
+            yield
+        finally:
+            await registry.close()
+
+    app = FastAPI(
+        title="Parley",
+        version=__version__,
+        description="An OpenAI-compatible agentic API server.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.registry = registry
+    install_error_handlers(app)
+    for router in routers:
+        app.include_router(router)
+    install_body_schemas(app)
+    return app

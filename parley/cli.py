@@ -1,0 +1,127 @@
+"""The `parley` command."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from parley import __version__
+from parley.config import ConfigError, Settings, load_settings
+
+_CONFIG_OPTION = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="PARLEY_CONFIG",
+    help="YAML configuration file (default: none, or $PARLEY_CONFIG).",
+)
+
+
+def _load(config_file: Path | None) -> Settings:
+    try:
+        return load_settings(config_file)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Parley: an OpenAI-compatible agentic API server."""
+
+
+@main.command()
+@_CONFIG_OPTION
+@click.option("--host", help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port to listen on (default 8321).")
+@click.option(
+    "--log-level",
+    type=click.Choice(["critical", "error", "warning", "info", "debug"], case_sensitive=False),
+    help="Logging level (default info).",
+)
+def serve(config_file: Path | None, host: str | None, port: int | None, log_level: str | None) -> None:
+    """Start the API server.
+
+    With no configuration it serves the embedded model, smollm2-135m, on
+    http://127.0.0.1:8321.
+    """
+    import uvicorn
+
+    from parley.app import create_app
+
+    settings = _load(config_file)
+    if host is not None:
+        settings.server.host = host
+    if port is not None:
+        settings.server.port = port
+    if log_level is not None:
+        settings.logging.level = log_level.lower()  # type: ignore[assignment]
+    logging.basicConfig(level=settings.logging.level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level=settings.logging.level,
+        access_log=settings.logging.level == "debug",
+        lifespan="on",
+    )
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[Any] | None = None) -> None:
+            await super().startup(sockets)
+            if not self.should_exit:
+                _print_banner(settings, self.servers)
+
+    server = Server(config)
+    server.run()
+    if server.started is False:
+        sys.exit(1)
+
+
+def _print_banner(settings: Settings, servers: list[Any]) -> None:
+    port = settings.server.port
+    if servers and servers[0].sockets:
+        port = servers[0].sockets[0].getsockname()[1]
+    click.echo(f"Parley {__version__} listening on http://{settings.server.host}:{port}")
+    click.echo("Models:")
+    for model_id, provider in _configured_models(settings):
+        click.echo(f"  {model_id}  ({provider})")
+    click.echo(f"Data: {settings.data_dir} (storage {settings.storage_url})", nl=True)
+    sys.stdout.flush()
+
+
+@main.command()
+@_CONFIG_OPTION
+def models(config_file: Path | None) -> None:
+    """List the configured models and their providers."""
+    settings = _load(config_file)
+    for model_id, provider in _configured_models(settings):
+        click.echo(f"{model_id}\t{provider}")
+
+
+@main.command()
+def version() -> None:
+    """Print Parley's version."""
+    click.echo(f"parley {__version__}")
+
+
+def _configured_models(settings: Settings) -> list[tuple[str, str]]:
+    """`(model id, provider description)` for each configured model and alias."""
+    rows: list[tuple[str, str]] = []
+    for name, provider in settings.inference.providers.items():
+        if provider.type == "local":
+            for model, model_config in provider.models.items():
+                source = model_config.path or "embedded SmolLM2-135M-Instruct"
+                rows.append((f"{name}/{model}", f"local llama.cpp, {source}"))
+        elif provider.models is None:
+            rows.append((f"{name}/*", f"openai-compatible {provider.base_url}, models discovered from /models"))
+        else:
+            rows.extend((f"{name}/{model}", f"openai-compatible {provider.base_url}") for model in provider.models)
+    for alias, target in settings.inference.aliases.items():
+        rows.append((alias, f"alias of {target}"))
+    return rows

