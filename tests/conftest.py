@@ -1,0 +1,144 @@
+"""Fixtures that start real servers: Parley as its own CLI process, and a fake upstream.
+
+Parley runs as `python -m parley serve` on a free loopback port, exactly as a
+user starts it, and the tests talk to it over HTTP with the official openai
+client. Only what is not ours is faked: the upstream model server.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from tests.fake_upstream import FakeUpstream
+
+ROOT = Path(__file__).resolve().parent.parent
+_BANNER = re.compile(r"listening on (http://\S+)")
+
+
+class ParleyProcess:
+    """`parley serve` in a child process, on a port of its own choosing."""
+
+    def __init__(self, workdir: Path, config: dict[str, Any] | None = None, env: dict[str, str] | None = None):
+        self.workdir = workdir
+        self.config = config
+        self.env = env or {}
+        self.output: list[str] = []
+        self.base_url = ""
+        self._process: subprocess.Popen[str] | None = None
+
+    def start(self, timeout: float = 60.0) -> str:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        args = [sys.executable, "-m", "parley", "serve", "--port", "0", "--log-level", "warning"]
+        if self.config is not None:
+            config_file = self.workdir / "parley.yaml"
+            config_file.write_text(yaml.safe_dump(self.config))
+            args += ["--config", str(config_file)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
+        env.update({"PARLEY_DATA_DIR": str(self.workdir / "data"), "PYTHONUNBUFFERED": "1", **self.env})
+        self._process = subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        found = threading.Event()
+
+        def read() -> None:
+            assert self._process is not None and self._process.stdout is not None
+            for line in self._process.stdout:
+                self.output.append(line)
+                match = _BANNER.search(line)
+                if match and not found.is_set():
+                    self.base_url = match.group(1)
+                    found.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not found.wait(0.1):
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("parley serve did not start:\n" + "".join(self.output))
+        return self.base_url
+
+    def client(self, **kwargs: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.base_url + "/v1", api_key="test-key", max_retries=0, **kwargs)
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=60)
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+
+@pytest.fixture(scope="session")
+def fake_upstream() -> Iterator[FakeUpstream]:
+    with FakeUpstream() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ParleyProcess]:
+    """Parley with no configuration at all: the embedded SmolLM2 model."""
+    server = ParleyProcess(tmp_path_factory.mktemp("embedded"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def upstream_config(fake: FakeUpstream, *, read_timeout: float = 3.0) -> dict[str, Any]:
+    return {
+        "inference": {
+            "providers": {
+                "fake": {
+                    "type": "openai",
+                    "base_url": fake.base_url,
+                    "api_key": "sk-test-secret",
+                    "headers": {"X-Fake-Tenant": "parley-tests"},
+                    "timeout": {"read": read_timeout, "connect": 2},
+                    "models": [
+                        "fake-echo",
+                        "fake-long",
+                        "fake-tool",
+                        "fake-json",
+                        "fake-error-400",
+                        "fake-error-429",
+                        "fake-error-500",
+                        "fake-hang",
+                        "fake-midstream-error",
+                        "fake-malformed",
+                        "fake-drop",
+                    ],
+                },
+                # Models discovered from the upstream's /models.
+                "discovered": {"type": "openai", "base_url": fake.base_url},
+                # Nothing listens here: port 9 (discard) on loopback is closed.
+                "down": {"type": "openai", "base_url": "http://127.0.0.1:9/v1", "models": ["any"]},
+            },
+            "aliases": {"echo": "fake/fake-echo"},
+        }
+    }
+
+
+@pytest.fixture(scope="session")
+def upstream(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream) -> Iterator[ParleyProcess]:
+    """Parley over the fake OpenAI-compatible upstream (and one that is down)."""
+    server = ParleyProcess(tmp_path_factory.mktemp("upstream"), upstream_config(fake_upstream))
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,326 @@
+"""Chat completions on the embedded model (SmolLM2-135M through llama.cpp), over HTTP."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import ParleyProcess
+
+MODEL = "smollm2-135m"
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+WEATHER_QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+@pytest.fixture(scope="module")
+def client(embedded: ParleyProcess) -> openai.OpenAI:
+    return embedded.client(timeout=120)
+
+
+def test_plain_completion_at_temperature_zero_is_deterministic(client: openai.OpenAI) -> None:
+    first = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=30)
+    second = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=30)
+
+    assert first.object == "chat.completion"
+    assert first.model == MODEL
+    choice = first.choices[0]
+    assert choice.message.role == "assistant"
+    assert "Paris" in (choice.message.content or "")
+    assert choice.finish_reason in ("stop", "length")
+    assert first.usage is not None
+    assert first.usage.prompt_tokens > 0 and first.usage.completion_tokens > 0
+    assert first.usage.total_tokens == first.usage.prompt_tokens + first.usage.completion_tokens
+    assert second.choices[0].message.content == choice.message.content
+
+
+def test_streamed_completion_matches_the_unstreamed_one(client: openai.OpenAI) -> None:
+    whole = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=30)
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=QUESTION,
+            temperature=0,
+            max_tokens=30,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert len({c.id for c in chunks}) == 1
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    content_chunks = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(content_chunks) > 1, "tokens must arrive as they are generated, not in one piece"
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == [whole.choices[0].finish_reason]
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_usage_chunk_only_when_asked(client: openai.OpenAI) -> None:
+    chunks = list(client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=5, stream=True))
+    assert all(c.usage is None for c in chunks)
+    assert all(c.choices for c in chunks)
+
+
+@pytest.mark.parametrize("tool_choice", ["auto", "required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_tool_call(client: openai.OpenAI, tool_choice: object) -> None:
+    completion = client.chat.completions.create(
+        model=MODEL, messages=WEATHER_QUESTION, tools=[WEATHER_TOOL], tool_choice=tool_choice, temperature=0
+    )
+
+    message = completion.choices[0].message
+    assert completion.choices[0].finish_reason == "tool_calls"
+    assert message.tool_calls
+    call = message.tool_calls[0]
+    assert call.type == "function"
+    assert call.id.startswith("call_")
+    assert call.function.name == "get_weather"
+    assert isinstance(json.loads(call.function.arguments)["city"], str)
+
+
+@pytest.mark.parametrize("tool_choice", ["auto", "required"])
+def test_streamed_tool_call(client: openai.OpenAI, tool_choice: str) -> None:
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=WEATHER_QUESTION,
+            tools=[WEATHER_TOOL],
+            tool_choice=tool_choice,
+            temperature=0,
+            stream=True,
+        )
+    )
+
+    deltas = [call for c in chunks if c.choices for call in c.choices[0].delta.tool_calls or ()]
+    assert deltas[0].id and deltas[0].function.name == "get_weather"
+    assert len(deltas) > 2, "arguments must stream in pieces"
+    arguments = "".join(d.function.arguments or "" for d in deltas if d.index == 0)
+    assert "city" in json.loads(arguments)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == ["tool_calls"]
+
+
+def test_tool_choice_none_answers_in_text(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model=MODEL, messages=WEATHER_QUESTION, tools=[WEATHER_TOOL], tool_choice="none", temperature=0, max_tokens=20
+    )
+    assert completion.choices[0].message.tool_calls is None
+    assert completion.choices[0].message.content
+
+
+def test_tool_result_reaches_the_model(client: openai.OpenAI) -> None:
+    messages = [
+        *WEATHER_QUESTION,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 24 degrees Celsius"},
+    ]
+    completion = client.chat.completions.create(
+        model=MODEL, messages=messages, tools=[WEATHER_TOOL], tool_choice="none", temperature=0, max_tokens=40
+    )
+    assert completion.choices[0].message.content
+
+
+def test_json_object_response_format(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": 'Return a JSON object with the key "animal" set to "cat".'}],
+        response_format={"type": "json_object"},
+        temperature=0,
+        max_tokens=200,
+    )
+    assert completion.choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(completion.choices[0].message.content or ""), dict)
+
+
+def test_json_schema_response_format(client: openai.OpenAI) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+        "additionalProperties": False,
+    }
+    completion = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Invent a person."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": True}},
+        temperature=0,
+        max_tokens=80,
+    )
+    person = json.loads(completion.choices[0].message.content or "")
+    assert set(person) == {"name", "age"}
+    assert isinstance(person["age"], int)
+
+
+def test_logprobs(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, temperature=0, max_tokens=5, logprobs=True, top_logprobs=3
+    )
+    entries = completion.choices[0].logprobs.content
+    assert len(entries) == completion.usage.completion_tokens
+    assert "".join(e.token for e in entries) == completion.choices[0].message.content
+    for entry in entries:
+        assert entry.logprob <= 0
+        assert len(entry.top_logprobs) == 3
+        # Greedy decoding picks the most likely token.
+        assert entry.top_logprobs[0].token == entry.token
+        assert bytes(entry.bytes).decode() == entry.token
+
+
+def test_streamed_logprobs(client: openai.OpenAI) -> None:
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL, messages=QUESTION, temperature=0, max_tokens=5, logprobs=True, stream=True
+        )
+    )
+    with_logprobs = [c for c in chunks if c.choices and c.choices[0].logprobs]
+    assert len(with_logprobs) == 5
+    assert all(c.choices[0].logprobs.content[0].top_logprobs == [] for c in with_logprobs)
+
+
+def test_max_tokens_ends_with_length(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Write a long story about a dragon."}],
+        max_completion_tokens=3,
+        temperature=0,
+    )
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage.completion_tokens == 3
+
+
+def test_stop_sequence(client: openai.OpenAI) -> None:
+    whole = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=30)
+    text = whole.choices[0].message.content or ""
+    word = "Paris"
+    assert word in text
+    stopped = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=30, stop=[word])
+    assert stopped.choices[0].message.content == text[: text.index(word)]
+    assert stopped.choices[0].finish_reason == "stop"
+
+
+def test_seed_makes_sampling_repeatable(client: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": "Tell me a short poem."}]
+    runs = [
+        client.chat.completions.create(model=MODEL, messages=messages, temperature=1.0, seed=42, max_tokens=20)
+        for _ in range(2)
+    ]
+    assert runs[0].choices[0].message.content == runs[1].choices[0].message.content
+
+
+def test_context_length_exceeded_is_a_400(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "word " * 9000}], max_tokens=10
+        )
+    assert raised.value.code == "context_length_exceeded"
+
+
+def test_several_choices_are_refused(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model=MODEL, messages=QUESTION, n=2)
+    assert raised.value.param == "n"
+
+
+def test_images_are_refused_clearly(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "What is this?"},
+                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                    ],
+                }
+            ],
+        )
+    assert raised.value.param == "messages[0].content"
+
+
+def test_server_answers_while_a_generation_runs(embedded: ParleyProcess) -> None:
+    """Generation runs off the event loop: the server stays responsive."""
+    client = embedded.client(timeout=120)
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Write a long story about a dragon."}],
+        max_tokens=300,
+        stream=True,
+    )
+    iterator = iter(stream)
+    next(iterator)
+    with embedded.http() as http:
+        started = time.monotonic()
+        assert http.get("/v1/health").status_code == 200
+        assert time.monotonic() - started < 1.0
+    stream.close()
+
+
+def test_concurrent_requests_queue_and_all_complete(embedded: ParleyProcess) -> None:
+    client = embedded.client(timeout=180)
+    results: dict[int, str] = {}
+    errors: list[BaseException] = []
+
+    def ask(i: int) -> None:
+        try:
+            completion = client.chat.completions.create(
+                model=MODEL, messages=QUESTION, temperature=0, max_tokens=20
+            )
+            results[i] = completion.choices[0].message.content or ""
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(180)
+    assert not errors
+    assert len(set(results.values())) == 1 and len(results) == 4
+
+
+def test_disconnect_mid_generation_frees_the_model(embedded: ParleyProcess) -> None:
+    with httpx.Client(base_url=embedded.base_url, timeout=60) as http:
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Write a long story about a dragon."}],
+            "max_tokens": 2000,
+            "stream": True,
+        }
+        with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            for line in response.iter_lines():
+                if line.startswith("data:"):
+                    break
+        started = time.monotonic()
+        completion = embedded.client(timeout=60).chat.completions.create(
+            model=MODEL, messages=QUESTION, temperature=0, max_tokens=5
+        )
+        assert completion.choices[0].message.content
+        # The abandoned 2000-token generation was stopped, not run to its end.
+        assert time.monotonic() - started < 10
