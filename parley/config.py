@@ -86,6 +86,11 @@ class LocalModelConfig(_Section):
     n_ctx: int = Field(8192, ge=256)
     n_threads: int | None = Field(None, ge=1)
     n_batch: int = Field(512, ge=1)
+
+    @field_validator("path", mode="after")
+    @classmethod
+    def _expand_home(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
     # Keep every token's logits, so requests may ask for logprobs (costs some prompt speed).
     logprobs: bool = True
 
@@ -145,6 +150,11 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The file's values come in as init arguments; the environment wins over them.
         return (env_settings, init_settings)
+
+    @field_validator("data_dir", mode="after")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
 
     @property
     def storage_url(self) -> str:

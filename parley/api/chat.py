@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from parley.api.body import documented, read_body
 from parley.api.chat_request import ChatCompletionBody
 from parley.api.errors import body_for, error_body
-from parley.api.responses import EventStreamResponse, JSONResponse
+from parley.api.http import EventStreamResponse, JSONResponse
 from parley.api.sse import DONE, frame
 from parley.errors import ParleyError
 from parley.inference.collect import Completion, collect

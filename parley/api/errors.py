@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from parley.api.responses import JSONResponse
+from parley.api.http import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from parley.errors import ParleyError

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from parley import __version__
-from parley.api.responses import JSONResponse
+from parley.api.http import JSONResponse
 
 router = APIRouter()
 

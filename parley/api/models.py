@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from parley.api.responses import JSONResponse
+from parley.api.http import JSONResponse
 from parley.errors import ModelNotFoundError
 from parley.inference.registry import ModelEntry, ModelRegistry
 
