@@ -11,19 +11,26 @@ from parley import __version__
 from parley.api import install_error_handlers, routers
 from parley.api.body import install_body_schemas
 from parley.config import Settings
+from parley.engine.service import ResponseService
 from parley.inference.registry import ModelRegistry
+from parley.store import Database, ResponseStore
 
 
 def create_app(settings: Settings) -> FastAPI:
     registry = ModelRegistry.from_settings(settings.inference)
+    database = Database(settings.storage_url)
+    responses = ResponseService(registry, ResponseStore(database))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await database.migrate()
         await registry.start()
         try:
             yield
         finally:
+            await responses.close()
             await registry.close()
+            await database.close()
 
     app = FastAPI(
         title="Parley",
@@ -33,6 +40,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.registry = registry
+    app.state.responses = responses
     install_error_handlers(app)
     for router in routers:
         app.include_router(router)

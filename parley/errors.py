@@ -17,6 +17,8 @@ llama.cpp's own; `api/errors.py` turns any ParleyError into the wire body.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ParleyError(Exception):
     status_code = 500
@@ -87,3 +89,33 @@ class UpstreamStatusError(UpstreamError):
         super().__init__(message, param=param, code=code)
         self.status_code = status_code
         self.error_type = error_type or "invalid_request_error"
+
+
+def param_path(loc: tuple[Any, ...] | list[Any]) -> str:
+    """A pydantic error location as a request parameter: `("messages", 0, "role")` -> `messages[0].role`."""
+    path = ""
+    for piece in loc:
+        if piece == "body" and not path:
+            continue
+        if isinstance(piece, int):
+            path += f"[{piece}]"
+        elif isinstance(piece, str) and (piece.startswith("function-") or piece in _UNION_BRANCHES):
+            continue  # pydantic's name for a union branch, not a key of the request
+        else:
+            path += ("." if path else "") + str(piece)
+    return path
+
+
+_UNION_BRANCHES = {"str", "list[str]", "list[dict[str,any]]", "int", "float", "bool", "dict[str,any]"}
+
+
+def invalid_parameter(error: dict[str, Any], prefix: str = "") -> InvalidRequestError:
+    """One pydantic error as a 400 whose param is `prefix` followed by the field's path."""
+    sub = param_path(error["loc"])
+    param = prefix + (sub if not prefix or not sub or sub.startswith("[") else "." + sub)
+    if error["type"] == "missing":
+        return InvalidRequestError(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+    if error["type"] == "extra_forbidden":
+        return InvalidRequestError(f"Unknown parameter: '{param}'.", param=param, code="unknown_parameter")
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return InvalidRequestError(f"Invalid value for '{param}': {message}", param=param, code="invalid_value")

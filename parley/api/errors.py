@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from parley.api.http import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from parley.errors import ParleyError
+from parley.errors import ParleyError, invalid_parameter
 
 log = logging.getLogger(__name__)
 
@@ -31,24 +31,6 @@ def body_for(exc: ParleyError) -> dict[str, Any]:
     return error_body(exc.message, exc.error_type, exc.param, exc.code)
 
 
-def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
-    """`("body", "messages", 0, "role")` -> `messages[0].role`."""
-    path = ""
-    for piece in loc:
-        if piece == "body" and not path:
-            continue
-        if isinstance(piece, int):
-            path += f"[{piece}]"
-        elif isinstance(piece, str) and (piece.startswith("function-") or piece in _UNION_BRANCHES):
-            continue  # pydantic's name for a union branch, not a key of the request
-        else:
-            path += ("." if path else "") + str(piece)
-    return path
-
-
-_UNION_BRANCHES = {"str", "list[str]", "list[dict[str,any]]", "int", "float", "bool", "dict[str,any]"}
-
-
 def validation_error(errors: list[dict[str, Any]]) -> dict[str, Any]:
     first = errors[0] if errors else {"type": "value_error", "loc": (), "msg": "Invalid request."}
     if first["type"] in ("json_invalid", "model_attributes_type") and len(first["loc"]) <= 2:
@@ -56,13 +38,7 @@ def validation_error(errors: list[dict[str, Any]]) -> dict[str, Any]:
             "We could not parse the JSON body of your request. The body must be a JSON object "
             "sent with Content-Type: application/json."
         )
-    param = field_path(first["loc"]) or None
-    if first["type"] == "missing":
-        return error_body(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        return error_body(f"Unrecognized request argument supplied: {param}", param=param, code="unknown_parameter")
-    return error_body(f"Invalid value for '{param}': {message}", param=param, code="invalid_value")
+    return body_for(invalid_parameter(first))
 
 
 def install_error_handlers(app: FastAPI) -> None:

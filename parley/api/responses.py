@@ -1,0 +1,81 @@
+"""`/v1/responses`: create (streaming and not), retrieve, delete, list, input items."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+
+from parley.api.body import documented, read_body
+from parley.api.http import EventStreamResponse, JSONResponse
+from parley.api.sse import DONE
+from parley.engine.request import CreateResponseRequest
+from parley.engine.service import ResponseRun, ResponseService
+from parley.store import PageRequest
+
+router = APIRouter()
+
+Limit = Annotated[int, Query(ge=1, le=100)]
+Order = Annotated[Literal["asc", "desc"], Query()]
+Include = Annotated[list[str] | None, Query()]
+
+
+def _service(request: Request) -> ResponseService:
+    return request.app.state.responses  # type: ignore[no-any-return]
+
+
+@router.post("/v1/responses", openapi_extra=documented(CreateResponseRequest))
+async def create_response(request: Request) -> Response:
+    body = await read_body(request, CreateResponseRequest)
+    run = await _service(request).create(body)
+    if body.stream:
+        # A turn that fails before its first event is an HTTP error, not a stream.
+        await run.started()
+        return EventStreamResponse(_frames(run))
+    response = await run.result()
+    if run.error is not None:
+        raise run.error
+    return JSONResponse(response)
+
+
+async def _frames(run: ResponseRun) -> AsyncIterator[bytes]:
+    async for batch in run.events():
+        yield b"".join(b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n" for kind, data in batch)
+    yield DONE
+
+
+@router.get("/v1/responses")
+async def list_responses(
+    request: Request,
+    after: str | None = None,
+    before: str | None = None,
+    limit: Limit = 20,
+    order: Order = "desc",
+) -> JSONResponse:
+    page = PageRequest(limit=limit, order=order, after=after, before=before)
+    return JSONResponse(await _service(request).list(page))
+
+
+@router.get("/v1/responses/{response_id}")
+async def retrieve_response(request: Request, response_id: str, include: Include = None) -> JSONResponse:
+    return JSONResponse(await _service(request).retrieve(response_id))
+
+
+@router.delete("/v1/responses/{response_id}")
+async def delete_response(request: Request, response_id: str) -> JSONResponse:
+    return JSONResponse(await _service(request).delete(response_id))
+
+
+@router.get("/v1/responses/{response_id}/input_items")
+async def list_input_items(
+    request: Request,
+    response_id: str,
+    after: str | None = None,
+    before: str | None = None,
+    limit: Limit = 20,
+    order: Order = "desc",
+    include: Include = None,
+) -> JSONResponse:
+    page = PageRequest(limit=limit, order=order, after=after, before=before)
+    return JSONResponse(await _service(request).input_items(response_id, page))

@@ -1,0 +1,103 @@
+"""The one place that stamps `sequence_number` and keeps the stream's bookkeeping.
+
+Every event of a response leaves through `EventEmitter.emit`, which numbers it
+and serialises it at once: later changes to an item never leak into an event
+already sent. The emitter also tracks the items and content parts that are
+open, so that every `added` gets its `done`, even when a turn fails.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+Sink = Callable[[str, bytes], None]
+
+
+class EventEmitter:
+    def __init__(self, sink: Sink | None = None) -> None:
+        self._sink = sink
+        self._sequence = 0
+        # Output items in output order; open ones are still being written.
+        self.output: list[dict[str, Any]] = []
+        self._open_items: dict[int, dict[str, Any]] = {}
+        self._open_parts: dict[tuple[int, int], dict[str, Any]] = {}
+
+    @property
+    def streaming(self) -> bool:
+        return self._sink is not None
+
+    def emit(self, event_type: str, **fields: Any) -> None:
+        if self._sink is None:
+            return
+        event = {"type": event_type, "sequence_number": self._sequence, **fields}
+        self._sequence += 1
+        self._sink(event_type, orjson.dumps(event))
+
+    # Items
+
+    def add_item(self, item: dict[str, Any]) -> int:
+        """Opens an output item (status in_progress) and announces it."""
+        index = len(self.output)
+        self.output.append(item)
+        self._open_items[index] = item
+        self.emit("response.output_item.added", output_index=index, item=item)
+        return index
+
+    def done_item(self, index: int, status: str = "completed") -> dict[str, Any]:
+        for key in [key for key in self._open_parts if key[0] == index]:
+            self.done_part(index, key[1])
+        item = self._open_items.pop(index)
+        if item["type"] == "function_call":
+            self.emit(
+                "response.function_call_arguments.done",
+                item_id=item["id"],
+                output_index=index,
+                name=item["name"],
+                arguments=item["arguments"],
+            )
+        if "status" in item:
+            item["status"] = status
+        self.emit("response.output_item.done", output_index=index, item=item)
+        return item
+
+    def is_open(self, index: int) -> bool:
+        return index in self._open_items
+
+    # Content parts
+
+    def add_part(self, index: int, content_index: int, part: dict[str, Any]) -> None:
+        item = self._open_items[index]
+        item["content"].append(part)
+        self._open_parts[(index, content_index)] = part
+        self.emit(
+            "response.content_part.added",
+            item_id=item["id"],
+            output_index=index,
+            content_index=content_index,
+            part=part,
+        )
+
+    def done_part(self, index: int, content_index: int) -> None:
+        part = self._open_parts.pop((index, content_index))
+        item = self._open_items[index]
+        common = {"item_id": item["id"], "output_index": index, "content_index": content_index}
+        kind = part["type"]
+        if kind == "output_text":
+            self.emit("response.output_text.done", text=part["text"], logprobs=part.get("logprobs", []), **common)
+        elif kind == "refusal":
+            self.emit("response.refusal.done", refusal=part["refusal"], **common)
+        elif kind == "reasoning_text":
+            self.emit("response.reasoning_text.done", text=part["text"], **common)
+        self.emit("response.content_part.done", part=part, **common)
+
+    def close_all(self, status: str) -> None:
+        """Ends every open item with `status` (after a failure or a cut-off)."""
+        for index in sorted(self._open_items):
+            self.done_item(index, status)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return copy.deepcopy(self.output)

@@ -1,0 +1,187 @@
+"""Input items: checked one by one, and completed into the items that get stored.
+
+A string input becomes one user message. Every item gets an `id` and a
+`status`, and message content becomes a list of typed parts, so that what is
+stored and listed has the shape of OpenAI's items.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from parley.engine.ids import new_id
+from parley.errors import InvalidRequestError, invalid_parameter
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class InputText(_Part):
+    type: Literal["input_text"]
+    text: str
+
+
+class InputImage(_Part):
+    type: Literal["input_image"]
+    image_url: str | None = None
+    file_id: str | None = None
+    detail: Literal["low", "high", "auto", "original"] = "auto"
+
+
+class InputFile(_Part):
+    type: Literal["input_file"]
+    file_id: str | None = None
+    file_data: str | None = None
+    file_url: str | None = None
+    filename: str | None = None
+
+
+class OutputText(_Part):
+    type: Literal["output_text"]
+    text: str
+    annotations: list[dict[str, Any]] = Field(default_factory=list)
+    logprobs: list[dict[str, Any]] | None = None
+
+
+class Refusal(_Part):
+    type: Literal["refusal"]
+    refusal: str
+
+
+_PARTS: dict[str, type[_Part]] = {
+    "input_text": InputText,
+    "input_image": InputImage,
+    "input_file": InputFile,
+    "output_text": OutputText,
+    "refusal": Refusal,
+}
+_USER_PARTS = {"input_text", "input_image", "input_file"}
+_ASSISTANT_PARTS = {"output_text", "refusal"}
+
+
+class _Item(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str | None = None
+
+
+class MessageItem(_Item):
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[dict[str, Any]]
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+    phase: str | None = None
+
+
+class FunctionCallItem(_Item):
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    arguments: str
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+
+class FunctionCallOutputItem(_Item):
+    type: Literal["function_call_output"]
+    call_id: str = Field(min_length=1)
+    output: str | list[dict[str, Any]]
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+
+class ItemReference(_Item):
+    type: Literal["item_reference"]
+    id: str  # type: ignore[assignment]
+
+
+class ReasoningItem(_Item):
+    type: Literal["reasoning"]
+    summary: list[dict[str, Any]] = Field(default_factory=list)
+    content: list[dict[str, Any]] | None = None
+    encrypted_content: str | None = None
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+
+_ITEMS: dict[str, type[_Item]] = {
+    "message": MessageItem,
+    "function_call": FunctionCallItem,
+    "function_call_output": FunctionCallOutputItem,
+    "item_reference": ItemReference,
+    "reasoning": ReasoningItem,
+}
+
+_ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
+
+
+def _check(model: type[BaseModel], raw: Any, path: str) -> Any:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise invalid_parameter(exc.errors()[0], path) from exc
+
+
+def parse_input(raw: str | list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The request's `input` as complete items; `item_reference`s are left to be resolved."""
+    if raw is None:
+        return []
+    if isinstance(raw, str):
+        return [_message("user", [{"type": "input_text", "text": raw}])]
+    return [parse_item(item, f"input[{index}]") for index, item in enumerate(raw)]
+
+
+def parse_item(raw: Any, path: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise InvalidRequestError(f"Invalid value for '{path}': expected an object.", param=path)
+    kind = raw.get("type") or ("message" if "role" in raw else None)
+    model = _ITEMS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        param = f"{path}.type"
+        raise InvalidRequestError(
+            f"Invalid value for '{param}': '{kind}' is not a supported input item type.", param=param
+        )
+    item = _check(model, raw, path)
+    if isinstance(item, MessageItem):
+        return _message(item.role, _parts(item, path), item.id, item.phase)
+    data = item.model_dump(exclude_none=True)
+    if isinstance(item, ItemReference):
+        return data
+    if isinstance(item, FunctionCallOutputItem) and isinstance(item.output, list):
+        data["output"] = [_check_part(part, f"{path}.output[{i}]", _USER_PARTS) for i, part in enumerate(item.output)]
+    data.setdefault("id", new_id(_ID_PREFIX[item.type]))
+    data.setdefault("status", "completed")
+    return data
+
+
+def _parts(item: MessageItem, path: str) -> list[dict[str, Any]]:
+    allowed = _ASSISTANT_PARTS if item.role == "assistant" else _USER_PARTS
+    if isinstance(item.content, str):
+        kind = "output_text" if item.role == "assistant" else "input_text"
+        return [_check_part({"type": kind, "text": item.content}, f"{path}.content", allowed)]
+    return [_check_part(part, f"{path}.content[{i}]", allowed) for i, part in enumerate(item.content)]
+
+
+def _check_part(raw: Any, path: str, allowed: set[str]) -> dict[str, Any]:
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    if kind not in allowed:
+        param = f"{path}.type"
+        expected = ", ".join(sorted(allowed))
+        raise InvalidRequestError(
+            f"Invalid value for '{param}': '{kind}' is not allowed here; expected one of {expected}.", param=param
+        )
+    part = _check(_PARTS[kind], raw, path)
+    if isinstance(part, InputImage) and not (part.image_url or part.file_id):
+        raise InvalidRequestError(
+            f"Missing required parameter: '{path}.image_url' (or 'file_id').", param=f"{path}.image_url"
+        )
+    data = part.model_dump(exclude_none=True)
+    if isinstance(part, OutputText):
+        data.setdefault("logprobs", [])
+    return data
+
+
+def _message(role: str, content: list[dict[str, Any]], item_id: str | None = None, phase: str | None = None) -> dict[str, Any]:
+    item = {"id": item_id or new_id("msg"), "type": "message", "role": role, "content": content, "status": "completed"}
+    if phase is not None:
+        item["phase"] = phase
+    return item

@@ -1,0 +1,146 @@
+"""Turns a model's streamed chunks into Responses output items and their events.
+
+Text becomes a `message` item with an `output_text` part (and a `refusal`
+part for refusals); reasoning text a `reasoning` item; each tool call a
+`function_call` item. Items open when their first piece arrives; a message
+closes when a tool call begins, and everything still open closes at the end.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from parley.engine.emitter import EventEmitter
+from parley.engine.ids import new_id
+from parley.inference.types import ChatChunk, ToolCallDelta, Usage
+
+
+class OutputBuilder:
+    def __init__(self, emitter: EventEmitter, *, include_logprobs: bool) -> None:
+        self.emitter = emitter
+        self.include_logprobs = include_logprobs
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+        self._message: int | None = None  # output index of the open message
+        self._parts: dict[str, int] = {}  # open part kind -> content index in the message
+        self._reasoning: int | None = None
+        self._calls: dict[int, int] = {}  # the model's tool-call index -> output index
+        self.call_indexes: list[int] = []  # output indexes of this model call's function calls
+
+    def add(self, chunk: ChatChunk) -> None:
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+            return
+        if chunk.reasoning:
+            self._reasoning_delta(chunk.reasoning)
+        if chunk.content or (chunk.logprobs and self.include_logprobs):
+            self._text_delta(chunk.content or "", chunk.logprobs)
+        if chunk.refusal:
+            self._refusal_delta(chunk.refusal)
+        for call in chunk.tool_calls or ():
+            self._tool_call_delta(call)
+        if chunk.finish_reason:
+            self.finish_reason = chunk.finish_reason
+
+    def close(self, status: str = "completed") -> None:
+        self.emitter.close_all(status)
+        self._message = self._reasoning = None
+        self._parts.clear()
+
+    # Text and refusals
+
+    def _open_message(self) -> int:
+        if self._message is None:
+            self._close_reasoning()
+            item = {"id": new_id("msg"), "type": "message", "status": "in_progress", "role": "assistant", "content": []}
+            self._message = self.emitter.add_item(item)
+            self._parts.clear()
+        return self._message
+
+    def _open_part(self, kind: str, part: dict[str, Any]) -> tuple[int, int, dict[str, Any]]:
+        index = self._open_message()
+        item = self.emitter.output[index]
+        if kind not in self._parts:
+            self._parts[kind] = len(item["content"])
+            self.emitter.add_part(index, self._parts[kind], part)
+        content_index = self._parts[kind]
+        return index, content_index, item["content"][content_index]
+
+    def _text_delta(self, text: str, logprobs: list[dict[str, Any]] | None) -> None:
+        index, content_index, part = self._open_part(
+            "output_text", {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        )
+        part["text"] += text
+        entries = logprobs if (logprobs and self.include_logprobs) else []
+        if entries:
+            part["logprobs"].extend(entries)
+        self.emitter.emit(
+            "response.output_text.delta",
+            item_id=self.emitter.output[index]["id"],
+            output_index=index,
+            content_index=content_index,
+            delta=text,
+            logprobs=entries,
+        )
+
+    def _refusal_delta(self, text: str) -> None:
+        index, content_index, part = self._open_part("refusal", {"type": "refusal", "refusal": ""})
+        part["refusal"] += text
+        self.emitter.emit(
+            "response.refusal.delta",
+            item_id=self.emitter.output[index]["id"],
+            output_index=index,
+            content_index=content_index,
+            delta=text,
+        )
+
+    def _close_message(self) -> None:
+        if self._message is not None:
+            self.emitter.done_item(self._message)
+            self._message = None
+            self._parts.clear()
+
+    # Reasoning
+
+    def _reasoning_delta(self, text: str) -> None:
+        if self._reasoning is None:
+            self._close_message()
+            item = {"id": new_id("rs"), "type": "reasoning", "status": "in_progress", "summary": [], "content": []}
+            self._reasoning = self.emitter.add_item(item)
+            self.emitter.add_part(self._reasoning, 0, {"type": "reasoning_text", "text": ""})
+        item = self.emitter.output[self._reasoning]
+        item["content"][0]["text"] += text
+        self.emitter.emit(
+            "response.reasoning_text.delta", item_id=item["id"], output_index=self._reasoning, content_index=0, delta=text
+        )
+
+    def _close_reasoning(self) -> None:
+        if self._reasoning is not None:
+            self.emitter.done_item(self._reasoning)
+            self._reasoning = None
+
+    # Tool calls
+
+    def _tool_call_delta(self, delta: ToolCallDelta) -> None:
+        index = self._calls.get(delta.index)
+        if index is None:
+            self._close_message()
+            self._close_reasoning()
+            item = {
+                "id": new_id("fc"),
+                "type": "function_call",
+                "status": "in_progress",
+                "call_id": delta.id or new_id("call"),
+                "name": delta.name or "",
+                "arguments": "",
+            }
+            index = self._calls[delta.index] = self.emitter.add_item(item)
+            self.call_indexes.append(index)
+        elif delta.name:
+            self.emitter.output[index]["name"] += delta.name
+        item = self.emitter.output[index]
+        if delta.arguments:
+            item["arguments"] += delta.arguments
+            self.emitter.emit(
+                "response.function_call_arguments.delta", item_id=item["id"], output_index=index, delta=delta.arguments
+            )

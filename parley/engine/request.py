@@ -1,0 +1,199 @@
+"""The body of `POST /v1/responses`, validated.
+
+Input items are checked one by one in `parley.engine.items`, so that an error
+names its exact place (`input[2].content[0].type`). Fields that only OpenAI's
+own service can honour (prompt templates, images, moderation, ...) are refused
+with a 400 rather than ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from parley.errors import InvalidRequestError, invalid_parameter
+
+_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
+
+# Tool types of OpenAI's Responses API that Parley does not run yet.
+KNOWN_TOOL_TYPES = {
+    "function",
+    "file_search",
+    "web_search",
+    "web_search_preview",
+    "web_search_2025_08_26",
+    "web_search_preview_2025_03_11",
+    "mcp",
+    "computer_use_preview",
+    "computer_use",
+    "code_interpreter",
+    "image_generation",
+    "local_shell",
+    "shell",
+    "custom",
+    "apply_patch",
+}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FunctionTool(_Model):
+    type: Literal["function"]
+    name: str = Field(pattern=_NAME_PATTERN)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class TextFormatText(_Model):
+    type: Literal["text"]
+
+
+class TextFormatJSONObject(_Model):
+    type: Literal["json_object"]
+
+
+class TextFormatJSONSchema(_Model):
+    type: Literal["json_schema"]
+    name: str = Field(pattern=_NAME_PATTERN)
+    schema_: dict[str, Any] = Field(alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+
+class TextConfig(_Model):
+    format: TextFormatText | TextFormatJSONObject | TextFormatJSONSchema = Field(
+        default_factory=lambda: TextFormatText(type="text"), discriminator="type"
+    )
+    verbosity: Literal["low", "medium", "high"] | None = None
+
+
+class NamedFunctionChoice(_Model):
+    type: Literal["function"]
+    name: str
+
+
+class AllowedToolRef(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    name: str | None = None
+
+
+class AllowedToolsChoice(_Model):
+    type: Literal["allowed_tools"]
+    mode: Literal["auto", "required"]
+    tools: list[AllowedToolRef]
+
+
+class Reasoning(_Model):
+    effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    summary: Literal["auto", "concise", "detailed"] | None = None
+    generate_summary: Literal["auto", "concise", "detailed"] | None = None
+
+
+class ConversationRef(_Model):
+    id: str
+
+
+class StreamOptions(_Model):
+    include_obfuscation: bool | None = None
+
+
+class CreateResponseRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    input: str | list[dict[str, Any]] | None = None
+    instructions: str | None = None
+    previous_response_id: str | None = None
+    conversation: str | ConversationRef | None = None
+    store: bool = True
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    background: bool = False
+    metadata: dict[str, str] | None = None
+    include: list[str] | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    max_output_tokens: int | None = Field(None, ge=1)
+    max_tool_calls: int | None = Field(None, ge=1)
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    parallel_tool_calls: bool = True
+    text: TextConfig | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedFunctionChoice | AllowedToolsChoice | None = None
+    truncation: Literal["auto", "disabled"] = "disabled"
+    reasoning: Reasoning | None = None
+    user: str | None = None
+    safety_identifier: str | None = Field(None, max_length=64)
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
+    # Accepted for compatibility; Parley has nothing to apply them to.
+    prompt: dict[str, Any] | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_limits(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return value
+        if len(value) > 16:
+            raise ValueError("at most 16 key-value pairs")
+        for key, item in value.items():
+            if len(key) > 64:
+                raise ValueError(f"key '{key[:20]}...' is longer than 64 characters")
+            if len(item) > 512:
+                raise ValueError(f"the value of '{key}' is longer than 512 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CreateResponseRequest:
+        if self.previous_response_id is not None and self.conversation is not None:
+            raise InvalidRequestError(
+                "Mutually exclusive parameters: 'previous_response_id' and 'conversation' cannot be used together.",
+                param="previous_response_id",
+            )
+        if self.stream_options is not None and not self.stream:
+            raise InvalidRequestError(
+                "Invalid value for 'stream_options': only allowed when 'stream' is true.", param="stream_options"
+            )
+        if self.prompt is not None:
+            raise InvalidRequestError("Prompt templates are not supported by this server.", param="prompt")
+        return self
+
+    def function_tools(self) -> list[FunctionTool]:
+        """The tools, validated; an unsupported tool type is a 400 that names it."""
+        tools = []
+        for index, raw in enumerate(self.tools or ()):
+            kind = raw.get("type") if isinstance(raw, dict) else None
+            if kind != "function":
+                known = "is not supported by this server yet" if kind in KNOWN_TOOL_TYPES else "is not a tool type"
+                raise InvalidRequestError(
+                    f"Invalid value for 'tools[{index}].type': tool type '{kind}' {known}.",
+                    param=f"tools[{index}].type",
+                    code="unsupported_tool_type" if kind in KNOWN_TOOL_TYPES else "invalid_value",
+                )
+            tools.append(_validated(FunctionTool, raw, f"tools[{index}]"))
+        return tools
+
+    @property
+    def include_logprobs(self) -> bool:
+        return "message.output_text.logprobs" in (self.include or ())
+
+    @property
+    def conversation_id(self) -> str | None:
+        if isinstance(self.conversation, ConversationRef):
+            return self.conversation.id
+        return self.conversation
+
+
+def _validated(model: type[BaseModel], raw: Any, path: str) -> Any:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise invalid_parameter(exc.errors()[0], path) from exc

@@ -1,0 +1,93 @@
+"""The response object: its first state, and how a turn's end is written into it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from parley.engine.request import CreateResponseRequest, FunctionTool
+from parley.errors import ParleyError, UpstreamStatusError
+from parley.inference.types import Usage
+
+
+def initial_response(
+    request: CreateResponseRequest, response_id: str, tools: list[FunctionTool]
+) -> dict[str, Any]:
+    """Every field of OpenAI's `Response`, as it stands when the turn starts.
+
+    Where Open Responses requires a value, the default that was applied is echoed.
+    """
+    text = request.text
+    text_format = (
+        text.format.model_dump(by_alias=True, exclude_none=True) if text is not None else {"type": "text"}
+    )
+    tool_choice = request.tool_choice
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": time.time(),
+        "status": "in_progress",
+        "background": request.background,
+        "completed_at": None,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": request.instructions,
+        "max_output_tokens": request.max_output_tokens,
+        "max_tool_calls": request.max_tool_calls,
+        "model": request.model,
+        "output": [],
+        "parallel_tool_calls": request.parallel_tool_calls,
+        "previous_response_id": request.previous_response_id,
+        "conversation": {"id": request.conversation_id} if request.conversation_id else None,
+        "prompt_cache_key": request.prompt_cache_key,
+        "reasoning": {
+            "effort": request.reasoning.effort if request.reasoning else None,
+            "summary": request.reasoning.summary if request.reasoning else None,
+        },
+        "safety_identifier": request.safety_identifier,
+        "service_tier": request.service_tier or "default",
+        "store": request.store,
+        "temperature": 1.0 if request.temperature is None else request.temperature,
+        "top_p": 1.0 if request.top_p is None else request.top_p,
+        "presence_penalty": request.presence_penalty or 0.0,
+        "frequency_penalty": request.frequency_penalty or 0.0,
+        "top_logprobs": request.top_logprobs or 0,
+        "text": {"format": text_format, "verbosity": (text.verbosity if text else None) or "medium"},
+        "tool_choice": (
+            tool_choice.model_dump(exclude_none=True) if hasattr(tool_choice, "model_dump") else tool_choice or "auto"
+        ),
+        "tools": [tool.model_dump(exclude_none=True) | {"strict": tool.strict} for tool in tools],
+        "truncation": request.truncation,
+        "usage": None,
+        "user": request.user,
+        "metadata": request.metadata or {},
+    }
+
+
+def usage_object(usage: Usage) -> dict[str, Any]:
+    return {
+        "input_tokens": usage.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": 0},
+        "output_tokens": usage.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def add_usage(total: Usage, more: Usage) -> None:
+    total.prompt_tokens += more.prompt_tokens
+    total.completion_tokens += more.completion_tokens
+    total.total_tokens += more.total_tokens
+    total.cached_tokens += more.cached_tokens
+    total.reasoning_tokens += more.reasoning_tokens
+
+
+def error_object(exc: ParleyError) -> dict[str, Any]:
+    """A failure as the response's `error` (whose codes are OpenAI's fixed list)."""
+    if isinstance(exc, UpstreamStatusError) and exc.status_code == 429:
+        code = "rate_limit_exceeded"
+    elif 400 <= exc.status_code < 500:
+        code = "invalid_prompt"
+    else:
+        code = "server_error"
+    return {"code": code, "message": exc.message}

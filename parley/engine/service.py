@@ -1,0 +1,205 @@
+"""Responses as a service: create, retrieve, delete, list.
+
+A response is produced by a task of its own, not by the HTTP request that
+asked for it: a client that disconnects mid-stream does not stop it, and it
+is stored when it ends. Its events reach the caller through a queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from parley.engine import loop
+from parley.engine.emitter import EventEmitter
+from parley.engine.ids import new_id
+from parley.engine.items import parse_input
+from parley.engine.request import CreateResponseRequest
+from parley.engine.response import error_object, initial_response, usage_object
+from parley.errors import InvalidRequestError, NotFoundError, ParleyError
+from parley.inference.registry import ModelRegistry
+from parley.store import PageRequest, ResponseStore
+
+log = logging.getLogger(__name__)
+
+Event = tuple[str, bytes]
+
+
+class ResponseNotFoundError(NotFoundError):
+    def __init__(self, response_id: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(f"Response with id '{response_id}' not found.", param=param, code=code)
+
+
+class ResponseRun:
+    """A response being produced: its events as they come, and its end."""
+
+    def __init__(self, streaming: bool) -> None:
+        self._queue: asyncio.Queue[Event | None] | None = asyncio.Queue() if streaming else None
+        self._started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._result: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.error: ParleyError | None = None
+
+    def sink(self, event_type: str, data: bytes) -> None:
+        assert self._queue is not None
+        self._queue.put_nowait((event_type, data))
+        if not self._started.done():
+            self._started.set_result(None)
+
+    def end(self, response: dict[str, Any] | None, error: ParleyError | None) -> None:
+        self.error = error
+        if error is not None and not self._started.done():
+            self._started.set_exception(error)
+        elif not self._started.done():
+            self._started.set_result(None)
+        if error is not None and response is None:
+            self._result.set_exception(error)
+        else:
+            self._result.set_result(response or {})
+        if self._queue is not None:
+            self._queue.put_nowait(None)
+        # Nobody may be waiting on these; retrieve them so asyncio does not warn.
+        for future in (self._started, self._result):
+            if future.done() and not future.cancelled():
+                future.exception()
+
+    async def started(self) -> None:
+        """Returns at the first event; raises the error of a turn that failed before it."""
+        await self._started
+
+    async def result(self) -> dict[str, Any]:
+        return await self._result
+
+    async def events(self) -> AsyncIterator[list[Event]]:
+        """The events in order, in batches of what has arrived since the last one."""
+        assert self._queue is not None
+        queue = self._queue
+        while True:
+            first = await queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while not queue.empty():
+                event = queue.get_nowait()
+                if event is None:
+                    yield batch
+                    return
+                batch.append(event)
+            yield batch
+
+
+class ResponseService:
+    def __init__(self, registry: ModelRegistry, store: ResponseStore) -> None:
+        self.registry = registry
+        self.store = store
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def create(self, request: CreateResponseRequest) -> ResponseRun:
+        """Checks the request, stores the response as started, and starts producing it."""
+        if request.conversation is not None:
+            raise InvalidRequestError("Conversations are not supported by this server yet.", param="conversation")
+        if request.background:
+            raise InvalidRequestError("Background responses are not supported by this server yet.", param="background")
+        model = self.registry.resolve(request.model)
+        tools = request.function_tools()
+        input_items = await self._resolve_references(parse_input(request.input))
+        history: list[dict[str, Any]] = []
+        if request.previous_response_id is not None:
+            if not await self.store.exists(request.previous_response_id):
+                raise ResponseNotFoundError(
+                    request.previous_response_id, param="previous_response_id", code="previous_response_not_found"
+                )
+            history = await self.store.chain_items(request.previous_response_id)
+        if not history and not input_items:
+            raise InvalidRequestError("Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
+
+        run = ResponseRun(streaming=request.stream)
+        response = initial_response(request, new_id("resp"), tools)
+        turn = loop.Turn(
+            request=request,
+            model=model,
+            response=response,
+            history=history,
+            input_items=input_items,
+            tools=tools,
+            emitter=EventEmitter(run.sink if request.stream else None),
+        )
+        if request.store:
+            await self.store.begin(response, input_items)
+        task = asyncio.create_task(self._produce(turn, run), name=f"response {response['id']}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return run
+
+    async def _produce(self, turn: loop.Turn, run: ResponseRun) -> None:
+        error: ParleyError | None = None
+        try:
+            await loop.run(turn)
+        except ParleyError as exc:
+            error = exc
+        except asyncio.CancelledError:
+            error = ParleyError("The server stopped while the response was being produced.")
+        except Exception as exc:
+            log.exception("response %s failed", turn.response["id"])
+            error = ParleyError(f"The server had an error while producing the response: {exc.__class__.__name__}")
+        if error is not None:
+            self._fail(turn, error)
+        try:
+            if turn.request.store:
+                await self.store.finish(turn.response, turn.emitter.output, len(turn.input_items))
+        except Exception:
+            log.exception("cannot store response %s", turn.response["id"])
+        run.end(turn.response if turn.announced else None, error)
+
+    @staticmethod
+    def _fail(turn: loop.Turn, error: ParleyError) -> None:
+        turn.emitter.close_all("incomplete")
+        response = turn.response
+        response["status"] = "failed"
+        response["error"] = error_object(error)
+        response["usage"] = usage_object(turn.usage)
+        response["output"] = turn.emitter.output
+        if turn.announced:
+            turn.emitter.emit("response.failed", response=response)
+
+    async def _resolve_references(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        wanted = [item["id"] for item in items if item["type"] == "item_reference"]
+        if not wanted:
+            return items
+        found = await self.store.find_items(wanted)
+        resolved = []
+        for index, item in enumerate(items):
+            if item["type"] != "item_reference":
+                resolved.append(item)
+            elif item["id"] in found:
+                resolved.append(found[item["id"]])
+            else:
+                raise NotFoundError(f"Item with id '{item['id']}' not found.", param=f"input[{index}].id")
+        return resolved
+
+    async def retrieve(self, response_id: str) -> dict[str, Any]:
+        response = await self.store.get(response_id)
+        if response is None:
+            raise ResponseNotFoundError(response_id)
+        return response
+
+    async def delete(self, response_id: str) -> dict[str, Any]:
+        if not await self.store.delete(response_id):
+            raise ResponseNotFoundError(response_id)
+        return {"id": response_id, "object": "response.deleted", "deleted": True}
+
+    async def list(self, page: PageRequest) -> dict[str, Any]:
+        return (await self.store.list(page)).as_list()
+
+    async def input_items(self, response_id: str, page: PageRequest) -> dict[str, Any]:
+        if not await self.store.exists(response_id):
+            raise ResponseNotFoundError(response_id)
+        return (await self.store.input_items(response_id, page)).as_list()
+
+    async def close(self) -> None:
+        """Ends the responses still running (they are stored as failed)."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

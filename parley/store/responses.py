@@ -1,0 +1,165 @@
+"""Stored responses: their rows, their items, and the chains between them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from parley.store.database import Database
+from parley.store.pagination import Page, PageRequest
+from parley.store.tables import response_items, responses
+
+_VISIBLE = sa.and_(responses.c.deleted.is_(False))
+
+
+class ResponseStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def begin(self, response: dict[str, Any], input_items: list[dict[str, Any]]) -> None:
+        """Writes the response as it starts, with its input, before any model call."""
+        async with self.db.engine.begin() as connection:
+            await connection.execute(
+                responses.insert().values(
+                    id=response["id"],
+                    created_at=response["created_at"],
+                    status=response["status"],
+                    model=response["model"],
+                    previous_response_id=response.get("previous_response_id"),
+                    conversation_id=(response.get("conversation") or {}).get("id"),
+                    body=_without_output(response),
+                )
+            )
+            if input_items:
+                await connection.execute(
+                    response_items.insert(),
+                    [_item_row(response["id"], position, "input", item) for position, item in enumerate(input_items)],
+                )
+
+    async def finish(self, response: dict[str, Any], output_items: list[dict[str, Any]], first_position: int) -> None:
+        """Records the final state and the output, in one transaction."""
+        async with self.db.engine.begin() as connection:
+            await connection.execute(
+                responses.update()
+                .where(responses.c.id == response["id"])
+                .values(status=response["status"], body=_without_output(response))
+            )
+            if output_items:
+                await connection.execute(
+                    response_items.insert(),
+                    [
+                        _item_row(response["id"], first_position + offset, "output", item)
+                        for offset, item in enumerate(output_items)
+                    ],
+                )
+
+    async def get(self, response_id: str) -> dict[str, Any] | None:
+        async with self.db.engine.connect() as connection:
+            row = (
+                await connection.execute(
+                    sa.select(responses.c.body).where(responses.c.id == response_id, _VISIBLE)
+                )
+            ).first()
+            if row is None:
+                return None
+            output = (
+                await connection.execute(
+                    sa.select(response_items.c.data)
+                    .where(response_items.c.response_id == response_id, response_items.c.kind == "output")
+                    .order_by(response_items.c.position)
+                )
+            ).scalars()
+            return {**row.body, "output": list(output)}
+
+    async def exists(self, response_id: str) -> bool:
+        async with self.db.engine.connect() as connection:
+            found = await connection.scalar(
+                sa.select(sa.literal(1)).where(responses.c.id == response_id, _VISIBLE)
+            )
+            return found is not None
+
+    async def delete(self, response_id: str) -> bool:
+        """Hides the response; its items stay while later responses of its chain need them."""
+        async with self.db.engine.begin() as connection:
+            result = await connection.execute(
+                responses.update().where(responses.c.id == response_id, _VISIBLE).values(deleted=True)
+            )
+            return result.rowcount > 0
+
+    async def chain_items(self, response_id: str) -> list[dict[str, Any]]:
+        """Every input and output item along the chain ending at `response_id`, oldest first, in one query."""
+        chain = (
+            sa.select(responses.c.id, responses.c.previous_response_id, sa.literal(0).label("depth"))
+            .where(responses.c.id == response_id)
+            .cte("chain", recursive=True)
+        )
+        parent = responses.alias("parent")
+        chain = chain.union_all(
+            sa.select(parent.c.id, parent.c.previous_response_id, chain.c.depth + 1).where(
+                parent.c.id == chain.c.previous_response_id
+            )
+        )
+        query = (
+            sa.select(response_items.c.data)
+            .join(chain, response_items.c.response_id == chain.c.id)
+            .order_by(chain.c.depth.desc(), response_items.c.position)
+        )
+        async with self.db.engine.connect() as connection:
+            return list((await connection.execute(query)).scalars())
+
+    async def find_items(self, item_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Stored items by id (for `item_reference` inputs)."""
+        if not item_ids:
+            return {}
+        async with self.db.engine.connect() as connection:
+            rows = await connection.execute(
+                sa.select(response_items.c.item_id, response_items.c.data)
+                .join(responses, responses.c.id == response_items.c.response_id)
+                .where(response_items.c.item_id.in_(item_ids), _VISIBLE)
+            )
+            return {row.item_id: row.data for row in rows}
+
+    async def list(self, page: PageRequest) -> Page:
+        query = sa.select(responses.c.seq, responses.c.id).where(_VISIBLE)
+        cursor_of = lambda item_id: sa.select(responses.c.seq).where(responses.c.id == item_id).scalar_subquery()  # noqa: E731
+        rows, has_more = await self._page(query, responses.c.seq, cursor_of, page)
+        data = [body for body in [await self.get(row.id) for row in rows] if body is not None]
+        return Page(data=data, has_more=has_more)
+
+    async def input_items(self, response_id: str, page: PageRequest) -> Page:
+        query = sa.select(response_items.c.position, response_items.c.data).where(
+            response_items.c.response_id == response_id, response_items.c.kind == "input"
+        )
+        cursor_of = lambda item_id: (  # noqa: E731
+            sa.select(response_items.c.position)
+            .where(response_items.c.response_id == response_id, response_items.c.item_id == item_id)
+            .scalar_subquery()
+        )
+        rows, has_more = await self._page(query, response_items.c.position, cursor_of, page)
+        return Page(data=[row.data for row in rows], has_more=has_more)
+
+    async def _page(self, query: Any, key: Any, cursor_of: Any, page: PageRequest) -> tuple[list[Any], bool]:
+        if page.after is not None:
+            query = query.where(key < cursor_of(page.after) if page.order == "desc" else key > cursor_of(page.after))
+        if page.before is not None:
+            query = query.where(key > cursor_of(page.before) if page.order == "desc" else key < cursor_of(page.before))
+        query = query.order_by(key.desc() if page.order == "desc" else key.asc()).limit(page.limit + 1)
+        async with self.db.engine.connect() as connection:
+            rows = list(await connection.execute(query))
+        return rows[: page.limit], len(rows) > page.limit
+
+
+def _without_output(response: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in response.items() if key != "output"}
+
+
+def _item_row(response_id: str, position: int, kind: str, item: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "response_id": response_id,
+        "position": position,
+        "kind": kind,
+        "item_id": item["id"],
+        "type": item["type"],
+        "data": item,
+    }

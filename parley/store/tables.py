@@ -1,0 +1,48 @@
+"""The database tables. Alembic's migrations in `migrations/` create them.
+
+Items are stored once. A response row holds the response object without its
+output; its input and output items are rows of `response_items`, ordered by
+`position`. A `previous_response_id` chain is a list of links between
+response rows, walked in one recursive query; no row copies the history.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = sa.MetaData()
+
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+
+responses = sa.Table(
+    "responses",
+    metadata,
+    # Insertion order, for listing; never timestamps.
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("model", sa.String(255), nullable=False),
+    sa.Column("previous_response_id", sa.String(64), nullable=True, index=True),
+    sa.Column("conversation_id", sa.String(64), nullable=True, index=True),
+    # Deleted responses disappear from the API but keep their items for the
+    # responses chained after them.
+    sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
+    # The response object, less `output`.
+    sa.Column("body", JSONType, nullable=False),
+)
+
+response_items = sa.Table(
+    "response_items",
+    metadata,
+    sa.Column(
+        "response_id", sa.String(64), sa.ForeignKey("responses.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("position", sa.Integer, primary_key=True),
+    # "input" or "output"
+    sa.Column("kind", sa.String(8), nullable=False),
+    sa.Column("item_id", sa.String(64), nullable=False, index=True),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("data", JSONType, nullable=False),
+)
