@@ -95,7 +95,7 @@ def param_path(loc: tuple[Any, ...] | list[Any]) -> str:
     """A pydantic error location as a request parameter: `("messages", 0, "role")` -> `messages[0].role`."""
     path = ""
     for piece in loc:
-        if piece == "body" and not path:
+        if piece in ("body", "query", "path") and not path:
             continue
         if isinstance(piece, int):
             path += f"[{piece}]"

@@ -23,6 +23,8 @@ import pytest
 import yaml
 
 from tests.fake_upstream import FakeUpstream
+from tests.postgres import PostgresServer
+from tests.support.validating_transport import ValidatingTransport
 
 ROOT = Path(__file__).resolve().parent.parent
 _BANNER = re.compile(r"listening on (http://\S+)")
@@ -31,12 +33,16 @@ _BANNER = re.compile(r"listening on (http://\S+)")
 class ParleyProcess:
     """`parley serve` in a child process, on a port of its own choosing."""
 
+    instances: list[ParleyProcess] = []
+
     def __init__(self, workdir: Path, config: dict[str, Any] | None = None, env: dict[str, str] | None = None):
         self.workdir = workdir
         self.config = config
         self.env = env or {}
         self.output: list[str] = []
         self.base_url = ""
+        self.transports: list[ValidatingTransport] = []
+        ParleyProcess.instances.append(self)
         self._process: subprocess.Popen[str] | None = None
 
     def start(self, timeout: float = 60.0) -> str:
@@ -71,7 +77,20 @@ class ParleyProcess:
         return self.base_url
 
     def client(self, **kwargs: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.base_url + "/v1", api_key="test-key", max_retries=0, **kwargs)
+        """The official client; every Responses stream it reads is checked by the stream validator."""
+        transport = ValidatingTransport()
+        self.transports.append(transport)
+        timeout = kwargs.pop("timeout", 60)
+        return openai.OpenAI(
+            base_url=self.base_url + "/v1",
+            api_key="test-key",
+            max_retries=0,
+            http_client=httpx.Client(transport=transport, timeout=timeout),
+            **kwargs,
+        )
+
+    def stream_failures(self) -> list[AssertionError]:
+        return [failure for transport in self.transports for failure in transport.failures]
 
     def http(self) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=60)
@@ -139,6 +158,55 @@ def upstream_config(fake: FakeUpstream, *, read_timeout: float = 3.0) -> dict[st
 def upstream(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream) -> Iterator[ParleyProcess]:
     """Parley over the fake OpenAI-compatible upstream (and one that is down)."""
     server = ParleyProcess(tmp_path_factory.mktemp("upstream"), upstream_config(fake_upstream))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _streams_follow_the_protocol() -> Iterator[None]:
+    """Fails a test if any Responses stream its clients read broke the protocol."""
+    yield
+    failures = []
+    for server in ParleyProcess.instances:
+        failures += server.stream_failures()
+        for transport in server.transports:
+            transport.failures.clear()
+    assert not failures, f"a stream broke the protocol: {failures[0]}"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def storage_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Each storage test runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sqlite') / 'parley.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.create_database(f"parley_{os.getpid()}_{len(os.listdir(server.root))}")
+
+
+def parley_config(fake: FakeUpstream, storage_url: str) -> dict[str, Any]:
+    """The fake upstream's providers, the embedded model, and the given storage."""
+    config = upstream_config(fake)
+    config["inference"]["providers"]["local"] = {"type": "local", "models": {"smollm2-135m": {}}}
+    config["inference"]["aliases"]["smollm2-135m"] = "local/smollm2-135m"
+    config["storage"] = {"url": storage_url}
+    return config
+
+
+@pytest.fixture(scope="session")
+def parley(
+    tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream, storage_url: str
+) -> Iterator[ParleyProcess]:
+    """Parley with storage on the backend of this run, over the fake upstream and the embedded model."""
+    server = ParleyProcess(tmp_path_factory.mktemp("parley"), parley_config(fake_upstream, storage_url))
     server.start()
     yield server
     server.stop()

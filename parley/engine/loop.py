@@ -152,7 +152,7 @@ def _finish(turn: Turn, finish_reason: str | None) -> None:
         response["incomplete_details"] = {"reason": "content_filter"}
     else:
         response["status"] = "completed"
-        response["completed_at"] = time.time()
+        response["completed_at"] = int(time.time())
     response["usage"] = usage_object(turn.usage)
     response["output"] = turn.emitter.output
     event = "response.completed" if response["status"] == "completed" else "response.incomplete"

@@ -25,7 +25,7 @@ def initial_response(
     return {
         "id": response_id,
         "object": "response",
-        "created_at": time.time(),
+        "created_at": int(time.time()),
         "status": "in_progress",
         "background": request.background,
         "completed_at": None,
@@ -56,7 +56,7 @@ def initial_response(
         "tool_choice": (
             tool_choice.model_dump(exclude_none=True) if hasattr(tool_choice, "model_dump") else tool_choice or "auto"
         ),
-        "tools": [tool.model_dump(exclude_none=True) | {"strict": tool.strict} for tool in tools],
+        "tools": [tool.model_dump() for tool in tools],
         "truncation": request.truncation,
         "usage": None,
         "user": request.user,

@@ -1,0 +1,498 @@
+"""The Responses API over HTTP with the official client, on SQLite and on PostgreSQL.
+
+The model is the fake upstream (deterministic) unless a test needs the
+embedded one. Every stream any client here reads is checked by the stream
+validator (see conftest).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import openai
+import pytest
+from openai.types.responses import Response
+
+from tests.conftest import ParleyProcess
+from tests.fake_upstream import FakeUpstream
+from tests.support.spec import validate_openai, validate_openresponses
+from tests.support.stream_validator import collect_stream
+
+ECHO = "fake/fake-echo"
+TOOL = "fake/fake-tool"
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+CLOCK = {"type": "function", "name": "get_time", "parameters": {"type": "object", "properties": {}}}
+
+
+@pytest.fixture
+def client(parley: ParleyProcess) -> openai.OpenAI:
+    return parley.client()
+
+
+def _check_against_specs(response: Response) -> None:
+    """The response as the server sent it (fields the SDK fills in with defaults left out)."""
+    data = response.to_dict(mode="json")
+    validate_openai(data, "Response")
+    validate_openresponses(data, "ResponseResource")
+
+
+def test_text_response(client: openai.OpenAI, fake_upstream: FakeUpstream) -> None:
+    response = client.responses.create(model=ECHO, input="hello there parley", instructions="Be brief.")
+
+    assert response.status == "completed"
+    assert response.output_text == "hello there parley"
+    assert response.model == ECHO
+    assert response.instructions == "Be brief."
+    [message] = response.output
+    assert message.type == "message" and message.status == "completed" and message.id.startswith("msg_")
+    assert response.usage.input_tokens > 0 and response.usage.output_tokens == 3
+    assert response.usage.total_tokens == response.usage.input_tokens + response.usage.output_tokens
+    sent = fake_upstream.requests[-1]
+    assert sent["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hello there parley"},
+    ]
+    _check_against_specs(response)
+
+
+def test_open_responses_fields_are_never_null(client: openai.OpenAI) -> None:
+    response = client.responses.create(model=ECHO, input="hi").model_dump(mode="json")
+    for field in (
+        "temperature",
+        "top_p",
+        "presence_penalty",
+        "frequency_penalty",
+        "top_logprobs",
+        "tools",
+        "tool_choice",
+        "truncation",
+        "text",
+        "service_tier",
+        "parallel_tool_calls",
+        "background",
+        "reasoning",
+    ):
+        assert response[field] is not None, field
+    assert response["text"]["verbosity"] == "medium"
+
+
+def test_request_settings_are_echoed_and_sent(client: openai.OpenAI, fake_upstream: FakeUpstream) -> None:
+    response = client.responses.create(
+        model=ECHO,
+        input="one two three",
+        temperature=0.5,
+        top_p=0.9,
+        max_output_tokens=50,
+        metadata={"purpose": "test"},
+        user="someone",
+        parallel_tool_calls=False,
+    )
+    assert (response.temperature, response.top_p, response.max_output_tokens) == (0.5, 0.9, 50)
+    assert response.metadata == {"purpose": "test"}
+    sent = fake_upstream.requests[-1]
+    assert (sent["temperature"], sent["top_p"], sent["max_tokens"], sent["user"]) == (0.5, 0.9, 50, "someone")
+
+
+def test_streamed_text_response(client: openai.OpenAI, parley: ParleyProcess) -> None:
+    events = list(client.responses.create(model=ECHO, input="stream these words please", stream=True))
+
+    types = [event.type for event in events]
+    assert types[:2] == ["response.created", "response.in_progress"]
+    assert types[-1] == "response.completed"
+    assert types.count("response.output_text.delta") == 4
+    final = events[-1].response
+    assert final.output_text == "stream these words please"
+    stored = client.responses.retrieve(final.id)
+    assert stored.model_dump() == final.model_dump()
+
+
+def test_raw_stream_follows_the_protocol(parley: ParleyProcess) -> None:
+    with parley.http() as http:
+        stream = collect_stream(http, "/v1/responses", {"model": ECHO, "input": "raw frames here", "stream": True})
+    assert stream.response.output_text == "raw frames here"
+
+
+def test_retrieve_returns_the_created_response(client: openai.OpenAI) -> None:
+    created = client.responses.create(model=ECHO, input="keep me")
+    assert client.responses.retrieve(created.id).model_dump() == created.model_dump()
+
+
+def test_delete_then_404_everywhere(client: openai.OpenAI) -> None:
+    created = client.responses.create(model=ECHO, input="short lived")
+    deleted = client.responses.delete(created.id)
+    assert deleted is None or True  # the SDK returns None for a 200 with a body it ignores
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(created.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.input_items.list(created.id)
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.responses.create(model=ECHO, input="again", previous_response_id=created.id)
+    assert raised.value.code == "previous_response_not_found"
+    with pytest.raises(openai.NotFoundError):
+        client.responses.delete(created.id)
+
+
+def test_delete_body(parley: ParleyProcess, client: openai.OpenAI) -> None:
+    created = client.responses.create(model=ECHO, input="short lived")
+    with parley.http() as http:
+        answer = http.delete(f"/v1/responses/{created.id}")
+    assert answer.status_code == 200
+    assert answer.json() == {"id": created.id, "object": "response.deleted", "deleted": True}
+
+
+def test_unstored_response_cannot_be_retrieved_or_chained(client: openai.OpenAI) -> None:
+    response = client.responses.create(model=ECHO, input="forget me", store=False)
+    assert response.store is False and response.output_text == "forget me"
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(response.id)
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.responses.create(model=ECHO, input="next", previous_response_id=response.id)
+    assert raised.value.code == "previous_response_not_found"
+    assert raised.value.param == "previous_response_id"
+
+
+def test_chain_of_twenty_turns_sends_the_whole_history_in_order(
+    client: openai.OpenAI, fake_upstream: FakeUpstream
+) -> None:
+    previous = None
+    for turn in range(20):
+        response = client.responses.create(model=ECHO, input=f"turn {turn}", previous_response_id=previous)
+        assert response.output_text == f"turn {turn}"
+        assert response.previous_response_id == previous
+        previous = response.id
+    sent = fake_upstream.requests[-1]["messages"]
+    expected = []
+    for turn in range(20):
+        expected += [{"role": "user", "content": f"turn {turn}"}, {"role": "assistant", "content": f"turn {turn}"}]
+    assert sent == expected[:-1]
+
+
+def test_instructions_are_not_inherited(client: openai.OpenAI, fake_upstream: FakeUpstream) -> None:
+    first = client.responses.create(model=ECHO, input="a", instructions="First rules.")
+    client.responses.create(model=ECHO, input="b", previous_response_id=first.id, instructions="New rules.")
+    assert fake_upstream.requests[-1]["messages"][0] == {"role": "system", "content": "New rules."}
+    assert {"role": "system", "content": "First rules."} not in fake_upstream.requests[-1]["messages"]
+
+
+def test_function_call_round_trip(client: openai.OpenAI, fake_upstream: FakeUpstream) -> None:
+    first = client.responses.create(model=TOOL, input="Weather in Paris?", tools=[WEATHER])
+
+    [call] = first.output
+    assert call.type == "function_call"
+    assert call.name == "get_weather" and json.loads(call.arguments) == {"city": "Paris"}
+    assert call.call_id == "call_fake_1" and call.status == "completed" and call.id.startswith("fc_")
+    assert fake_upstream.requests[-1]["tools"] == [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "The weather in a city",
+                "parameters": WEATHER["parameters"],
+            },
+        }
+    ]
+
+    second = client.responses.create(
+        model=TOOL,
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "Sunny, 24C"}],
+        tools=[WEATHER],
+    )
+    assert second.output_text == "The tool said: Sunny, 24C"
+    messages = fake_upstream.requests[-1]["messages"]
+    assert messages[-2] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "call_fake_1", "type": "function", "function": {"name": "get_weather", "arguments": call.arguments}}
+        ],
+    }
+    assert messages[-1] == {"role": "tool", "tool_call_id": "call_fake_1", "content": "Sunny, 24C"}
+
+
+def test_function_call_output_as_content_parts(client: openai.OpenAI, fake_upstream: FakeUpstream) -> None:
+    response = client.responses.create(
+        model=TOOL,
+        input=[
+            {"role": "user", "content": "Weather?"},
+            {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": [{"type": "input_text", "text": "Rain"}]},
+        ],
+        tools=[WEATHER],
+    )
+    assert response.output_text == "The tool said: Rain"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_parallel_function_calls(client: openai.OpenAI, stream: bool) -> None:
+    if stream:
+        events = list(client.responses.create(model=TOOL, input="both", tools=[WEATHER, CLOCK], stream=True))
+        output = events[-1].response.output
+    else:
+        output = client.responses.create(model=TOOL, input="both", tools=[WEATHER, CLOCK]).output
+    assert [(item.type, item.name, item.call_id) for item in output] == [
+        ("function_call", "get_weather", "call_fake_1"),
+        ("function_call", "get_time", "call_fake_2"),
+    ]
+
+
+def test_tool_choice_named_and_allowed_tools(client: openai.OpenAI, fake_upstream: FakeUpstream) -> None:
+    named = client.responses.create(
+        model=TOOL, input="x", tools=[WEATHER, CLOCK], tool_choice={"type": "function", "name": "get_time"}
+    )
+    assert named.output[0].name == "get_time"
+    assert fake_upstream.requests[-1]["tool_choice"] == {"type": "function", "function": {"name": "get_time"}}
+
+    allowed = client.responses.create(
+        model=TOOL,
+        input="x",
+        tools=[WEATHER, CLOCK],
+        tool_choice={"type": "allowed_tools", "mode": "required", "tools": [{"type": "function", "name": "get_time"}]},
+    )
+    sent = fake_upstream.requests[-1]
+    assert [tool["function"]["name"] for tool in sent["tools"]] == ["get_time"]
+    assert sent["tool_choice"] == "required"
+    assert [item.name for item in allowed.output] == ["get_time"]
+
+
+def test_unknown_tool_type_is_a_400_naming_it(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.responses.create(model=ECHO, input="x", tools=[WEATHER, {"type": "code_interpreter", "container": "auto"}])
+    assert raised.value.param == "tools[1].type"
+    assert "code_interpreter" in raised.value.message
+
+
+def test_structured_output(client: openai.OpenAI, fake_upstream: FakeUpstream) -> None:
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
+    response = client.responses.create(
+        model="fake/fake-json",
+        input="What is the answer?",
+        text={"format": {"type": "json_schema", "name": "answer", "schema": schema, "strict": True}},
+    )
+    assert json.loads(response.output_text) == {"answer": 42}
+    assert fake_upstream.requests[-1]["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "answer", "schema": schema, "strict": True},
+    }
+    assert response.text.format.type == "json_schema"
+
+
+def test_logprobs_when_included(client: openai.OpenAI) -> None:
+    response = client.responses.create(
+        model=ECHO, input="two words", include=["message.output_text.logprobs"], top_logprobs=2
+    )
+    part = response.output[0].content[0]
+    assert [entry.token for entry in part.logprobs] == ["two", " words"]
+    assert all(len(entry.top_logprobs) == 2 for entry in part.logprobs)
+    plain = client.responses.create(model=ECHO, input="two words")
+    assert plain.output[0].content[0].logprobs == []
+
+
+def test_max_output_tokens_makes_an_incomplete_response(client: openai.OpenAI) -> None:
+    response = client.responses.create(model=ECHO, input="one two three four five six", max_output_tokens=2)
+    assert response.status == "incomplete"
+    assert response.incomplete_details.reason == "max_output_tokens"
+    assert response.output_text == "one two"
+
+
+def test_input_items_pagination(client: openai.OpenAI) -> None:
+    items = [{"role": "user", "content": f"message {i}"} for i in range(5)]
+    response = client.responses.create(model=ECHO, input=items)
+
+    everything = client.responses.input_items.list(response.id, order="asc")
+    texts = [item.content[0].text for item in everything.data]
+    assert texts == [f"message {i}" for i in range(5)]
+    ids = [item.id for item in everything.data]
+
+    newest_first = client.responses.input_items.list(response.id)
+    assert [item.id for item in newest_first.data] == ids[::-1]
+
+    page = client.responses.input_items.list(response.id, order="asc", limit=2)
+    assert [item.id for item in page.data] == ids[:2]
+    assert (page.first_id, page.last_id, page.has_more) == (ids[0], ids[1], True)
+    page = client.responses.input_items.list(response.id, order="asc", limit=2, after=ids[1])
+    assert [item.id for item in page.data] == ids[2:4] and page.has_more
+    page = client.responses.input_items.list(response.id, order="asc", limit=2, after=ids[3])
+    assert [item.id for item in page.data] == ids[4:] and not page.has_more
+    exact = client.responses.input_items.list(response.id, order="asc", limit=5)
+    assert len(exact.data) == 5 and not exact.has_more
+    past_the_end = client.responses.input_items.list(response.id, order="asc", after=ids[4])
+    assert past_the_end.data == [] and not past_the_end.has_more
+    assert past_the_end.first_id is None and past_the_end.last_id is None
+    before = client.responses.input_items.list(response.id, order="asc", extra_query={"before": ids[2]})
+    assert [item.id for item in before.data] == ids[:2]
+    auto = list(client.responses.input_items.list(response.id, order="asc", limit=2))
+    assert [item.id for item in auto] == ids
+
+
+def test_input_items_limit_bounds(parley: ParleyProcess, client: openai.OpenAI) -> None:
+    response = client.responses.create(model=ECHO, input="x")
+    with parley.http() as http:
+        for limit in (0, 101):
+            answer = http.get(f"/v1/responses/{response.id}/input_items", params={"limit": limit})
+            assert answer.status_code == 400
+            assert answer.json()["error"]["param"] == "limit"
+
+
+def test_list_responses_newest_first(parley: ParleyProcess, client: openai.OpenAI) -> None:
+    ids = [client.responses.create(model=ECHO, input=f"r{i}").id for i in range(3)]
+    with parley.http() as http:
+        page = http.get("/v1/responses", params={"limit": 2}).json()
+        assert [r["id"] for r in page["data"]] == ids[::-1][:2]
+        assert page["has_more"] is True and page["first_id"] == ids[2] and page["last_id"] == ids[1]
+        after = http.get("/v1/responses", params={"limit": 1, "after": ids[1]}).json()
+        assert [r["id"] for r in after["data"]] == [ids[0]]
+
+
+def test_item_shape_errors_name_the_param(client: openai.OpenAI) -> None:
+    bad_inputs = {
+        "input[2].content[0].type": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "b"},
+            {"role": "user", "content": [{"type": "video", "url": "x"}]},
+        ],
+        "input[0].type": [{"type": "telepathy"}],
+        "input[1].call_id": [{"role": "user", "content": "a"}, {"type": "function_call_output", "output": "x"}],
+        "input[0].content[0].text": [{"role": "user", "content": [{"type": "input_text"}]}],
+    }
+    for param, items in bad_inputs.items():
+        with pytest.raises(openai.BadRequestError) as raised:
+            client.responses.create(model=ECHO, input=items)
+        assert raised.value.param == param
+
+
+def test_metadata_limits(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.responses.create(model=ECHO, input="x", metadata={f"k{i}": "v" for i in range(17)})
+    assert raised.value.param == "metadata"
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(model=ECHO, input="x", metadata={"k": "v" * 513})
+
+
+def test_item_reference_reuses_a_stored_item(client: openai.OpenAI, fake_upstream: FakeUpstream) -> None:
+    first = client.responses.create(model=ECHO, input="remember this")
+    message_id = first.output[0].id
+    client.responses.create(model=ECHO, input=[{"type": "item_reference", "id": message_id}, {"role": "user", "content": "ok"}])
+    assert fake_upstream.requests[-1]["messages"] == [
+        {"role": "assistant", "content": "remember this"},
+        {"role": "user", "content": "ok"},
+    ]
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model=ECHO, input=[{"type": "item_reference", "id": "msg_missing"}])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_upstream_failure_before_the_first_event_is_an_http_error(client: openai.OpenAI, stream: bool) -> None:
+    with pytest.raises(openai.APIStatusError) as raised:
+        result = client.responses.create(model="fake/fake-error-500", input="x", stream=stream)
+        if stream:
+            list(result)
+    assert raised.value.status_code == 502
+    assert "fake" in raised.value.message
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(model="fake/fake-error-400", input="x", stream=stream)
+
+
+def test_failure_before_the_first_event_is_stored_as_failed(parley: ParleyProcess, client: openai.OpenAI) -> None:
+    with pytest.raises(openai.APIStatusError):
+        client.responses.create(model="fake/fake-error-500", input="x")
+    with parley.http() as http:
+        newest = http.get("/v1/responses", params={"limit": 1}).json()["data"][0]
+    assert newest["status"] == "failed"
+    assert newest["error"]["code"] == "server_error"
+
+
+@pytest.mark.parametrize("model", ["fake/fake-midstream-error", "fake/fake-malformed", "fake/fake-drop"])
+def test_upstream_failure_mid_stream_ends_in_response_failed(client: openai.OpenAI, model: str) -> None:
+    events = list(client.responses.create(model=model, input="x", stream=True))
+    assert events[-1].type == "response.failed"
+    failed = events[-1].response
+    assert failed.status == "failed" and failed.error is not None
+    assert failed.output[0].status == "incomplete"
+    stored = client.responses.retrieve(failed.id)
+    assert stored.status == "failed" and stored.error.message == failed.error.message
+
+
+def test_upstream_failure_mid_response_without_streaming(parley: ParleyProcess, client: openai.OpenAI) -> None:
+    with pytest.raises(openai.APIStatusError) as raised:
+        client.responses.create(model="fake/fake-midstream-error", input="x")
+    assert raised.value.status_code == 502
+    with parley.http() as http:
+        newest = http.get("/v1/responses", params={"limit": 1}).json()["data"][0]
+    assert newest["status"] == "failed"
+
+
+def test_client_disconnect_mid_stream_still_finishes_and_stores(parley: ParleyProcess, client: openai.OpenAI) -> None:
+    body = {"model": "fake/fake-long", "input": "go", "stream": True, "max_output_tokens": 300}
+    response_id = None
+    with httpx.Client(base_url=parley.base_url, timeout=30) as http:
+        with http.stream("POST", "/v1/responses", json=body) as answer:
+            for line in answer.iter_lines():
+                if line.startswith("data:") and '"response.created"' in line:
+                    response_id = json.loads(line[5:])["response"]["id"]
+                if line.startswith("data:") and "output_text.delta" in line:
+                    break
+    assert response_id is not None
+    deadline = time.monotonic() + 30
+    while True:
+        stored = client.responses.retrieve(response_id)
+        if stored.status != "in_progress" or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert stored.status == "completed"
+    assert stored.output_text.count("tok") == 300
+
+
+def test_truncation_auto_drops_the_oldest_items(client: openai.OpenAI) -> None:
+    huge = "word " * 9000
+    items = [{"role": "user", "content": huge}, {"role": "user", "content": "What is the capital of France?"}]
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.responses.create(model="smollm2-135m", input=items, max_output_tokens=16)
+    assert raised.value.code == "context_length_exceeded"
+
+    response = client.responses.create(
+        model="smollm2-135m", input=items, truncation="auto", max_output_tokens=16, temperature=0
+    )
+    assert response.status in ("completed", "incomplete")
+    assert response.truncation == "auto"
+    assert response.usage.input_tokens < 1000
+
+
+def test_embedded_model_answers_through_responses(client: openai.OpenAI) -> None:
+    response = client.responses.create(
+        model="smollm2-135m", input="What is the capital of France?", temperature=0, max_output_tokens=30
+    )
+    assert "Paris" in response.output_text
+    streamed = list(
+        client.responses.create(
+            model="smollm2-135m", input="What is the capital of France?", temperature=0, max_output_tokens=30, stream=True
+        )
+    )
+    assert streamed[-1].response.output_text == response.output_text
+
+
+def test_embedded_model_function_call(client: openai.OpenAI) -> None:
+    response = client.responses.create(
+        model="smollm2-135m", input="What is the weather in Paris?", tools=[WEATHER], tool_choice="required", temperature=0
+    )
+    call = response.output[0]
+    assert call.type == "function_call" and call.name == "get_weather"
+    assert "city" in json.loads(call.arguments)
+
+
+def test_unknown_model_and_previous_response(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.responses.create(model="fake/nope", input="x")
+    assert raised.value.code == "model_not_found"
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.responses.create(model=ECHO, input="x", previous_response_id="resp_missing")
+    assert raised.value.code == "previous_response_not_found"
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve("resp_missing")
