@@ -44,7 +44,7 @@ async def create_chat_completion(request: Request) -> Any:
     try:
         first = await anext(stream)
     except StopAsyncIteration:
-        first = None
+        first = []
     except BaseException:
         await stream.aclose()
         raise
@@ -54,14 +54,15 @@ async def create_chat_completion(request: Request) -> Any:
 
 
 async def _event_stream(
-    first: ChatChunk | None, rest: AsyncIterator[ChatChunk], encoder: _ChunkEncoder
+    first: list[ChatChunk], rest: AsyncIterator[list[ChatChunk]], encoder: _ChunkEncoder
 ) -> AsyncIterator[bytes]:
     try:
-        if first is not None:
-            if (data := encoder.encode(first)) is not None:
-                yield data
-            async for chunk in rest:
-                if (data := encoder.encode(chunk)) is not None:
+        # One write per batch: a burst from the upstream leaves in one piece.
+        if data := encoder.encode_batch(first):
+            yield data
+        if first:
+            async for batch in rest:
+                if data := encoder.encode_batch(batch):
                     yield data
     except ParleyError as exc:
         log.warning("chat completion stream failed: %s", exc.message)
@@ -88,6 +89,9 @@ class _ChunkEncoder:
             "system_fingerprint": None,
         }
         self._include_usage = include_usage
+
+    def encode_batch(self, batch: list[ChatChunk]) -> bytes:
+        return b"".join(data for chunk in batch if (data := self.encode(chunk)) is not None)
 
     def encode(self, chunk: ChatChunk) -> bytes | None:
         if chunk.usage is not None:

@@ -48,8 +48,9 @@ async def run(turn: Turn) -> None:
     announce(turn)
     builder = OutputBuilder(turn.emitter, include_logprobs=turn.request.include_logprobs)
     try:
-        async for chunk in stream:
-            builder.add(chunk)
+        async for batch in stream:
+            for chunk in batch:
+                builder.add(chunk)
     finally:
         await stream.aclose()
     builder.close()
@@ -69,7 +70,7 @@ def announce(turn: Turn) -> None:
 
 async def _open_model_stream(
     turn: Turn, items: list[dict[str, Any]]
-) -> tuple[AsyncIterator[ChatChunk], list[dict[str, Any]]]:
+) -> tuple[AsyncIterator[list[ChatChunk]], list[dict[str, Any]]]:
     """Starts the model call and waits for its first chunk.
 
     A refusal before the first chunk (a bad request, an unreachable upstream)
@@ -159,15 +160,17 @@ def _finish(turn: Turn, finish_reason: str | None) -> None:
     turn.emitter.emit(event, response=response)
 
 
-async def _prepend(first: ChatChunk, rest: AsyncIterator[ChatChunk]) -> AsyncIterator[ChatChunk]:
+async def _prepend(
+    first: list[ChatChunk], rest: AsyncIterator[list[ChatChunk]]
+) -> AsyncIterator[list[ChatChunk]]:
     try:
         yield first
-        async for chunk in rest:
-            yield chunk
+        async for batch in rest:
+            yield batch
     finally:
         await rest.aclose()  # type: ignore[attr-defined]
 
 
-async def _empty() -> AsyncIterator[ChatChunk]:
+async def _empty() -> AsyncIterator[list[ChatChunk]]:
     return
     yield  # pragma: no cover

@@ -23,8 +23,12 @@ class Provider(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def stream_chat(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+    def stream_chat(self, request: ChatRequest) -> AsyncIterator[list[ChatChunk]]:
         """Stream the completion as typed chunks, ending with one carrying `usage`.
+
+        Chunks come in batches: each batch is what the model produced by the
+        time it was read (one token, or a burst of them), so that consumers
+        can pass a burst on in one write. A batch is never empty.
 
         Raises `parley.errors.UpstreamError` (or an InvalidRequestError the
         model itself refuses) before or during the stream.

@@ -75,8 +75,9 @@ class CompletionBuilder:
         return Completion(choices=choices, usage=self.usage)
 
 
-async def collect(stream: AsyncIterable[ChatChunk]) -> Completion:
+async def collect(stream: AsyncIterable[list[ChatChunk]]) -> Completion:
     builder = CompletionBuilder()
-    async for chunk in stream:
-        builder.add(chunk)
+    async for batch in stream:
+        for chunk in batch:
+            builder.add(chunk)
     return builder.build()

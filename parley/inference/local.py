@@ -75,12 +75,12 @@ class LocalProvider(Provider):
         for model in self._models.values():
             model.close()
 
-    async def stream_chat(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+    async def stream_chat(self, request: ChatRequest) -> AsyncIterator[list[ChatChunk]]:
         model = self._models[request.model]
         if request.n not in (None, 1):
             raise InvalidRequestError("The local provider generates one choice per request (n=1).", param="n")
-        async for chunk in model.stream(request):
-            yield chunk
+        async for batch in model.stream(request):
+            yield batch
 
 
 class LocalModel:
@@ -97,7 +97,7 @@ class LocalModel:
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._llama = None
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+    async def stream(self, request: ChatRequest) -> AsyncIterator[list[ChatChunk]]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[ChatChunk | BaseException | _End] = asyncio.Queue()
         cancelled = threading.Event()
@@ -108,12 +108,20 @@ class LocalModel:
         loop.run_in_executor(self._executor, self._generate, request, emit, cancelled)
         try:
             while True:
+                batch: list[ChatChunk] = []
                 item = await queue.get()
-                if isinstance(item, _End):
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+                while True:
+                    if isinstance(item, _End):
+                        if batch:
+                            yield batch
+                        return
+                    if isinstance(item, BaseException):
+                        raise item
+                    batch.append(item)
+                    if queue.empty():
+                        break
+                    item = queue.get_nowait()
+                yield batch
         finally:
             cancelled.set()
 

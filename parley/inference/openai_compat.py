@@ -23,6 +23,7 @@ from parley.errors import (
     UpstreamUnavailableError,
 )
 from parley.inference.base import ModelInfo, Provider
+from parley.inference.batching import batched
 from parley.inference.types import ChatChunk, ChatRequest
 from parley.inference.wire import choice_chunk, usage_from_wire
 
@@ -122,16 +123,28 @@ class OpenAICompatibleProvider(Provider):
                 body[name] = value
         return orjson.dumps(body)
 
-    async def stream_chat(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+    def stream_chat(self, request: ChatRequest) -> AsyncIterator[list[ChatChunk]]:
+        return batched(self._stream(request))
+
+    async def _stream(self, request: ChatRequest) -> AsyncIterator[list[ChatChunk]]:
         with self._translate_errors():
-            async with self.client.stream("POST", "/chat/completions", content=self._body(request)) as response:
+            async with self.client.stream(
+                "POST", "/chat/completions", content=self._body(request), headers=_STREAM_HEADERS
+            ) as response:
                 if response.status_code >= 400:
                     raise self._status_error(response.status_code, await response.aread())
-                async for data in _sse_data(response):
-                    if data == b"[DONE]":
-                        return
-                    for chunk in self._parse_chunk(data):
-                        yield chunk
+                done = False
+                async for events in _sse_events(response):
+                    if done:
+                        continue  # read to the end, so that the connection goes back to the pool
+                    batch: list[ChatChunk] = []
+                    for data in events:
+                        if data == b"[DONE]":
+                            done = True
+                            break
+                        batch += self._parse_chunk(data)
+                    if batch:
+                        yield batch
 
     def _parse_chunk(self, data: bytes) -> list[ChatChunk]:
         try:
@@ -193,26 +206,34 @@ class _ErrorTranslation:
         return False
 
 
-async def _sse_data(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The `data:` payloads of a server-sent-event stream, one per event."""
+# The stream is read raw (see `_sse_events`), so it must not arrive compressed.
+_STREAM_HEADERS = {"Accept-Encoding": "identity"}
+
+
+async def _sse_events(response: httpx.Response) -> AsyncIterator[list[bytes]]:
+    """The `data:` payloads of a server-sent-event stream, in batches: those completed by each read."""
     buffer = b""
     data_lines: list[bytes] = []
-    async for piece in response.aiter_bytes():
+    async for piece in response.aiter_raw():
         buffer += piece
         *lines, buffer = buffer.split(b"\n")
+        events: list[bytes] = []
         for line in lines:
-            line = line.rstrip(b"\r")
+            if line.endswith(b"\r"):
+                line = line[:-1]
             if not line:
                 if data_lines:
-                    yield b"\n".join(data_lines)
+                    events.append(data_lines[0] if len(data_lines) == 1 else b"\n".join(data_lines))
                     data_lines = []
             elif line.startswith(b"data:"):
                 data_lines.append(line[6:] if line[5:6] == b" " else line[5:])
-    if buffer.strip().startswith(b"data:"):
-        line = buffer.strip()
+        if events:
+            yield events
+    line = buffer.strip()
+    if line.startswith(b"data:"):
         data_lines.append(line[6:] if line[5:6] == b" " else line[5:])
     if data_lines:
-        yield b"\n".join(data_lines)
+        yield [b"\n".join(data_lines)]
 
 
 def _upstream_error_fields(content: bytes) -> tuple[str | None, str | None, str | None, str | None]:

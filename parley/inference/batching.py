@@ -1,0 +1,54 @@
+"""Batches a stream by what is ready: the consumer takes everything produced since it last asked.
+
+A model's tokens often arrive in bursts (a fast upstream, or a network read
+holding many events). Reading the source in a task of its own lets a burst
+pile up while the consumer is busy, so that it is passed on in one write
+instead of one write per token; a paced source still passes each token on
+as soon as it comes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+async def batched(source: AsyncIterator[list[T]]) -> AsyncIterator[list[T]]:
+    pending: list[T] = []
+    ready = asyncio.Event()
+    finished = False
+    error: BaseException | None = None
+
+    async def pump() -> None:
+        nonlocal finished, error
+        try:
+            async for items in source:
+                pending.extend(items)
+                ready.set()
+        except BaseException as exc:  # handed to the consumer, after what came before it
+            error = exc
+        finally:
+            finished = True
+            ready.set()
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            if not pending and not finished:
+                ready.clear()
+                await ready.wait()
+            if pending:
+                batch = pending[:]
+                pending.clear()
+                yield batch
+            elif finished:
+                break
+        if error is not None:
+            raise error
+    finally:
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
