@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 EMBEDDED_MODEL = "smollm2-135m"
@@ -109,16 +109,36 @@ def _default_providers() -> dict[str, ProviderConfig]:
 
 class InferenceSettings(_Section):
     providers: dict[str, ProviderConfig] = Field(default_factory=_default_providers)
-    # alias -> "provider/model"
-    aliases: dict[str, str] = {EMBEDDED_MODEL: f"local/{EMBEDDED_MODEL}"}
+    # alias -> "provider/model"; by default, `smollm2-135m` when the embedded model is configured.
+    aliases: dict[str, str] = Field(default=None, validate_default=False)  # type: ignore[assignment]
 
     @field_validator("providers")
     @classmethod
-    def _names_without_slash(cls, value: dict[str, ProviderConfig]) -> dict[str, ProviderConfig]:
+    def _plain_names(cls, value: dict[str, ProviderConfig]) -> dict[str, ProviderConfig]:
+        # Names are the first half of model ids, and environment variables
+        # (which are matched without regard to case) address them.
         for name in value:
-            if "/" in name or not name:
-                raise ValueError(f"provider name {name!r} must be non-empty and contain no '/'")
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", name):
+                raise ValueError(
+                    f"provider name {name!r} must be lowercase letters, digits, '_', '.' or '-' "
+                    "(it is the first part of model ids such as 'openai/gpt-4o')"
+                )
         return value
+
+    @model_validator(mode="after")
+    def _aliases_name_models(self) -> InferenceSettings:
+        if self.aliases is None:
+            local = self.providers.get("local")
+            embedded = isinstance(local, LocalProviderConfig) and EMBEDDED_MODEL in local.models
+            self.aliases = {EMBEDDED_MODEL: f"local/{EMBEDDED_MODEL}"} if embedded else {}
+        for alias, target in self.aliases.items():
+            provider, _, model = target.partition("/")
+            if not model or provider not in self.providers:
+                raise ValueError(
+                    f"aliases.{alias}: '{target}' is not 'provider/model' for a configured provider "
+                    f"(providers: {', '.join(sorted(self.providers)) or 'none'})"
+                )
+        return self
 
 
 def _default_data_dir() -> Path:
@@ -173,10 +193,11 @@ def _expand_env(value: Any, key: str) -> Any:
 
         def substitute(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
-            if name in os.environ:
-                return os.environ[name]
-            if default is not None:
-                return default
+            value = os.environ.get(name)
+            if default is not None and not value:
+                return default  # as in the shell, `:-` stands in for an unset or empty variable
+            if value is not None:
+                return value
             raise ConfigError(f"{key}: environment variable {name} is not set")
 
         return _ENV_REFERENCE.sub(substitute, value)
@@ -193,6 +214,15 @@ def _format_location(loc: tuple[Any, ...]) -> str:
         else:
             parts.append(("." if parts else "") + str(piece))
     return "".join(parts)
+
+
+def _problem(error: Any) -> str:
+    message = str(error["msg"]).removeprefix("Value error, ")
+    where = _format_location(error["loc"])
+    if re.match(r"^[a-z_]+(\.[\w.-]+)*: ", message):
+        # A check of a whole section names the key inside it itself.
+        return f"{where}.{message}" if where else message
+    return f"{where}: {message}" if where else message
 
 
 def load_settings(config_file: Path | str | None = None) -> Settings:
@@ -212,6 +242,6 @@ def load_settings(config_file: Path | str | None = None) -> Settings:
     try:
         return Settings(**data)
     except ValidationError as exc:
-        problems = "; ".join(f"{_format_location(err['loc'])}: {err['msg']}" for err in exc.errors())
+        problems = "; ".join(_problem(err) for err in exc.errors())
         where = f"config file {config_file}" if config_file else "configuration"
         raise ConfigError(f"invalid {where}: {problems}") from exc

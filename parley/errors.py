@@ -99,14 +99,32 @@ def param_path(loc: tuple[Any, ...] | list[Any]) -> str:
             continue
         if isinstance(piece, int):
             path += f"[{piece}]"
-        elif isinstance(piece, str) and (piece.startswith("function-") or piece in _UNION_BRANCHES):
+        elif isinstance(piece, str) and _is_branch_name(piece):
             continue  # pydantic's name for a union branch, not a key of the request
         else:
             path += ("." if path else "") + str(piece)
     return path
 
 
-_UNION_BRANCHES = {"str", "list[str]", "list[dict[str,any]]", "int", "float", "bool", "dict[str,any]"}
+_UNION_BRANCHES = {"str", "int", "float", "bool", "none"}
+
+
+def _is_branch_name(piece: str) -> bool:
+    # Request keys are snake_case; pydantic names union branches after their
+    # types: `literal['a','b']`, `list[str]`, `function-after[...]`, `NamedToolChoice`.
+    return piece in _UNION_BRANCHES or "[" in piece or piece[:1].isupper() or piece.startswith("function-")
+
+
+def most_specific(errors: list[Any]) -> dict[str, Any]:
+    """Of pydantic's errors for the first bad field, the one that reaches deepest.
+
+    For a value that fits no branch of a union, pydantic reports every branch;
+    the deepest error is the branch the caller meant (`{"type": "function"}`
+    is a named choice missing its `function`, not a wrong string).
+    """
+    first = errors[0]
+    same_field = [e for e in errors if e["loc"][:1] == first["loc"][:1]]
+    return max(same_field, key=lambda e: len(e["loc"]))
 
 
 def invalid_parameter(error: dict[str, Any], prefix: str = "") -> InvalidRequestError:

@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from parley.api.http import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from parley.errors import ParleyError, invalid_parameter
+from parley.errors import ParleyError, invalid_parameter, most_specific
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def validation_error(errors: list[dict[str, Any]]) -> dict[str, Any]:
             "We could not parse the JSON body of your request. The body must be a JSON object "
             "sent with Content-Type: application/json."
         )
-    return body_for(invalid_parameter(first))
+    return body_for(invalid_parameter(most_specific(errors)))
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from parley.engine.ids import new_id
-from parley.errors import InvalidRequestError, invalid_parameter
+from parley.errors import InvalidRequestError, invalid_parameter, most_specific
 
 
 class _Part(BaseModel):
@@ -118,7 +118,7 @@ def _check(model: type[BaseModel], raw: Any, path: str) -> Any:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise invalid_parameter(exc.errors()[0], path) from exc
+        raise invalid_parameter(most_specific(exc.errors()), path) from exc
 
 
 def parse_input(raw: str | list[dict[str, Any]] | None) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from parley.errors import InvalidRequestError, invalid_parameter
+from parley.errors import InvalidRequestError, invalid_parameter, most_specific
 
 _NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
 
@@ -156,14 +156,14 @@ class CreateResponseRequest(BaseModel):
         if self.previous_response_id is not None and self.conversation is not None:
             raise InvalidRequestError(
                 "Mutually exclusive parameters: 'previous_response_id' and 'conversation' cannot be used together.",
-                param="previous_response_id",
+                param="previous_response_id", code="invalid_value",
             )
         if self.stream_options is not None and not self.stream:
             raise InvalidRequestError(
-                "Invalid value for 'stream_options': only allowed when 'stream' is true.", param="stream_options"
+                "Invalid value for 'stream_options': only allowed when 'stream' is true.", param="stream_options", code="invalid_value"
             )
         if self.prompt is not None:
-            raise InvalidRequestError("Prompt templates are not supported by this server.", param="prompt")
+            raise InvalidRequestError("Prompt templates are not supported by this server.", param="prompt", code="invalid_value")
         return self
 
     def function_tools(self) -> list[FunctionTool]:
@@ -196,4 +196,4 @@ def _validated(model: type[BaseModel], raw: Any, path: str) -> Any:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise invalid_parameter(exc.errors()[0], path) from exc
+        raise invalid_parameter(most_specific(exc.errors()), path) from exc

@@ -15,6 +15,11 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+# A burst is handed over in pieces of at most this many items, so that a source
+# faster than its consumer cannot hold everything back until it ends. The first
+# pieces are smaller: the first token should leave at once.
+MAX_BATCH = 64
+
 
 async def batched(source: AsyncIterator[list[T]]) -> AsyncIterator[list[T]]:
     pending: list[T] = []
@@ -24,10 +29,14 @@ async def batched(source: AsyncIterator[list[T]]) -> AsyncIterator[list[T]]:
 
     async def pump() -> None:
         nonlocal finished, error
+        limit = 1
         try:
             async for items in source:
                 pending.extend(items)
                 ready.set()
+                if len(pending) >= limit:
+                    limit = min(limit * 2, MAX_BATCH)
+                    await asyncio.sleep(0)  # let the consumer take what is there
         except BaseException as exc:  # handed to the consumer, after what came before it
             error = exc
         finally:

@@ -133,7 +133,11 @@ class OpenAICompatibleProvider(Provider):
             ) as response:
                 if response.status_code >= 400:
                     raise self._status_error(response.status_code, await response.aread())
-                done = False
+                if response.headers.get("content-type", "").startswith("application/json"):
+                    # An upstream that ignored `stream: true`: its whole completion, as chunks.
+                    yield self._completion_chunks(await response.aread())
+                    return
+                done = finished = False
                 async for events in _sse_events(response):
                     if done:
                         continue  # read to the end, so that the connection goes back to the pool
@@ -144,7 +148,29 @@ class OpenAICompatibleProvider(Provider):
                             break
                         batch += self._parse_chunk(data)
                     if batch:
+                        finished = finished or any(chunk.finish_reason for chunk in batch)
                         yield batch
+                if not (done or finished):
+                    raise UpstreamProtocolError(
+                        f"Provider '{self.name}' ended its reply before the completion was finished."
+                    )
+
+    def _completion_chunks(self, content: bytes) -> list[ChatChunk]:
+        try:
+            completion = orjson.loads(content)
+            chunks = []
+            for choice in completion["choices"]:
+                message = choice.get("message") or {}
+                calls = [
+                    {"index": position, **call} for position, call in enumerate(message.get("tool_calls") or ())
+                ]
+                delta = {**message, "tool_calls": calls or None}
+                chunks.append(choice_chunk({**choice, "delta": delta}))
+            if completion.get("usage"):
+                chunks.append(ChatChunk(usage=usage_from_wire(completion["usage"])))
+            return chunks
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise UpstreamProtocolError(f"Provider '{self.name}' sent an unreadable completion.") from exc
 
     def _parse_chunk(self, data: bytes) -> list[ChatChunk]:
         try:
@@ -155,7 +181,9 @@ class OpenAICompatibleProvider(Provider):
             raise UpstreamProtocolError(f"Provider '{self.name}' sent a malformed stream chunk.")
         if "error" in payload:
             error = payload["error"] if isinstance(payload["error"], dict) else {"message": str(payload["error"])}
-            raise UpstreamError(f"Provider '{self.name}' failed mid-stream: {error.get('message') or error}")
+            raise UpstreamError(
+                f"Provider '{self.name}' failed mid-stream: {error.get('message') or error}", code="upstream_error"
+            )
         try:
             chunks = [choice_chunk(choice) for choice in payload.get("choices") or ()]
             if payload.get("usage"):
@@ -198,6 +226,10 @@ class _ErrorTranslation:
         if isinstance(exc, httpx.TimeoutException):
             raise UpstreamTimeoutError(
                 f"Provider '{self.provider}' ({self.base_url}) did not answer in time."
+            ) from exc
+        if isinstance(exc, httpx.RemoteProtocolError):
+            raise UpstreamUnavailableError(
+                f"Provider '{self.provider}' ({self.base_url}) closed the connection in the middle of its reply."
             ) from exc
         if isinstance(exc, httpx.TransportError):
             raise UpstreamUnavailableError(

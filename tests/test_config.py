@@ -1,0 +1,538 @@
+"""Configuration (`parley.config.load_settings`) and the `parley` command run as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from parley import __version__
+from parley.config import ConfigError, load_settings
+from tests.conftest import ROOT, ParleyProcess
+from tests.fake_upstream import MODELS
+
+pytestmark = pytest.mark.timeout(60)
+
+EMBEDDED_MODEL_CONFIG = {
+    "path": None,
+    "chat_format": "chatml-function-calling",
+    "n_ctx": 8192,
+    "n_threads": None,
+    "n_batch": 512,
+    "logprobs": True,
+}
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in list(os.environ):
+        if name.startswith("PARLEY_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+# Defaults --------------------------------------------------------------------------------------
+
+
+def test_defaults_serve_the_embedded_model_on_localhost_8321(tmp_path: Path) -> None:
+    settings = load_settings()
+
+    assert settings.model_dump(mode="json") == {
+        "server": {"host": "127.0.0.1", "port": 8321},
+        "logging": {"level": "info"},
+        "data_dir": str(tmp_path / "xdg" / "parley"),
+        "storage": {"url": None},
+        "inference": {
+            "providers": {"local": {"type": "local", "models": {"smollm2-135m": EMBEDDED_MODEL_CONFIG}}},
+            "aliases": {"smollm2-135m": "local/smollm2-135m"},
+        },
+    }
+    assert settings.storage_url == f"sqlite+aiosqlite:///{tmp_path / 'xdg' / 'parley' / 'parley.db'}"
+
+
+def test_empty_file_means_the_defaults(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path / "empty.yaml", "")) == load_settings()
+
+
+def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
+    config = write(
+        tmp_path / "parley.yaml",
+        """\
+        server:
+          host: 0.0.0.0
+          port: 9000
+        logging:
+          level: DEBUG
+        data_dir: /srv/parley
+        storage:
+          url: postgresql+asyncpg://parley@db/parley
+        inference:
+          providers:
+            openai:
+              type: openai
+              base_url: https://api.openai.com/v1/
+              api_key: sk-example
+              headers:
+                OpenAI-Organization: org-example
+              models: [gpt-4o-mini, gpt-4.1]
+              timeout: {connect: 5, read: 120, write: 10, pool: 5}
+              max_connections: 64
+            vllm:
+              type: openai
+              base_url: http://gpu-box:8000/v1
+            local:
+              type: local
+              models:
+                qwen:
+                  path: /models/qwen2.5-0.5b-instruct-q4_k_m.gguf
+                  chat_format: chatml
+                  n_ctx: 4096
+                  n_threads: 2
+                  n_batch: 256
+                  logprobs: false
+          aliases:
+            fast: openai/gpt-4o-mini
+            small: local/qwen
+        """,
+    )
+
+    settings = load_settings(config)
+
+    assert settings.model_dump(mode="json") == {
+        "server": {"host": "0.0.0.0", "port": 9000},
+        "logging": {"level": "debug"},
+        "data_dir": "/srv/parley",
+        "storage": {"url": "postgresql+asyncpg://parley@db/parley"},
+        "inference": {
+            "providers": {
+                "openai": {
+                    "type": "openai",
+                    "base_url": "https://api.openai.com/v1",  # the trailing slash is dropped
+                    "api_key": "**********",
+                    "headers": {"OpenAI-Organization": "org-example"},
+                    "models": ["gpt-4o-mini", "gpt-4.1"],
+                    "timeout": {"connect": 5.0, "read": 120.0, "write": 10.0, "pool": 5.0},
+                    "max_connections": 64,
+                },
+                "vllm": {
+                    "type": "openai",
+                    "base_url": "http://gpu-box:8000/v1",
+                    "api_key": None,
+                    "headers": {},
+                    "models": None,
+                    "timeout": {"connect": 10.0, "read": 600.0, "write": 30.0, "pool": 30.0},
+                    "max_connections": 256,
+                },
+                "local": {
+                    "type": "local",
+                    "models": {
+                        "qwen": {
+                            "path": "/models/qwen2.5-0.5b-instruct-q4_k_m.gguf",
+                            "chat_format": "chatml",
+                            "n_ctx": 4096,
+                            "n_threads": 2,
+                            "n_batch": 256,
+                            "logprobs": False,
+                        }
+                    },
+                },
+            },
+            # Aliases replace the default ones; the embedded model is not added.
+            "aliases": {"fast": "openai/gpt-4o-mini", "small": "local/qwen"},
+        },
+    }
+    assert settings.inference.providers["openai"].api_key.get_secret_value() == "sk-example"  # type: ignore[union-attr]
+    assert settings.storage_url == "postgresql+asyncpg://parley@db/parley"
+
+
+# The environment ------------------------------------------------------------------------------
+
+PROVIDER_X = """\
+server:
+  host: 0.0.0.0
+  port: 8000
+inference:
+  providers:
+    x:
+      type: openai
+      base_url: http://up.example/v1
+      api_key: from-file
+      models: [m]
+"""
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARLEY_SERVER__PORT", "9000")
+    monkeypatch.setenv("PARLEY_INFERENCE__PROVIDERS__X__API_KEY", "from-env")
+
+    settings = load_settings(write(tmp_path / "parley.yaml", PROVIDER_X))
+
+    assert (settings.server.host, settings.server.port) == ("0.0.0.0", 9000)
+    provider = settings.inference.providers["x"]
+    assert provider.model_dump(include={"type", "base_url", "models"}) == {
+        "type": "openai",
+        "base_url": "http://up.example/v1",
+        "models": ["m"],
+    }
+    assert provider.api_key.get_secret_value() == "from-env"  # type: ignore[union-attr]
+
+
+def test_environment_alone_configures(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARLEY_SERVER__PORT", "9001")
+    monkeypatch.setenv("PARLEY_LOGGING__LEVEL", "WARNING")
+    monkeypatch.setenv("PARLEY_DATA_DIR", "/var/lib/parley")
+
+    settings = load_settings()
+
+    assert (settings.server.port, settings.logging.level, settings.data_dir) == (
+        9001,
+        "warning",
+        Path("/var/lib/parley"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "fragments"),
+    [
+        ("PARLEY_SERVER__PORT", "eighty", ["server.port", "valid integer"]),
+        ("PARLEY_SERVER__PROT", "1", ["server.prot", "Extra inputs are not permitted"]),
+        ("PARLEY_LOGGING__LEVEL", "loud", ["logging.level", "'critical', 'error', 'warning', 'info' or 'debug'"]),
+    ],
+)
+def test_bad_environment_value_is_refused_naming_the_key(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, fragments: list[str]
+) -> None:
+    monkeypatch.setenv(name, value)
+
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+def test_provider_names_must_be_lowercase(tmp_path: Path) -> None:
+    """Environment variables are matched without regard to case, so names are lowercase."""
+    config = write(tmp_path / "parley.yaml", PROVIDER_X.replace("    x:", "    OpenAI:"))
+
+    with pytest.raises(ConfigError, match="provider name 'OpenAI' must be lowercase"):
+        load_settings(config)
+
+
+# ${VAR} references -----------------------------------------------------------------------------
+
+REFERENCES = """\
+server:
+  port: ${PORT:-8123}
+inference:
+  providers:
+    x:
+      type: openai
+      base_url: ${BASE_URL:-http://localhost:8000/v1}
+      api_key: ${TEST_API_KEY}
+      headers:
+        X-Tenant: ${TENANT:-default}-${REGION:-eu}
+      models: ["${MODEL}", plain]
+"""
+
+
+def test_references_expand_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PORT", raising=False)
+    monkeypatch.setenv("BASE_URL", "https://up.example/v1")
+    monkeypatch.setenv("TEST_API_KEY", "sk-from-env")
+    monkeypatch.setenv("TENANT", "acme")
+    monkeypatch.delenv("REGION", raising=False)
+    monkeypatch.setenv("MODEL", "m1")
+
+    settings = load_settings(write(tmp_path / "parley.yaml", REFERENCES))
+
+    provider = settings.inference.providers["x"]
+    assert settings.server.port == 8123
+    assert provider.model_dump(include={"base_url", "headers", "models"}) == {
+        "base_url": "https://up.example/v1",
+        "headers": {"X-Tenant": "acme-eu"},
+        "models": ["m1", "plain"],
+    }
+    assert provider.api_key.get_secret_value() == "sk-from-env"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("missing", "key"),
+    [("TEST_API_KEY", "inference.providers.x.api_key"), ("MODEL", "inference.providers.x.models[0]")],
+)
+def test_unset_reference_without_default_is_refused_naming_key_and_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, missing: str, key: str
+) -> None:
+    monkeypatch.setenv("TEST_API_KEY", "sk")
+    monkeypatch.setenv("MODEL", "m1")
+    monkeypatch.delenv(missing)
+
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path / "parley.yaml", REFERENCES))
+
+    assert str(info.value) == f"{key}: environment variable {missing} is not set"
+
+
+def test_reference_default_replaces_an_empty_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BASE_URL", "")
+    monkeypatch.setenv("TEST_API_KEY", "sk")
+    monkeypatch.setenv("MODEL", "m1")
+
+    settings = load_settings(write(tmp_path / "parley.yaml", REFERENCES))
+
+    assert settings.inference.providers["x"].base_url == "http://localhost:8000/v1"  # type: ignore[union-attr]
+
+
+# Bad files ------------------------------------------------------------------------------------
+
+OPENAI_X = "inference:\n  providers:\n    x:\n      type: openai\n"
+
+BAD_FILES = [
+    ("unknown-top-level-key", "bogus: 1\n", ["bogus", "Extra inputs are not permitted"]),
+    ("unknown-nested-key", "server:\n  prot: 8000\n", ["server.prot", "Extra inputs are not permitted"]),
+    (
+        "unknown-provider-key",
+        OPENAI_X + "      base_url: http://a/v1\n      apikey: sk\n",
+        ["inference.providers.x.apikey", "Extra inputs are not permitted"],
+    ),
+    (
+        "bad-provider-type",
+        "inference:\n  providers:\n    x:\n      type: magic\n      base_url: http://a/v1\n",
+        ["inference.providers.x", "'magic'", "'openai', 'local'"],
+    ),
+    (
+        "provider-without-type",
+        "inference:\n  providers:\n    x:\n      base_url: http://a/v1\n",
+        ["inference.providers.x", "'type'"],
+    ),
+    ("openai-without-base-url", OPENAI_X, ["inference.providers.x.base_url", "Field required"]),
+    (
+        "base-url-not-a-url",
+        OPENAI_X + "      base_url: localhost:8000/v1\n",
+        ["inference.providers.x.base_url", "must be an http:// or https:// URL"],
+    ),
+    ("port-too-big", "server:\n  port: 65536\n", ["server.port", "less than or equal to 65535"]),
+    ("port-negative", "server:\n  port: -1\n", ["server.port", "greater than or equal to 0"]),
+    ("port-not-a-number", "server:\n  port: eighty\n", ["server.port", "valid integer"]),
+    (
+        "read-timeout-zero",
+        OPENAI_X + "      base_url: http://a/v1\n      timeout: {read: 0}\n",
+        ["inference.providers.x.timeout.read", "greater than 0"],
+    ),
+    (
+        "provider-name-with-slash",
+        "inference:\n  providers:\n    a/b:\n      type: openai\n      base_url: http://a/v1\n",
+        ["inference.providers", "'a/b'", "must be lowercase letters"],
+    ),
+    (
+        "local-without-models",
+        "inference:\n  providers:\n    l:\n      type: local\n      models: {}\n",
+        ["inference.providers.l.models", "at least 1 item"],
+    ),
+    ("invalid-yaml", "server: [8000\n", ["not valid YAML"]),
+    ("yaml-list", "- server\n- inference\n", ["must hold a mapping", "list"]),
+    ("yaml-scalar", "8000\n", ["must hold a mapping", "int"]),
+]
+
+
+@pytest.mark.parametrize(("text", "fragments"), [b[1:] for b in BAD_FILES], ids=[b[0] for b in BAD_FILES])
+def test_bad_file_is_refused_naming_the_key_and_the_problem(tmp_path: Path, text: str, fragments: list[str]) -> None:
+    config = write(tmp_path / "bad.yaml", text)
+
+    with pytest.raises(ConfigError) as info:
+        load_settings(config)
+
+    message = str(info.value)
+    assert str(config) in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_missing_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(tmp_path / "nowhere.yaml")
+
+    assert str(info.value) == f"cannot read config file {tmp_path / 'nowhere.yaml'}: No such file or directory"
+
+
+def test_alias_to_an_unknown_provider_is_refused(tmp_path: Path) -> None:
+    config = write(
+        tmp_path / "parley.yaml",
+        OPENAI_X + "      base_url: http://a/v1\n      models: [m]\n  aliases:\n    fast: y/m\n",
+    )
+
+    with pytest.raises(ConfigError, match="inference.aliases.fast"):
+        load_settings(config)
+
+
+# The command line -----------------------------------------------------------------------------
+
+
+def parley(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
+    return subprocess.run(
+        [sys.executable, "-m", "parley", *args],
+        cwd=cwd,
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+GOOD = """\
+inference:
+  providers:
+    up:
+      type: openai
+      base_url: http://127.0.0.1:1/v1
+      models: [m1, m2]
+    disc:
+      type: openai
+      base_url: http://127.0.0.1:1/v1
+  aliases:
+    short: up/m1
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        ("server:\n  prot: 8000\n", ["server.prot", "Extra inputs are not permitted"]),
+        (OPENAI_X + "      base_url: localhost\n", ["inference.providers.x.base_url", "must be an http"]),
+        ("server: [8000\n", ["not valid YAML"]),
+        (None, ["cannot read config file", "No such file or directory"]),
+    ],
+    ids=["unknown-key", "bad-url", "invalid-yaml", "missing-file"],
+)
+def test_serve_with_a_bad_config_exits_at_once_saying_why(
+    tmp_path: Path, text: str | None, fragments: list[str]
+) -> None:
+    config = tmp_path / "bad.yaml"
+    if text is not None:
+        write(config, text)
+
+    started = time.monotonic()
+    result = parley("serve", "--port", "0", "--config", str(config), env={"PARLEY_DATA_DIR": str(tmp_path / "data")})
+
+    assert time.monotonic() - started < 15
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("Error: ")
+    for fragment in fragments:
+        assert fragment in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_on_a_port_in_use_exits_saying_why(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = parley(
+            "serve",
+            "--port",
+            str(port),
+            "--config",
+            str(write(tmp_path / "good.yaml", GOOD)),
+            env={"PARLEY_DATA_DIR": str(tmp_path / "data")},
+        )
+
+    assert result.returncode != 0
+    assert "address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "listening on" not in result.stdout
+
+
+def test_models_lists_each_model_with_its_provider_then_the_aliases(tmp_path: Path) -> None:
+    result = parley("models", "--config", str(write(tmp_path / "good.yaml", GOOD)))
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "up/m1\topenai-compatible http://127.0.0.1:1/v1",
+        "up/m2\topenai-compatible http://127.0.0.1:1/v1",
+        "disc/*\topenai-compatible http://127.0.0.1:1/v1, models discovered from /models",
+        "short\talias of up/m1",
+    ]
+
+
+def test_models_reads_the_config_named_by_parley_config(tmp_path: Path) -> None:
+    result = parley("models", env={"PARLEY_CONFIG": str(write(tmp_path / "good.yaml", GOOD))})
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "up/m1\topenai-compatible http://127.0.0.1:1/v1"
+
+
+def test_models_without_config_lists_the_embedded_model() -> None:
+    result = parley("models")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "local/smollm2-135m\tlocal llama.cpp, embedded SmolLM2-135M-Instruct",
+        "smollm2-135m\talias of local/smollm2-135m",
+    ]
+
+
+def test_version_prints_the_version() -> None:
+    result = parley("version")
+
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"parley {__version__}\n", "")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        ([], ["Parley: an OpenAI-compatible", "serve", "models", "version"]),
+        (["serve"], ["Start the API server", "--config", "--host", "--port", "--log-level", "8321"]),
+        (["models"], ["List the configured models", "--config"]),
+        (["version"], ["Print Parley's version"]),
+    ],
+    ids=["parley", "serve", "models", "version"],
+)
+def test_help(args: list[str], fragments: list[str]) -> None:
+    result = parley(*args, "--help")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage: ")
+    for fragment in fragments:
+        assert fragment in result.stdout
+
+
+def test_serve_prints_a_banner_with_url_models_and_data_dir(upstream: ParleyProcess) -> None:
+    # start() returns on the first banner line; the rest may still be on its way.
+    deadline = time.monotonic() + 10
+    while not any(line.startswith("Data: ") for line in upstream.output) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    output = [line.rstrip("\n") for line in upstream.output]
+    start = next(i for i, line in enumerate(output) if " listening on " in line)
+    end = next(i for i, line in enumerate(output) if line.startswith("Data: "))
+    config: dict[str, Any] = yaml.safe_load((upstream.workdir / "parley.yaml").read_text())
+    base = config["inference"]["providers"]["fake"]["base_url"]
+    data = upstream.workdir / "data"
+
+    assert output[start : end + 1] == [
+        f"Parley {__version__} listening on {upstream.base_url}",
+        "Models:",
+        f"  discovered/*  (openai-compatible {base}, models discovered from /models)",
+        "  down/any  (openai-compatible http://127.0.0.1:9/v1)",
+        *(f"  fake/{name}  (openai-compatible {base})" for name in MODELS),
+        "  echo  (alias of fake/fake-echo)",
+        f"Data: {data} (storage sqlite+aiosqlite:///{data / 'parley.db'})",
+    ]
+    # --port 0 was given; the banner shows the port actually bound.
+    assert not upstream.base_url.endswith(":0")
+    with upstream.http() as http:
+        assert http.get("/v1/health").status_code == 200
