@@ -12,13 +12,22 @@ PYTEST_ARGS ?=
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: serve test install dev bench lint clean
+# Root installs system packages directly; anyone else through sudo.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: serve test install dev bench lint clean postgresql
 
 serve: $(VENV)/.installed-local
 	$(BIN)/parley serve --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.installed-dev
+# The storage tests start their own throwaway PostgreSQL server from Debian's binaries.
+test: $(VENV)/.installed-dev postgresql
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		$(SUDO) apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends postgresql; }
 
 install: $(VENV)/.installed-local
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -71,7 +70,6 @@ def serve(config_file: Path | None, host: str | None, port: int | None, log_leve
         log_level=settings.logging.level,
         access_log=settings.logging.level == "debug",
         lifespan="on",
-        loop=os.environ.get("PARLEY_LOOP", "auto"),
     )
     class Server(uvicorn.Server):
         async def startup(self, sockets: list[Any] | None = None) -> None:
