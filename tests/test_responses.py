@@ -463,6 +463,8 @@ def test_truncation_auto_drops_the_oldest_items(client: openai.OpenAI) -> None:
     assert response.status in ("completed", "incomplete")
     assert response.truncation == "auto"
     assert response.usage.input_tokens < 1000
+    assert response.model_extra["truncated_items"] == 1
+    assert client.responses.retrieve(response.id).model_extra["truncated_items"] == 1
 
 
 def test_embedded_model_answers_through_responses(client: openai.OpenAI) -> None:

@@ -45,6 +45,9 @@ async def run(turn: Turn) -> None:
     """Produces the turn's output; raises ParleyError on failure (see `service`)."""
     items = turn.history + turn.input_items
     stream, items = await _open_model_stream(turn, items)
+    if turn.dropped_items:
+        # Parley's own field: how many of the oldest items `truncation: auto` left out.
+        turn.response["truncated_items"] = turn.dropped_items
     announce(turn)
     builder = OutputBuilder(turn.emitter, include_logprobs=turn.request.include_logprobs)
     try:
