@@ -36,6 +36,10 @@ dev: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/chat_stream.py
 
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check parley tests bench
+	$(BIN)/ruff format --check parley tests bench
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

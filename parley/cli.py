@@ -71,6 +71,7 @@ def serve(config_file: Path | None, host: str | None, port: int | None, log_leve
         access_log=settings.logging.level == "debug",
         lifespan="on",
     )
+
     class Server(uvicorn.Server):
         async def startup(self, sockets: list[Any] | None = None) -> None:
             await super().startup(sockets)

@@ -91,6 +91,7 @@ class LocalModelConfig(_Section):
     @classmethod
     def _expand_home(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
+
     # Keep every token's logits, so requests may ask for logprobs (costs some prompt speed).
     logprobs: bool = True
 

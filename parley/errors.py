@@ -132,7 +132,9 @@ def invalid_parameter(error: dict[str, Any], prefix: str = "") -> InvalidRequest
     sub = param_path(error["loc"])
     param = prefix + (sub if not prefix or not sub or sub.startswith("[") else "." + sub)
     if error["type"] == "missing":
-        return InvalidRequestError(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+        return InvalidRequestError(
+            f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+        )
     if error["type"] == "extra_forbidden":
         return InvalidRequestError(f"Unknown parameter: '{param}'.", param=param, code="unknown_parameter")
     message = str(error["msg"]).removeprefix("Value error, ")

@@ -315,7 +315,7 @@ class FakeApp:
 class _Reply:
     """What to answer: content pieces (one per chunk) or tool calls, and why it stopped."""
 
-    __slots__ = ("pieces", "tool_calls", "finish_reason")
+    __slots__ = ("finish_reason", "pieces", "tool_calls")
 
     def __init__(
         self,

@@ -135,7 +135,11 @@ def test_tool_result_reaches_the_model(client: openai.OpenAI) -> None:
             "role": "assistant",
             "content": None,
             "tool_calls": [
-                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
             ],
         },
         {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 24 degrees Celsius"},
@@ -289,9 +293,7 @@ def test_concurrent_requests_queue_and_all_complete(embedded: ParleyProcess) -> 
 
     def ask(i: int) -> None:
         try:
-            completion = client.chat.completions.create(
-                model=MODEL, messages=QUESTION, temperature=0, max_tokens=20
-            )
+            completion = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=20)
             results[i] = completion.choices[0].message.content or ""
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)

@@ -374,7 +374,7 @@ def test_alias_to_an_unknown_provider_is_refused(tmp_path: Path) -> None:
         OPENAI_X + "      base_url: http://a/v1\n      models: [m]\n  aliases:\n    fast: y/m\n",
     )
 
-    with pytest.raises(ConfigError, match="inference.aliases.fast"):
+    with pytest.raises(ConfigError, match=r"inference\.aliases\.fast"):
         load_settings(config)
 
 

@@ -148,7 +148,13 @@ CASES = [
         "tool_choice",
         "invalid_value",
     ),
-    Case("stream-options-without-stream", chat(stream_options={"include_usage": True}), 400, "stream_options", "invalid_value"),
+    Case(
+        "stream-options-without-stream",
+        chat(stream_options={"include_usage": True}),
+        400,
+        "stream_options",
+        "invalid_value",
+    ),
     Case("five-stop-sequences", chat(stop=["a", "b", "c", "d", "e"]), 400, "stop", "invalid_value"),
     # Routes, methods and models that do not exist.
     Case("unknown-route", raw("GET", "/v1/nope"), 404),

@@ -124,7 +124,8 @@ class ChatCompletionBody(_Open):
         if self.tool_choice is not None and not self.tools and self.tool_choice != "none":
             raise InvalidRequestError(
                 "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.",
-                param="tool_choice", code="invalid_value",
+                param="tool_choice",
+                code="invalid_value",
             )
         if isinstance(self.tool_choice, NamedToolChoice):
             names = {t.function.name for t in self.tools or ()}
@@ -132,16 +133,22 @@ class ChatCompletionBody(_Open):
                 raise InvalidRequestError(
                     f"Invalid value for 'tool_choice': no function named "
                     f"'{self.tool_choice.function.name}' is among the tools.",
-                    param="tool_choice", code="invalid_value",
+                    param="tool_choice",
+                    code="invalid_value",
                 )
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidRequestError(
                 "Invalid value for 'top_logprobs': 'logprobs' must be true when 'top_logprobs' is set.",
-                param="top_logprobs", code="invalid_value",
+                param="top_logprobs",
+                code="invalid_value",
             )
         if isinstance(self.stop, list) and len(self.stop) > 4:
-            raise InvalidRequestError("Invalid value for 'stop': at most 4 stop sequences.", param="stop", code="invalid_value")
+            raise InvalidRequestError(
+                "Invalid value for 'stop': at most 4 stop sequences.", param="stop", code="invalid_value"
+            )
         if self.stream_options is not None and not self.stream:
             raise InvalidRequestError(
-                "Invalid value for 'stream_options': only allowed when 'stream' is true.", param="stream_options", code="invalid_value"
+                "Invalid value for 'stream_options': only allowed when 'stream' is true.",
+                param="stream_options",
+                code="invalid_value",
             )

@@ -13,9 +13,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from parley.api.http import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from parley.api.http import JSONResponse
 from parley.errors import ParleyError, invalid_parameter, most_specific
 
 log = logging.getLogger(__name__)

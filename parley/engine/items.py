@@ -180,7 +180,9 @@ def _check_part(raw: Any, path: str, allowed: set[str]) -> dict[str, Any]:
     return data
 
 
-def _message(role: str, content: list[dict[str, Any]], item_id: str | None = None, phase: str | None = None) -> dict[str, Any]:
+def _message(
+    role: str, content: list[dict[str, Any]], item_id: str | None = None, phase: str | None = None
+) -> dict[str, Any]:
     item = {"id": item_id or new_id("msg"), "type": "message", "role": role, "content": content, "status": "completed"}
     if phase is not None:
         item["phase"] = phase

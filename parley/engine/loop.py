@@ -163,9 +163,7 @@ def _finish(turn: Turn, finish_reason: str | None) -> None:
     turn.emitter.emit(event, response=response)
 
 
-async def _prepend(
-    first: list[ChatChunk], rest: AsyncIterator[list[ChatChunk]]
-) -> AsyncIterator[list[ChatChunk]]:
+async def _prepend(first: list[ChatChunk], rest: AsyncIterator[list[ChatChunk]]) -> AsyncIterator[list[ChatChunk]]:
     try:
         yield first
         async for batch in rest:

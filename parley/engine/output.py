@@ -111,7 +111,11 @@ class OutputBuilder:
         item = self.emitter.output[self._reasoning]
         item["content"][0]["text"] += text
         self.emitter.emit(
-            "response.reasoning_text.delta", item_id=item["id"], output_index=self._reasoning, content_index=0, delta=text
+            "response.reasoning_text.delta",
+            item_id=item["id"],
+            output_index=self._reasoning,
+            content_index=0,
+            delta=text,
         )
 
     def _close_reasoning(self) -> None:

@@ -156,14 +156,19 @@ class CreateResponseRequest(BaseModel):
         if self.previous_response_id is not None and self.conversation is not None:
             raise InvalidRequestError(
                 "Mutually exclusive parameters: 'previous_response_id' and 'conversation' cannot be used together.",
-                param="previous_response_id", code="invalid_value",
+                param="previous_response_id",
+                code="invalid_value",
             )
         if self.stream_options is not None and not self.stream:
             raise InvalidRequestError(
-                "Invalid value for 'stream_options': only allowed when 'stream' is true.", param="stream_options", code="invalid_value"
+                "Invalid value for 'stream_options': only allowed when 'stream' is true.",
+                param="stream_options",
+                code="invalid_value",
             )
         if self.prompt is not None:
-            raise InvalidRequestError("Prompt templates are not supported by this server.", param="prompt", code="invalid_value")
+            raise InvalidRequestError(
+                "Prompt templates are not supported by this server.", param="prompt", code="invalid_value"
+            )
         return self
 
     def function_tools(self) -> list[FunctionTool]:

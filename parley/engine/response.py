@@ -10,17 +10,13 @@ from parley.errors import ParleyError, UpstreamStatusError
 from parley.inference.types import Usage
 
 
-def initial_response(
-    request: CreateResponseRequest, response_id: str, tools: list[FunctionTool]
-) -> dict[str, Any]:
+def initial_response(request: CreateResponseRequest, response_id: str, tools: list[FunctionTool]) -> dict[str, Any]:
     """Every field of OpenAI's `Response`, as it stands when the turn starts.
 
     Where Open Responses requires a value, the default that was applied is echoed.
     """
     text = request.text
-    text_format = (
-        text.format.model_dump(by_alias=True, exclude_none=True) if text is not None else {"type": "text"}
-    )
+    text_format = text.format.model_dump(by_alias=True, exclude_none=True) if text is not None else {"type": "text"}
     tool_choice = request.tool_choice
     return {
         "id": response_id,

@@ -112,7 +112,9 @@ class ResponseService:
                 )
             history = await self.store.chain_items(request.previous_response_id)
         if not history and not input_items:
-            raise InvalidRequestError("Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
+            raise InvalidRequestError(
+                "Missing required parameter: 'input'.", param="input", code="missing_required_parameter"
+            )
 
         run = ResponseRun(streaming=request.stream)
         response = initial_response(request, new_id("resp"), tools)

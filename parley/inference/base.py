@@ -6,7 +6,6 @@ import abc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-
 from parley.inference.types import ChatChunk, ChatRequest
 
 

@@ -67,7 +67,7 @@ class LocalProvider(Provider):
     async def start(self) -> None:
         # Load the weights now, so the first request does not wait for them.
         results = await asyncio.gather(*(m.load() for m in self._models.values()), return_exceptions=True)
-        for model, result in zip(self._models, results):
+        for model, result in zip(self._models, results, strict=True):
             if isinstance(result, BaseException):
                 log.error("cannot load local model %r: %s", model, result)
 
@@ -150,9 +150,7 @@ class LocalModel:
             )
         return self._llama
 
-    def _generate(
-        self, request: ChatRequest, emit: Callable[[Any], None], cancelled: threading.Event
-    ) -> None:
+    def _generate(self, request: ChatRequest, emit: Callable[[Any], None], cancelled: threading.Event) -> None:
         if cancelled.is_set():
             emit(_END)
             return
@@ -207,7 +205,8 @@ def _chat_logprobs(raw: dict[str, Any] | None, top: int) -> list[dict[str, Any]]
     if not raw or not raw.get("tokens"):
         return None
     entries = []
-    for token, logprob, alternatives in zip(raw["tokens"], raw["token_logprobs"], raw["top_logprobs"] or []):
+    alternatives_of = raw["top_logprobs"] or [None] * len(raw["tokens"])
+    for token, logprob, alternatives in zip(raw["tokens"], raw["token_logprobs"], alternatives_of, strict=True):
         ranked = sorted((alternatives or {}).items(), key=lambda kv: kv[1], reverse=True)[:top]
         entries.append(
             {

@@ -161,9 +161,7 @@ class OpenAICompatibleProvider(Provider):
             chunks = []
             for choice in completion["choices"]:
                 message = choice.get("message") or {}
-                calls = [
-                    {"index": position, **call} for position, call in enumerate(message.get("tool_calls") or ())
-                ]
+                calls = [{"index": position, **call} for position, call in enumerate(message.get("tool_calls") or ())]
                 delta = {**message, "tool_calls": calls or None}
                 chunks.append(choice_chunk({**choice, "delta": delta}))
             if completion.get("usage"):
@@ -224,9 +222,7 @@ class _ErrorTranslation:
         if exc is None or isinstance(exc, UpstreamError):
             return False
         if isinstance(exc, httpx.TimeoutException):
-            raise UpstreamTimeoutError(
-                f"Provider '{self.provider}' ({self.base_url}) did not answer in time."
-            ) from exc
+            raise UpstreamTimeoutError(f"Provider '{self.provider}' ({self.base_url}) did not answer in time.") from exc
         if isinstance(exc, httpx.RemoteProtocolError):
             raise UpstreamUnavailableError(
                 f"Provider '{self.provider}' ({self.base_url}) closed the connection in the middle of its reply."

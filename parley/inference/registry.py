@@ -57,11 +57,9 @@ class ModelRegistry:
     async def list_models(self) -> list[ModelEntry]:
         """Every model of every provider, then the aliases; a provider that cannot list is skipped."""
         names = list(self.providers)
-        listings = await asyncio.gather(
-            *(self.providers[n].list_models() for n in names), return_exceptions=True
-        )
+        listings = await asyncio.gather(*(self.providers[n].list_models() for n in names), return_exceptions=True)
         entries: list[ModelEntry] = []
-        for name, listing in zip(names, listings):
+        for name, listing in zip(names, listings, strict=True):
             if isinstance(listing, UpstreamError):
                 log.warning("cannot list the models of provider %r: %s", name, listing.message)
                 continue

@@ -57,9 +57,7 @@ class ResponseStore:
     async def get(self, response_id: str) -> dict[str, Any] | None:
         async with self.db.engine.connect() as connection:
             row = (
-                await connection.execute(
-                    sa.select(responses.c.body).where(responses.c.id == response_id, _VISIBLE)
-                )
+                await connection.execute(sa.select(responses.c.body).where(responses.c.id == response_id, _VISIBLE))
             ).first()
             if row is None:
                 return None
@@ -74,9 +72,7 @@ class ResponseStore:
 
     async def exists(self, response_id: str) -> bool:
         async with self.db.engine.connect() as connection:
-            found = await connection.scalar(
-                sa.select(sa.literal(1)).where(responses.c.id == response_id, _VISIBLE)
-            )
+            found = await connection.scalar(sa.select(sa.literal(1)).where(responses.c.id == response_id, _VISIBLE))
             return found is not None
 
     async def delete(self, response_id: str) -> bool:

@@ -36,9 +36,7 @@ responses = sa.Table(
 response_items = sa.Table(
     "response_items",
     metadata,
-    sa.Column(
-        "response_id", sa.String(64), sa.ForeignKey("responses.id", ondelete="CASCADE"), primary_key=True
-    ),
+    sa.Column("response_id", sa.String(64), sa.ForeignKey("responses.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("position", sa.Integer, primary_key=True),
     # "input" or "output"
     sa.Column("kind", sa.String(8), nullable=False),
