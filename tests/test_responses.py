@@ -487,14 +487,19 @@ def test_embedded_model_answers_through_responses(client: openai.OpenAI) -> None
     assert streamed[-1].response.output_text == response.output_text
 
 
-def test_embedded_model_function_call(client: openai.OpenAI) -> None:
-    response = client.responses.create(
-        model="smollm2-135m",
-        input="What is the weather in Paris?",
-        tools=[WEATHER],
-        tool_choice="required",
-        temperature=0,
-    )
+@pytest.mark.parametrize("stream", [False, True])
+def test_embedded_model_function_call(client: openai.OpenAI, stream: bool) -> None:
+    request = {
+        "model": "smollm2-135m",
+        "input": "What is the weather in Paris?",
+        "tools": [WEATHER],
+        "tool_choice": "required",
+        "temperature": 0,
+    }
+    if stream:
+        response = list(client.responses.create(**request, stream=True))[-1].response
+    else:
+        response = client.responses.create(**request)
     call = response.output[0]
     assert call.type == "function_call" and call.name == "get_weather"
     assert "city" in json.loads(call.arguments)
