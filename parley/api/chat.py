@@ -19,7 +19,8 @@ from parley.api.sse import DONE, frame
 from parley.errors import ParleyError
 from parley.inference.collect import Completion, collect
 from parley.inference.registry import ModelRegistry
-from parley.inference.types import ChatChunk, Usage
+from parley.inference.types import ChatChunk
+from parley.inference.wire import chunk_to_wire, usage_to_wire
 
 log = logging.getLogger(__name__)
 
@@ -94,52 +95,9 @@ class _ChunkEncoder:
         return b"".join(data for chunk in batch if (data := self.encode(chunk)) is not None)
 
     def encode(self, chunk: ChatChunk) -> bytes | None:
-        if chunk.usage is not None:
-            if not self._include_usage:
-                return None
-            return frame(orjson.dumps({**self._head, "choices": [], "usage": _usage_object(chunk.usage)}))
-        delta: dict[str, Any] = {}
-        if chunk.role is not None:
-            delta["role"] = chunk.role
-        if chunk.content is not None:
-            delta["content"] = chunk.content
-        if chunk.reasoning is not None:
-            delta["reasoning_content"] = chunk.reasoning
-        if chunk.refusal is not None:
-            delta["refusal"] = chunk.refusal
-        if chunk.tool_calls:
-            delta["tool_calls"] = [_tool_call_delta(call) for call in chunk.tool_calls]
-        choice = {
-            "index": chunk.index,
-            "delta": delta,
-            "logprobs": {"content": chunk.logprobs, "refusal": None} if chunk.logprobs else None,
-            "finish_reason": chunk.finish_reason,
-        }
-        return frame(orjson.dumps({**self._head, "choices": [choice]}))
-
-
-def _tool_call_delta(call: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"index": call.index}
-    if call.id is not None:
-        out["id"] = call.id
-        out["type"] = "function"
-    function: dict[str, Any] = {}
-    if call.name is not None:
-        function["name"] = call.name
-    if call.arguments is not None:
-        function["arguments"] = call.arguments
-    out["function"] = function
-    return out
-
-
-def _usage_object(usage: Usage) -> dict[str, Any]:
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
-        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
-    }
+        if chunk.usage is not None and not self._include_usage:
+            return None
+        return frame(orjson.dumps(chunk_to_wire(chunk, self._head)))
 
 
 def _completion_object(completion: Completion, completion_id: str, created: int, model: str) -> dict[str, Any]:
@@ -172,6 +130,6 @@ def _completion_object(completion: Completion, completion_id: str, created: int,
         "created": created,
         "model": model,
         "choices": choices,
-        "usage": _usage_object(completion.usage),
+        "usage": usage_to_wire(completion.usage),
         "system_fingerprint": None,
     }

@@ -25,27 +25,9 @@ from parley.errors import (
 from parley.inference.base import ModelInfo, Provider
 from parley.inference.batching import batched
 from parley.inference.types import ChatChunk, ChatRequest
-from parley.inference.wire import choice_chunk, usage_from_wire
+from parley.inference.wire import chat_body, choice_chunk, completion_chunks, usage_from_wire
 
 _MODEL_LIST_TTL = 60.0
-
-_REQUEST_FIELDS = (
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-    "response_format",
-    "temperature",
-    "top_p",
-    "max_tokens",
-    "stop",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "logprobs",
-    "top_logprobs",
-    "n",
-    "user",
-)
 
 
 class OpenAICompatibleProvider(Provider):
@@ -110,18 +92,7 @@ class OpenAICompatibleProvider(Provider):
             raise UpstreamProtocolError(f"Provider '{self.name}' returned an unreadable model list.") from exc
 
     def _body(self, request: ChatRequest) -> bytes:
-        body: dict[str, Any] = {
-            **request.extra,
-            "model": request.model,
-            "messages": request.messages,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        for name in _REQUEST_FIELDS:
-            value = getattr(request, name)
-            if value is not None:
-                body[name] = value
-        return orjson.dumps(body)
+        return orjson.dumps(chat_body(request))
 
     def stream_chat(self, request: ChatRequest) -> AsyncIterator[list[ChatChunk]]:
         return batched(self._stream(request))
@@ -157,16 +128,7 @@ class OpenAICompatibleProvider(Provider):
 
     def _completion_chunks(self, content: bytes) -> list[ChatChunk]:
         try:
-            completion = orjson.loads(content)
-            chunks = []
-            for choice in completion["choices"]:
-                message = choice.get("message") or {}
-                calls = [{"index": position, **call} for position, call in enumerate(message.get("tool_calls") or ())]
-                delta = {**message, "tool_calls": calls or None}
-                chunks.append(choice_chunk({**choice, "delta": delta}))
-            if completion.get("usage"):
-                chunks.append(ChatChunk(usage=usage_from_wire(completion["usage"])))
-            return chunks
+            return completion_chunks(orjson.loads(content))
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise UpstreamProtocolError(f"Provider '{self.name}' sent an unreadable completion.") from exc
 

@@ -1,10 +1,10 @@
-"""Reading OpenAI's chat-completion wire format into typed chunks."""
+"""OpenAI's chat-completion wire format: requests out, typed chunks in, and chunks back out."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from parley.inference.types import ChatChunk, ToolCallDelta, Usage
+from parley.inference.types import ChatChunk, ChatRequest, ToolCallDelta, Usage
 
 
 def choice_chunk(choice: dict[str, Any]) -> ChatChunk:
@@ -47,3 +47,107 @@ def usage_from_wire(raw: dict[str, Any]) -> Usage:
         cached_tokens=int(prompt_details.get("cached_tokens") or 0),
         reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
     )
+
+
+# The request fields an OpenAI-compatible upstream receives when they are set.
+REQUEST_FIELDS = (
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logprobs",
+    "top_logprobs",
+    "n",
+    "user",
+)
+
+
+def chat_body(request: ChatRequest) -> dict[str, Any]:
+    """The `/chat/completions` body that `request` is on the wire: always a stream, with usage at its end."""
+    body: dict[str, Any] = {
+        **request.extra,
+        "model": request.model,
+        "messages": request.messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    for name in REQUEST_FIELDS:
+        value = getattr(request, name)
+        if value is not None:
+            body[name] = value
+    return body
+
+
+def completion_chunks(completion: dict[str, Any]) -> list[ChatChunk]:
+    """A whole `chat.completion` object as the chunks a stream of it would have carried.
+
+    Raises KeyError, TypeError or AttributeError for an object that is not one.
+    """
+    chunks = []
+    for choice in completion["choices"]:
+        message = choice.get("message") or {}
+        calls = [{"index": position, **call} for position, call in enumerate(message.get("tool_calls") or ())]
+        delta = {**message, "tool_calls": calls or None}
+        chunks.append(choice_chunk({**choice, "delta": delta}))
+    if completion.get("usage"):
+        chunks.append(ChatChunk(usage=usage_from_wire(completion["usage"])))
+    return chunks
+
+
+def chunk_to_wire(chunk: ChatChunk, head: dict[str, Any]) -> dict[str, Any]:
+    """A typed chunk as a `chat.completion.chunk` object; `head` holds its id, object, created and model.
+
+    The inverse of `choice_chunk` and `usage_from_wire`: reading the result back
+    gives the same chunk.
+    """
+    if chunk.usage is not None:
+        return {**head, "choices": [], "usage": usage_to_wire(chunk.usage)}
+    delta: dict[str, Any] = {}
+    if chunk.role is not None:
+        delta["role"] = chunk.role
+    if chunk.content is not None:
+        delta["content"] = chunk.content
+    if chunk.reasoning is not None:
+        delta["reasoning_content"] = chunk.reasoning
+    if chunk.refusal is not None:
+        delta["refusal"] = chunk.refusal
+    if chunk.tool_calls:
+        delta["tool_calls"] = [_tool_call_delta(call) for call in chunk.tool_calls]
+    choice = {
+        "index": chunk.index,
+        "delta": delta,
+        "logprobs": {"content": chunk.logprobs, "refusal": None} if chunk.logprobs else None,
+        "finish_reason": chunk.finish_reason,
+    }
+    return {**head, "choices": [choice]}
+
+
+def _tool_call_delta(call: ToolCallDelta) -> dict[str, Any]:
+    out: dict[str, Any] = {"index": call.index}
+    if call.id is not None:
+        out["id"] = call.id
+        out["type"] = "function"
+    function: dict[str, Any] = {}
+    if call.name is not None:
+        function["name"] = call.name
+    if call.arguments is not None:
+        function["arguments"] = call.arguments
+    out["function"] = function
+    return out
+
+
+def usage_to_wire(usage: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+    }
