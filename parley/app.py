@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from parley import __version__
 from parley.api import install_error_handlers, routers
 from parley.api.body import install_body_schemas
+from parley.api.scoping import install_test_scoping
 from parley.config import Settings
 from parley.engine.service import ResponseService
 from parley.inference.registry import ModelRegistry
@@ -42,6 +43,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.registry = registry
     app.state.responses = responses
     install_error_handlers(app)
+    install_test_scoping(app, settings.inference.recording)
     for router in routers:
         app.include_router(router)
     install_body_schemas(app)

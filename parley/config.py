@@ -104,6 +104,31 @@ class LocalProviderConfig(_Section):
 ProviderConfig = Annotated[OpenAIProviderConfig | LocalProviderConfig, Field(discriminator="type")]
 
 
+class RecordingSettings(_Section):
+    """Record/replay of model traffic (see docs/recording.md)."""
+
+    # live: call providers; record: call them and write each call down; replay:
+    # answer from the recordings only; record-if-missing: replay, else record.
+    mode: Literal["live", "record", "replay", "record-if-missing"] = "live"
+    # The directory of recording files; required unless mode is live.
+    dir: Path | None = None
+    # The request header that names the test a call belongs to.
+    test_header: str = "X-Parley-Test-Id"
+    # Pause between two replayed chunks, in milliseconds (0: as fast as possible).
+    delay_ms: float = Field(0.0, ge=0)
+
+    @field_validator("dir", mode="after")
+    @classmethod
+    def _expand_home(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @model_validator(mode="after")
+    def _dir_when_used(self) -> RecordingSettings:
+        if self.mode != "live" and self.dir is None:
+            raise ValueError(f"dir: required when mode is '{self.mode}'")
+        return self
+
+
 def _default_providers() -> dict[str, ProviderConfig]:
     return {"local": LocalProviderConfig(type="local", models={EMBEDDED_MODEL: LocalModelConfig()})}
 
@@ -112,6 +137,7 @@ class InferenceSettings(_Section):
     providers: dict[str, ProviderConfig] = Field(default_factory=_default_providers)
     # alias -> "provider/model"; by default, `smollm2-135m` when the embedded model is configured.
     aliases: dict[str, str] = Field(default=None, validate_default=False)  # type: ignore[assignment]
+    recording: RecordingSettings = RecordingSettings()
 
     @field_validator("providers")
     @classmethod

@@ -5,7 +5,9 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
+from parley.errors import InvalidRequestError
 from parley.inference.types import ChatChunk, ChatRequest
 
 
@@ -36,6 +38,14 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     async def list_models(self) -> list[ModelInfo]:
         """The models this provider serves."""
+
+    async def embed(self, model: str, inputs: Any, **options: Any) -> dict[str, Any]:
+        """Embeddings of `inputs` (a string, strings, or token arrays) as OpenAI's `list` object.
+
+        `options` are the other fields of an embeddings request (`encoding_format`,
+        `dimensions`, `user`); a provider passes on those it does not interpret.
+        """
+        raise InvalidRequestError(f"Provider '{self.name}' does not serve embeddings.", param="model")
 
     def serves(self, model: str) -> bool:
         """Whether a request for `model` can be sent here without listing first."""

@@ -91,6 +91,20 @@ class OpenAICompatibleProvider(Provider):
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise UpstreamProtocolError(f"Provider '{self.name}' returned an unreadable model list.") from exc
 
+    async def embed(self, model: str, inputs: Any, **options: Any) -> dict[str, Any]:
+        body = {"model": model, "input": inputs, **{k: v for k, v in options.items() if v is not None}}
+        with self._translate_errors():
+            response = await self.client.post("/embeddings", content=orjson.dumps(body))
+            if response.status_code >= 400:
+                raise self._status_error(response.status_code, response.content)
+        try:
+            result = orjson.loads(response.content)
+            if not isinstance(result, dict) or not isinstance(result["data"], list):
+                raise TypeError("not an embeddings list")
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise UpstreamProtocolError(f"Provider '{self.name}' returned unreadable embeddings.") from exc
+        return result
+
     def _body(self, request: ChatRequest) -> bytes:
         return orjson.dumps(chat_body(request))
 

@@ -44,6 +44,12 @@ class ModelRegistry:
                 from parley.inference.local import LocalProvider
 
                 providers[name] = LocalProvider(name, config)
+        if settings.recording.mode != "live":
+            from parley.inference.recording import RecordingProvider, RecordingStore
+
+            assert settings.recording.dir is not None  # the settings require it unless live
+            store = RecordingStore(settings.recording.dir)
+            providers = {name: RecordingProvider(p, settings.recording, store) for name, p in providers.items()}
         return cls(providers, dict(settings.aliases))
 
     def resolve(self, model: str) -> ResolvedModel:
