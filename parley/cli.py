@@ -126,3 +126,72 @@ def _configured_models(settings: Settings) -> list[tuple[str, str]]:
     for alias, target in settings.inference.aliases.items():
         rows.append((alias, f"alias of {target}"))
     return rows
+
+
+@main.group()
+def recordings() -> None:
+    """Inspect the recorded model traffic that record/replay reads and writes."""
+
+
+def _recordings_dir(directory: Path | None, config_file: Path | None) -> Path:
+    """The directory named on the command line, else `inference.recording.dir` from the configuration."""
+    if directory is not None:
+        return directory
+    configured = _load(config_file).inference.recording.dir
+    if configured is None:
+        raise click.UsageError("name a directory, or set inference.recording.dir in the configuration")
+    return configured
+
+
+@recordings.command("list")
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
+@_CONFIG_OPTION
+def recordings_list(directory: Path | None, config_file: Path | None) -> None:
+    """One line per recording: file, test id, model, messages, streaming or not.
+
+    DIRECTORY defaults to inference.recording.dir from the configuration.
+    """
+    from parley.inference.recording_text import read_all, summary
+
+    for item in read_all(_recordings_dir(directory, config_file)):
+        if isinstance(item, Exception):
+            click.echo(f"{item.path.name}\tBROKEN: {item.problem}")
+        else:
+            click.echo(summary(item))
+
+
+@recordings.command("show")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def recordings_show(file: Path) -> None:
+    """Print a recording's conversation and its recorded reply as text."""
+    from parley.inference.recording_files import RecordingFileError, read_recording
+    from parley.inference.recording_text import show
+
+    try:
+        click.echo(show(read_recording(file)))
+    except RecordingFileError as exc:
+        raise click.ClickException(exc.message) from exc
+
+
+@recordings.command("check")
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
+@_CONFIG_OPTION
+def recordings_check(directory: Path | None, config_file: Path | None) -> None:
+    """Validate every recording file; report the broken ones and exit 1 if there are any.
+
+    DIRECTORY defaults to inference.recording.dir from the configuration.
+    """
+    from parley.inference.recording_text import read_all
+
+    directory = _recordings_dir(directory, config_file)
+    if not directory.is_dir():
+        raise click.ClickException(f"{directory} is not a directory")
+    total = broken = 0
+    for item in read_all(directory):
+        total += 1
+        if isinstance(item, Exception):
+            broken += 1
+            click.echo(f"BROKEN {item.path}: {item.problem}")
+    click.echo(f"{total} recording(s) in {directory}: {total - broken} ok, {broken} broken")
+    if broken:
+        sys.exit(1)
