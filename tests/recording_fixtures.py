@@ -1,0 +1,168 @@
+"""Helpers for the record/replay tests: an upstream that also embeds, and Parley configured to record.
+
+`EmbeddingUpstream` is the fake chat upstream of `tests/fake_upstream.py` plus
+`POST /v1/embeddings` (a deterministic vector per input), served by uvicorn in
+a thread of its own, so that a test can stop it and show that replay no longer
+needs it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import uvicorn
+
+from tests.fake_upstream import FakeApp, Receive, Scope, Send
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_RECORDINGS = ROOT.parent / "shared" / "recordings"
+
+# The secrets the recording tests configure; none may reach a recording file.
+API_KEY = "sk-recording-secret-1"
+HEADER_KEY = "header-secret-2"
+
+EMBEDDING_MODEL = "fake-embed"
+DIMENSIONS = 8
+
+
+def embedding(text: str, dimensions: int = DIMENSIONS) -> list[float]:
+    digest = hashlib.sha256(text.encode()).digest()
+    return [round(byte / 255, 6) for byte in digest[:dimensions]]
+
+
+class EmbeddingApp(FakeApp):
+    """The fake upstream, with `/v1/embeddings`; `embedding_requests` holds each body received."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding_requests: list[dict[str, Any]] = []
+        self.model_listings = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/v1/models":
+            self.model_listings += 1
+        if scope["type"] == "http" and scope["path"] == "/v1/embeddings":
+            await self._embeddings(receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def _embeddings(self, receive: Receive, send: Send) -> None:
+        raw = b""
+        while True:
+            message = await receive()
+            raw += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        body = orjson.loads(raw)
+        self.embedding_requests.append(body)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        if inputs and isinstance(inputs[0], int):
+            inputs = [inputs]  # one token array
+        data = []
+        for index, item in enumerate(inputs):
+            vector = embedding(str(item), body.get("dimensions") or DIMENSIONS)
+            value: Any = vector
+            if body.get("encoding_format") == "base64":
+                value = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": value})
+        tokens = sum(len(str(item).split()) for item in inputs)
+        payload = orjson.dumps(
+            {
+                "object": "list",
+                "data": data,
+                "model": body["model"],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": payload})
+
+
+class EmbeddingUpstream:
+    """`EmbeddingApp` served on a loopback port; `with EmbeddingUpstream() as up: up.base_url`."""
+
+    def __init__(self) -> None:
+        self.app = EmbeddingApp()
+        self.base_url = ""
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> str:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        config = uvicorn.Config(self.app, log_config=None, log_level="warning", lifespan="off")
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 15
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the embedding upstream did not start")
+            time.sleep(0.02)
+        self._server, self._thread = server, thread
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        return self.base_url
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(10)
+        self._server = self._thread = None
+
+    def __enter__(self) -> EmbeddingUpstream:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def recording_config(base_url: str, mode: str, directory: Path, **recording: Any) -> dict[str, Any]:
+    """Parley over `base_url` (a `fake` provider with secrets, and a `discovered` one), recording as `mode`."""
+    return {
+        "inference": {
+            "providers": {
+                "fake": {
+                    "type": "openai",
+                    "base_url": base_url,
+                    "api_key": API_KEY,
+                    "headers": {"X-Fake-Tenant": "parley-tests", "X-Api-Key": HEADER_KEY},
+                    "models": ["fake-echo", "fake-tool", "fake-long", "fake-error-400", EMBEDDING_MODEL],
+                    "timeout": {"connect": 2, "read": 5},
+                },
+                "discovered": {"type": "openai", "base_url": base_url, "timeout": {"connect": 2, "read": 5}},
+            },
+            "recording": {"mode": mode, "dir": str(directory), **recording},
+        }
+    }
+
+
+def replay_config(directory: Path, **recording: Any) -> dict[str, Any]:
+    """Parley replaying `directory` for `openai/gpt-4o`, whose upstream is a closed port."""
+    return {
+        "inference": {
+            "providers": {
+                "openai": {"type": "openai", "base_url": "http://127.0.0.1:9/v1", "models": ["gpt-4o"]},
+            },
+            "recording": {"mode": "replay", "dir": str(directory), **recording},
+        }
+    }
+
+
+_IDS = re.compile(rb"\b(resp|msg|fc|rs|chatcmpl)[_-][A-Za-z0-9]+")
+_TIMES = re.compile(rb'"(created_at|completed_at|created)":\s?\d+')
+
+
+def normalized(stream: bytes) -> bytes:
+    """A stream without what differs from one run to the next: ids and timestamps."""
+    return _TIMES.sub(rb'"\1":0', _IDS.sub(rb"\1_ID", stream))
