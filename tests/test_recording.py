@@ -1,0 +1,392 @@
+"""Record, then replay: Parley records a fake upstream, then replays the same requests with it stopped.
+
+The replayed event streams must be byte-identical to the recorded ones apart
+from ids and timestamps. The recording files must follow the shared layout,
+hold no secret, and say which test made them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import ROOT, ParleyProcess
+from tests.recording_fixtures import (
+    API_KEY,
+    EMBEDDING_MODEL,
+    HEADER_KEY,
+    EmbeddingUpstream,
+    normalized,
+    recording_config,
+)
+
+HEADER = "X-Parley-Test-Id"
+SCENARIO = "tests/test_recording.py::scenario"
+OTHER_TEST = "tests/test_recording.py::another_test"
+WEATHER_TOOL = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+def exchange(server: ParleyProcess) -> dict[str, bytes]:
+    """The same requests, made against a recording or a replaying Parley: each reply, normalized."""
+    out: dict[str, bytes] = {}
+    scoped = {HEADER: SCENARIO}
+    with httpx.Client(base_url=server.base_url, timeout=30, headers=scoped) as http:
+
+        def stream(name: str, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+            with http.stream("POST", path, json=body, headers=headers) as reply:
+                assert reply.status_code == 200, reply.read()
+                out[name] = normalized(reply.read())
+
+        def post(name: str, path: str, body: dict[str, Any]) -> None:
+            reply = http.post(path, json=body)
+            assert reply.status_code == 200, reply.text
+            out[name] = normalized(reply.content)
+
+        stream("responses stream", "/v1/responses", {"model": "fake/fake-echo", "input": "Hello there", "stream": True})
+        post("responses", "/v1/responses", {"model": "fake/fake-echo", "input": "Hello again"})
+        tool_call = {"model": "fake/fake-tool", "input": "Weather in Paris?", "tools": [WEATHER_TOOL]}
+        stream("responses tool stream", "/v1/responses", {**tool_call, "stream": True})
+        post("responses tool", "/v1/responses", tool_call)
+        chat = {"model": "fake/fake-echo", "messages": [{"role": "user", "content": "Say this back"}]}
+        stream(
+            "chat stream", "/v1/chat/completions", {**chat, "stream": True, "stream_options": {"include_usage": True}}
+        )
+        post("chat", "/v1/chat/completions", chat)
+        # The same conversation under another test: a file of its own.
+        stream("chat other test", "/v1/chat/completions", {**chat, "stream": True}, headers={HEADER: OTHER_TEST})
+        post("embeddings", "/v1/embeddings", {"model": f"fake/{EMBEDDING_MODEL}", "input": ["one", "two words"]})
+        post(
+            "embeddings base64",
+            "/v1/embeddings",
+            {"model": f"fake/{EMBEDDING_MODEL}", "input": "three", "encoding_format": "base64", "dimensions": 4},
+        )
+        listing = http.get("/v1/models")
+        assert listing.status_code == 200, listing.text
+        out["models"] = listing.content
+    # And one stream read by the official client, which checks the event protocol.
+    events = server.client().responses.create(
+        model="fake/fake-echo", input="Checked by the validator", stream=True, extra_headers=scoped
+    )
+    out["validated stream"] = normalized(json.dumps([e.type for e in events]).encode())
+    return out
+
+
+@dataclass
+class RecordThenReplay:
+    directory: Path
+    recorded: dict[str, bytes]
+    replayed: dict[str, bytes]
+    upstream_calls: int
+    record_output: list[str] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def record_then_replay(tmp_path_factory: pytest.TempPathFactory) -> RecordThenReplay:
+    directory = tmp_path_factory.mktemp("recordings")
+    with EmbeddingUpstream() as upstream:
+        recorder = ParleyProcess(
+            tmp_path_factory.mktemp("recorder"), recording_config(upstream.base_url, "record", directory)
+        )
+        recorder.start()
+        try:
+            recorded = exchange(recorder)
+        finally:
+            recorder.stop()
+        calls = len(upstream.app.requests) + len(upstream.app.embedding_requests) + upstream.app.model_listings
+        base_url = upstream.base_url
+    # The upstream is gone: replay must not need it.
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(base_url + "/models", timeout=2)
+    replayer = ParleyProcess(tmp_path_factory.mktemp("replayer"), recording_config(base_url, "replay", directory))
+    replayer.start()
+    try:
+        replayed = exchange(replayer)
+    finally:
+        replayer.stop()
+    return RecordThenReplay(directory, recorded, replayed, calls, recorder.output)
+
+
+def recording_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.json"))
+
+
+def test_replay_gives_the_recorded_streams_and_objects_byte_for_byte(record_then_replay: RecordThenReplay) -> None:
+    recorded, replayed = record_then_replay.recorded, record_then_replay.replayed
+    assert list(replayed) == list(recorded)
+    for name in recorded:
+        assert replayed[name] == recorded[name], name
+    assert b"Hello there" in recorded["responses stream"]
+    assert b"get_weather" in recorded["responses tool stream"]
+    assert b'"discovered/fake-echo"' in recorded["models"]
+
+
+def test_every_call_upstream_has_a_recording(record_then_replay: RecordThenReplay) -> None:
+    files = recording_files(record_then_replay.directory)
+    # 8 chat calls (one under another test), 2 embeddings, 1 model listing. Parley
+    # streams from upstream whether its caller streams or not, so a request made
+    # both ways is one call, recorded once (twice over the same file).
+    assert record_then_replay.upstream_calls == 11
+    assert len(files) == 9
+    assert not list(record_then_replay.directory.glob(".recording-*")), "a temporary file was left behind"
+
+
+def test_recording_files_follow_the_shared_layout(record_then_replay: RecordThenReplay) -> None:
+    endpoints = []
+    for path in recording_files(record_then_replay.directory):
+        data = json.loads(path.read_text())
+        assert set(data) == {"test_id", "request", "response", "id_normalization_mapping"}
+        request, response = data["request"], data["response"]
+        assert {"method", "url", "headers", "body", "endpoint", "model"} <= set(request)
+        assert set(response) == {"body", "is_streaming"}
+        endpoints.append(request["endpoint"])
+        if request["endpoint"] == "/v1/chat/completions":
+            assert request["method"] == "POST"
+            assert request["url"].endswith("/v1/chat/completions")
+            assert request["body"]["stream"] is True
+            assert response["is_streaming"] is True
+            for chunk in response["body"]:
+                assert chunk["__type__"] == "openai.types.chat.chat_completion_chunk.ChatCompletionChunk"
+                assert chunk["__data__"]["object"] == "chat.completion.chunk"
+            assert response["body"][-1]["__data__"]["usage"]["total_tokens"] > 0
+        elif request["endpoint"] == "/v1/embeddings":
+            assert response["is_streaming"] is False
+            assert response["body"]["__type__"] == "openai.types.create_embedding_response.CreateEmbeddingResponse"
+        else:
+            assert request["method"] == "GET"
+            assert [m["__type__"] for m in response["body"]] == ["openai.types.model.Model"] * len(response["body"])
+        assert path.name == path.stem + ".json" and len(path.stem) == 64
+    assert sorted(set(endpoints)) == ["/v1/chat/completions", "/v1/embeddings", "/v1/models"]
+
+
+def test_no_secret_is_written(record_then_replay: RecordThenReplay) -> None:
+    for path in recording_files(record_then_replay.directory):
+        text = path.read_text()
+        assert API_KEY not in text
+        assert HEADER_KEY not in text
+        assert "authorization" not in text.lower()
+        headers = json.loads(text)["request"]["headers"]
+        if json.loads(text)["request"]["provider"] == "fake":
+            assert headers == {"X-Fake-Tenant": "parley-tests"}
+
+
+def test_each_file_names_the_test_that_made_it(record_then_replay: RecordThenReplay) -> None:
+    by_test: dict[Any, list[str]] = {}
+    for path in recording_files(record_then_replay.directory):
+        data = json.loads(path.read_text())
+        by_test.setdefault(data["test_id"], []).append(data["request"]["endpoint"])
+    # The model listing is shared by every test, but still says who asked first.
+    assert set(by_test) == {SCENARIO, OTHER_TEST}
+    assert by_test[OTHER_TEST] == ["/v1/chat/completions"]
+
+
+def parley_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "parley", "recordings", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_cli_lists_shows_and_checks_recordings(record_then_replay: RecordThenReplay) -> None:
+    directory = record_then_replay.directory
+    listing = parley_cli("list", str(directory))
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    assert len(lines) == 9
+    chat_lines = [line.split("\t") for line in lines if "message" in line]
+    assert ["fake-echo", "1 message", "streaming"] in [fields[2:] for fields in chat_lines]
+    assert any(line.split("\t")[1] == OTHER_TEST for line in lines)
+    assert any("2 inputs\tnot streaming" in line for line in lines)
+    assert any("model listing" in line for line in lines)
+
+    check = parley_cli("check", str(directory))
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert check.stdout.strip().endswith("9 ok, 0 broken")
+
+    (echo,) = [
+        path
+        for path in recording_files(directory)
+        if json.loads(path.read_text())["request"]["body"].get("messages")
+        == [{"role": "user", "content": "Hello there"}]
+    ]
+    show = parley_cli("show", str(echo))
+    assert show.returncode == 0, show.stderr
+    assert "[user] Hello there" in show.stdout
+    assert "-- reply\n[assistant] Hello there\nfinish: stop" in show.stdout
+
+
+def test_cli_takes_the_directory_from_the_configuration(tmp_path: Path, record_then_replay: RecordThenReplay) -> None:
+    config = tmp_path / "parley.yaml"
+    config.write_text(f"inference:\n  recording:\n    mode: replay\n    dir: {record_then_replay.directory}\n")
+    check = parley_cli("check", "--config", str(config))
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "9 ok" in check.stdout
+    unset = parley_cli("check")
+    assert unset.returncode != 0
+    assert "inference.recording.dir" in unset.stderr
+
+
+@pytest.fixture(scope="module")
+def live_upstream() -> Iterator[EmbeddingUpstream]:
+    with EmbeddingUpstream() as upstream:
+        yield upstream
+
+
+def test_record_if_missing_calls_upstream_only_for_what_is_not_recorded(
+    tmp_path: Path, live_upstream: EmbeddingUpstream
+) -> None:
+    directory = tmp_path / "recordings"
+    server = ParleyProcess(
+        tmp_path / "parley", recording_config(live_upstream.base_url, "record-if-missing", directory)
+    )
+    server.start()
+    try:
+        client = server.client()
+        calls = live_upstream.app.requests
+
+        def ask(text: str) -> str:
+            reply = client.chat.completions.create(model="fake/fake-echo", messages=[{"role": "user", "content": text}])
+            return reply.choices[0].message.content or ""
+
+        before = len(calls)
+        assert ask("first question") == "first question"
+        assert len(calls) == before + 1
+        assert len(recording_files(directory)) == 1
+        assert ask("first   question") == "first question"  # the same conversation: replayed
+        assert len(calls) == before + 1
+        assert ask("second question") == "second question"
+        assert len(calls) == before + 2
+        assert len(recording_files(directory)) == 2
+
+        before = len(live_upstream.app.embedding_requests)
+        for _ in range(2):
+            reply = client.embeddings.create(model=f"fake/{EMBEDDING_MODEL}", input="embed me")
+            assert len(reply.data[0].embedding) == 8
+        assert len(live_upstream.app.embedding_requests) == before + 1
+    finally:
+        server.stop()
+
+
+def test_a_failed_call_is_not_recorded(tmp_path: Path, live_upstream: EmbeddingUpstream) -> None:
+    directory = tmp_path / "recordings"
+    server = ParleyProcess(tmp_path / "parley", recording_config(live_upstream.base_url, "record", directory))
+    server.start()
+    try:
+        with pytest.raises(openai.BadRequestError):
+            server.client().chat.completions.create(
+                model="fake/fake-error-400", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert recording_files(directory) == []
+    finally:
+        server.stop()
+
+
+def test_a_corrupt_or_truncated_file_is_named(tmp_path: Path, record_then_replay: RecordThenReplay) -> None:
+    directory = tmp_path / "recordings"
+    directory.mkdir()
+    files = recording_files(record_then_replay.directory)
+    (echo,) = [path for path in files if b'"content": "Hello again"' in path.read_bytes()]
+    truncated = directory / echo.name
+    truncated.write_bytes(echo.read_bytes()[:700])
+    wrong = directory / ("0" * 64 + ".json")
+    wrong.write_text(json.dumps({"test_id": None, "request": {"endpoint": "/v1/chat/completions", "body": {}}}))
+    shutil.copy(files[0] if files[0] != echo else files[1], directory)
+
+    check = parley_cli("check", str(directory))
+    assert check.returncode == 1
+    assert f"BROKEN {truncated}: is not valid JSON (truncated or corrupt?)" in check.stdout
+    assert f"BROKEN {wrong}: has no 'response.body'" in check.stdout
+    assert "3 recording(s)" in check.stdout and "1 ok, 2 broken" in check.stdout
+
+    server = ParleyProcess(tmp_path / "parley", recording_config("http://127.0.0.1:9/v1", "replay", directory))
+    server.start()  # the broken files do not keep the others from being served
+    try:
+        assert any(truncated.name in line for line in server.output), "the log names the broken file"
+        with pytest.raises(openai.NotFoundError) as caught:
+            server.client().responses.create(model="fake/fake-echo", input="Hello again")
+        message = str(caught.value)
+        assert "could not be read" in message
+        assert f"{truncated.name} (is not valid JSON (truncated or corrupt?)" in message
+        assert wrong.name in message
+    finally:
+        server.stop()
+
+
+def test_a_replayed_embeddings_miss_names_the_difference(tmp_path: Path, record_then_replay: RecordThenReplay) -> None:
+    server = ParleyProcess(tmp_path, recording_config("http://127.0.0.1:9/v1", "replay", record_then_replay.directory))
+    server.start()
+    try:
+        client = server.client()
+        # The official client asks for base64 unless told otherwise; the scenario asked for floats.
+        reply = client.embeddings.create(
+            model=f"fake/{EMBEDDING_MODEL}",
+            input=["one", "two words"],
+            encoding_format="float",
+            extra_headers={HEADER: "tests/elsewhere"},
+        )
+        assert [item.index for item in reply.data] == [0, 1]
+        with pytest.raises(openai.NotFoundError) as caught:
+            client.embeddings.create(
+                model=f"fake/{EMBEDDING_MODEL}", input=["one", "three words"], encoding_format="float"
+            )
+        assert 'first difference: input: the request has ["one","three words"]' in str(caught.value)
+    finally:
+        server.stop()
+
+
+def test_the_embedded_model_is_recorded_and_replayed_without_loading_it(tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp")
+    directory = tmp_path / "recordings"
+    request = {
+        "model": "local/smollm2-135m",
+        "messages": [{"role": "user", "content": "Name a colour."}],
+        "max_tokens": 8,
+        "seed": 1,
+        "temperature": 0,
+    }
+    replies = []
+    for mode in ("record", "replay"):
+        model: dict[str, Any] = {}
+        if mode == "replay":
+            # Replay never loads the weights: a file that does not exist is never noticed.
+            model = {"path": str(tmp_path / "missing.gguf")}
+        providers = {"local": {"type": "local", "models": {"smollm2-135m": model}}}
+        config = {"inference": {"providers": providers, "recording": {"mode": mode, "dir": str(directory)}}}
+        server = ParleyProcess(tmp_path / mode, config)
+        server.start()
+        try:
+            replies.append(server.client().chat.completions.create(**request).choices[0].message.content)  # type: ignore[call-overload]
+        finally:
+            server.stop()
+    assert replies[0] and replies[0] == replies[1]
+    (path,) = recording_files(directory)
+    recorded = json.loads(path.read_text())["request"]
+    assert recorded["url"] == "local://local/v1/chat/completions"
+    assert recorded["body"]["model"] == "smollm2-135m"
+
+
+def test_embeddings_need_a_provider_that_serves_them(embedded: ParleyProcess) -> None:
+    with embedded.http() as http:
+        reply = http.post("/v1/embeddings", json={"model": "smollm2-135m", "input": "hello"})
+        assert reply.status_code == 400
+        assert reply.json()["error"]["message"] == "Provider 'local' does not serve embeddings."
+        assert reply.json()["error"]["param"] == "model"
+        empty = http.post("/v1/embeddings", json={"model": "smollm2-135m", "input": []})
+        assert empty.status_code == 400
+        assert empty.json()["error"]["param"] == "input"
+        unknown = http.post("/v1/embeddings", json={"model": "nope", "input": "x"})
+        assert unknown.status_code == 404
+        assert unknown.json()["error"]["code"] == "model_not_found"
