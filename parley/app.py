@@ -20,7 +20,7 @@ from parley.store import Database, ResponseStore
 def create_app(settings: Settings) -> FastAPI:
     registry = ModelRegistry.from_settings(settings.inference)
     database = Database(settings.storage_url)
-    responses = ResponseService(registry, ResponseStore(database))
+    responses = ResponseService(registry, ResponseStore(database), settings.engine, settings.tools.mcp)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -168,6 +168,28 @@ class InferenceSettings(_Section):
         return self
 
 
+class MCPSettings(_Section):
+    """Limits on the MCP servers that requests name."""
+
+    # Seconds for connecting, listing, and each tool call.
+    timeout: float = Field(30.0, gt=0)
+    # Host names (or addresses) requests may name; None allows every host.
+    allowed_hosts: list[str] | None = None
+    # Whether servers on this machine (localhost, 127.0.0.0/8, ::1) may be named.
+    allow_loopback: bool = True
+    # A tool's output longer than this is cut, with a note saying so.
+    max_output_chars: int = Field(100_000, ge=1)
+
+
+class ToolsSettings(_Section):
+    mcp: MCPSettings = MCPSettings()
+
+
+class EngineSettings(_Section):
+    # Model calls in one response before it ends `incomplete`.
+    max_iterations: int = Field(20, ge=1)
+
+
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
     return Path(base) / "parley"
@@ -185,6 +207,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=_default_data_dir)
     storage: StorageSettings = StorageSettings()
     inference: InferenceSettings = InferenceSettings()
+    engine: EngineSettings = EngineSettings()
+    tools: ToolsSettings = ToolsSettings()
 
     @classmethod
     def settings_customise_sources(

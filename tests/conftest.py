@@ -134,6 +134,7 @@ def upstream_config(fake: FakeUpstream, *, read_timeout: float = 3.0) -> dict[st
                         "fake-echo",
                         "fake-long",
                         "fake-tool",
+                        "fake-script",
                         "fake-json",
                         "fake-error-400",
                         "fake-error-429",

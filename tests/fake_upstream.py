@@ -8,6 +8,7 @@ The request's `model` picks the behaviour:
 
     fake-echo             the last user message, one word per chunk
     fake-long             N chunks "tok0 ", "tok1 ", ... (N = max_tokens, else 1000)
+    fake-script           tool calls scripted by the last user message (see `_script`)
     fake-tool             a call to the chosen tool (two calls when parallel),
                           or "The tool said: ..." after a tool message
     fake-json             {"answer": 42}
@@ -56,6 +57,7 @@ MODELS = (
     "fake-echo",
     "fake-long",
     "fake-tool",
+    "fake-script",
     "fake-json",
     "fake-error-400",
     "fake-error-429",
@@ -353,6 +355,8 @@ def _reply(body: dict[str, Any]) -> _Reply:
         return _Reply(['{"answer": ', "42}"])
     if model in _FAILING_PIECES:
         return _Reply(_FAILING_PIECES[model])
+    if model == "fake-script":
+        return _script(messages)
     if model == "fake-tool" and messages and messages[-1].get("role") == "tool":
         return _Reply(_words("The tool said: " + _text(messages[-1].get("content"))))
     if model == "fake-tool" and body.get("tools") and body.get("tool_choice") != "none":
@@ -372,6 +376,36 @@ def _reply(body: dict[str, Any]) -> _Reply:
     if limit is not None and limit < len(words):
         return _Reply(words[:limit], "length")
     return _Reply(words)
+
+
+def _script(messages: list[dict[str, Any]]) -> _Reply:
+    """Calls scripted by the last user message, one step per model call.
+
+    The message is steps separated by ` | `, each step calls separated by
+    ` & `, each call `NAME {json arguments}`: "add {"a": 1, "b": 2} | echo
+    {"text": "hi"}" calls `add`, then `echo`. After the last step the reply is
+    "Results: " and the tool results since the user message, joined by "; ".
+    A script ending in ` | forever` repeats its last step for ever.
+    """
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    script = _text(messages[last_user].get("content")) if last_user >= 0 else ""
+    steps = [step.strip() for step in script.split(" | ") if step.strip()]
+    forever = bool(steps) and steps[-1] == "forever"
+    if forever:
+        steps = steps[:-1]
+    since = messages[last_user + 1 :]
+    done = sum(1 for m in since if m.get("role") == "assistant" and m.get("tool_calls"))
+    if done < len(steps) or (forever and steps):
+        step = steps[min(done, len(steps) - 1)]
+        calls = []
+        for i, call in enumerate(step.split(" & ")):
+            name, _, arguments = call.strip().partition(" ")
+            arguments = arguments.strip() or "{}"
+            half = max(1, len(arguments) // 2)
+            calls.append((f"call_script_{done + 1}_{i + 1}", name, [arguments[:half], arguments[half:]]))
+        return _Reply([], "tool_calls", calls)
+    results = [_text(m.get("content")) for m in since if m.get("role") == "tool"]
+    return _Reply(_words("Results: " + "; ".join(results)))
 
 
 def _tool_name(tool: dict[str, Any]) -> str:

@@ -58,7 +58,10 @@ def test_defaults_serve_the_embedded_model_on_localhost_8321(tmp_path: Path) -> 
         "inference": {
             "providers": {"local": {"type": "local", "models": {"smollm2-135m": EMBEDDED_MODEL_CONFIG}}},
             "aliases": {"smollm2-135m": "local/smollm2-135m"},
+            "recording": {"mode": "live", "dir": None, "test_header": "X-Parley-Test-Id", "delay_ms": 0.0},
         },
+        "engine": {"max_iterations": 20},
+        "tools": {"mcp": {"timeout": 30.0, "allowed_hosts": None, "allow_loopback": True, "max_output_chars": 100000}},
     }
     assert settings.storage_url == f"sqlite+aiosqlite:///{tmp_path / 'xdg' / 'parley' / 'parley.db'}"
 
@@ -106,6 +109,19 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
           aliases:
             fast: openai/gpt-4o-mini
             small: local/qwen
+          recording:
+            mode: replay
+            dir: /srv/recordings
+            test_header: X-Test
+            delay_ms: 5
+        engine:
+          max_iterations: 8
+        tools:
+          mcp:
+            timeout: 10
+            allowed_hosts: [mcp.internal]
+            allow_loopback: false
+            max_output_chars: 5000
         """,
     )
 
@@ -152,6 +168,11 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
             },
             # Aliases replace the default ones; the embedded model is not added.
             "aliases": {"fast": "openai/gpt-4o-mini", "small": "local/qwen"},
+            "recording": {"mode": "replay", "dir": "/srv/recordings", "test_header": "X-Test", "delay_ms": 5.0},
+        },
+        "engine": {"max_iterations": 8},
+        "tools": {
+            "mcp": {"timeout": 10.0, "allowed_hosts": ["mcp.internal"], "allow_loopback": False, "max_output_chars": 5000}
         },
     }
     assert settings.inference.providers["openai"].api_key.get_secret_value() == "sk-example"  # type: ignore[union-attr]

@@ -2,37 +2,70 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from parley.engine.request import AllowedToolsChoice, CreateResponseRequest, FunctionTool, NamedFunctionChoice
 from parley.errors import InvalidRequestError
+from parley.tools.mcp import error_text
+
+NameOf = Callable[[str, str], str]
 
 
-def chat_messages(instructions: str | None, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Chat messages for `items`, oldest first, after the instructions."""
+def chat_messages(
+    instructions: str | None, items: list[dict[str, Any]], name_of: NameOf | None = None
+) -> list[dict[str, Any]]:
+    """Chat messages for `items`, oldest first, after the instructions.
+
+    Consecutive function calls (one model turn's) become one assistant
+    message; their results come later, as `function_call_output` items. An
+    MCP call carries its result, so it becomes an assistant message and a
+    tool message of its own. `name_of` gives the name the model knows an MCP
+    server's tool by.
+    """
     messages: list[dict[str, Any]] = []
     if instructions:
         messages.append({"role": "system", "content": instructions})
+    declined = {
+        item["approval_request_id"] for item in items if item["type"] == "mcp_approval_response" and not item["approve"]
+    }
+    name_of = name_of or (lambda _label, name: name)
+
+    def call(call_id: str, name: str, arguments: str) -> None:
+        entry = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+        last = messages[-1] if messages else None
+        if last is not None and last["role"] == "assistant":
+            last.setdefault("tool_calls", []).append(entry)  # text and calls of one model turn are one message
+        else:
+            messages.append({"role": "assistant", "content": None, "tool_calls": [entry]})
+
     for item in items:
         kind = item["type"]
         if kind == "message":
             _append_message(messages, item)
         elif kind == "function_call":
-            call = {
-                "id": item["call_id"],
-                "type": "function",
-                "function": {"name": item["name"], "arguments": item["arguments"]},
-            }
-            last = messages[-1] if messages else None
-            if last is not None and last["role"] == "assistant":
-                # Text and calls of one model turn are one chat message.
-                last.setdefault("tool_calls", []).append(call)
-            else:
-                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            call(item["call_id"], item["name"], item["arguments"])
         elif kind == "function_call_output":
             messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": _tool_output(item["output"])})
-        # Reasoning items stay with the response: chat-completions upstreams take no reasoning input.
+        elif kind == "mcp_call" and item.get("status") in ("completed", "failed"):
+            call(item["id"], name_of(item["server_label"], item["name"]), item["arguments"])
+            messages.append({"role": "tool", "tool_call_id": item["id"], "content": _mcp_result(item)})
+        elif kind == "mcp_approval_request" and item["id"] in declined:
+            call(item["id"], name_of(item["server_label"], item["name"]), item["arguments"])
+            messages.append({"role": "tool", "tool_call_id": item["id"], "content": DECLINED})
+        # Listings reach the model as tool definitions; pending approvals, approval
+        # responses and reasoning items are not part of a chat conversation.
     return messages
+
+
+DECLINED = "The user declined to run this tool call."
+
+
+def _mcp_result(item: dict[str, Any]) -> str:
+    if item.get("error"):
+        error = item["error"]
+        return error_text(error) if isinstance(error, dict) else f"Error: {error}"
+    return item.get("output") or ""
 
 
 def _append_message(messages: list[dict[str, Any]], item: dict[str, Any]) -> None:
@@ -74,37 +107,57 @@ def _tool_output(output: str | list[dict[str, Any]]) -> str:
     return "".join(part.get("text", "") for part in output if part.get("type") in ("input_text", "output_text"))
 
 
-def chat_tools(request: CreateResponseRequest, tools: list[FunctionTool]) -> tuple[list[dict[str, Any]] | None, Any]:
+def chat_tools(
+    request: CreateResponseRequest,
+    functions: list[FunctionTool],
+    server_functions: list[dict[str, Any]] | None = None,
+    server_of: Callable[[str], str | None] | None = None,
+) -> tuple[list[dict[str, Any]] | None, Any]:
     """The tools offered to the model and its `tool_choice`.
 
-    `allowed_tools` is a hard constraint: the model is never shown a tool outside it.
+    `server_functions` are the MCP servers' tools as function definitions, and
+    `server_of` names the server behind each. `allowed_tools` is a hard
+    constraint: the model is never shown a tool outside it.
     """
     choice = request.tool_choice
-    offered = tools
+    chat = [_function_definition(tool) for tool in functions] + list(server_functions or ())
     chat_choice: Any = choice
     if isinstance(choice, AllowedToolsChoice):
-        allowed = {ref.name for ref in choice.tools if ref.type == "function"}
-        offered = [tool for tool in tools if tool.name in allowed]
+        chat = [tool for tool in chat if _allowed(choice, tool["function"]["name"], server_of)]
         chat_choice = choice.mode
     elif isinstance(choice, NamedFunctionChoice):
-        if choice.name not in {tool.name for tool in tools}:
+        if choice.name not in {tool["function"]["name"] for tool in chat}:
             raise InvalidRequestError(
                 f"Invalid value for 'tool_choice': no function named '{choice.name}' is among the tools.",
                 param="tool_choice",
+                code="invalid_value",
             )
         chat_choice = {"type": "function", "function": {"name": choice.name}}
-    if not offered:
+    if not chat:
         return None, None
-    chat = []
-    for tool in offered:
-        function: dict[str, Any] = {"name": tool.name}
-        if tool.description is not None:
-            function["description"] = tool.description
-        function["parameters"] = tool.parameters or {"type": "object", "properties": {}}
-        if tool.strict is not None:
-            function["strict"] = tool.strict
-        chat.append({"type": "function", "function": function})
     return chat, chat_choice
+
+
+def _allowed(choice: AllowedToolsChoice, name: str, server_of: Callable[[str], str | None] | None) -> bool:
+    label = server_of(name) if server_of else None
+    for ref in choice.tools:
+        if ref.type == "function" and label is None and ref.name == name:
+            return True
+        extra = ref.model_extra or {}
+        same_server = ref.type == "mcp" and label is not None and extra.get("server_label") == label
+        if same_server and (ref.name is None or ref.name == name):
+            return True
+    return False
+
+
+def _function_definition(tool: FunctionTool) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name}
+    if tool.description is not None:
+        function["description"] = tool.description
+    function["parameters"] = tool.parameters or {"type": "object", "properties": {}}
+    if tool.strict is not None:
+        function["strict"] = tool.strict
+    return {"type": "function", "function": function}
 
 
 def response_format(request: CreateResponseRequest) -> dict[str, Any] | None:

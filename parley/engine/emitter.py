@@ -25,6 +25,7 @@ class EventEmitter:
         self.output: list[dict[str, Any]] = []
         self._open_items: dict[int, dict[str, Any]] = {}
         self._open_parts: dict[tuple[int, int], dict[str, Any]] = {}
+        self._streaming_arguments: set[int] = set()
 
     @property
     def streaming(self) -> bool:
@@ -48,21 +49,47 @@ class EventEmitter:
         return index
 
     def done_item(self, index: int, status: str = "completed") -> dict[str, Any]:
+        """Closes an item with its kind's closing events, then `output_item.done`."""
         for key in [key for key in self._open_parts if key[0] == index]:
             self.done_part(index, key[1])
         item = self._open_items.pop(index)
-        if item["type"] == "function_call":
+        kind = item["type"]
+        common = {"item_id": item["id"], "output_index": index}
+        if kind == "function_call":
+            self.emit("response.function_call_arguments.done", name=item["name"], arguments=item["arguments"], **common)
+        elif kind == "mcp_call":
+            self.end_arguments(index, item)
+            self.emit("response.mcp_call.completed" if status == "completed" else "response.mcp_call.failed", **common)
+        elif kind == "mcp_list_tools":
             self.emit(
-                "response.function_call_arguments.done",
-                item_id=item["id"],
-                output_index=index,
-                name=item["name"],
-                arguments=item["arguments"],
+                "response.mcp_list_tools.completed" if status == "completed" else "response.mcp_list_tools.failed",
+                **common,
             )
         if "status" in item:
             item["status"] = status
         self.emit("response.output_item.done", output_index=index, item=item)
         return item
+
+    def stream_arguments(self, index: int, delta: str) -> None:
+        """A piece of an open `mcp_call`'s arguments, as the model writes them."""
+        item = self._open_items[index]
+        item["arguments"] += delta
+        self._streaming_arguments.add(index)
+        self.emit("response.mcp_call_arguments.delta", item_id=item["id"], output_index=index, delta=delta)
+
+    def end_arguments(self, index: int, item: dict[str, Any]) -> None:
+        """`mcp_call_arguments.done` for a call whose arguments streamed, once."""
+        if index in self._streaming_arguments:
+            self._streaming_arguments.discard(index)
+            self.emit(
+                "response.mcp_call_arguments.done", item_id=item["id"], output_index=index, arguments=item["arguments"]
+            )
+
+    def start_work(self, index: int) -> None:
+        """Says that Parley has started running a server-side tool item (a call, a listing)."""
+        item = self.output[index]
+        event = {"mcp_call": "response.mcp_call.in_progress", "mcp_list_tools": "response.mcp_list_tools.in_progress"}
+        self.emit(event[item["type"]], item_id=item["id"], output_index=index)
 
     def is_open(self, index: int) -> bool:
         return index in self._open_items

@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from parley.engine.ids import new_id
 from parley.errors import InvalidRequestError, invalid_parameter, most_specific
+from parley.ids import new_id
 
 
 class _Part(BaseModel):
@@ -103,15 +103,63 @@ class ReasoningItem(_Item):
     status: Literal["in_progress", "completed", "incomplete"] | None = None
 
 
+class MCPApprovalResponseItem(_Item):
+    type: Literal["mcp_approval_response"]
+    approval_request_id: str = Field(min_length=1)
+    approve: bool
+    reason: str | None = None
+
+
+class _MCPOutputItem(_Item):
+    """An MCP item of an earlier response, sent back as input (as stateless callers do)."""
+
+    model_config = ConfigDict(extra="allow")
+    server_label: str
+
+
+class MCPListToolsItem(_MCPOutputItem):
+    type: Literal["mcp_list_tools"]
+    tools: list[dict[str, Any]]
+    error: str | None = None
+
+
+class MCPCallItem(_MCPOutputItem):
+    type: Literal["mcp_call"]
+    name: str
+    arguments: str
+    output: str | None = None
+    error: Any = None
+    status: Literal["in_progress", "completed", "incomplete", "calling", "failed"] | None = None
+
+
+class MCPApprovalRequestItem(_MCPOutputItem):
+    type: Literal["mcp_approval_request"]
+    name: str
+    arguments: str
+
+
 _ITEMS: dict[str, type[_Item]] = {
     "message": MessageItem,
     "function_call": FunctionCallItem,
     "function_call_output": FunctionCallOutputItem,
     "item_reference": ItemReference,
     "reasoning": ReasoningItem,
+    "mcp_approval_response": MCPApprovalResponseItem,
+    "mcp_list_tools": MCPListToolsItem,
+    "mcp_call": MCPCallItem,
+    "mcp_approval_request": MCPApprovalRequestItem,
 }
 
-_ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
+_ID_PREFIX = {
+    "message": "msg",
+    "function_call": "fc",
+    "function_call_output": "fco",
+    "reasoning": "rs",
+    "mcp_approval_response": "mcpa",
+    "mcp_list_tools": "mcpl",
+    "mcp_call": "mcp",
+    "mcp_approval_request": "mcpr",
+}
 
 
 def _check(model: type[BaseModel], raw: Any, path: str) -> Any:

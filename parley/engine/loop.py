@@ -1,28 +1,43 @@
 """The agent loop: how one response is produced.
 
-    build the context -> call the model -> turn its stream into output items
-        -> (server-side tools would run here, and the model be called again)
-        -> finish: completed, incomplete, or a client-side function call
+    prepare: list the MCP servers' tools; run the calls the caller approved
+    repeat:
+        call the model, and turn its stream into output items
+        run the MCP calls it made (at once, when parallel calls are allowed)
+    until the model answers, hands a function call to the caller, needs an
+    approval, runs out of output tokens, or the iteration bound is reached
 
 Everything a turn carries is one `Turn`; the model sits behind the provider
-interface, the events leave through the turn's `EventEmitter`.
+interface, server-side tools behind the `Toolbox`, and every event leaves
+through the turn's `EventEmitter`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from parley.config import EngineSettings
 from parley.engine import context
 from parley.engine.emitter import EventEmitter
 from parley.engine.output import OutputBuilder
-from parley.engine.request import CreateResponseRequest, FunctionTool
+from parley.engine.request import CreateResponseRequest
 from parley.engine.response import add_usage, usage_object
-from parley.errors import ContextLengthExceededError, ParleyError, UpstreamStatusError
+from parley.errors import ContextLengthExceededError, InvalidRequestError, ParleyError, UpstreamStatusError
+from parley.ids import new_id
 from parley.inference.registry import ResolvedModel
 from parley.inference.types import ChatChunk, ChatRequest, Usage
+from parley.tools import Toolbox
+from parley.tools.definitions import FunctionTool
+
+_LIMIT_REACHED = {
+    "type": "mcp_protocol_error",
+    "code": -32000,
+    "message": "max_tool_calls reached; the call was not run.",
+}
 
 
 @dataclass
@@ -34,33 +49,51 @@ class Turn:
     response: dict[str, Any]
     history: list[dict[str, Any]]  # items of the previous responses, oldest first
     input_items: list[dict[str, Any]]  # this request's input
-    tools: list[FunctionTool]
+    functions: list[FunctionTool]
+    toolbox: Toolbox
     emitter: EventEmitter
+    settings: EngineSettings = field(default_factory=EngineSettings)
+    previous_tools: list[dict[str, Any]] = field(default_factory=list)  # the `tools` of the previous response
     usage: Usage = field(default_factory=Usage)
     announced: bool = False
-    dropped_items: int = 0
+    dropped_items: int = 0  # oldest context items left out by `truncation: auto`
+    server_calls: int = 0  # MCP calls run so far
+    model_calls: int = 0
+
+    def context_items(self) -> list[dict[str, Any]]:
+        return (self.history + self.input_items + self.emitter.output)[self.dropped_items :]
 
 
 async def run(turn: Turn) -> None:
     """Produces the turn's output; raises ParleyError on failure (see `service`)."""
-    items = turn.history + turn.input_items
-    stream, items = await _open_model_stream(turn, items)
-    if turn.dropped_items:
-        # Parley's own field: how many of the oldest items `truncation: auto` left out.
-        turn.response["truncated_items"] = turn.dropped_items
-    announce(turn)
-    builder = OutputBuilder(turn.emitter, include_logprobs=turn.request.include_logprobs)
-    try:
-        async for batch in stream:
-            for chunk in batch:
-                builder.add(chunk)
-    finally:
-        await stream.aclose()
-    builder.close()
-    if builder.usage is not None:
-        add_usage(turn.usage, builder.usage)
-    _check_allowed_calls(turn, builder)
-    _finish(turn, builder.finish_reason)
+    prepared = await _prepare(turn)
+    for _ in range(turn.settings.max_iterations):
+        stream = await _open_model_stream(turn, prepared)
+        turn.model_calls += 1
+        if not turn.announced:
+            announce(turn)
+            for item in prepared:
+                _emit_finished(turn.emitter, item)
+        builder = OutputBuilder(turn.emitter, turn.toolbox, include_logprobs=turn.request.include_logprobs)
+        try:
+            async for batch in stream:
+                for chunk in batch:
+                    builder.add(chunk)
+        finally:
+            await stream.aclose()
+        builder.close()
+        if builder.usage is not None:
+            add_usage(turn.usage, builder.usage)
+        calls = [turn.emitter.output[index] for index in builder.call_indexes]
+        _check_offered(turn, calls)
+        server_calls = [index for index in builder.call_indexes if turn.emitter.output[index]["type"] == "mcp_call"]
+        await _run_server_calls(turn, server_calls)
+        if builder.finish_reason in ("length", "content_filter"):
+            return _finish(turn, builder.finish_reason)
+        hands_back = any(call["type"] in ("function_call", "mcp_approval_request") for call in calls)
+        if not server_calls or hands_back:
+            return _finish(turn, builder.finish_reason)
+    _finish(turn, "length")  # the iteration bound: the response ran out of room to finish
 
 
 def announce(turn: Turn) -> None:
@@ -71,9 +104,87 @@ def announce(turn: Turn) -> None:
         turn.emitter.emit("response.in_progress", response=turn.response)
 
 
-async def _open_model_stream(
-    turn: Turn, items: list[dict[str, Any]]
-) -> tuple[AsyncIterator[list[ChatChunk]], list[dict[str, Any]]]:
+async def _prepare(turn: Turn) -> list[dict[str, Any]]:
+    """The items produced before the first model call: tool listings, and the approved calls' results."""
+    items = await turn.toolbox.list_servers(turn.history + turn.input_items, turn.previous_tools)
+    requests = {item["id"]: item for item in turn.history + turn.input_items if item["type"] == "mcp_approval_request"}
+    approved = []
+    for index, item in enumerate(turn.input_items):
+        if item["type"] != "mcp_approval_response":
+            continue
+        request = requests.get(item["approval_request_id"])
+        if request is None:
+            param = f"input[{index}].approval_request_id"
+            raise InvalidRequestError(f"No approval request '{item['approval_request_id']}' to answer.", param=param)
+        if item["approve"]:
+            approved.append(request)
+    results = await _gather(turn, [_run_approved(turn, request) for request in approved])
+    return items + results
+
+
+async def _run_approved(turn: Turn, request: dict[str, Any]) -> dict[str, Any]:
+    item = {
+        "id": new_id("mcp"),
+        "type": "mcp_call",
+        "status": "in_progress",
+        "server_label": request["server_label"],
+        "name": request["name"],
+        "arguments": request["arguments"],
+        "output": None,
+        "error": None,
+        "approval_request_id": request["id"],
+    }
+    item["status"] = await _call(turn, item)
+    return item
+
+
+async def _run_server_calls(turn: Turn, indexes: list[int]) -> None:
+    """Runs the MCP calls of one model turn; their items close in the order the model made them."""
+    emitter = turn.emitter
+    for index in indexes:
+        emitter.start_work(index)
+    statuses = await _gather(turn, [_call(turn, emitter.output[index]) for index in indexes])
+    for index, status in zip(indexes, statuses, strict=True):
+        emitter.done_item(index, status)
+
+
+async def _call(turn: Turn, item: dict[str, Any]) -> str:
+    """Runs one MCP call, writing its `output` or `error` into the item; returns its final status."""
+    route = turn.toolbox.route_for(item["server_label"], item["name"])
+    limit = turn.request.max_tool_calls
+    if limit is not None and turn.server_calls >= limit:
+        item["error"] = _LIMIT_REACHED
+        return "failed"
+    if route is None:
+        item["error"] = {"type": "mcp_protocol_error", "code": -32602, "message": f"Unknown tool '{item['name']}'."}
+        return "failed"
+    turn.server_calls += 1
+    result = await route.server.call(item["name"], item["arguments"])
+    item["output"], item["error"] = result.output, result.error
+    return "failed" if result.error else "completed"
+
+
+async def _gather(turn: Turn, calls: list[Any]) -> list[Any]:
+    if turn.request.parallel_tool_calls:
+        return list(await asyncio.gather(*calls))
+    return [await call for call in calls]
+
+
+def _emit_finished(emitter: EventEmitter, item: dict[str, Any]) -> None:
+    """Emits an item that is already finished (a listing, an approved call) with its whole event sequence."""
+    if item["type"] == "mcp_call":
+        index = emitter.add_item({**item, "arguments": "", "output": None, "error": None, "status": "in_progress"})
+        if item["arguments"]:
+            emitter.stream_arguments(index, item["arguments"])
+        emitter.end_arguments(index, emitter.output[index])
+    else:
+        index = emitter.add_item({**item, "tools": [], "error": None, "status": "in_progress"})
+    emitter.start_work(index)
+    emitter.output[index].update({key: value for key, value in item.items() if key != "status"})
+    emitter.done_item(index, item["status"])
+
+
+async def _open_model_stream(turn: Turn, prepared: list[dict[str, Any]]) -> AsyncIterator[list[ChatChunk]]:
     """Starts the model call and waits for its first chunk.
 
     A refusal before the first chunk (a bad request, an unreachable upstream)
@@ -81,21 +192,27 @@ async def _open_model_stream(
     not fit loses its oldest items until it does.
     """
     while True:
+        items = (
+            turn.context_items()
+            if turn.announced
+            else (turn.history + turn.input_items + prepared)[turn.dropped_items :]
+        )
         stream = turn.model.provider.stream_chat(_chat_request(turn, items))
         try:
             first = await anext(stream)
         except StopAsyncIteration:
-            return _empty(), items
+            return _empty()
         except ParleyError as exc:
             await stream.aclose()
             if turn.request.truncation == "auto" and _is_context_overflow(exc):
                 shorter = context.drop_oldest(items)
                 if shorter is not None:
                     turn.dropped_items += len(items) - len(shorter)
-                    items = shorter
+                    # Parley's own field: how many of the oldest items `truncation: auto` left out.
+                    turn.response["truncated_items"] = turn.dropped_items
                     continue
             raise
-        return _prepend(first, stream), items
+        return _prepend(first, stream)
 
 
 def _is_context_overflow(exc: ParleyError) -> bool:
@@ -104,11 +221,23 @@ def _is_context_overflow(exc: ParleyError) -> bool:
     )
 
 
-def _chat_request(turn: Turn, items: list[dict[str, Any]]) -> ChatRequest:
+def _offered_tools(turn: Turn) -> tuple[list[dict[str, Any]] | None, Any]:
     request = turn.request
-    tools, tool_choice = context.chat_tools(request, turn.tools)
+    limit = request.max_tool_calls
+    servers = turn.toolbox.server_functions() if limit is None or turn.server_calls < limit else []
+    server_of = lambda name: route.server.label if (route := turn.toolbox.route(name)) else None  # noqa: E731
+    tools, tool_choice = context.chat_tools(request, turn.functions, servers, server_of)
     if request.tool_choice == "none":
         tool_choice = "none" if tools else None
+    elif turn.model_calls > 0 and tool_choice not in (None, "auto"):
+        # A forced call is the first step's: after its results, the model decides, or it would never stop.
+        tool_choice = "auto"
+    return tools, tool_choice
+
+
+def _chat_request(turn: Turn, items: list[dict[str, Any]]) -> ChatRequest:
+    request = turn.request
+    tools, tool_choice = _offered_tools(turn)
     extra: dict[str, Any] = {}
     if request.reasoning is not None and request.reasoning.effort is not None:
         extra["reasoning_effort"] = request.reasoning.effort
@@ -120,7 +249,7 @@ def _chat_request(turn: Turn, items: list[dict[str, Any]]) -> ChatRequest:
     logprobs = request.include_logprobs or bool(request.top_logprobs)
     return ChatRequest(
         model=turn.model.name,
-        messages=context.chat_messages(request.instructions, items),
+        messages=context.chat_messages(request.instructions, items, turn.toolbox.model_name),
         tools=tools,
         tool_choice=tool_choice,
         parallel_tool_calls=None if tools is None else request.parallel_tool_calls,
@@ -137,23 +266,19 @@ def _chat_request(turn: Turn, items: list[dict[str, Any]]) -> ChatRequest:
     )
 
 
-def _check_allowed_calls(turn: Turn, builder: OutputBuilder) -> None:
-    """A call to a tool the request did not offer is the model's failure, never handed to the caller."""
-    offered = {tool["function"]["name"] for tool in context.chat_tools(turn.request, turn.tools)[0] or ()}
-    for index in builder.call_indexes:
-        name = turn.emitter.output[index]["name"]
-        if name not in offered:
-            raise ParleyError(f"The model called '{name}', which is not among the tools it may call.")
+def _check_offered(turn: Turn, calls: list[dict[str, Any]]) -> None:
+    """A call to a tool the model was not offered is the model's failure, never handed to the caller."""
+    offered = {tool["function"]["name"] for tool in _offered_tools(turn)[0] or ()}
+    for call in calls:
+        if call["type"] == "function_call" and call["name"] not in offered:
+            raise ParleyError(f"The model called '{call['name']}', which is not among the tools it may call.")
 
 
 def _finish(turn: Turn, finish_reason: str | None) -> None:
     response = turn.response
-    if finish_reason == "length":
+    if finish_reason in ("length", "content_filter"):
         response["status"] = "incomplete"
-        response["incomplete_details"] = {"reason": "max_output_tokens"}
-    elif finish_reason == "content_filter":
-        response["status"] = "incomplete"
-        response["incomplete_details"] = {"reason": "content_filter"}
+        response["incomplete_details"] = {"reason": "max_output_tokens" if finish_reason == "length" else finish_reason}
     else:
         response["status"] = "completed"
         response["completed_at"] = int(time.time())

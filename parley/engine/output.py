@@ -1,9 +1,11 @@
 """Turns a model's streamed chunks into Responses output items and their events.
 
 Text becomes a `message` item with an `output_text` part (and a `refusal`
-part for refusals); reasoning text a `reasoning` item; each tool call a
-`function_call` item. Items open when their first piece arrives; a message
-closes when a tool call begins, and everything still open closes at the end.
+part for refusals); reasoning text a `reasoning` item. A tool call becomes a
+`function_call` item for the caller to answer, or, for a tool an MCP server
+answers, an `mcp_call` item (left open for the loop to run) or an
+`mcp_approval_request`. Items open when their first piece arrives; a message
+closes when a tool call begins, and everything else still open closes at the end.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ from __future__ import annotations
 from typing import Any
 
 from parley.engine.emitter import EventEmitter
-from parley.engine.ids import new_id
+from parley.ids import new_id
 from parley.inference.types import ChatChunk, ToolCallDelta, Usage
+from parley.tools import Toolbox
 
 
 class OutputBuilder:
-    def __init__(self, emitter: EventEmitter, *, include_logprobs: bool) -> None:
+    def __init__(self, emitter: EventEmitter, toolbox: Toolbox, *, include_logprobs: bool) -> None:
         self.emitter = emitter
+        self.toolbox = toolbox
         self.include_logprobs = include_logprobs
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
@@ -25,7 +29,7 @@ class OutputBuilder:
         self._parts: dict[str, int] = {}  # open part kind -> content index in the message
         self._reasoning: int | None = None
         self._calls: dict[int, int] = {}  # the model's tool-call index -> output index
-        self.call_indexes: list[int] = []  # output indexes of this model call's function calls
+        self.call_indexes: list[int] = []  # output indexes of this model call's tool calls, of every kind
 
     def add(self, chunk: ChatChunk) -> None:
         if chunk.usage is not None:
@@ -42,10 +46,16 @@ class OutputBuilder:
         if chunk.finish_reason:
             self.finish_reason = chunk.finish_reason
 
-    def close(self, status: str = "completed") -> None:
-        self.emitter.close_all(status)
-        self._message = self._reasoning = None
-        self._parts.clear()
+    def close(self) -> None:
+        """Ends the model call: every item closes but the MCP calls, which the loop runs next."""
+        for index in sorted(self._calls.values()):
+            item = self.emitter.output[index]
+            if item["type"] == "mcp_call":
+                self.emitter.end_arguments(index, item)
+            elif self.emitter.is_open(index):
+                self.emitter.done_item(index)
+        self._close_message()
+        self._close_reasoning()
 
     # Text and refusals
 
@@ -130,7 +140,27 @@ class OutputBuilder:
         if index is None:
             self._close_message()
             self._close_reasoning()
-            item = {
+            index = self._calls[delta.index] = self.emitter.add_item(self._call_item(delta))
+            self.call_indexes.append(index)
+        elif delta.name and self.emitter.output[index]["type"] == "function_call":
+            self.emitter.output[index]["name"] += delta.name
+        item = self.emitter.output[index]
+        if not delta.arguments:
+            return
+        if item["type"] == "function_call":
+            item["arguments"] += delta.arguments
+            self.emitter.emit(
+                "response.function_call_arguments.delta", item_id=item["id"], output_index=index, delta=delta.arguments
+            )
+        elif item["type"] == "mcp_call":
+            self.emitter.stream_arguments(index, delta.arguments)
+        else:  # an approval request is shown whole, when it is done
+            item["arguments"] += delta.arguments
+
+    def _call_item(self, delta: ToolCallDelta) -> dict[str, Any]:
+        route = self.toolbox.route(delta.name or "")
+        if route is None:
+            return {
                 "id": new_id("fc"),
                 "type": "function_call",
                 "status": "in_progress",
@@ -138,13 +168,15 @@ class OutputBuilder:
                 "name": delta.name or "",
                 "arguments": "",
             }
-            index = self._calls[delta.index] = self.emitter.add_item(item)
-            self.call_indexes.append(index)
-        elif delta.name:
-            self.emitter.output[index]["name"] += delta.name
-        item = self.emitter.output[index]
-        if delta.arguments:
-            item["arguments"] += delta.arguments
-            self.emitter.emit(
-                "response.function_call_arguments.delta", item_id=item["id"], output_index=index, delta=delta.arguments
-            )
+        common = {"server_label": route.server.label, "name": route.tool.name, "arguments": ""}
+        if route.needs_approval:
+            return {"id": new_id("mcpr"), "type": "mcp_approval_request", "status": "in_progress", **common}
+        return {
+            "id": new_id("mcp"),
+            "type": "mcp_call",
+            "status": "in_progress",
+            **common,
+            "output": None,
+            "error": None,
+            "approval_request_id": None,
+        }

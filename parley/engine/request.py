@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from parley.errors import InvalidRequestError, invalid_parameter, most_specific
+from parley.tools.definitions import FunctionTool, MCPTool
 
 _NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
 
@@ -38,14 +39,6 @@ KNOWN_TOOL_TYPES = {
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class FunctionTool(_Model):
-    type: Literal["function"]
-    name: str = Field(pattern=_NAME_PATTERN)
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
 
 
 class TextFormatText(_Model):
@@ -171,19 +164,30 @@ class CreateResponseRequest(BaseModel):
             )
         return self
 
-    def function_tools(self) -> list[FunctionTool]:
+    def validated_tools(self) -> list[FunctionTool | MCPTool]:
         """The tools, validated; an unsupported tool type is a 400 that names it."""
-        tools = []
+        tools: list[FunctionTool | MCPTool] = []
+        labels: set[str] = set()
         for index, raw in enumerate(self.tools or ()):
             kind = raw.get("type") if isinstance(raw, dict) else None
-            if kind != "function":
+            model = _TOOL_MODELS.get(kind) if isinstance(kind, str) else None
+            if model is None:
                 known = "is not supported by this server yet" if kind in KNOWN_TOOL_TYPES else "is not a tool type"
                 raise InvalidRequestError(
                     f"Invalid value for 'tools[{index}].type': tool type '{kind}' {known}.",
                     param=f"tools[{index}].type",
                     code="unsupported_tool_type" if kind in KNOWN_TOOL_TYPES else "invalid_value",
                 )
-            tools.append(_validated(FunctionTool, raw, f"tools[{index}]"))
+            tool = _validated(model, raw, f"tools[{index}]")
+            if isinstance(tool, MCPTool):
+                if tool.server_label in labels:
+                    raise InvalidRequestError(
+                        f"Invalid value for 'tools[{index}].server_label': '{tool.server_label}' is used twice.",
+                        param=f"tools[{index}].server_label",
+                        code="invalid_value",
+                    )
+                labels.add(tool.server_label)
+            tools.append(tool)
         return tools
 
     @property
@@ -195,6 +199,9 @@ class CreateResponseRequest(BaseModel):
         if isinstance(self.conversation, ConversationRef):
             return self.conversation.id
         return self.conversation
+
+
+_TOOL_MODELS: dict[str, type[BaseModel]] = {"function": FunctionTool, "mcp": MCPTool}
 
 
 def _validated(model: type[BaseModel], raw: Any, path: str) -> Any:

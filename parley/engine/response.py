@@ -5,12 +5,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from parley.engine.request import CreateResponseRequest, FunctionTool
+from parley.engine.request import CreateResponseRequest
 from parley.errors import ParleyError, UpstreamStatusError
 from parley.inference.types import Usage
+from parley.tools.definitions import FunctionTool, MCPTool
 
 
-def initial_response(request: CreateResponseRequest, response_id: str, tools: list[FunctionTool]) -> dict[str, Any]:
+def initial_response(
+    request: CreateResponseRequest, response_id: str, tools: list[FunctionTool | MCPTool]
+) -> dict[str, Any]:
     """Every field of OpenAI's `Response`, as it stands when the turn starts.
 
     Where Open Responses requires a value, the default that was applied is echoed.
@@ -52,7 +55,7 @@ def initial_response(request: CreateResponseRequest, response_id: str, tools: li
         "tool_choice": (
             tool_choice.model_dump(exclude_none=True) if hasattr(tool_choice, "model_dump") else tool_choice or "auto"
         ),
-        "tools": [tool.model_dump() for tool in tools],
+        "tools": [tool.public() if isinstance(tool, MCPTool) else tool.model_dump() for tool in tools],
         "truncation": request.truncation,
         "usage": None,
         "user": request.user,

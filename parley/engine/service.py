@@ -12,15 +12,18 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from parley.config import EngineSettings, MCPSettings
 from parley.engine import loop
 from parley.engine.emitter import EventEmitter
-from parley.engine.ids import new_id
 from parley.engine.items import parse_input
 from parley.engine.request import CreateResponseRequest
 from parley.engine.response import error_object, initial_response, usage_object
 from parley.errors import InvalidRequestError, NotFoundError, ParleyError
+from parley.ids import new_id
 from parley.inference.registry import ModelRegistry
 from parley.store import PageRequest, ResponseStore
+from parley.tools import Toolbox
+from parley.tools.definitions import FunctionTool, MCPTool
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +93,17 @@ class ResponseRun:
 
 
 class ResponseService:
-    def __init__(self, registry: ModelRegistry, store: ResponseStore) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        store: ResponseStore,
+        engine: EngineSettings | None = None,
+        mcp: MCPSettings | None = None,
+    ) -> None:
         self.registry = registry
         self.store = store
+        self.engine = engine or EngineSettings()
+        self.mcp = mcp or MCPSettings()
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def create(self, request: CreateResponseRequest) -> ResponseRun:
@@ -102,14 +113,17 @@ class ResponseService:
         if request.background:
             raise InvalidRequestError("Background responses are not supported by this server yet.", param="background")
         model = self.registry.resolve(request.model)
-        tools = request.function_tools()
+        tools = request.validated_tools()
         input_items = await self._resolve_references(parse_input(request.input))
         history: list[dict[str, Any]] = []
+        previous_tools: list[dict[str, Any]] = []
         if request.previous_response_id is not None:
-            if not await self.store.exists(request.previous_response_id):
+            previous = await self.store.body(request.previous_response_id)
+            if previous is None:
                 raise ResponseNotFoundError(
                     request.previous_response_id, param="previous_response_id", code="previous_response_not_found"
                 )
+            previous_tools = previous.get("tools") or []
             history = await self.store.chain_items(request.previous_response_id)
         if not history and not input_items:
             raise InvalidRequestError(
@@ -118,14 +132,19 @@ class ResponseService:
 
         run = ResponseRun(streaming=request.stream)
         response = initial_response(request, new_id("resp"), tools)
+        functions = [tool for tool in tools if isinstance(tool, FunctionTool)]
+        servers = [tool for tool in tools if isinstance(tool, MCPTool)]
         turn = loop.Turn(
             request=request,
             model=model,
             response=response,
             history=history,
             input_items=input_items,
-            tools=tools,
+            functions=functions,
+            toolbox=Toolbox(functions, servers, self.mcp),
             emitter=EventEmitter(run.sink if request.stream else None),
+            settings=self.engine,
+            previous_tools=previous_tools,
         )
         if request.store:
             await self.store.begin(response, input_items)
@@ -145,6 +164,8 @@ class ResponseService:
         except Exception as exc:
             log.exception("response %s failed", turn.response["id"])
             error = ParleyError(f"The server had an error while producing the response: {exc.__class__.__name__}")
+        finally:
+            await turn.toolbox.close()
         if error is not None:
             self._fail(turn, error)
         try:

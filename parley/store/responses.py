@@ -70,6 +70,11 @@ class ResponseStore:
             ).scalars()
             return {**row.body, "output": list(output)}
 
+    async def body(self, response_id: str) -> dict[str, Any] | None:
+        """The stored response without its output (its settings: tools, model, ...)."""
+        async with self.db.engine.connect() as connection:
+            return await connection.scalar(sa.select(responses.c.body).where(responses.c.id == response_id, _VISIBLE))
+
     async def exists(self, response_id: str) -> bool:
         async with self.db.engine.connect() as connection:
             found = await connection.scalar(sa.select(sa.literal(1)).where(responses.c.id == response_id, _VISIBLE))

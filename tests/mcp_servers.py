@@ -1,0 +1,125 @@
+"""Real MCP servers for the agent-loop tests: `MCPServer` from the `mcp` package, on loopback ports.
+
+`ToolServer` serves a few tools with known behaviour (an echo, an adder, a
+sleeper, one that raises) over streamable HTTP at `/mcp` and over SSE at
+`/sse`, and records the HTTP headers of every request it receives, so that
+tests can check what Parley sent and what it kept to itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+from mcp.server.mcpserver import MCPServer
+from starlette.applications import Starlette
+
+
+def build_server() -> MCPServer:
+    server = MCPServer("parley-test-tools")
+
+    @server.tool()
+    def echo(text: str) -> str:
+        """Returns the text it is given."""
+        return text
+
+    @server.tool()
+    def add(a: int, b: int) -> int:
+        """Adds two integers."""
+        return a + b
+
+    @server.tool()
+    async def sleep(seconds: float) -> str:
+        """Sleeps, then says how long."""
+        await asyncio.sleep(seconds)
+        return f"slept {seconds}"
+
+    @server.tool()
+    def explode(reason: str) -> str:
+        """Always fails."""
+        raise RuntimeError(f"exploded: {reason}")
+
+    @server.tool()
+    def big(size: int) -> str:
+        """Returns `size` characters."""
+        return "x" * size
+
+    return server
+
+
+class _HeaderRecorder:
+    def __init__(self, app: Any, seen: list[dict[str, str]]) -> None:
+        self.app = app
+        self.seen = seen
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            self.seen.append({k.decode(): v.decode() for k, v in scope["headers"]})
+        await self.app(scope, receive, send)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ToolServer:
+    """The test tools over both transports, in a thread: `url` ends in /mcp, `sse_url` in /sse."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.headers: list[dict[str, str]] = []
+        self._thread: threading.Thread | None = None
+        self._server: uvicorn.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    @property
+    def sse_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/sse"
+
+    def start(self) -> ToolServer:
+        mcp = build_server()
+        streamable = mcp.streamable_http_app()
+        sse = mcp.sse_app()
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app: Starlette) -> Any:
+            async with streamable.router.lifespan_context(app):
+                yield
+
+        app = Starlette(routes=[*streamable.routes, *sse.routes], lifespan=lifespan)
+        config = uvicorn.Config(_HeaderRecorder(app, self.headers), host="127.0.0.1", port=self.port, log_level="error")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 15
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the MCP test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(10)
+
+
+@contextlib.contextmanager
+def running_tool_server() -> Iterator[ToolServer]:
+    server = ToolServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,361 @@
+"""Server-side MCP tools in the agent loop, against a real MCP server, on SQLite and PostgreSQL.
+
+The model is the fake upstream's `fake-script`, whose tool calls are written
+in the user message (see tests/fake_upstream.py), so that every step of the
+loop is known in advance; one test runs the embedded model live.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from tests.conftest import ParleyProcess, parley_config
+from tests.fake_upstream import FakeUpstream
+from tests.mcp_servers import ToolServer
+
+SCRIPT = "fake/fake-script"
+
+
+@pytest.fixture(scope="module")
+def tool_server() -> Iterator[ToolServer]:
+    server = ToolServer().start()
+    yield server
+    server.stop()
+
+
+def mcp_tool(server: ToolServer, **fields: Any) -> dict[str, Any]:
+    return {"type": "mcp", "server_label": "tools", "server_url": server.url, "require_approval": "never", **fields}
+
+
+@pytest.fixture
+def client(parley: ParleyProcess) -> openai.OpenAI:
+    return parley.client(timeout=60)
+
+
+def types(response: Any) -> list[str]:
+    return [item.type for item in response.output]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_listing_a_call_and_the_answer(client: openai.OpenAI, tool_server: ToolServer, stream: bool) -> None:
+    request = {"model": SCRIPT, "input": 'add {"a": 2, "b": 3}', "tools": [mcp_tool(tool_server)]}
+    if stream:
+        events = list(client.responses.create(**request, stream=True))
+        response = events[-1].response
+        names = [event.type for event in events]
+        for event in (
+            "response.mcp_list_tools.in_progress",
+            "response.mcp_list_tools.completed",
+            "response.mcp_call_arguments.delta",
+            "response.mcp_call_arguments.done",
+            "response.mcp_call.in_progress",
+            "response.mcp_call.completed",
+        ):
+            assert event in names
+        assert names.index("response.mcp_call.in_progress") < names.index("response.mcp_call.completed")
+    else:
+        response = client.responses.create(**request)
+
+    assert types(response) == ["mcp_list_tools", "mcp_call", "message"]
+    listing, call, _ = response.output
+    assert listing.server_label == "tools"
+    assert {tool.name for tool in listing.tools} == {"echo", "add", "sleep", "explode", "big"}
+    add = next(tool for tool in listing.tools if tool.name == "add")
+    assert add.input_schema["required"] == ["a", "b"]
+    assert (call.server_label, call.name, json.loads(call.arguments)) == ("tools", "add", {"a": 2, "b": 3})
+    assert (call.output, call.error, call.status) == ("5", None, "completed")
+    assert response.output_text == "Results: 5"
+    assert response.status == "completed"
+    stored = client.responses.retrieve(response.id)
+    assert stored.model_dump() == response.model_dump()
+
+
+def test_sse_transport(client: openai.OpenAI, tool_server: ToolServer) -> None:
+    response = client.responses.create(
+        model=SCRIPT, input='echo {"text": "over sse"}', tools=[mcp_tool(tool_server, server_url=tool_server.sse_url)]
+    )
+    assert response.output[1].output == "over sse"
+    assert response.output_text == "Results: over sse"
+
+
+def test_several_steps_list_once(client: openai.OpenAI, tool_server: ToolServer, fake_upstream: FakeUpstream) -> None:
+    response = client.responses.create(
+        model=SCRIPT,
+        input='add {"a": 1, "b": 1} | echo {"text": "second"}',
+        tools=[mcp_tool(tool_server)],
+    )
+    assert types(response) == ["mcp_list_tools", "mcp_call", "mcp_call", "message"]
+    assert response.output_text == "Results: 2; second"
+    messages = fake_upstream.requests[-1]["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "assistant", "tool"]
+    assert messages[2]["content"] == "2"
+
+
+def test_listing_is_reused_along_the_chain(client: openai.OpenAI, tool_server: ToolServer) -> None:
+    tools = [mcp_tool(tool_server)]
+    first = client.responses.create(model=SCRIPT, input='add {"a": 1, "b": 2}', tools=tools)
+    second = client.responses.create(
+        model=SCRIPT, input='add {"a": 3, "b": 4}', tools=tools, previous_response_id=first.id
+    )
+    assert types(second) == ["mcp_call", "message"]
+    assert second.output[0].output == "7"
+
+    moved = mcp_tool(tool_server, server_url=tool_server.sse_url)
+    third = client.responses.create(
+        model=SCRIPT, input='add {"a": 1, "b": 1}', tools=[moved], previous_response_id=second.id
+    )
+    assert types(third) == ["mcp_list_tools", "mcp_call", "message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_approval_approved(client: openai.OpenAI, tool_server: ToolServer, stream: bool) -> None:
+    tools = [mcp_tool(tool_server, require_approval="always")]
+    first = client.responses.create(model=SCRIPT, input='add {"a": 20, "b": 22}', tools=tools)
+    assert types(first) == ["mcp_list_tools", "mcp_approval_request"]
+    request = first.output[1]
+    assert (request.name, json.loads(request.arguments), request.server_label) == ("add", {"a": 20, "b": 22}, "tools")
+    assert first.status == "completed"
+
+    answer = {
+        "model": SCRIPT,
+        "previous_response_id": first.id,
+        "input": [{"type": "mcp_approval_response", "approval_request_id": request.id, "approve": True}],
+        "tools": tools,
+    }
+    second = (
+        list(client.responses.create(**answer, stream=True))[-1].response
+        if stream
+        else client.responses.create(**answer)
+    )
+    assert types(second) == ["mcp_call", "message"]
+    call = second.output[0]
+    assert (call.approval_request_id, call.output, call.status) == (request.id, "42", "completed")
+    assert second.output_text == "Results: 42"
+
+
+def test_approval_denied(client: openai.OpenAI, tool_server: ToolServer, fake_upstream: FakeUpstream) -> None:
+    tools = [mcp_tool(tool_server, require_approval={"always": {"tool_names": ["add"]}})]
+    first = client.responses.create(model=SCRIPT, input='add {"a": 1, "b": 1}', tools=tools)
+    request = first.output[-1]
+    assert request.type == "mcp_approval_request"
+    second = client.responses.create(
+        model=SCRIPT,
+        previous_response_id=first.id,
+        input=[{"type": "mcp_approval_response", "approval_request_id": request.id, "approve": False}],
+        tools=tools,
+    )
+    assert types(second) == ["message"]
+    assert second.output_text == "Results: The user declined to run this tool call."
+    assert fake_upstream.requests[-1]["messages"][-1]["tool_call_id"] == request.id
+
+
+def test_approval_filter_never(client: openai.OpenAI, tool_server: ToolServer) -> None:
+    tools = [mcp_tool(tool_server, require_approval={"never": {"tool_names": ["echo"]}})]
+    response = client.responses.create(model=SCRIPT, input='echo {"text": "free"}', tools=tools)
+    assert types(response) == ["mcp_list_tools", "mcp_call", "message"]
+
+
+def test_unknown_approval_request_is_a_400(client: openai.OpenAI, tool_server: ToolServer) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.responses.create(
+            model=SCRIPT,
+            input=[{"type": "mcp_approval_response", "approval_request_id": "mcpr_nope", "approve": True}],
+            tools=[mcp_tool(tool_server)],
+        )
+    assert raised.value.param == "input[0].approval_request_id"
+
+
+def test_allowed_tools(client: openai.OpenAI, tool_server: ToolServer, fake_upstream: FakeUpstream) -> None:
+    for allowed in (["add", "echo"], {"tool_names": ["add", "echo"]}):
+        response = client.responses.create(
+            model=SCRIPT, input='add {"a": 1, "b": 1}', tools=[mcp_tool(tool_server, allowed_tools=allowed)]
+        )
+        assert response.output_text == "Results: 2"
+        offered = [tool["function"]["name"] for tool in fake_upstream.requests[-1]["tools"]]
+        assert sorted(offered) == ["add", "echo"]
+
+
+def test_server_that_is_down(client: openai.OpenAI) -> None:
+    down = {"type": "mcp", "server_label": "gone", "server_url": "http://127.0.0.1:9/mcp", "require_approval": "never"}
+    response = client.responses.create(model="fake/fake-echo", input="still here", tools=[down])
+    assert types(response) == ["mcp_list_tools", "message"]
+    listing = response.output[0]
+    assert listing.error and "gone" in listing.error
+    assert response.output_text == "still here"
+
+
+def test_tool_that_raises(client: openai.OpenAI, tool_server: ToolServer) -> None:
+    response = client.responses.create(model=SCRIPT, input='explode {"reason": "boom"}', tools=[mcp_tool(tool_server)])
+    call = response.output[1]
+    assert call.status == "failed" and call.output is None
+    assert call.error.type == "mcp_tool_execution_error"
+    assert response.output_text.startswith("Results: Error: ")
+    assert response.status == "completed"
+
+
+def test_invalid_arguments_from_the_model(client: openai.OpenAI, tool_server: ToolServer) -> None:
+    response = client.responses.create(model=SCRIPT, input='add {"a": "many"}', tools=[mcp_tool(tool_server)])
+    call = response.output[1]
+    assert call.status == "failed" and call.error is not None
+    not_json = client.responses.create(model=SCRIPT, input="add {oops", tools=[mcp_tool(tool_server)])
+    assert not_json.output[1].error.type == "mcp_protocol_error"
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_parallel_calls_run_concurrently(client: openai.OpenAI, tool_server: ToolServer, parallel: bool) -> None:
+    started = time.monotonic()
+    response = client.responses.create(
+        model=SCRIPT,
+        input='sleep {"seconds": 1} & sleep {"seconds": 1}',
+        tools=[mcp_tool(tool_server)],
+        parallel_tool_calls=parallel,
+    )
+    elapsed = time.monotonic() - started
+    assert types(response) == ["mcp_list_tools", "mcp_call", "mcp_call", "message"]
+    assert response.output_text == "Results: slept 1.0; slept 1.0"
+    if parallel:
+        assert elapsed < 1.8
+    else:
+        assert elapsed >= 2.0
+
+
+def test_max_tool_calls(client: openai.OpenAI, tool_server: ToolServer, fake_upstream: FakeUpstream) -> None:
+    response = client.responses.create(
+        model=SCRIPT,
+        input='add {"a": 1, "b": 1} | add {"a": 2, "b": 2}',
+        tools=[mcp_tool(tool_server)],
+        max_tool_calls=1,
+    )
+    first, second = response.output[1], response.output[2]
+    assert first.output == "2"
+    assert second.status == "failed" and "max_tool_calls" in second.error.message
+    assert "tools" not in fake_upstream.requests[-1]  # not offered once the limit is reached
+
+
+def test_secrets_reach_only_the_mcp_server(
+    parley: ParleyProcess, client: openai.OpenAI, tool_server: ToolServer, storage_url: str
+) -> None:
+    tools = [mcp_tool(tool_server, authorization="secret-token-123", headers={"X-Api-Key": "hdr-secret-456"})]
+    response = client.responses.create(model=SCRIPT, input='add {"a": 1, "b": 1}', tools=tools)
+    streamed = list(client.responses.create(model=SCRIPT, input='add {"a": 1, "b": 1}', tools=tools, stream=True))
+
+    received = tool_server.headers[-1]
+    assert received["authorization"] == "Bearer secret-token-123"
+    assert received["x-api-key"] == "hdr-secret-456"
+    with parley.http() as http:
+        texts = [
+            http.get(f"/v1/responses/{response.id}").text,
+            response.model_dump_json(),
+            *(e.model_dump_json() for e in streamed),
+        ]
+        texts.append(http.get(f"/v1/responses/{response.id}/input_items").text)
+    for text in texts:
+        assert "secret-token-123" not in text and "hdr-secret-456" not in text
+    echoed = response.tools[0]
+    assert getattr(echoed, "authorization", None) is None and echoed.headers is None
+    assert all("secret-token-123" not in line and "hdr-secret-456" not in line for line in parley.output)
+    if storage_url.startswith("sqlite"):
+        database = Path(storage_url.split("///", 1)[1])
+        for path in database.parent.glob(database.name + "*"):
+            data = path.read_bytes()
+            assert b"secret-token-123" not in data and b"hdr-secret-456" not in data
+    else:
+        import subprocess
+
+        url = storage_url.replace("postgresql+asyncpg", "postgresql")
+        dump = subprocess.run(
+            [
+                "psql",
+                url,
+                "-At",
+                "-c",
+                "SELECT body::text FROM responses UNION ALL SELECT data::text FROM response_items",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert dump and "secret-token-123" not in dump and "hdr-secret-456" not in dump
+
+
+def test_url_must_be_http(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.responses.create(
+            model=SCRIPT, input="x", tools=[{"type": "mcp", "server_label": "f", "server_url": "file:///etc/passwd"}]
+        )
+    assert raised.value.param == "tools[0]"
+
+
+# A Parley of its own, with tight limits.
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream) -> Iterator[ParleyProcess]:
+    config = parley_config(fake_upstream, f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('strict') / 'p.db'}")
+    config["tools"] = {"mcp": {"timeout": 1, "max_output_chars": 1000}}
+    config["engine"] = {"max_iterations": 3}
+    server = ParleyProcess(tmp_path_factory.mktemp("strict-parley"), config)
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_slow_tool_times_out(strict: ParleyProcess, tool_server: ToolServer) -> None:
+    started = time.monotonic()
+    response = strict.client().responses.create(
+        model=SCRIPT, input='sleep {"seconds": 5}', tools=[mcp_tool(tool_server)]
+    )
+    assert time.monotonic() - started < 4
+    call = response.output[1]
+    assert call.status == "failed" and "did not answer" in call.error.message
+
+
+def test_long_output_is_cut_and_says_so(strict: ParleyProcess, tool_server: ToolServer) -> None:
+    response = strict.client().responses.create(model=SCRIPT, input='big {"size": 5000}', tools=[mcp_tool(tool_server)])
+    output = response.output[1].output
+    assert output.startswith("x" * 1000) and "[output truncated: 1000 of 5000 characters]" in output
+
+
+def test_iteration_bound_ends_incomplete(strict: ParleyProcess, tool_server: ToolServer) -> None:
+    response = strict.client().responses.create(
+        model=SCRIPT, input='echo {"text": "again"} | forever', tools=[mcp_tool(tool_server)]
+    )
+    assert response.status == "incomplete"
+    assert response.incomplete_details.reason == "max_output_tokens"
+    assert types(response).count("mcp_call") == 3
+
+
+def test_loopback_can_be_refused(tmp_path: Path, fake_upstream: FakeUpstream, tool_server: ToolServer) -> None:
+    config = parley_config(fake_upstream, f"sqlite+aiosqlite:///{tmp_path / 'p.db'}")
+    config["tools"] = {"mcp": {"allow_loopback": False}}
+    server = ParleyProcess(tmp_path / "parley", config)
+    server.start()
+    try:
+        response = server.client().responses.create(model="fake/fake-echo", input="hi", tools=[mcp_tool(tool_server)])
+    finally:
+        server.stop()
+    assert "not allowed" in response.output[0].error
+
+
+def test_embedded_model_calls_an_mcp_tool(strict: ParleyProcess, tool_server: ToolServer) -> None:
+    """Live, on SmolLM2: the tool call is real and runs; the loop stops at the iteration bound at worst."""
+    response = strict.client(timeout=180).responses.create(
+        model="smollm2-135m",
+        input="Add 2 and 3 with the add tool.",
+        tools=[mcp_tool(tool_server, allowed_tools=["add"])],
+        tool_choice="required",
+        temperature=0,
+        max_output_tokens=200,
+    )
+    call = next(item for item in response.output if item.type == "mcp_call")
+    arguments = json.loads(call.arguments)
+    assert call.name == "add" and set(arguments) == {"a", "b"}
+    assert call.output == str(arguments["a"] + arguments["b"])
+    assert response.status in ("completed", "incomplete")
