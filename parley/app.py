@@ -12,15 +12,17 @@ from parley.api import install_error_handlers, routers
 from parley.api.body import install_body_schemas
 from parley.api.scoping import install_test_scoping
 from parley.config import Settings
+from parley.engine.conversations import ConversationService
 from parley.engine.service import ResponseService
 from parley.inference.registry import ModelRegistry
-from parley.store import Database, ResponseStore
+from parley.store import ConversationStore, Database, ResponseStore
 
 
 def create_app(settings: Settings) -> FastAPI:
     registry = ModelRegistry.from_settings(settings.inference)
     database = Database(settings.storage_url)
-    responses = ResponseService(registry, ResponseStore(database), settings.engine, settings.tools.mcp)
+    conversations = ConversationStore(database)
+    responses = ResponseService(registry, ResponseStore(database), conversations, settings.engine, settings.tools.mcp)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -42,6 +44,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.registry = registry
     app.state.responses = responses
+    app.state.conversations = ConversationService(conversations)
     install_error_handlers(app)
     install_test_scoping(app, settings.inference.recording)
     for router in routers:

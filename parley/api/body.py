@@ -28,10 +28,11 @@ class InvalidBodyError(InvalidRequestError):
         super().__init__(error["message"], param=error["param"], code=error["code"])
 
 
-async def read_body(request: Request, model: type[Body]) -> Body:
+async def read_body(request: Request, model: type[Body], *, empty_ok: bool = False) -> Body:
+    """The body as `model`; `empty_ok` lets an empty body stand for `{}`."""
     raw = await request.body()
     try:
-        data = orjson.loads(raw)
+        data = orjson.loads(raw) if raw.strip() or not empty_ok else {}
     except orjson.JSONDecodeError:
         data = None
     if not isinstance(data, dict):

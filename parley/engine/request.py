@@ -37,6 +37,20 @@ KNOWN_TOOL_TYPES = {
 }
 
 
+def check_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
+    """OpenAI's limits on `metadata`: 16 pairs, 64-character keys, 512-character values."""
+    if value is None:
+        return value
+    if len(value) > 16:
+        raise ValueError("at most 16 key-value pairs")
+    for key, item in value.items():
+        if len(key) > 64:
+            raise ValueError(f"key '{key[:20]}...' is longer than 64 characters")
+        if len(item) > 512:
+            raise ValueError(f"the value of '{key}' is longer than 512 characters")
+    return value
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -130,19 +144,7 @@ class CreateResponseRequest(BaseModel):
     # Accepted for compatibility; Parley has nothing to apply them to.
     prompt: dict[str, Any] | None = None
 
-    @field_validator("metadata")
-    @classmethod
-    def _metadata_limits(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        if value is None:
-            return value
-        if len(value) > 16:
-            raise ValueError("at most 16 key-value pairs")
-        for key, item in value.items():
-            if len(key) > 64:
-                raise ValueError(f"key '{key[:20]}...' is longer than 64 characters")
-            if len(item) > 512:
-                raise ValueError(f"the value of '{key}' is longer than 512 characters")
-        return value
+    _metadata_limits = field_validator("metadata")(lambda cls, value: check_metadata(value))
 
     @model_validator(mode="after")
     def _consistent(self) -> CreateResponseRequest:

@@ -14,14 +14,15 @@ from typing import Any
 
 from parley.config import EngineSettings, MCPSettings
 from parley.engine import loop
+from parley.engine.conversations import ConversationNotFoundError
 from parley.engine.emitter import EventEmitter
 from parley.engine.items import parse_input
 from parley.engine.request import CreateResponseRequest
 from parley.engine.response import error_object, initial_response, usage_object
 from parley.errors import InvalidRequestError, NotFoundError, ParleyError
 from parley.ids import new_id
-from parley.inference.registry import ModelRegistry
-from parley.store import PageRequest, ResponseStore
+from parley.inference.registry import ModelRegistry, ResolvedModel
+from parley.store import ConversationNotFound, ConversationStore, PageRequest, ResponseStore
 from parley.tools import Toolbox
 from parley.tools.definitions import FunctionTool, MCPTool
 
@@ -97,39 +98,73 @@ class ResponseService:
         self,
         registry: ModelRegistry,
         store: ResponseStore,
+        conversations: ConversationStore,
         engine: EngineSettings | None = None,
         mcp: MCPSettings | None = None,
     ) -> None:
         self.registry = registry
         self.store = store
+        self.conversations = conversations
         self.engine = engine or EngineSettings()
         self.mcp = mcp or MCPSettings()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Turns on one conversation take turns here; across replicas, appends are atomic (see ConversationStore).
+        self._conversation_locks: dict[str, asyncio.Lock] = {}
 
     async def create(self, request: CreateResponseRequest) -> ResponseRun:
         """Checks the request, stores the response as started, and starts producing it."""
-        if request.conversation is not None:
-            raise InvalidRequestError("Conversations are not supported by this server yet.", param="conversation")
         if request.background:
             raise InvalidRequestError("Background responses are not supported by this server yet.", param="background")
         model = self.registry.resolve(request.model)
         tools = request.validated_tools()
         input_items = await self._resolve_references(parse_input(request.input))
-        history: list[dict[str, Any]] = []
-        previous_tools: list[dict[str, Any]] = []
+        lock = await self._enter_conversation(request.conversation_id)
+        try:
+            history, previous_tools = await self._history(request)
+            if not history and not input_items:
+                raise InvalidRequestError(
+                    "Missing required parameter: 'input'.", param="input", code="missing_required_parameter"
+                )
+            return await self._start(request, model, tools, input_items, history, previous_tools, lock)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+
+    async def _enter_conversation(self, conversation_id: str | None) -> asyncio.Lock | None:
+        """Waits for the conversation's previous turn to end; the lock is released when this turn ends."""
+        if conversation_id is None:
+            return None
+        if await self.conversations.get(conversation_id) is None:
+            raise ConversationNotFoundError(conversation_id, param="conversation")
+        lock = self._conversation_locks.setdefault(conversation_id, asyncio.Lock())
+        await lock.acquire()
+        return lock
+
+    async def _history(self, request: CreateResponseRequest) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The items the turn continues from, and the tools of the turn before (to reuse MCP listings)."""
+        if request.conversation_id is not None:
+            items = await self.conversations.items(request.conversation_id)
+            return items, await self.conversations.latest_tools(request.conversation_id)
         if request.previous_response_id is not None:
             previous = await self.store.body(request.previous_response_id)
             if previous is None:
                 raise ResponseNotFoundError(
                     request.previous_response_id, param="previous_response_id", code="previous_response_not_found"
                 )
-            previous_tools = previous.get("tools") or []
-            history = await self.store.chain_items(request.previous_response_id)
-        if not history and not input_items:
-            raise InvalidRequestError(
-                "Missing required parameter: 'input'.", param="input", code="missing_required_parameter"
-            )
+            return await self.store.chain_items(request.previous_response_id), previous.get("tools") or []
+        return [], []
 
+    async def _start(
+        self,
+        request: CreateResponseRequest,
+        model: ResolvedModel,
+        tools: list[FunctionTool | MCPTool],
+        input_items: list[dict[str, Any]],
+        history: list[dict[str, Any]],
+        previous_tools: list[dict[str, Any]],
+        lock: asyncio.Lock | None,
+    ) -> ResponseRun:
         run = ResponseRun(streaming=request.stream)
         response = initial_response(request, new_id("resp"), tools)
         functions = [tool for tool in tools if isinstance(tool, FunctionTool)]
@@ -148,12 +183,19 @@ class ResponseService:
         )
         if request.store:
             await self.store.begin(response, input_items)
-        task = asyncio.create_task(self._produce(turn, run), name=f"response {response['id']}")
+        task = asyncio.create_task(self._produce(turn, run, lock), name=f"response {response['id']}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return run
 
-    async def _produce(self, turn: loop.Turn, run: ResponseRun) -> None:
+    async def _produce(self, turn: loop.Turn, run: ResponseRun, lock: asyncio.Lock | None) -> None:
+        try:
+            await self._produce_and_store(turn, run)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    async def _produce_and_store(self, turn: loop.Turn, run: ResponseRun) -> None:
         error: ParleyError | None = None
         try:
             await loop.run(turn)
@@ -168,12 +210,28 @@ class ResponseService:
             await turn.toolbox.close()
         if error is not None:
             self._fail(turn, error)
+        elif turn.request.conversation_id is not None:
+            await self._append_to_conversation(turn)
         try:
             if turn.request.store:
                 await self.store.finish(turn.response, turn.emitter.output, len(turn.input_items))
         except Exception:
             log.exception("cannot store response %s", turn.response["id"])
         run.end(turn.response if turn.announced else None, error)
+
+    async def _append_to_conversation(self, turn: loop.Turn) -> None:
+        """A turn that ended (not failed) appends its input, then its output, to the conversation.
+
+        This happens with `store: false` too: the conversation is the store.
+        """
+        items = turn.input_items + turn.emitter.output
+        kinds = ["input"] * len(turn.input_items) + ["output"] * len(turn.emitter.output)
+        try:
+            await self.conversations.append(turn.request.conversation_id or "", items, turn.response["id"], kinds)
+        except ConversationNotFound:
+            log.warning(
+                "conversation %s was deleted during response %s", turn.request.conversation_id, turn.response["id"]
+            )
 
     @staticmethod
     def _fail(turn: loop.Turn, error: ParleyError) -> None:

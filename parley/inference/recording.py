@@ -148,26 +148,33 @@ class RecordingStore:
     async def refresh(self) -> None:
         """Reads the files that are new or changed since the last look."""
         async with self._lock:
-            await asyncio.to_thread(self._scan)
+            # Files are read in a thread; the index changes only here, on the event loop.
+            for path, stamp, result in await asyncio.to_thread(self._read_changed, dict(self._seen)):
+                self._seen[path] = stamp
+                if isinstance(result, RecordingFileError):
+                    log.error("%s", result.message)
+                    self._remove(path)
+                    self.broken[path] = result
+                else:
+                    self._add(result)
+                    self.broken.pop(path, None)
 
-    def _scan(self) -> None:
-        paths = sorted(self.directory.glob("*.json")) if self.directory.is_dir() else []
-        for path in paths:
+    def _read_changed(
+        self, seen: dict[Path, tuple[int, int]]
+    ) -> list[tuple[Path, tuple[int, int], Recording | RecordingFileError]]:
+        changed: list[tuple[Path, tuple[int, int], Recording | RecordingFileError]] = []
+        for path in sorted(self.directory.glob("*.json")) if self.directory.is_dir() else []:
             try:
                 stat = path.stat()
             except OSError:
                 continue
             stamp = (stat.st_mtime_ns, stat.st_size)
-            if self._seen.get(path) == stamp:
-                continue
-            self._seen[path] = stamp
-            try:
-                self._add(read_recording(path))
-                self.broken.pop(path, None)
-            except RecordingFileError as exc:
-                log.error("%s", exc.message)
-                self._remove(path)
-                self.broken[path] = exc
+            if seen.get(path) != stamp:
+                try:
+                    changed.append((path, stamp, read_recording(path)))
+                except RecordingFileError as exc:
+                    changed.append((path, stamp, exc))
+        return changed
 
     def add(self, recording: Recording) -> None:
         """Indexes a recording that was just written."""

@@ -1,4 +1,9 @@
-"""Stored responses: their rows, their items, and the chains between them."""
+"""Stored responses: their rows, their items, and the chains between them.
+
+A response's items live in one place: `response_items`, or, for a response
+in a conversation, the conversation's own items (`conversation_items`, with
+the response's id). `_items` reads both as one.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,29 @@ import sqlalchemy as sa
 
 from parley.store.database import Database
 from parley.store.pagination import Page, PageRequest
-from parley.store.tables import response_items, responses
+from parley.store.tables import conversation_items, response_items, responses
 
 _VISIBLE = sa.and_(responses.c.deleted.is_(False))
+
+
+class _ItemSource:
+    """One of the two tables that hold responses' items, seen through the same columns."""
+
+    def __init__(self, table: sa.Table, live: Any = None) -> None:
+        self.table = table
+        self.live = live if live is not None else sa.true()
+
+    @property
+    def c(self) -> Any:
+        return self.table.c
+
+
+_OWN = _ItemSource(response_items)
+_IN_CONVERSATIONS = _ItemSource(conversation_items, conversation_items.c.deleted.is_(False))
+
+
+def _source(conversation_id: str | None) -> _ItemSource:
+    return _IN_CONVERSATIONS if conversation_id else _OWN
 
 
 class ResponseStore:
@@ -31,7 +56,7 @@ class ResponseStore:
                     body=_without_output(response),
                 )
             )
-            if input_items:
+            if input_items and not response.get("conversation"):  # a conversation keeps its own items
                 await connection.execute(
                     response_items.insert(),
                     [_item_row(response["id"], position, "input", item) for position, item in enumerate(input_items)],
@@ -45,7 +70,7 @@ class ResponseStore:
                 .where(responses.c.id == response["id"])
                 .values(status=response["status"], body=_without_output(response))
             )
-            if output_items:
+            if output_items and not response.get("conversation"):
                 await connection.execute(
                     response_items.insert(),
                     [
@@ -57,15 +82,20 @@ class ResponseStore:
     async def get(self, response_id: str) -> dict[str, Any] | None:
         async with self.db.engine.connect() as connection:
             row = (
-                await connection.execute(sa.select(responses.c.body).where(responses.c.id == response_id, _VISIBLE))
+                await connection.execute(
+                    sa.select(responses.c.body, responses.c.conversation_id).where(
+                        responses.c.id == response_id, _VISIBLE
+                    )
+                )
             ).first()
             if row is None:
                 return None
+            items = _source(row.conversation_id)
             output = (
                 await connection.execute(
-                    sa.select(response_items.c.data)
-                    .where(response_items.c.response_id == response_id, response_items.c.kind == "output")
-                    .order_by(response_items.c.position)
+                    sa.select(items.c.data)
+                    .where(items.c.response_id == response_id, items.c.kind == "output", items.live)
+                    .order_by(items.c.position)
                 )
             ).scalars()
             return {**row.body, "output": list(output)}
@@ -101,11 +131,15 @@ class ResponseStore:
                 parent.c.id == chain.c.previous_response_id
             )
         )
-        query = (
-            sa.select(response_items.c.data)
-            .join(chain, response_items.c.response_id == chain.c.id)
-            .order_by(chain.c.depth.desc(), response_items.c.position)
-        )
+        # Each table joined with the chain by its index, then the two in chain order.
+        parts = [
+            sa.select(chain.c.depth, source.c.position, source.c.data)
+            .join(chain, source.c.response_id == chain.c.id)
+            .where(source.live)
+            for source in (_OWN, _IN_CONVERSATIONS)
+        ]
+        both = sa.union_all(*parts).subquery("items")
+        query = sa.select(both.c.data).order_by(both.c.depth.desc(), both.c.position)
         async with self.db.engine.connect() as connection:
             return list((await connection.execute(query)).scalars())
 
@@ -113,13 +147,16 @@ class ResponseStore:
         """Stored items by id (for `item_reference` inputs)."""
         if not item_ids:
             return {}
+        found: dict[str, dict[str, Any]] = {}
         async with self.db.engine.connect() as connection:
-            rows = await connection.execute(
-                sa.select(response_items.c.item_id, response_items.c.data)
-                .join(responses, responses.c.id == response_items.c.response_id)
-                .where(response_items.c.item_id.in_(item_ids), _VISIBLE)
-            )
-            return {row.item_id: row.data for row in rows}
+            for source in (_OWN, _IN_CONVERSATIONS):
+                rows = await connection.execute(
+                    sa.select(source.c.item_id, source.c.data)
+                    .join(responses, responses.c.id == source.c.response_id)
+                    .where(source.c.item_id.in_(item_ids), source.live, _VISIBLE)
+                )
+                found.update({row.item_id: row.data for row in rows})
+        return found
 
     async def list(self, page: PageRequest) -> Page:
         query = sa.select(responses.c.seq, responses.c.id).where(_VISIBLE)
@@ -129,15 +166,20 @@ class ResponseStore:
         return Page(data=data, has_more=has_more)
 
     async def input_items(self, response_id: str, page: PageRequest) -> Page:
-        query = sa.select(response_items.c.position, response_items.c.data).where(
-            response_items.c.response_id == response_id, response_items.c.kind == "input"
+        async with self.db.engine.connect() as connection:
+            conversation_id = await connection.scalar(
+                sa.select(responses.c.conversation_id).where(responses.c.id == response_id)
+            )
+        items = _source(conversation_id)
+        query = sa.select(items.c.position, items.c.data).where(
+            items.c.response_id == response_id, items.c.kind == "input", items.live
         )
         cursor_of = lambda item_id: (  # noqa: E731
-            sa.select(response_items.c.position)
-            .where(response_items.c.response_id == response_id, response_items.c.item_id == item_id)
+            sa.select(items.c.position)
+            .where(items.c.response_id == response_id, items.c.item_id == item_id)
             .scalar_subquery()
         )
-        rows, has_more = await self._page(query, response_items.c.position, cursor_of, page)
+        rows, has_more = await self._page(query, items.c.position, cursor_of, page)
         return Page(data=[row.data for row in rows], has_more=has_more)
 
     async def _page(self, query: Any, key: Any, cursor_of: Any, page: PageRequest) -> tuple[list[Any], bool]:

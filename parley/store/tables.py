@@ -44,3 +44,36 @@ response_items = sa.Table(
     sa.Column("type", sa.String(64), nullable=False),
     sa.Column("data", JSONType, nullable=False),
 )
+
+
+conversations = sa.Table(
+    "conversations",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", sa.Integer, nullable=False),
+    sa.Column("metadata", JSONType, nullable=False),
+    # The position the next appended item gets; bumping it takes the row's lock.
+    sa.Column("next_position", sa.BigInteger, nullable=False, server_default="0"),
+)
+
+# A conversation's items, in the order of `position`, assigned in the database
+# when they are appended. Items appended by a response name it (`response_id`,
+# `kind` input or output): the conversation is where they are stored. Deleted
+# items leave a row behind so that an `after` cursor naming one still works.
+conversation_items = sa.Table(
+    "conversation_items",
+    metadata,
+    sa.Column(
+        "conversation_id", sa.String(64), sa.ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("position", sa.BigInteger, primary_key=True),
+    sa.Column("item_id", sa.String(64), nullable=False),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("response_id", sa.String(64), nullable=True),
+    sa.Column("kind", sa.String(8), nullable=True),
+    sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("data", JSONType, nullable=False),
+    sa.Index("ix_conversation_items_item", "conversation_id", "item_id", unique=True),
+    sa.Index("ix_conversation_items_response", "response_id"),
+)

@@ -1,0 +1,112 @@
+"""Conversations as a service: the durable history that responses read and append to."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from parley.engine.items import parse_item
+from parley.engine.request import check_metadata
+from parley.errors import InvalidRequestError, NotFoundError
+from parley.ids import new_id
+from parley.store import ConversationStore, PageRequest
+
+MAX_ITEMS_PER_REQUEST = 20
+
+
+class ConversationNotFoundError(NotFoundError):
+    def __init__(self, conversation_id: str, *, param: str | None = None) -> None:
+        super().__init__(f"Conversation with id '{conversation_id}' not found.", param=param)
+
+
+class CreateConversationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metadata: dict[str, str] | None = None
+    items: list[dict[str, Any]] | None = Field(None, max_length=MAX_ITEMS_PER_REQUEST)
+
+    _metadata_limits = field_validator("metadata")(lambda cls, value: check_metadata(value))
+
+
+class UpdateConversationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metadata: dict[str, str] | None
+
+    _metadata_limits = field_validator("metadata")(lambda cls, value: check_metadata(value))
+
+
+class AddItemsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_ITEMS_PER_REQUEST)
+
+
+def _items(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    items = [parse_item(item, f"items[{index}]") for index, item in enumerate(raw)]
+    for index, item in enumerate(items):
+        if item["type"] == "item_reference":
+            raise InvalidRequestError(
+                "A conversation holds items, not references to them.",
+                param=f"items[{index}].type",
+                code="invalid_value",
+            )
+    return items
+
+
+class ConversationService:
+    def __init__(self, store: ConversationStore) -> None:
+        self.store = store
+
+    async def create(self, request: CreateConversationRequest) -> dict[str, Any]:
+        items = _items(request.items or [])
+        return await self.store.create(new_id("conv"), int(time.time()), request.metadata or {}, items)
+
+    async def retrieve(self, conversation_id: str, *, param: str | None = None) -> dict[str, Any]:
+        conversation = await self.store.get(conversation_id)
+        if conversation is None:
+            raise ConversationNotFoundError(conversation_id, param=param)
+        return conversation
+
+    async def update(self, conversation_id: str, request: UpdateConversationRequest) -> dict[str, Any]:
+        conversation = await self.store.update_metadata(conversation_id, request.metadata or {})
+        if conversation is None:
+            raise ConversationNotFoundError(conversation_id)
+        return conversation
+
+    async def delete(self, conversation_id: str) -> dict[str, Any]:
+        if not await self.store.delete(conversation_id):
+            raise ConversationNotFoundError(conversation_id)
+        return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
+
+    async def add_items(self, conversation_id: str, request: AddItemsRequest) -> dict[str, Any]:
+        await self.retrieve(conversation_id)
+        items = _items(request.items)
+        await self.store.append(conversation_id, items)
+        return {
+            "object": "list",
+            "data": items,
+            "first_id": items[0]["id"],
+            "last_id": items[-1]["id"],
+            "has_more": False,
+        }
+
+    async def list_items(self, conversation_id: str, page: PageRequest) -> dict[str, Any]:
+        await self.retrieve(conversation_id)
+        return (await self.store.list_items(conversation_id, page)).as_list()
+
+    async def retrieve_item(self, conversation_id: str, item_id: str) -> dict[str, Any]:
+        await self.retrieve(conversation_id)
+        item = await self.store.get_item(conversation_id, item_id)
+        if item is None:
+            raise NotFoundError(f"Item with id '{item_id}' not found.")
+        return item
+
+    async def delete_item(self, conversation_id: str, item_id: str) -> dict[str, Any]:
+        """Deletes one item; answers with the conversation, as OpenAI does."""
+        conversation = await self.retrieve(conversation_id)
+        if not await self.store.delete_item(conversation_id, item_id):
+            raise NotFoundError(f"Item with id '{item_id}' not found.")
+        return conversation

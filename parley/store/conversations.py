@@ -1,0 +1,203 @@
+"""Stored conversations: the rows, their items in order, and appends that never interleave."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from parley.store.database import Database
+from parley.store.pagination import Page, PageRequest
+from parley.store.tables import conversation_items, conversations, responses
+
+
+class ConversationNotFound(Exception):
+    pass
+
+
+def _object(row: Any) -> dict[str, Any]:
+    return {"id": row.id, "object": "conversation", "created_at": row.created_at, "metadata": row.metadata}
+
+
+_LIVE_ITEM = conversation_items.c.deleted.is_(False)
+
+
+class ConversationStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def create(
+        self, conversation_id: str, created_at: int, metadata: dict[str, str], items: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        async with self.db.engine.begin() as connection:
+            await connection.execute(
+                conversations.insert().values(
+                    id=conversation_id, created_at=created_at, metadata=metadata, next_position=len(items)
+                )
+            )
+            if items:
+                await connection.execute(
+                    conversation_items.insert(),
+                    [_row(conversation_id, position, item, None, None) for position, item in enumerate(items)],
+                )
+        return {"id": conversation_id, "object": "conversation", "created_at": created_at, "metadata": metadata}
+
+    async def get(self, conversation_id: str) -> dict[str, Any] | None:
+        async with self.db.engine.connect() as connection:
+            row = (
+                await connection.execute(sa.select(conversations).where(conversations.c.id == conversation_id))
+            ).first()
+        return _object(row) if row is not None else None
+
+    async def update_metadata(self, conversation_id: str, metadata: dict[str, str]) -> dict[str, Any] | None:
+        async with self.db.engine.begin() as connection:
+            row = (
+                await connection.execute(
+                    conversations.update()
+                    .where(conversations.c.id == conversation_id)
+                    .values(metadata=metadata)
+                    .returning(conversations)
+                )
+            ).first()
+        return _object(row) if row is not None else None
+
+    async def delete(self, conversation_id: str) -> bool:
+        """Deletes the conversation with its items; the responses it held go from the API too."""
+        async with self.db.engine.begin() as connection:
+            await connection.execute(
+                conversation_items.delete().where(conversation_items.c.conversation_id == conversation_id)
+            )
+            await connection.execute(
+                responses.update().where(responses.c.conversation_id == conversation_id).values(deleted=True)
+            )
+            result = await connection.execute(conversations.delete().where(conversations.c.id == conversation_id))
+        return result.rowcount > 0
+
+    async def append(
+        self,
+        conversation_id: str,
+        items: list[dict[str, Any]],
+        response_id: str | None = None,
+        kinds: list[str] | None = None,
+    ) -> None:
+        """Appends `items` after everything already there, in one transaction.
+
+        Bumping `next_position` locks the conversation's row (on PostgreSQL; on
+        SQLite the transaction holds the database's write lock), so two appends
+        at once never interleave: each gets a block of positions of its own.
+        """
+        if not items:
+            return
+        async with self.db.engine.begin() as connection:
+            end = await connection.scalar(
+                conversations.update()
+                .where(conversations.c.id == conversation_id)
+                .values(next_position=conversations.c.next_position + len(items))
+                .returning(conversations.c.next_position)
+            )
+            if end is None:
+                raise ConversationNotFound(conversation_id)
+            start = end - len(items)
+            rows = [
+                _row(conversation_id, start + offset, item, response_id, kinds[offset] if kinds else None)
+                for offset, item in enumerate(items)
+            ]
+            await connection.execute(conversation_items.insert(), rows)
+
+    async def items(self, conversation_id: str) -> list[dict[str, Any]]:
+        """Every live item, in order: the context of the conversation's next turn (one indexed query)."""
+        async with self.db.engine.connect() as connection:
+            rows = await connection.execute(
+                sa.select(conversation_items.c.data)
+                .where(conversation_items.c.conversation_id == conversation_id, _LIVE_ITEM)
+                .order_by(conversation_items.c.position)
+            )
+            return list(rows.scalars())
+
+    async def list_items(self, conversation_id: str, page: PageRequest) -> Page:
+        key = conversation_items.c.position
+        query = sa.select(conversation_items.c.data).where(
+            conversation_items.c.conversation_id == conversation_id, _LIVE_ITEM
+        )
+        if page.after is not None:
+            # Deleted items keep their row, so a cursor naming one still has a place.
+            cursor = (
+                sa.select(key)
+                .where(
+                    conversation_items.c.conversation_id == conversation_id, conversation_items.c.item_id == page.after
+                )
+                .scalar_subquery()
+            )
+            query = query.where(key < cursor if page.order == "desc" else key > cursor)
+        query = query.order_by(key.desc() if page.order == "desc" else key.asc()).limit(page.limit + 1)
+        async with self.db.engine.connect() as connection:
+            rows = list((await connection.execute(query)).scalars())
+        return Page(data=rows[: page.limit], has_more=len(rows) > page.limit)
+
+    async def get_item(self, conversation_id: str, item_id: str) -> dict[str, Any] | None:
+        async with self.db.engine.connect() as connection:
+            return await connection.scalar(
+                sa.select(conversation_items.c.data).where(
+                    conversation_items.c.conversation_id == conversation_id,
+                    conversation_items.c.item_id == item_id,
+                    _LIVE_ITEM,
+                )
+            )
+
+    async def item_exists(self, conversation_id: str, item_id: str) -> bool:
+        """Whether the id names an item of the conversation, live or deleted (cursors may name either)."""
+        async with self.db.engine.connect() as connection:
+            found = await connection.scalar(
+                sa.select(sa.literal(1)).where(
+                    conversation_items.c.conversation_id == conversation_id, conversation_items.c.item_id == item_id
+                )
+            )
+            return found is not None
+
+    async def delete_item(self, conversation_id: str, item_id: str) -> bool:
+        async with self.db.engine.begin() as connection:
+            result = await connection.execute(
+                conversation_items.update()
+                .where(
+                    conversation_items.c.conversation_id == conversation_id,
+                    conversation_items.c.item_id == item_id,
+                    _LIVE_ITEM,
+                )
+                .values(deleted=True)
+            )
+            return result.rowcount > 0
+
+    async def response_items(self, response_id: str, kind: str) -> list[dict[str, Any]]:
+        """The live input or output items a response appended."""
+        async with self.db.engine.connect() as connection:
+            rows = await connection.execute(
+                sa.select(conversation_items.c.data)
+                .where(conversation_items.c.response_id == response_id, conversation_items.c.kind == kind, _LIVE_ITEM)
+                .order_by(conversation_items.c.position)
+            )
+            return list(rows.scalars())
+
+    async def latest_tools(self, conversation_id: str) -> list[dict[str, Any]]:
+        """The `tools` of the conversation's latest stored response (for reusing MCP listings)."""
+        async with self.db.engine.connect() as connection:
+            body = await connection.scalar(
+                sa.select(responses.c.body)
+                .where(responses.c.conversation_id == conversation_id)
+                .order_by(responses.c.seq.desc())
+                .limit(1)
+            )
+        return (body or {}).get("tools") or []
+
+
+def _row(
+    conversation_id: str, position: int, item: dict[str, Any], response_id: str | None, kind: str | None
+) -> dict[str, Any]:
+    return {
+        "conversation_id": conversation_id,
+        "position": position,
+        "item_id": item["id"],
+        "type": item["type"],
+        "response_id": response_id,
+        "kind": kind,
+        "data": item,
+    }
