@@ -172,7 +172,12 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
         },
         "engine": {"max_iterations": 8},
         "tools": {
-            "mcp": {"timeout": 10.0, "allowed_hosts": ["mcp.internal"], "allow_loopback": False, "max_output_chars": 5000}
+            "mcp": {
+                "timeout": 10.0,
+                "allowed_hosts": ["mcp.internal"],
+                "allow_loopback": False,
+                "max_output_chars": 5000,
+            }
         },
     }
     assert settings.inference.providers["openai"].api_key.get_secret_value() == "sk-example"  # type: ignore[union-attr]
