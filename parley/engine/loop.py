@@ -57,6 +57,7 @@ class Turn:
     usage: Usage = field(default_factory=Usage)
     announced: bool = False
     dropped_items: int = 0  # oldest context items left out by `truncation: auto`
+    written: asyncio.Future[None] | None = None  # the stored response's first row, being written
     server_calls: int = 0  # MCP calls run so far
     model_calls: int = 0
 
@@ -71,6 +72,8 @@ async def run(turn: Turn) -> None:
         stream = await _open_model_stream(turn, prepared)
         turn.model_calls += 1
         if not turn.announced:
+            if turn.written is not None:
+                await turn.written  # nobody hears of a response before it can be retrieved
             announce(turn)
             for item in prepared:
                 _emit_finished(turn.emitter, item)

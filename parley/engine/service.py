@@ -182,7 +182,8 @@ class ResponseService:
             previous_tools=previous_tools,
         )
         if request.store:
-            await self.store.begin(response, input_items)
+            # The row is written while the model call starts; the first event waits for it (see loop.announce).
+            turn.written = asyncio.ensure_future(self.store.begin(response, input_items))
         task = asyncio.create_task(self._produce(turn, run, lock), name=f"response {response['id']}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -213,7 +214,8 @@ class ResponseService:
         elif turn.request.conversation_id is not None:
             await self._append_to_conversation(turn)
         try:
-            if turn.request.store:
+            if turn.written is not None:
+                await turn.written
                 await self.store.finish(turn.response, turn.emitter.output, len(turn.input_items))
         except Exception:
             log.exception("cannot store response %s", turn.response["id"])
