@@ -22,12 +22,19 @@ def create_app(settings: Settings) -> FastAPI:
     registry = ModelRegistry.from_settings(settings.inference)
     database = Database(settings.storage_url)
     conversations = ConversationStore(database)
-    responses = ResponseService(registry, ResponseStore(database), conversations, settings.engine, settings.tools.mcp)
+    responses = ResponseService(
+        registry,
+        ResponseStore(database, settings.storage.lease_seconds),
+        conversations,
+        settings.engine,
+        settings.tools.mcp,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await database.migrate()
         await registry.start()
+        await responses.start()
         try:
             yield
         finally:

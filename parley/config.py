@@ -48,6 +48,9 @@ class LoggingSettings(_Section):
 class StorageSettings(_Section):
     # SQLAlchemy URL; None means a SQLite file in `data_dir`.
     url: str | None = None
+    # A response in progress whose server has not vouched for it this long is
+    # marked failed (its server stopped); servers renew every third of it.
+    lease_seconds: float = Field(60.0, gt=0)
 
 
 class TimeoutSettings(_Section):

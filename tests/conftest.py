@@ -95,6 +95,12 @@ class ParleyProcess:
     def http(self) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=60)
 
+    def kill(self) -> None:
+        """Ends the server the way a crash would: no shutdown, no cleanup."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:
             self._process.terminate()

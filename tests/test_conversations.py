@@ -77,9 +77,8 @@ class AnyId:
 _NOT_PARLEYS = {"created_by", "namespace"}
 # Fields OpenAI itself leaves out unless asked for them (`include=["reasoning.encrypted_content"]`).
 _ONLY_WHEN_ASKED = {"reasoning": {"content", "encrypted_content"}}
-# Fields Parley drops from items it is given when they are null (parse_item dumps them with
-# exclude_none): test_items_given_carry_every_field_of_their_type is the xfail that pins it.
-KNOWN_GAPS = {"mcp_approval_response": {"reason"}}
+# Fields Parley leaves out of the items it is given: none.
+KNOWN_GAPS: dict[str, set[str]] = {}
 # Parley puts `status` on every item it stores (the stream validator wants it on every
 # output item), including the two types whose schemas lack it.
 _EXTRA = {"status"}
@@ -297,11 +296,6 @@ def test_bad_items_are_a_400_naming_the_item(client: openai.OpenAI) -> None:
     assert raised.value.param == "items[1].type"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="parse_item (parley/engine/items.py) dumps given items with exclude_none, so the null "
-    "fields of their type are dropped: reason, output, error, approval_request_id",
-)
 def test_items_given_carry_every_field_of_their_type(http: httpx.Client, client: openai.OpenAI) -> None:
     given = [
         {"type": "mcp_list_tools", "server_label": "s", "tools": []},
@@ -486,11 +480,6 @@ def test_retrieve_and_delete_one_item(http: httpx.Client, client: openai.OpenAI)
     assert items(http, conversation.id) == [keep]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an id already in the conversation breaks the (conversation_id, item_id) unique index: "
-    "IntegrityError, a 500 (ConversationStore.create and .append)",
-)
 def test_an_item_id_already_in_the_conversation_is_a_400(parley: ParleyProcess, http: httpx.Client) -> None:
     mine = {"type": "message", "id": "msg_" + "c0ffee" * 8, "role": "user", "content": "once"}
     cid = http.post("/v1/conversations", json={"items": [mine]}).json()["id"]
@@ -601,6 +590,11 @@ def test_failed_turn_appends_nothing(
         events = list(client.responses.create(model=model, input="doomed", conversation=conversation.id, stream=True))
         assert events[-1].type == "response.failed"
         assert events[-1].response.conversation.id == conversation.id
+        # The failed response keeps what it had written, outside the conversation.
+        stored = client.responses.retrieve(events[-1].response.id)
+        assert stored.status == "failed" and stored.output == events[-1].response.output
+        assert stored.output[0].status == "incomplete"
+        assert [item.content[0].text for item in client.responses.input_items.list(stored.id).data] == ["doomed"]
     else:
         with pytest.raises(openai.APIStatusError) as raised:
             result = client.responses.create(model=model, input="doomed", conversation=conversation.id, stream=stream)
@@ -618,11 +612,6 @@ def test_failed_turn_appends_nothing(
     assert items(http, conversation.id) == [*before, user("after"), *output(after)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the append's IntegrityError escapes ResponseService._produce_and_store before run.end(): "
-    "the client waits for ever and the response stays in_progress",
-)
 def test_a_turn_repeating_an_item_of_its_conversation_is_refused(parley: ParleyProcess, http: httpx.Client) -> None:
     """Stateless habits in a conversation: sending back an item the conversation already holds."""
     client = parley.client(timeout=3)
@@ -642,11 +631,6 @@ def test_a_turn_repeating_an_item_of_its_conversation_is_refused(parley: ParleyP
     assert items(http, conversation.id) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ResponseStore.find_items joins items with `responses`, so a conversation's items that no "
-    "stored response produced (Conversations API, store:false turns) cannot be referenced",
-)
 def test_item_reference_to_a_conversation_item(
     http: httpx.Client, client: openai.OpenAI, fake_upstream: FakeUpstream
 ) -> None:
@@ -783,12 +767,12 @@ def test_ten_turns_of_text_functions_and_mcp(
     assert kinds(approved) == ["mcp_call", "message"] and approved.output[0].output == "42"
     assert approved.output[0].approval_request_id == request_id
     expected += [
-        # No `reason: null` yet: see test_items_given_carry_every_field_of_their_type.
         {
             "id": AnyId("mcpa"),
             "type": "mcp_approval_response",
             "approval_request_id": request_id,
             "approve": True,
+            "reason": None,
             "status": "completed",
         },
         *output(approved),
@@ -843,11 +827,6 @@ def test_mcp_listing_is_reused_while_label_and_url_stay(
     assert [item["type"] for item in items(http, cid)].count("mcp_list_tools") == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the listing's URL is read from the latest *stored* response (ConversationStore.latest_tools), "
-    "so a store:false turn in between makes the next turn list again, or reuse a listing from another URL",
-)
 def test_mcp_listing_is_reused_after_an_unstored_turn(client: openai.OpenAI, tool_server: ToolServer) -> None:
     cid = client.conversations.create().id
     sse = mcp_tool(tool_server, server_url=tool_server.sse_url)

@@ -11,7 +11,7 @@ from parley.engine.items import parse_item
 from parley.engine.request import check_metadata
 from parley.errors import InvalidRequestError, NotFoundError
 from parley.ids import new_id
-from parley.store import ConversationStore, PageRequest
+from parley.store import ConversationStore, DuplicateItem, PageRequest
 
 MAX_ITEMS_PER_REQUEST = 20
 
@@ -56,12 +56,26 @@ def _items(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return items
 
 
+def check_new_ids(items: list[dict[str, Any]], existing: set[str], param: str) -> None:
+    """A conversation holds each item once: an id it already has, or one given twice, is a 400."""
+    seen = set(existing)
+    for index, item in enumerate(items):
+        if item["id"] in seen:
+            raise InvalidRequestError(
+                f"Duplicate item: the conversation already has an item with id '{item['id']}'.",
+                param=f"{param}[{index}].id",
+                code="invalid_value",
+            )
+        seen.add(item["id"])
+
+
 class ConversationService:
     def __init__(self, store: ConversationStore) -> None:
         self.store = store
 
     async def create(self, request: CreateConversationRequest) -> dict[str, Any]:
         items = _items(request.items or [])
+        check_new_ids(items, set(), "items")
         return await self.store.create(new_id("conv"), int(time.time()), request.metadata or {}, items)
 
     async def retrieve(self, conversation_id: str, *, param: str | None = None) -> dict[str, Any]:
@@ -84,7 +98,11 @@ class ConversationService:
     async def add_items(self, conversation_id: str, request: AddItemsRequest) -> dict[str, Any]:
         await self.retrieve(conversation_id)
         items = _items(request.items)
-        await self.store.append(conversation_id, items)
+        check_new_ids(items, await self.store.taken_ids(conversation_id, [item["id"] for item in items]), "items")
+        try:
+            await self.store.append(conversation_id, items)
+        except DuplicateItem as exc:  # the same id, added at the same moment by another request
+            raise InvalidRequestError(str(exc), param="items", code="invalid_value") from exc
         return {
             "object": "list",
             "data": items,

@@ -129,6 +129,7 @@ class MCPCallItem(_MCPOutputItem):
     arguments: str
     output: str | None = None
     error: Any = None
+    approval_request_id: str | None = None
     status: Literal["in_progress", "completed", "incomplete", "calling", "failed"] | None = None
 
 
@@ -191,7 +192,8 @@ def parse_item(raw: Any, path: str) -> dict[str, Any]:
     item = _check(model, raw, path)
     if isinstance(item, MessageItem):
         return _message(item.role, _parts(item, path), item.id, item.phase)
-    data = item.model_dump(exclude_none=True)
+    # Nullable fields stay, as null; an id or status left out is filled in below.
+    data = {key: value for key, value in item.model_dump().items() if value is not None or key not in ("id", "status")}
     if isinstance(item, ItemReference):
         return data
     if isinstance(item, FunctionCallOutputItem) and isinstance(item.output, list):

@@ -47,15 +47,20 @@ class OutputBuilder:
             self.finish_reason = chunk.finish_reason
 
     def close(self) -> None:
-        """Ends the model call: every item closes but the MCP calls, which the loop runs next."""
+        """Ends the model call: every item closes but the MCP calls, which the loop runs next.
+
+        When the model was cut off (by `max_output_tokens` or a content filter), what it
+        was writing closes `incomplete`.
+        """
+        status = "incomplete" if self.finish_reason in ("length", "content_filter") else "completed"
         for index in sorted(self._calls.values()):
             item = self.emitter.output[index]
             if item["type"] == "mcp_call":
                 self.emitter.end_arguments(index, item)
             elif self.emitter.is_open(index):
-                self.emitter.done_item(index)
-        self._close_message()
-        self._close_reasoning()
+                self.emitter.done_item(index, status)
+        self._close_message(status)
+        self._close_reasoning(status)
 
     # Text and refusals
 
@@ -104,9 +109,9 @@ class OutputBuilder:
             delta=text,
         )
 
-    def _close_message(self) -> None:
+    def _close_message(self, status: str = "completed") -> None:
         if self._message is not None:
-            self.emitter.done_item(self._message)
+            self.emitter.done_item(self._message, status)
             self._message = None
             self._parts.clear()
 
@@ -128,9 +133,9 @@ class OutputBuilder:
             delta=text,
         )
 
-    def _close_reasoning(self) -> None:
+    def _close_reasoning(self, status: str = "completed") -> None:
         if self._reasoning is not None:
-            self.emitter.done_item(self._reasoning)
+            self.emitter.done_item(self._reasoning, status)
             self._reasoning = None
 
     # Tool calls

@@ -14,7 +14,7 @@ from typing import Any
 
 from parley.config import EngineSettings, MCPSettings
 from parley.engine import loop
-from parley.engine.conversations import ConversationNotFoundError
+from parley.engine.conversations import ConversationNotFoundError, check_new_ids
 from parley.engine.emitter import EventEmitter
 from parley.engine.items import parse_input
 from parley.engine.request import CreateResponseRequest
@@ -93,6 +93,14 @@ class ResponseRun:
             yield batch
 
 
+class _ConversationLock(asyncio.Lock):
+    """A conversation's lock, and how many turns hold or wait for it (at none, it is dropped)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.users = 0
+
+
 class ResponseService:
     def __init__(
         self,
@@ -108,8 +116,10 @@ class ResponseService:
         self.engine = engine or EngineSettings()
         self.mcp = mcp or MCPSettings()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._producing: set[str] = set()  # stored responses this server is producing
+        self._keeper: asyncio.Task[None] | None = None
         # Turns on one conversation take turns here; across replicas, appends are atomic (see ConversationStore).
-        self._conversation_locks: dict[str, asyncio.Lock] = {}
+        self._conversation_locks: dict[str, _ConversationLock] = {}
 
     async def create(self, request: CreateResponseRequest) -> ResponseRun:
         """Checks the request, stores the response as started, and starts producing it."""
@@ -125,10 +135,13 @@ class ResponseService:
                 raise InvalidRequestError(
                     "Missing required parameter: 'input'.", param="input", code="missing_required_parameter"
                 )
+            if request.conversation_id is not None:
+                ids = [item["id"] for item in input_items]
+                check_new_ids(input_items, await self.conversations.taken_ids(request.conversation_id, ids), "input")
             return await self._start(request, model, tools, input_items, history, previous_tools, lock)
         except BaseException:
             if lock is not None:
-                lock.release()
+                self._leave_conversation(request.conversation_id or "", lock)
             raise
 
     async def _enter_conversation(self, conversation_id: str | None) -> asyncio.Lock | None:
@@ -137,9 +150,20 @@ class ResponseService:
             return None
         if await self.conversations.get(conversation_id) is None:
             raise ConversationNotFoundError(conversation_id, param="conversation")
-        lock = self._conversation_locks.setdefault(conversation_id, asyncio.Lock())
+        lock = self._conversation_locks.setdefault(conversation_id, _ConversationLock())
+        lock.users += 1
         await lock.acquire()
+        if await self.conversations.get(conversation_id) is None:  # deleted while this turn waited
+            self._leave_conversation(conversation_id, lock)
+            raise ConversationNotFoundError(conversation_id, param="conversation")
         return lock
+
+    def _leave_conversation(self, conversation_id: str, lock: asyncio.Lock) -> None:
+        lock.release()
+        assert isinstance(lock, _ConversationLock)
+        lock.users -= 1
+        if lock.users == 0:
+            self._conversation_locks.pop(conversation_id, None)
 
     async def _history(self, request: CreateResponseRequest) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The items the turn continues from, and the tools of the turn before (to reuse MCP listings)."""
@@ -184,6 +208,7 @@ class ResponseService:
         if request.store:
             # The row is written while the model call starts; the first event waits for it (see loop.announce).
             turn.written = asyncio.ensure_future(self.store.begin(response, input_items))
+            self._producing.add(response["id"])
         task = asyncio.create_task(self._produce(turn, run, lock), name=f"response {response['id']}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -194,7 +219,7 @@ class ResponseService:
             await self._produce_and_store(turn, run)
         finally:
             if lock is not None:
-                lock.release()
+                self._leave_conversation(turn.request.conversation_id or "", lock)
 
     async def _produce_and_store(self, turn: loop.Turn, run: ResponseRun) -> None:
         error: ParleyError | None = None
@@ -209,17 +234,20 @@ class ResponseService:
             error = ParleyError(f"The server had an error while producing the response: {exc.__class__.__name__}")
         finally:
             await turn.toolbox.close()
-        if error is not None:
-            self._fail(turn, error)
-        elif turn.request.conversation_id is not None:
-            await self._append_to_conversation(turn)
         try:
+            if error is not None:
+                self._fail(turn, error)
+            elif turn.request.conversation_id is not None:
+                await self._append_to_conversation(turn)
             if turn.written is not None:
                 await turn.written
-                await self.store.finish(turn.response, turn.emitter.output, len(turn.input_items))
+                await self.store.finish(turn.response, turn.emitter.output, turn.input_items)
         except Exception:
             log.exception("cannot store response %s", turn.response["id"])
-        run.end(turn.response if turn.announced else None, error)
+        finally:
+            self._producing.discard(turn.response["id"])
+            # Whatever happened above, the caller hears how the turn ended: never a hang.
+            run.end(turn.response if turn.announced else None, error)
 
     async def _append_to_conversation(self, turn: loop.Turn) -> None:
         """A turn that ended (not failed) appends its input, then its output, to the conversation.
@@ -229,7 +257,9 @@ class ResponseService:
         items = turn.input_items + turn.emitter.output
         kinds = ["input"] * len(turn.input_items) + ["output"] * len(turn.emitter.output)
         try:
-            await self.conversations.append(turn.request.conversation_id or "", items, turn.response["id"], kinds)
+            await self.conversations.append(
+                turn.request.conversation_id or "", items, turn.response["id"], kinds, tools=turn.response["tools"]
+            )
         except ConversationNotFound:
             log.warning(
                 "conversation %s was deleted during response %s", turn.request.conversation_id, turn.response["id"]
@@ -280,8 +310,28 @@ class ResponseService:
             raise ResponseNotFoundError(response_id)
         return (await self.store.input_items(response_id, page)).as_list()
 
+    async def start(self) -> None:
+        """Starts keeping the leases of the responses this server produces."""
+        self._keeper = asyncio.create_task(self._keep_leases(), name="response leases")
+
+    async def _keep_leases(self) -> None:
+        """Renews this server's leases, and fails the responses whose server stopped renewing theirs."""
+        error = {"code": "server_error", "message": "The server producing this response stopped."}
+        interval = self.store.lease_seconds / 3
+        while True:
+            try:
+                await self.store.renew(sorted(self._producing))
+                for response_id in await self.store.fail_abandoned(error):
+                    log.warning("response %s was left in progress by a server that stopped; now failed", response_id)
+            except Exception:
+                log.exception("cannot keep the responses' leases")
+            await asyncio.sleep(interval)
+
     async def close(self) -> None:
         """Ends the responses still running (they are stored as failed)."""
+        if self._keeper is not None:
+            self._keeper.cancel()
+            await asyncio.gather(self._keeper, return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

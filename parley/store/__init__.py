@@ -1,8 +1,16 @@
 """Storage: SQLAlchemy tables, Alembic migrations and repositories, on SQLite or PostgreSQL."""
 
-from parley.store.conversations import ConversationNotFound, ConversationStore
+from parley.store.conversations import ConversationNotFound, ConversationStore, DuplicateItem
 from parley.store.database import Database
 from parley.store.pagination import Page, PageRequest
 from parley.store.responses import ResponseStore
 
-__all__ = ["ConversationNotFound", "ConversationStore", "Database", "Page", "PageRequest", "ResponseStore"]
+__all__ = [
+    "ConversationNotFound",
+    "ConversationStore",
+    "Database",
+    "DuplicateItem",
+    "Page",
+    "PageRequest",
+    "ResponseStore",
+]

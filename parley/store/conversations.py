@@ -15,6 +15,10 @@ class ConversationNotFound(Exception):
     pass
 
 
+class DuplicateItem(Exception):
+    """An appended item has the id of one the conversation has, or had."""
+
+
 def _object(row: Any) -> dict[str, Any]:
     return {"id": row.id, "object": "conversation", "created_at": row.created_at, "metadata": row.metadata}
 
@@ -79,6 +83,7 @@ class ConversationStore:
         items: list[dict[str, Any]],
         response_id: str | None = None,
         kinds: list[str] | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> None:
         """Appends `items` after everything already there, in one transaction.
 
@@ -88,11 +93,14 @@ class ConversationStore:
         """
         if not items:
             return
+        values: dict[str, Any] = {"next_position": conversations.c.next_position + len(items)}
+        if tools is not None:
+            values["last_tools"] = tools
         async with self.db.engine.begin() as connection:
             end = await connection.scalar(
                 conversations.update()
                 .where(conversations.c.id == conversation_id)
-                .values(next_position=conversations.c.next_position + len(items))
+                .values(**values)
                 .returning(conversations.c.next_position)
             )
             if end is None:
@@ -102,7 +110,10 @@ class ConversationStore:
                 _row(conversation_id, start + offset, item, response_id, kinds[offset] if kinds else None)
                 for offset, item in enumerate(items)
             ]
-            await connection.execute(conversation_items.insert(), rows)
+            try:
+                await connection.execute(conversation_items.insert(), rows)
+            except sa.exc.IntegrityError as exc:
+                raise DuplicateItem("The conversation already has an item with one of these ids.") from exc
 
     async def items(self, conversation_id: str) -> list[dict[str, Any]]:
         """Every live item, in order: the context of the conversation's next turn (one indexed query)."""
@@ -178,15 +189,24 @@ class ConversationStore:
             return list(rows.scalars())
 
     async def latest_tools(self, conversation_id: str) -> list[dict[str, Any]]:
-        """The `tools` of the conversation's latest stored response (for reusing MCP listings)."""
+        """The `tools` of the conversation's last turn, stored or not (for reusing MCP listings)."""
         async with self.db.engine.connect() as connection:
-            body = await connection.scalar(
-                sa.select(responses.c.body)
-                .where(responses.c.conversation_id == conversation_id)
-                .order_by(responses.c.seq.desc())
-                .limit(1)
+            tools = await connection.scalar(
+                sa.select(conversations.c.last_tools).where(conversations.c.id == conversation_id)
             )
-        return (body or {}).get("tools") or []
+        return tools or []
+
+    async def taken_ids(self, conversation_id: str, item_ids: list[str]) -> set[str]:
+        """Which of `item_ids` the conversation has, or had: an id is never given twice."""
+        if not item_ids:
+            return set()
+        async with self.db.engine.connect() as connection:
+            rows = await connection.execute(
+                sa.select(conversation_items.c.item_id).where(
+                    conversation_items.c.conversation_id == conversation_id, conversation_items.c.item_id.in_(item_ids)
+                )
+            )
+            return set(rows.scalars())
 
 
 def _row(

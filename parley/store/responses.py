@@ -7,6 +7,7 @@ the response's id). `_items` reads both as one.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,13 +35,17 @@ _OWN = _ItemSource(response_items)
 _IN_CONVERSATIONS = _ItemSource(conversation_items, conversation_items.c.deleted.is_(False))
 
 
-def _source(conversation_id: str | None) -> _ItemSource:
-    return _IN_CONVERSATIONS if conversation_id else _OWN
+def _source(conversation_id: str | None, status: str) -> _ItemSource:
+    """Where a response's items are: its conversation holds those of the turns that did not fail."""
+    return _IN_CONVERSATIONS if conversation_id and status != "failed" else _OWN
 
 
 class ResponseStore:
-    def __init__(self, db: Database) -> None:
+    """`lease_seconds`: how long a response in progress stays vouched for without a renewal."""
+
+    def __init__(self, db: Database, lease_seconds: float = 60.0) -> None:
         self.db = db
+        self.lease_seconds = lease_seconds
 
     async def begin(self, response: dict[str, Any], input_items: list[dict[str, Any]]) -> None:
         """Writes the response as it starts, with its input, before any model call."""
@@ -54,6 +59,7 @@ class ResponseStore:
                     previous_response_id=response.get("previous_response_id"),
                     conversation_id=(response.get("conversation") or {}).get("id"),
                     body=_without_output(response),
+                    lease_until=time.time() + self.lease_seconds,
                 )
             )
             if input_items and not response.get("conversation"):  # a conversation keeps its own items
@@ -62,35 +68,42 @@ class ResponseStore:
                     [_item_row(response["id"], position, "input", item) for position, item in enumerate(input_items)],
                 )
 
-    async def finish(self, response: dict[str, Any], output_items: list[dict[str, Any]], first_position: int) -> None:
-        """Records the final state and the output, in one transaction."""
+    async def finish(
+        self, response: dict[str, Any], output_items: list[dict[str, Any]], input_items: list[dict[str, Any]]
+    ) -> None:
+        """Records the final state and the output, in one transaction.
+
+        A failed turn of a conversation appended nothing to it, so its items are kept here.
+        """
+        rows = []
+        if not response.get("conversation"):
+            rows = [
+                _item_row(response["id"], len(input_items) + i, "output", item) for i, item in enumerate(output_items)
+            ]
+        elif response["status"] == "failed":
+            rows = [_item_row(response["id"], i, "input", item) for i, item in enumerate(input_items)]
+            rows += [_item_row(response["id"], len(rows) + i, "output", item) for i, item in enumerate(output_items)]
         async with self.db.engine.begin() as connection:
             await connection.execute(
                 responses.update()
                 .where(responses.c.id == response["id"])
-                .values(status=response["status"], body=_without_output(response))
+                .values(status=response["status"], body=_without_output(response), lease_until=None)
             )
-            if output_items and not response.get("conversation"):
-                await connection.execute(
-                    response_items.insert(),
-                    [
-                        _item_row(response["id"], first_position + offset, "output", item)
-                        for offset, item in enumerate(output_items)
-                    ],
-                )
+            if rows:
+                await connection.execute(response_items.insert(), rows)
 
     async def get(self, response_id: str) -> dict[str, Any] | None:
         async with self.db.engine.connect() as connection:
             row = (
                 await connection.execute(
-                    sa.select(responses.c.body, responses.c.conversation_id).where(
+                    sa.select(responses.c.body, responses.c.conversation_id, responses.c.status).where(
                         responses.c.id == response_id, _VISIBLE
                     )
                 )
             ).first()
             if row is None:
                 return None
-            items = _source(row.conversation_id)
+            items = _source(row.conversation_id, row.status)
             output = (
                 await connection.execute(
                     sa.select(items.c.data)
@@ -99,6 +112,37 @@ class ResponseStore:
                 )
             ).scalars()
             return {**row.body, "output": list(output)}
+
+    async def renew(self, response_ids: list[str]) -> None:
+        """Extends the lease of the responses this server is producing."""
+        if not response_ids:
+            return
+        async with self.db.engine.begin() as connection:
+            await connection.execute(
+                responses.update()
+                .where(responses.c.id.in_(response_ids), responses.c.status == "in_progress")
+                .values(lease_until=time.time() + self.lease_seconds)
+            )
+
+    async def fail_abandoned(self, error: dict[str, Any]) -> list[str]:
+        """Marks `failed` the responses left in progress by a server that stopped renewing them."""
+        now = time.time()
+        async with self.db.engine.begin() as connection:
+            rows = list(
+                await connection.execute(
+                    sa.select(responses.c.id, responses.c.body).where(
+                        responses.c.status == "in_progress", responses.c.lease_until < now
+                    )
+                )
+            )
+            for row in rows:
+                body = {**row.body, "status": "failed", "error": error}
+                await connection.execute(
+                    responses.update()
+                    .where(responses.c.id == row.id, responses.c.status == "in_progress")
+                    .values(status="failed", body=body, lease_until=None)
+                )
+        return [row.id for row in rows]
 
     async def body(self, response_id: str) -> dict[str, Any] | None:
         """The stored response without its output (its settings: tools, model, ...)."""
@@ -147,15 +191,20 @@ class ResponseStore:
         """Stored items by id (for `item_reference` inputs)."""
         if not item_ids:
             return {}
-        found: dict[str, dict[str, Any]] = {}
         async with self.db.engine.connect() as connection:
-            for source in (_OWN, _IN_CONVERSATIONS):
-                rows = await connection.execute(
-                    sa.select(source.c.item_id, source.c.data)
-                    .join(responses, responses.c.id == source.c.response_id)
-                    .where(source.c.item_id.in_(item_ids), source.live, _VISIBLE)
+            own = await connection.execute(
+                sa.select(response_items.c.item_id, response_items.c.data)
+                .join(responses, responses.c.id == response_items.c.response_id)
+                .where(response_items.c.item_id.in_(item_ids), _VISIBLE)
+            )
+            found = {row.item_id: row.data for row in own}
+            # A conversation's items, whoever added them, go when it or they are deleted.
+            in_conversations = await connection.execute(
+                sa.select(conversation_items.c.item_id, conversation_items.c.data).where(
+                    conversation_items.c.item_id.in_(item_ids), _IN_CONVERSATIONS.live
                 )
-                found.update({row.item_id: row.data for row in rows})
+            )
+            found.update({row.item_id: row.data for row in in_conversations})
         return found
 
     async def list(self, page: PageRequest) -> Page:
@@ -167,10 +216,12 @@ class ResponseStore:
 
     async def input_items(self, response_id: str, page: PageRequest) -> Page:
         async with self.db.engine.connect() as connection:
-            conversation_id = await connection.scalar(
-                sa.select(responses.c.conversation_id).where(responses.c.id == response_id)
-            )
-        items = _source(conversation_id)
+            row = (
+                await connection.execute(
+                    sa.select(responses.c.conversation_id, responses.c.status).where(responses.c.id == response_id)
+                )
+            ).one()
+        items = _source(row.conversation_id, row.status)
         query = sa.select(items.c.position, items.c.data).where(
             items.c.response_id == response_id, items.c.kind == "input", items.live
         )

@@ -31,6 +31,9 @@ responses = sa.Table(
     sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
     # The response object, less `output`.
     sa.Column("body", JSONType, nullable=False),
+    # While in progress: until when the server producing it vouches for it (see ResponseStore.renew).
+    sa.Column("lease_until", sa.Float, nullable=True),
+    sa.Index("ix_responses_in_progress", "status", "lease_until"),
 )
 
 response_items = sa.Table(
@@ -55,6 +58,8 @@ conversations = sa.Table(
     sa.Column("metadata", JSONType, nullable=False),
     # The position the next appended item gets; bumping it takes the row's lock.
     sa.Column("next_position", sa.BigInteger, nullable=False, server_default="0"),
+    # The `tools` of the last turn that appended (secrets removed): MCP listings are reused while they hold.
+    sa.Column("last_tools", JSONType, nullable=True),
 )
 
 # A conversation's items, in the order of `position`, assigned in the database
