@@ -123,3 +123,22 @@ def running_tool_server() -> Iterator[ToolServer]:
         yield server
     finally:
         server.stop()
+
+
+def main() -> None:
+    """`python tests/mcp_servers.py`: serves the tools until stopped, printing the /mcp URL once ready."""
+    import signal
+    import sys
+
+    server = ToolServer().start()
+    print(server.url, flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
