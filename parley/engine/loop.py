@@ -69,11 +69,14 @@ async def run(turn: Turn) -> None:
     """Produces the turn's output; raises ParleyError on failure (see `service`)."""
     prepared = await _prepare(turn)
     for _ in range(turn.settings.max_iterations):
+        if turn.written is not None and not turn.announced:
+            # Nobody hears of a response before it can be retrieved. Waiting here, before the
+            # model call, lets the write finish on an idle loop: it is slow to finish while a
+            # fast upstream's tokens keep this thread busy.
+            await turn.written
         stream = await _open_model_stream(turn, prepared)
         turn.model_calls += 1
         if not turn.announced:
-            if turn.written is not None:
-                await turn.written  # nobody hears of a response before it can be retrieved
             announce(turn)
             for item in prepared:
                 _emit_finished(turn.emitter, item)

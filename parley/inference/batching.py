@@ -19,11 +19,16 @@ T = TypeVar("T")
 # faster than its consumer cannot hold everything back until it ends. The first
 # pieces are smaller: the first token should leave at once.
 MAX_BATCH = 64
+# Reading stops while this many items wait for the consumer: a consumer that is
+# busy elsewhere (writing the response's first row, say) is not buried under a
+# burst it has not asked for, and the reading does not hog the interpreter meanwhile.
+MAX_PENDING = 64
 
 
 async def batched(source: AsyncIterator[list[T]]) -> AsyncIterator[list[T]]:
     pending: list[T] = []
     ready = asyncio.Event()
+    taken = asyncio.Event()
     finished = False
     error: BaseException | None = None
 
@@ -37,6 +42,9 @@ async def batched(source: AsyncIterator[list[T]]) -> AsyncIterator[list[T]]:
                 if len(pending) >= limit:
                     limit = min(limit * 2, MAX_BATCH)
                     await asyncio.sleep(0)  # let the consumer take what is there
+                while len(pending) >= MAX_PENDING:
+                    taken.clear()
+                    await taken.wait()
         except BaseException as exc:  # handed to the consumer, after what came before it
             error = exc
         finally:
@@ -52,6 +60,7 @@ async def batched(source: AsyncIterator[list[T]]) -> AsyncIterator[list[T]]:
             if pending:
                 batch = pending[:]
                 pending.clear()
+                taken.set()
                 yield batch
             elif finished:
                 break
