@@ -57,7 +57,9 @@ class Turn:
     usage: Usage = field(default_factory=Usage)
     announced: bool = False
     dropped_items: int = 0  # oldest context items left out by `truncation: auto`
-    written: asyncio.Future[None] | None = None  # the stored response's first row, being written
+    # The stored response's first row, written while the turn starts; this server answers
+    # for the response until it is there (see ResponseService.retrieve).
+    written: asyncio.Future[None] | None = None
     server_calls: int = 0  # MCP calls run so far
     model_calls: int = 0
 
@@ -69,11 +71,6 @@ async def run(turn: Turn) -> None:
     """Produces the turn's output; raises ParleyError on failure (see `service`)."""
     prepared = await _prepare(turn)
     for _ in range(turn.settings.max_iterations):
-        if turn.written is not None and not turn.announced:
-            # Nobody hears of a response before it can be retrieved. Waiting here, before the
-            # model call, lets the write finish on an idle loop: it is slow to finish while a
-            # fast upstream's tokens keep this thread busy.
-            await turn.written
         stream = await _open_model_stream(turn, prepared)
         turn.model_calls += 1
         if not turn.announced:

@@ -8,6 +8,7 @@ is stored when it ends. Its events reach the caller through a queue.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -116,7 +117,7 @@ class ResponseService:
         self.engine = engine or EngineSettings()
         self.mcp = mcp or MCPSettings()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._producing: set[str] = set()  # stored responses this server is producing
+        self._producing: dict[str, loop.Turn] = {}  # stored responses this server is producing
         self._keeper: asyncio.Task[None] | None = None
         # Turns on one conversation take turns here; across replicas, appends are atomic (see ConversationStore).
         self._conversation_locks: dict[str, _ConversationLock] = {}
@@ -171,6 +172,7 @@ class ResponseService:
             items = await self.conversations.items(request.conversation_id)
             return items, await self.conversations.latest_tools(request.conversation_id)
         if request.previous_response_id is not None:
+            await self._written(request.previous_response_id)
             previous = await self.store.body(request.previous_response_id)
             if previous is None:
                 raise ResponseNotFoundError(
@@ -206,9 +208,9 @@ class ResponseService:
             previous_tools=previous_tools,
         )
         if request.store:
-            # The row is written while the model call starts; the first event waits for it (see loop.announce).
+            # The row is written while the model call starts (see `retrieve` and `_written`).
             turn.written = asyncio.ensure_future(self.store.begin(response, input_items))
-            self._producing.add(response["id"])
+            self._producing[response["id"]] = turn
         task = asyncio.create_task(self._produce(turn, run, lock), name=f"response {response['id']}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -245,7 +247,7 @@ class ResponseService:
         except Exception:
             log.exception("cannot store response %s", turn.response["id"])
         finally:
-            self._producing.discard(turn.response["id"])
+            self._producing.pop(turn.response["id"], None)
             # Whatever happened above, the caller hears how the turn ended: never a hang.
             run.end(turn.response if turn.announced else None, error)
 
@@ -291,13 +293,24 @@ class ResponseService:
                 raise NotFoundError(f"Item with id '{item['id']}' not found.", param=f"input[{index}].id")
         return resolved
 
+    async def _written(self, response_id: str) -> None:
+        """Waits until the row of a response this server has just started is in the database."""
+        turn = self._producing.get(response_id)
+        if turn is not None and turn.written is not None:
+            await asyncio.gather(turn.written, return_exceptions=True)
+
     async def retrieve(self, response_id: str) -> dict[str, Any]:
+        turn = self._producing.get(response_id)
+        if turn is not None and turn.response["status"] == "in_progress":
+            # Its row may still be on its way to the database; this server knows it as it is now.
+            return {**copy.deepcopy(turn.response), "output": turn.emitter.snapshot()}
         response = await self.store.get(response_id)
         if response is None:
             raise ResponseNotFoundError(response_id)
         return response
 
     async def delete(self, response_id: str) -> dict[str, Any]:
+        await self._written(response_id)
         if not await self.store.delete(response_id):
             raise ResponseNotFoundError(response_id)
         return {"id": response_id, "object": "response.deleted", "deleted": True}
@@ -306,6 +319,7 @@ class ResponseService:
         return (await self.store.list(page)).as_list()
 
     async def input_items(self, response_id: str, page: PageRequest) -> dict[str, Any]:
+        await self._written(response_id)
         if not await self.store.exists(response_id):
             raise ResponseNotFoundError(response_id)
         return (await self.store.input_items(response_id, page)).as_list()

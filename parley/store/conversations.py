@@ -33,7 +33,7 @@ class ConversationStore:
     async def create(
         self, conversation_id: str, created_at: int, metadata: dict[str, str], items: list[dict[str, Any]]
     ) -> dict[str, Any]:
-        async with self.db.engine.begin() as connection:
+        async with self.db.write() as connection:
             await connection.execute(
                 conversations.insert().values(
                     id=conversation_id, created_at=created_at, metadata=metadata, next_position=len(items)
@@ -54,7 +54,7 @@ class ConversationStore:
         return _object(row) if row is not None else None
 
     async def update_metadata(self, conversation_id: str, metadata: dict[str, str]) -> dict[str, Any] | None:
-        async with self.db.engine.begin() as connection:
+        async with self.db.write() as connection:
             row = (
                 await connection.execute(
                     conversations.update()
@@ -67,7 +67,7 @@ class ConversationStore:
 
     async def delete(self, conversation_id: str) -> bool:
         """Deletes the conversation with its items; the responses it held go from the API too."""
-        async with self.db.engine.begin() as connection:
+        async with self.db.write() as connection:
             await connection.execute(
                 conversation_items.delete().where(conversation_items.c.conversation_id == conversation_id)
             )
@@ -96,7 +96,7 @@ class ConversationStore:
         values: dict[str, Any] = {"next_position": conversations.c.next_position + len(items)}
         if tools is not None:
             values["last_tools"] = tools
-        async with self.db.engine.begin() as connection:
+        async with self.db.write() as connection:
             end = await connection.scalar(
                 conversations.update()
                 .where(conversations.c.id == conversation_id)
@@ -166,7 +166,7 @@ class ConversationStore:
             return found is not None
 
     async def delete_item(self, conversation_id: str, item_id: str) -> bool:
-        async with self.db.engine.begin() as connection:
+        async with self.db.write() as connection:
             result = await connection.execute(
                 conversation_items.update()
                 .where(

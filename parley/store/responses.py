@@ -49,7 +49,7 @@ class ResponseStore:
 
     async def begin(self, response: dict[str, Any], input_items: list[dict[str, Any]]) -> None:
         """Writes the response as it starts, with its input, before any model call."""
-        async with self.db.engine.begin() as connection:
+        async with self.db.write() as connection:
             await connection.execute(
                 responses.insert().values(
                     id=response["id"],
@@ -83,7 +83,7 @@ class ResponseStore:
         elif response["status"] == "failed":
             rows = [_item_row(response["id"], i, "input", item) for i, item in enumerate(input_items)]
             rows += [_item_row(response["id"], len(rows) + i, "output", item) for i, item in enumerate(output_items)]
-        async with self.db.engine.begin() as connection:
+        async with self.db.write() as connection:
             await connection.execute(
                 responses.update()
                 .where(responses.c.id == response["id"])
@@ -117,7 +117,7 @@ class ResponseStore:
         """Extends the lease of the responses this server is producing."""
         if not response_ids:
             return
-        async with self.db.engine.begin() as connection:
+        async with self.db.write() as connection:
             await connection.execute(
                 responses.update()
                 .where(responses.c.id.in_(response_ids), responses.c.status == "in_progress")
@@ -127,7 +127,7 @@ class ResponseStore:
     async def fail_abandoned(self, error: dict[str, Any]) -> list[str]:
         """Marks `failed` the responses left in progress by a server that stopped renewing them."""
         now = time.time()
-        async with self.db.engine.begin() as connection:
+        async with self.db.write() as connection:
             rows = list(
                 await connection.execute(
                     sa.select(responses.c.id, responses.c.body).where(
@@ -156,7 +156,7 @@ class ResponseStore:
 
     async def delete(self, response_id: str) -> bool:
         """Hides the response; its items stay while later responses of its chain need them."""
-        async with self.db.engine.begin() as connection:
+        async with self.db.write() as connection:
             result = await connection.execute(
                 responses.update().where(responses.c.id == response_id, _VISIBLE).values(deleted=True)
             )
