@@ -185,6 +185,16 @@ class ResponseStore:
         both = sa.union_all(*parts).subquery("items")
         query = sa.select(both.c.data).order_by(both.c.depth.desc(), both.c.position)
         async with self.db.engine.connect() as connection:
+            if not self.db.is_sqlite:
+                # Each step of the walk is one lookup by primary key. PostgreSQL, before it has
+                # statistics on a young table, plans it as a hash join over the whole table at
+                # every step, which makes a turn's cost grow with the table, not the chain.
+                await connection.execute(
+                    sa.text(
+                        "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_hashjoin', 'off', true),"
+                        " set_config('enable_mergejoin', 'off', true)"
+                    )
+                )
             return list((await connection.execute(query)).scalars())
 
     async def find_items(self, item_ids: list[str]) -> dict[str, dict[str, Any]]:
