@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,11 +57,20 @@ class Turn:
     usage: Usage = field(default_factory=Usage)
     announced: bool = False
     dropped_items: int = 0  # oldest context items left out by `truncation: auto`
-    # The stored response's first row, written while the turn starts; this server answers
-    # for the response until it is there (see ResponseService.retrieve).
+    # Writes the stored response's first row. It is started as the response is announced,
+    # after its first token is on its way (a write competes with the token for the
+    # interpreter), or soon after the start at the latest (see ResponseService._start);
+    # this server answers for the response until the row is there.
+    begin: Callable[[], Awaitable[None]] | None = None
     written: asyncio.Future[None] | None = None
     server_calls: int = 0  # MCP calls run so far
     model_calls: int = 0
+
+    def ensure_written(self) -> asyncio.Future[None] | None:
+        """Starts writing the response's first row, once; the write, or None when it is not stored."""
+        if self.begin is not None and self.written is None:
+            self.written = asyncio.ensure_future(self.begin())
+        return self.written
 
     def context_items(self) -> list[dict[str, Any]]:
         return (self.history + self.input_items + self.emitter.output)[self.dropped_items :]
@@ -75,6 +84,7 @@ async def run(turn: Turn) -> None:
         turn.model_calls += 1
         if not turn.announced:
             announce(turn)
+            turn.ensure_written()
             for item in prepared:
                 _emit_finished(turn.emitter, item)
         builder = OutputBuilder(turn.emitter, turn.toolbox, include_logprobs=turn.request.include_logprobs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -92,6 +93,9 @@ class ResponseRun:
                     return
                 batch.append(event)
             yield batch
+
+
+_WRITE_AT_THE_LATEST = 0.05  # seconds after a stored response starts
 
 
 class _ConversationLock(asyncio.Lock):
@@ -208,8 +212,10 @@ class ResponseService:
             previous_tools=previous_tools,
         )
         if request.store:
-            # The row is written while the model call starts (see `retrieve` and `_written`).
-            turn.written = asyncio.ensure_future(self.store.begin(response, input_items))
+            turn.begin = functools.partial(self.store.begin, response, input_items)
+            # Written as the response is announced, or after this long without a first token:
+            # a server that dies while the model is slow to answer still leaves its row.
+            asyncio.get_running_loop().call_later(_WRITE_AT_THE_LATEST, turn.ensure_written)
             self._producing[response["id"]] = turn
         task = asyncio.create_task(self._produce(turn, run, lock), name=f"response {response['id']}")
         self._tasks.add(task)
@@ -241,8 +247,9 @@ class ResponseService:
                 self._fail(turn, error)
             elif turn.request.conversation_id is not None:
                 await self._append_to_conversation(turn)
-            if turn.written is not None:
-                await turn.written
+            written = turn.ensure_written()
+            if written is not None:
+                await written
                 await self.store.finish(turn.response, turn.emitter.output, turn.input_items)
         except Exception:
             log.exception("cannot store response %s", turn.response["id"])
@@ -296,8 +303,9 @@ class ResponseService:
     async def _written(self, response_id: str) -> None:
         """Waits until the row of a response this server has just started is in the database."""
         turn = self._producing.get(response_id)
-        if turn is not None and turn.written is not None:
-            await asyncio.gather(turn.written, return_exceptions=True)
+        written = turn.ensure_written() if turn is not None else None
+        if written is not None:
+            await asyncio.gather(written, return_exceptions=True)
 
     async def retrieve(self, response_id: str) -> dict[str, Any]:
         turn = self._producing.get(response_id)
