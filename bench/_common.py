@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import platform
 import pstats
 import select
 import shutil
@@ -379,6 +380,12 @@ def print_targets(targets: list[dict[str, Any]], width: int = 42) -> None:
         print(f"   {'PASS' if t['pass'] else 'FAIL'}  {t['target']:<{width}} {value} {t['unit']}")
 
 
+def print_footer(report: dict[str, Any]) -> None:
+    """The last line: how long the run took, on how many CPUs, under which Python."""
+    cfg = report["config"]
+    print(f"\n({report['elapsed_s']:.0f} s, {cfg['cpus']} CPUs, Python {cfg['python']})")
+
+
 def print_profile(path: Path, top: int = 25) -> None:
     """The functions Parley spent most of its own time in, from a cProfile file."""
     if not path.exists():
@@ -448,6 +455,11 @@ def run_benchmark(
     finally:
         children.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def report_config(options: dict[str, Any]) -> dict[str, Any]:
+    """The report's `config`: the run's options, then the machine's CPU count and Python version."""
+    return {**options, "cpus": os.cpu_count(), "python": platform.python_version()}
 
 
 def conclude(report: dict[str, Any], json_path: Path | None, check: bool) -> int:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import sys
 import time
 from collections.abc import Coroutine
@@ -38,24 +36,21 @@ from _common import (
     cpu_seconds,
     parley_config,
     print_comparison,
-    print_targets,
-    ratio,
+    print_footer,
+    report_config,
     run_benchmark,
-    signed_ms,
     start_fake,
     start_parley,
     stream_chat,
     summarize,
-    target,
 )
 from _common import client as _client
+from _streams import Targets, check_targets, print_targets_and_errors, rows
 
 MODEL = "fake-long"
 
 # Targets; see bench/README.md.
-MAX_ADDED_TTFT_P50_MS = 2.0
-MIN_RATE_RATIO = 0.5
-MAX_ADDED_TTFT_P99_CONCURRENT_MS = 20.0
+TARGETS = Targets(max_added_ttft_p50_ms=2.0, min_rate_ratio=0.5, max_added_ttft_p99_concurrent_ms=20.0, unit="chunk")
 
 
 # -- the client ---------------------------------------------------------------
@@ -119,41 +114,6 @@ async def concurrent(side: Side, args: argparse.Namespace) -> None:
 PACED_SEQUENTIAL_TOKENS = 5
 
 
-def check_targets(a: dict[str, Any], b: dict[str, Any], a_paced: dict[str, Any]) -> list[dict[str, Any]]:
-    added_a = a["compare"]["added_ttft_p50_ms"]
-    added_a_paced = a_paced["compare"]["added_ttft_p50_ms"]
-    rate_ratio = a["compare"]["rate_ratio"]
-    errors_b = b["direct"]["errors"] + b["parley"]["errors"]
-    added_b = b["compare"]["added_ttft_p99_ms"]
-    return [
-        target(
-            f"A: median added TTFT < {MAX_ADDED_TTFT_P50_MS:g} ms",
-            added_a,
-            added_a is not None and added_a < MAX_ADDED_TTFT_P50_MS,
-            "ms",
-        ),
-        target(
-            f"A': median added TTFT < {MAX_ADDED_TTFT_P50_MS:g} ms, paced",
-            added_a_paced,
-            added_a_paced is not None and added_a_paced < MAX_ADDED_TTFT_P50_MS,
-            "ms",
-        ),
-        target(
-            f"A: parley chunk rate >= {MIN_RATE_RATIO:.0%} of direct",
-            rate_ratio,
-            rate_ratio is not None and rate_ratio >= MIN_RATE_RATIO,
-            "x",
-        ),
-        target("B: no errors", errors_b, errors_b == 0),
-        target(
-            f"B: p99 added TTFT < {MAX_ADDED_TTFT_P99_CONCURRENT_MS:g} ms",
-            added_b,
-            added_b is not None and added_b < MAX_ADDED_TTFT_P99_CONCURRENT_MS,
-            "ms",
-        ),
-    ]
-
-
 def print_report(report: dict[str, Any]) -> None:
     cfg, a, b = report["config"], report["sequential"], report["concurrent"]
     print()
@@ -177,23 +137,12 @@ def print_report(report: dict[str, Any]) -> None:
     if b.get("parley_cpu_share") is not None:
         print(f"   Parley CPU while proxying: {b['parley_cpu_share']:.0%} of one core")
     print()
-    print_targets(report["targets"])
-    for phase, figures in (("A", a), ("A'", a_paced), ("B", b)):
-        for side in ("direct", "parley"):
-            for example in figures[side]["error_examples"]:
-                print(f"   {phase} {side} error: {example}")
-    print(f"\n({report['elapsed_s']:.0f} s, {cfg['cpus']} CPUs, Python {cfg['python']})")
+    print_targets_and_errors(report)
+    print_footer(report)
 
 
 def _rows(figures: dict[str, Any]) -> list[Row]:
-    d, p, c = figures["direct"], figures["parley"], figures["compare"]
-    return [
-        ("TTFT p50 (ms)", d["ttft_p50_ms"], p["ttft_p50_ms"], signed_ms(c["added_ttft_p50_ms"]), ".2f"),
-        ("TTFT p99 (ms)", d["ttft_p99_ms"], p["ttft_p99_ms"], signed_ms(c["added_ttft_p99_ms"]), ".2f"),
-        ("chunks/s (median)", d["chunks_per_s_median"], p["chunks_per_s_median"], ratio(c["rate_ratio"]), ".0f"),
-        ("stream time (s, median)", d["stream_s_median"], p["stream_s_median"], "", ".3f"),
-        ("errors / requests", f"{d['errors']}/{d['requests']}", f"{p['errors']}/{p['requests']}", "", ".2f"),
-    ]
+    return rows(figures, "chunks/s (median)", "chunks_per_s_median")
 
 
 # -- main ---------------------------------------------------------------------
@@ -239,7 +188,7 @@ async def run(args: argparse.Namespace, fast: str, paced: str, parley: str, parl
     if cpu_before is not None and cpu_after is not None:
         b["parley_cpu_share"] = round((cpu_after - cpu_before) / wall, 3)
     report["concurrent"] = b
-    report["targets"] = check_targets(a, b, a_paced)
+    report["targets"] = check_targets(TARGETS, a, b, a_paced)
     return report
 
 
@@ -277,17 +226,17 @@ def main(argv: list[str] | None = None) -> int:
     report = run_benchmark(start, args.max_seconds)
     if isinstance(report, int):
         return report
-    report["config"] = {
-        "tokens": args.tokens,
-        "requests": args.requests,
-        "warmup": args.warmup,
-        "concurrency": args.concurrency,
-        "streams_per_client": args.streams_per_client,
-        "paced_tokens": args.paced_tokens,
-        "delay_ms": args.delay_ms,
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-    }
+    report["config"] = report_config(
+        {
+            "tokens": args.tokens,
+            "requests": args.requests,
+            "warmup": args.warmup,
+            "concurrency": args.concurrency,
+            "streams_per_client": args.streams_per_client,
+            "paced_tokens": args.paced_tokens,
+            "delay_ms": args.delay_ms,
+        }
+    )
     report["elapsed_s"] = round(time.perf_counter() - started, 1)
     print_report(report)
     return conclude(report, args.json, args.check)

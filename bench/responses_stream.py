@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -41,28 +39,25 @@ from _common import (
     cpu_seconds,
     parley_config,
     print_comparison,
+    print_footer,
     print_profile,
-    print_targets,
-    ratio,
+    report_config,
     run_benchmark,
-    signed_ms,
     start_fake,
     start_parley,
     storage_name,
     stream_chat,
     summarize,
-    target,
 )
 from _common import client as _client
+from _streams import Targets, check_targets, print_targets_and_errors, rows
 
 MODEL = "fake-long"
 PROMPT = "Write a long story."
 RATE = "events_per_s_median"
 
 # Targets; see bench/README.md.
-MAX_ADDED_TTFT_P50_MS = 3.0
-MIN_RATE_RATIO = 0.25
-MAX_ADDED_TTFT_P99_CONCURRENT_MS = 25.0
+TARGETS = Targets(max_added_ttft_p50_ms=3.0, min_rate_ratio=0.25, max_added_ttft_p99_concurrent_ms=25.0, unit="event")
 
 # What ends a response that went wrong; none may appear in a good stream.
 _FAILURES = ("error", "response.failed", "response.incomplete")
@@ -210,41 +205,6 @@ def figures(direct: Side, parley: Side) -> dict[str, Any]:
 PACED_SEQUENTIAL_TOKENS = 5
 
 
-def check_targets(a: dict[str, Any], b: dict[str, Any], a_paced: dict[str, Any]) -> list[dict[str, Any]]:
-    added_a = a["compare"]["added_ttft_p50_ms"]
-    added_a_paced = a_paced["compare"]["added_ttft_p50_ms"]
-    rate_ratio = a["compare"]["rate_ratio"]
-    errors_b = b["direct"]["errors"] + b["parley"]["errors"]
-    added_b = b["compare"]["added_ttft_p99_ms"]
-    return [
-        target(
-            f"A: median added TTFT < {MAX_ADDED_TTFT_P50_MS:g} ms",
-            added_a,
-            added_a is not None and added_a < MAX_ADDED_TTFT_P50_MS,
-            "ms",
-        ),
-        target(
-            f"A': median added TTFT < {MAX_ADDED_TTFT_P50_MS:g} ms, paced",
-            added_a_paced,
-            added_a_paced is not None and added_a_paced < MAX_ADDED_TTFT_P50_MS,
-            "ms",
-        ),
-        target(
-            f"A: parley event rate >= {MIN_RATE_RATIO:.0%} of direct",
-            rate_ratio,
-            rate_ratio is not None and rate_ratio >= MIN_RATE_RATIO,
-            "x",
-        ),
-        target("B: no errors", errors_b, errors_b == 0),
-        target(
-            f"B: p99 added TTFT < {MAX_ADDED_TTFT_P99_CONCURRENT_MS:g} ms",
-            added_b,
-            added_b is not None and added_b < MAX_ADDED_TTFT_P99_CONCURRENT_MS,
-            "ms",
-        ),
-    ]
-
-
 def print_report(report: dict[str, Any]) -> None:
     cfg, a, b = report["config"], report["sequential"], report["concurrent"]
     storage = cfg["storage"] if cfg["store"] else "not stored"
@@ -272,23 +232,12 @@ def print_report(report: dict[str, Any]) -> None:
     if b.get("parley_cpu_share") is not None:
         print(f"   Parley CPU while streaming: {b['parley_cpu_share']:.0%} of one core")
     print()
-    print_targets(report["targets"])
-    for phase, result in (("A", a), ("A'", a_paced), ("B", b)):
-        for side in ("direct", "parley"):
-            for example in result[side]["error_examples"]:
-                print(f"   {phase} {side} error: {example}")
-    print(f"\n({report['elapsed_s']:.0f} s, {cfg['cpus']} CPUs, Python {cfg['python']})")
+    print_targets_and_errors(report)
+    print_footer(report)
 
 
-def _rows(result: dict[str, Any]) -> list[Row]:
-    d, p, c = result["direct"], result["parley"], result["compare"]
-    return [
-        ("TTFT p50 (ms)", d["ttft_p50_ms"], p["ttft_p50_ms"], signed_ms(c["added_ttft_p50_ms"]), ".2f"),
-        ("TTFT p99 (ms)", d["ttft_p99_ms"], p["ttft_p99_ms"], signed_ms(c["added_ttft_p99_ms"]), ".2f"),
-        ("events/s (median)", d[RATE], p[RATE], ratio(c["rate_ratio"]), ".0f"),
-        ("stream time (s, median)", d["stream_s_median"], p["stream_s_median"], "", ".3f"),
-        ("errors / requests", f"{d['errors']}/{d['requests']}", f"{p['errors']}/{p['requests']}", "", ".2f"),
-    ]
+def _rows(figures: dict[str, Any]) -> list[Row]:
+    return rows(figures, "events/s (median)", RATE)
 
 
 # -- main ---------------------------------------------------------------------
@@ -331,7 +280,7 @@ async def run(args: argparse.Namespace, fast: str, paced: str, parley: str, parl
     if cpu_before is not None and cpu_after is not None:
         b["parley_cpu_share"] = round((cpu_after - cpu_before) / wall, 3)
     report["concurrent"] = b
-    report["targets"] = check_targets(a, b, a_paced)
+    report["targets"] = check_targets(TARGETS, a, b, a_paced)
     return report
 
 
@@ -377,20 +326,20 @@ def main(argv: list[str] | None = None) -> int:
     report = run_benchmark(start, args.max_seconds)
     if isinstance(report, int):
         return report
-    report["config"] = {
-        "tokens": args.tokens,
-        "requests": args.requests,
-        "warmup": args.warmup,
-        "concurrency": args.concurrency,
-        "streams_per_client": args.streams_per_client,
-        "paced_tokens": args.paced_tokens,
-        "delay_ms": args.delay_ms,
-        "store": args.store,
-        "storage": storage_name(args.storage_url),
-        "profiled": profile is not None,
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-    }
+    report["config"] = report_config(
+        {
+            "tokens": args.tokens,
+            "requests": args.requests,
+            "warmup": args.warmup,
+            "concurrency": args.concurrency,
+            "streams_per_client": args.streams_per_client,
+            "paced_tokens": args.paced_tokens,
+            "delay_ms": args.delay_ms,
+            "store": args.store,
+            "storage": storage_name(args.storage_url),
+            "profiled": profile is not None,
+        }
+    )
     report["elapsed_s"] = round(time.perf_counter() - started, 1)
     print_report(report)
     if profile is not None:
