@@ -22,7 +22,7 @@ import openai
 import pytest
 import yaml
 
-from tests.fake_upstream import FakeUpstream
+from tests.fake_upstream import MODELS, FakeUpstream
 from tests.postgres import PostgresServer
 from tests.support.validating_transport import ValidatingTransport
 
@@ -136,20 +136,7 @@ def upstream_config(fake: FakeUpstream, *, read_timeout: float = 3.0) -> dict[st
                     "api_key": "sk-test-secret",
                     "headers": {"X-Fake-Tenant": "parley-tests"},
                     "timeout": {"read": read_timeout, "connect": 2},
-                    "models": [
-                        "fake-echo",
-                        "fake-long",
-                        "fake-tool",
-                        "fake-script",
-                        "fake-json",
-                        "fake-error-400",
-                        "fake-error-429",
-                        "fake-error-500",
-                        "fake-hang",
-                        "fake-midstream-error",
-                        "fake-malformed",
-                        "fake-drop",
-                    ],
+                    "models": list(MODELS),
                 },
                 # Models discovered from the upstream's /models.
                 "discovered": {"type": "openai", "base_url": fake.base_url},

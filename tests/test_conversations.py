@@ -28,17 +28,11 @@ from tests.conftest import ParleyProcess, parley_config
 from tests.fake_upstream import FakeUpstream
 from tests.mcp_servers import ToolServer
 from tests.support.spec import openai_document, validate_openai
+from tests.support.tools import CLOCK, WEATHER, mcp_tool
 
 ECHO = "fake/fake-echo"
 TOOL = "fake/fake-tool"
 SCRIPT = "fake/fake-script"
-WEATHER = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "The weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-}
-CLOCK = {"type": "function", "name": "get_time", "parameters": {"type": "object", "properties": {}}}
 
 # openai's item classes by their `type`: ConversationItem is a union without a discriminator,
 # so validating against the one class an item claims gives errors that say something.
@@ -171,10 +165,6 @@ def tool_server() -> Iterator[ToolServer]:
     server = ToolServer().start()
     yield server
     server.stop()
-
-
-def mcp_tool(server: ToolServer, **fields: Any) -> dict[str, Any]:
-    return {"type": "mcp", "server_label": "tools", "server_url": server.url, "require_approval": "never", **fields}
 
 
 def page(http: httpx.Client, conversation_id: str, **params: Any) -> dict[str, Any]:

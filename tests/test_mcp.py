@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import ParleyProcess, parley_config
 from tests.fake_upstream import FakeUpstream
 from tests.mcp_servers import ToolServer
+from tests.support.tools import mcp_tool
 
 SCRIPT = "fake/fake-script"
 
@@ -28,10 +29,6 @@ def tool_server() -> Iterator[ToolServer]:
     server = ToolServer().start()
     yield server
     server.stop()
-
-
-def mcp_tool(server: ToolServer, **fields: Any) -> dict[str, Any]:
-    return {"type": "mcp", "server_label": "tools", "server_url": server.url, "require_approval": "never", **fields}
 
 
 @pytest.fixture

@@ -19,16 +19,10 @@ from tests.conftest import ParleyProcess
 from tests.fake_upstream import FakeUpstream
 from tests.support.spec import validate_openai, validate_openresponses
 from tests.support.stream_validator import collect_stream
+from tests.support.tools import CLOCK, WEATHER
 
 ECHO = "fake/fake-echo"
 TOOL = "fake/fake-tool"
-WEATHER = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "The weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-}
-CLOCK = {"type": "function", "name": "get_time", "parameters": {"type": "object", "properties": {}}}
 
 
 @pytest.fixture
