@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -356,3 +357,27 @@ def test_embedded_model_calls_an_mcp_tool(strict: ParleyProcess, tool_server: To
     assert call.name == "add" and set(arguments) == {"a", "b"}
     assert call.output == str(arguments["a"] + arguments["b"])
     assert response.status in ("completed", "incomplete")
+
+
+def test_sessions_are_reused_across_responses_with_the_same_credentials(
+    client: openai.OpenAI, tool_server: ToolServer
+) -> None:
+    def handshakes(run: str) -> int:
+        """How many times a client connected (the modern protocol's `server/discover`)."""
+        return sum(
+            1 for h in tool_server.headers if h.get("x-test-run") == run and h.get("mcp-method") == "server/discover"
+        )
+
+    run = uuid.uuid4().hex
+    for _ in range(3):
+        response = client.responses.create(
+            model=SCRIPT, input='add {"a": 1, "b": 1}', tools=[mcp_tool(tool_server, headers={"X-Test-Run": run})]
+        )
+        assert response.output[1].output == "2"
+    assert handshakes(run) == 1
+
+    other = uuid.uuid4().hex  # other headers, another session: credentials are never shared
+    client.responses.create(
+        model=SCRIPT, input='add {"a": 1, "b": 1}', tools=[mcp_tool(tool_server, headers={"X-Test-Run": other})]
+    )
+    assert handshakes(other) == 1 and handshakes(run) == 1

@@ -27,6 +27,7 @@ from parley.inference.registry import ModelRegistry, ResolvedModel
 from parley.store import ConversationNotFound, ConversationStore, PageRequest, ResponseStore
 from parley.tools import Toolbox
 from parley.tools.definitions import FunctionTool, MCPTool
+from parley.tools.mcp import MCPSessionPool
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,8 @@ class ResponseService:
         self.conversations = conversations
         self.engine = engine or EngineSettings()
         self.mcp = mcp or MCPSettings()
+        # MCP sessions outlive the responses that open them, for the next response to the same server.
+        self.mcp_sessions = MCPSessionPool(self.mcp)
         self._tasks: set[asyncio.Task[None]] = set()
         self._producing: dict[str, loop.Turn] = {}  # stored responses this server is producing
         self._keeper: asyncio.Task[None] | None = None
@@ -206,7 +209,7 @@ class ResponseService:
             history=history,
             input_items=input_items,
             functions=functions,
-            toolbox=Toolbox(functions, servers, self.mcp),
+            toolbox=Toolbox(functions, servers, self.mcp, self.mcp_sessions),
             emitter=EventEmitter(run.sink if request.stream else None),
             settings=self.engine,
             previous_tools=previous_tools,
@@ -358,3 +361,4 @@ class ResponseService:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.mcp_sessions.close()

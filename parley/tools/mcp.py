@@ -15,6 +15,7 @@ import ipaddress
 import json
 import logging
 import socket
+import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -63,14 +64,144 @@ class MCPServerError(Exception):
     """The server could not be reached or did not speak MCP."""
 
 
-class MCPServerConnection:
-    def __init__(self, definition: MCPTool, settings: MCPSettings) -> None:
-        self.definition = definition
+class MCPSession:
+    """One open session with an MCP server (a URL and the headers it is reached with).
+
+    The `mcp` client's session lives in anyio task groups, which must be left by
+    the task that entered them: a task of the session's own holds it open, for
+    whichever tasks make calls through it, until `close`.
+    """
+
+    def __init__(self, url: str, headers: dict[str, str], settings: MCPSettings, label: str) -> None:
+        self.url = url
+        self.headers = headers
         self.settings = settings
+        self.label = label
+        self.broken = False
+        self.last_used = time.monotonic()
         self._owner: asyncio.Task[None] | None = None
         self._ready: asyncio.Future[Any] | None = None
         self._closing = asyncio.Event()
         self._lock = asyncio.Lock()
+
+    async def client(self) -> Any:
+        """The connected `mcp` client, connecting on first use; raises MCPServerError."""
+        self.last_used = time.monotonic()
+        async with self._lock:
+            if self._owner is None:
+                ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                self._owner = asyncio.create_task(self._hold(ready), name=f"mcp {self.label}")
+                self._ready = ready
+        assert self._ready is not None
+        try:
+            return await asyncio.shield(self._ready)
+        except MCPServerError:
+            self.broken = True
+            raise
+
+    async def _hold(self, ready: asyncio.Future[Any]) -> None:
+        path = urlsplit(self.url).path.rstrip("/")
+        order = ["sse", "streamable"] if path.endswith("/sse") else ["streamable", "sse"]
+        failures = []
+        for transport in order:
+            try:
+                async with AsyncExitStack() as stack:
+                    async with asyncio.timeout(self.settings.timeout):
+                        client = await stack.enter_async_context(self._client_for(transport))
+                    ready.set_result(client)
+                    await self._closing.wait()
+                    return
+            except BaseException as exc:  # the `mcp` client raises groups and its own errors alike
+                if ready.done():
+                    self.broken = True
+                    log.debug("MCP session with '%s' ended: %s", self.label, _describe(exc))
+                    return
+                if isinstance(exc, asyncio.CancelledError):
+                    ready.set_exception(MCPServerError(f"connecting to MCP server '{self.label}' was cancelled"))
+                    raise
+                failures.append(f"{transport}: {_describe(exc)}")
+        ready.set_exception(MCPServerError(f"cannot connect to MCP server '{self.label}' ({'; '.join(failures)})"))
+
+    def _client_for(self, transport: str) -> Any:
+        from mcp import Client
+        from mcp.client.sse import sse_client
+        from mcp.client.streamable_http import streamable_http_client
+        from mcp.shared._httpx_utils import create_mcp_http_client
+
+        timeout = self.settings.timeout
+        if transport == "sse":
+            stream = sse_client(self.url, headers=self.headers, timeout=timeout, sse_read_timeout=timeout)
+        else:
+            import httpx2
+
+            http = create_mcp_http_client(headers=self.headers, timeout=httpx2.Timeout(timeout))
+            stream = streamable_http_client(self.url, http_client=http)
+        return Client(stream, read_timeout_seconds=timeout)
+
+    async def close(self) -> None:
+        if self._owner is None:
+            return
+        self._closing.set()
+        try:
+            async with asyncio.timeout(5):
+                await asyncio.gather(self._owner, return_exceptions=True)
+        except TimeoutError:
+            self._owner.cancel()
+            await asyncio.gather(self._owner, return_exceptions=True)
+        if self._ready is not None and self._ready.done() and not self._ready.cancelled():
+            self._ready.exception()  # retrieved, so asyncio does not warn about it
+
+
+class MCPSessionPool:
+    """Sessions kept open across responses, one per server URL and headers.
+
+    A response reaches a server through the pooled session for its URL and its
+    exact headers (credentials included), so sessions are shared only by
+    requests that present themselves the same way. A session that broke, or
+    stayed unused for `idle_seconds`, is closed and replaced.
+    """
+
+    def __init__(self, settings: MCPSettings, idle_seconds: float = 300.0) -> None:
+        self.settings = settings
+        self.idle_seconds = idle_seconds
+        self._sessions: dict[tuple[str, tuple[tuple[str, str], ...]], MCPSession] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    def _retire(self, session: MCPSession) -> None:
+        task = asyncio.ensure_future(session.close())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    def session(self, url: str, headers: dict[str, str], label: str) -> MCPSession:
+        self._prune()
+        key = (url, tuple(sorted(headers.items())))
+        session = self._sessions.get(key)
+        if session is None or session.broken:
+            if session is not None:
+                self._retire(session)
+            session = self._sessions[key] = MCPSession(url, headers, self.settings, label)
+        return session
+
+    def _prune(self) -> None:
+        now = time.monotonic()
+        for key, session in list(self._sessions.items()):
+            if session.broken or now - session.last_used > self.idle_seconds:
+                del self._sessions[key]
+                self._retire(session)
+
+    async def close(self) -> None:
+        sessions, self._sessions = list(self._sessions.values()), {}
+        await asyncio.gather(*(session.close() for session in sessions), *self._retiring, return_exceptions=True)
+
+
+class MCPServerConnection:
+    """One `{"type": "mcp"}` tool of one response, over a session that may outlive it."""
+
+    def __init__(self, definition: MCPTool, settings: MCPSettings, pool: MCPSessionPool | None = None) -> None:
+        self.definition = definition
+        self.settings = settings
+        self._pool = pool
+        self._session: MCPSession | None = None
 
     @property
     def label(self) -> str:
@@ -83,59 +214,14 @@ class MCPServerConnection:
         return headers
 
     async def _connected(self) -> Any:
-        async with self._lock:
-            if self._owner is None:
-                await self._check_host()
-                ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-                self._owner = asyncio.create_task(self._hold_session(ready), name=f"mcp {self.label}")
-                self._ready = ready
-        assert self._ready is not None
-        return await asyncio.shield(self._ready)
-
-    async def _hold_session(self, ready: asyncio.Future[Any]) -> None:
-        """Opens the session, then keeps it open until `close`.
-
-        The `mcp` client's session lives in anyio task groups, which must be
-        left by the task that entered them: this task owns it, whichever
-        tasks make calls through it.
-        """
-        url = self.definition.server_url or ""
-        path = urlsplit(url).path.rstrip("/")
-        order = ["sse", "streamable"] if path.endswith("/sse") else ["streamable", "sse"]
-        failures = []
-        for transport in order:
-            try:
-                async with AsyncExitStack() as stack:
-                    async with asyncio.timeout(self.settings.timeout):
-                        client = await stack.enter_async_context(self._client_for(transport, url))
-                    ready.set_result(client)
-                    await self._closing.wait()
-                    return
-            except BaseException as exc:  # the `mcp` client raises groups and its own errors alike
-                if ready.done():
-                    log.debug("MCP session with '%s' ended: %s", self.label, _describe(exc))
-                    return
-                if isinstance(exc, asyncio.CancelledError):
-                    ready.set_exception(MCPServerError(f"connecting to MCP server '{self.label}' was cancelled"))
-                    raise
-                failures.append(f"{transport}: {_describe(exc)}")
-        ready.set_exception(MCPServerError(f"cannot connect to MCP server '{self.label}' ({'; '.join(failures)})"))
-
-    def _client_for(self, transport: str, url: str) -> Any:
-        from mcp import Client
-        from mcp.client.sse import sse_client
-        from mcp.client.streamable_http import streamable_http_client
-        from mcp.shared._httpx_utils import create_mcp_http_client
-
-        timeout = self.settings.timeout
-        if transport == "sse":
-            stream = sse_client(url, headers=self._headers(), timeout=timeout, sse_read_timeout=timeout)
-        else:
-            import httpx2
-
-            http = create_mcp_http_client(headers=self._headers(), timeout=httpx2.Timeout(timeout))
-            stream = streamable_http_client(url, http_client=http)
-        return Client(stream, read_timeout_seconds=timeout)
+        if self._session is None:
+            await self._check_host()
+            url, headers = self.definition.server_url or "", self._headers()
+            if self._pool is not None:
+                self._session = self._pool.session(url, headers, self.label)
+            else:
+                self._session = MCPSession(url, headers, self.settings, self.label)
+        return await self._session.client()
 
     async def _check_host(self) -> None:
         host = urlsplit(self.definition.server_url or "").hostname or ""
@@ -163,6 +249,7 @@ class MCPServerConnection:
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError) and not isinstance(exc, TimeoutError):
                 raise
+            self._broke()
             raise MCPServerError(f"MCP server '{self.label}' could not list its tools: {_describe(exc)}") from exc
 
     async def call(self, name: str, arguments: str) -> CallResult:
@@ -183,6 +270,7 @@ class MCPServerConnection:
         except MCPServerError as exc:
             return CallResult(None, _protocol_error(-32000, str(exc)))
         except Exception as exc:
+            self._broke()  # the session may be gone: the next response opens a new one
             return CallResult(None, _protocol_error(-32000, f"The call to '{name}' failed: {_describe(exc)}"))
         text = self._cap(_result_text(result))
         if result.is_error:
@@ -199,17 +287,13 @@ class MCPServerConnection:
         return text[:limit] + f"\n[output truncated: {limit} of {len(text)} characters]"
 
     async def close(self) -> None:
-        if self._owner is None:
-            return
-        self._closing.set()
-        try:
-            async with asyncio.timeout(5):
-                await asyncio.gather(self._owner, return_exceptions=True)
-        except TimeoutError:
-            self._owner.cancel()
-            await asyncio.gather(self._owner, return_exceptions=True)
-        if self._ready is not None and self._ready.done() and not self._ready.cancelled():
-            self._ready.exception()  # retrieved, so asyncio does not warn about it
+        """Ends a session of this response's own; a pooled one stays open for the next."""
+        if self._session is not None and self._pool is None:
+            await self._session.close()
+
+    def _broke(self) -> None:
+        if self._session is not None:
+            self._session.broken = True
 
 
 def error_text(error: dict[str, Any]) -> str:

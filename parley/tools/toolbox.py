@@ -16,7 +16,7 @@ from typing import Any
 from parley.config import MCPSettings
 from parley.ids import new_id
 from parley.tools.definitions import FunctionTool, MCPTool
-from parley.tools.mcp import ListedTool, MCPServerConnection, MCPServerError
+from parley.tools.mcp import ListedTool, MCPServerConnection, MCPServerError, MCPSessionPool
 
 
 @dataclass(slots=True, frozen=True)
@@ -37,9 +37,10 @@ class Toolbox:
         functions: list[FunctionTool],
         servers: list[MCPTool],
         settings: MCPSettings,
+        pool: MCPSessionPool | None = None,
     ) -> None:
         self.functions = functions
-        self.servers = [MCPServerConnection(definition, settings) for definition in servers]
+        self.servers = [MCPServerConnection(definition, settings, pool) for definition in servers]
         self.listings: dict[str, list[ListedTool]] = {}
         self._routes: dict[str, ServerToolRoute] = {}
 
