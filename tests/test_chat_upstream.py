@@ -178,7 +178,8 @@ def test_upstream_receives_the_request_with_fields_passed_through(
         "messages": messages,
         "stream": True,
         "stream_options": {"include_usage": True},
-        "max_tokens": 50,
+        # As the client named it: OpenAI's reasoning models refuse `max_tokens`.
+        "max_completion_tokens": 50,
         "temperature": 0.5,
         "top_p": 0.9,
         "seed": 7,
@@ -189,6 +190,80 @@ def test_upstream_receives_the_request_with_fields_passed_through(
         "reasoning_effort": "low",
         "top_k": 5,
     }
+
+
+def test_upstream_receives_max_tokens_as_max_tokens(client: openai.OpenAI, fake_upstream: FakeUpstream) -> None:
+    client.chat.completions.create(model="fake/fake-echo", messages=HELLO, max_tokens=50)
+
+    sent = fake_upstream.requests[-1]
+    assert (sent["max_tokens"], "max_completion_tokens" in sent) == (50, False)
+
+
+@pytest.mark.parametrize(
+    ("stop", "sent"),
+    [([""], None), (["", "END"], ["END"]), ("", None)],
+    ids=["only-empty", "empty-and-other", "empty-string"],
+)
+def test_empty_stop_strings_are_ignored(
+    client: openai.OpenAI, fake_upstream: FakeUpstream, stop: Any, sent: Any
+) -> None:
+    reply = client.chat.completions.create(model="fake/fake-echo", messages=HELLO, stop=stop)
+
+    assert reply.choices[0].message.content == "hello there world"
+    assert fake_upstream.requests[-1].get("stop") == sent
+
+
+# Invalid fields are refused before any provider sees them: strict types, as OpenAI's.
+INVALID_FIELDS = [
+    ({"stream": "yes"}, "stream"),
+    ({"temperature": "0.5"}, "temperature"),
+    ({"max_tokens": 2.0}, "max_tokens"),
+    ({"max_completion_tokens": "5"}, "max_completion_tokens"),
+    ({"seed": True}, "seed"),
+    ({"messages": [{"role": "assistant", "tool_calls": 5}]}, "messages[0].tool_calls"),
+    ({"messages": [{"role": "assistant", "tool_calls": [5]}]}, "messages[0].tool_calls[0]"),
+    (
+        {"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": {}}}]}]},
+        "messages[0].tool_calls[0].function.arguments",
+    ),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "messages[0].content[0].text"),
+    ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages[0].content[0]"),
+    ({"messages": [{"role": "user", "content": [5]}]}, "messages[0].content[0]"),
+]
+
+
+@pytest.mark.parametrize(("fields", "param"), INVALID_FIELDS, ids=[param for _, param in INVALID_FIELDS])
+def test_invalid_field_is_a_400_naming_it(
+    upstream: ParleyProcess, fake_upstream: FakeUpstream, fields: dict[str, Any], param: str
+) -> None:
+    body = {"model": "fake/fake-echo", "messages": HELLO, **fields}
+    before = len(fake_upstream.requests)
+    with upstream.http() as http:
+        response = http.post("/v1/chat/completions", json=body)
+
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", param)
+    assert len(fake_upstream.requests) == before
+
+
+def test_assistant_tool_calls_and_text_parts_pass_validation_unchanged(
+    client: openai.OpenAI, fake_upstream: FakeUpstream
+) -> None:
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "weather?"}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": PARIS}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "sunny"}]},
+    ]
+    client.chat.completions.create(model="fake/fake-echo", messages=messages, tools=[WEATHER_TOOL])  # type: ignore[arg-type]
+
+    assert fake_upstream.requests[-1]["messages"] == messages
 
 
 def test_upstream_receives_the_model_name_behind_the_alias(client: openai.OpenAI, fake_upstream: FakeUpstream) -> None:

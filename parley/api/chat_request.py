@@ -1,7 +1,9 @@
 """The body of `POST /v1/chat/completions`, validated, and turned into a ChatRequest.
 
 Only what Parley checks or reads is declared; any other field is kept and
-passed to OpenAI-compatible upstreams as it came.
+passed to OpenAI-compatible upstreams as it came. Declared fields are strict,
+as OpenAI's are: `"stream": "yes"` or `"max_tokens": 2.0` is a 400 naming the
+field, not a value quietly coerced.
 """
 
 from __future__ import annotations
@@ -17,12 +19,40 @@ _NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
 
 
 class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class ContentPart(_Open):
+    """One part of a message's content; the provider decides which kinds it takes."""
+
+    type: str
+    text: str | None = None
+    refusal: str | None = None
+
+    @model_validator(mode="after")
+    def _text_when_needed(self) -> ContentPart:
+        if self.type == "text" and self.text is None:
+            raise ValueError("a part of type 'text' needs `text`, a string")
+        if self.type == "refusal" and self.refusal is None:
+            raise ValueError("a part of type 'refusal' needs `refusal`, a string")
+        return self
+
+
+class FunctionCall(_Open):
+    name: str
+    arguments: str
+
+
+class MessageToolCall(_Open):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
 
 
 class ChatMessage(_Open):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[ContentPart] | None = None
+    tool_calls: list[MessageToolCall] | None = None
 
 
 class FunctionDefinition(_Open):
@@ -38,10 +68,14 @@ class FunctionTool(_Open):
 
 
 class NamedFunction(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     name: str
 
 
 class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     type: Literal["function"]
     function: NamedFunction
 
@@ -54,6 +88,8 @@ class JSONSchemaFormat(_Open):
 
 
 class ResponseFormat(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JSONSchemaFormat | None = None
 
@@ -108,8 +144,9 @@ class ChatCompletionBody(_Open):
             ),
             temperature=self.temperature,
             top_p=self.top_p,
-            max_tokens=self.max_completion_tokens or self.max_tokens,
-            stop=self.stop,
+            max_tokens=self.max_tokens,
+            max_completion_tokens=self.max_completion_tokens,
+            stop=self._stops(),
             seed=self.seed,
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
@@ -119,6 +156,15 @@ class ChatCompletionBody(_Open):
             user=self.user,
             extra=extra,
         )
+
+    def _stops(self) -> str | list[str] | None:
+        # An empty stop string would end every completion before its first
+        # token; it stops nothing, so it is left out (OpenAI ignores it too).
+        if isinstance(self.stop, str):
+            return self.stop or None
+        if self.stop is None:
+            return None
+        return [stop for stop in self.stop if stop] or None
 
     def _check_consistency(self) -> None:
         if self.tool_choice is not None and not self.tools and self.tool_choice != "none":

@@ -244,15 +244,15 @@ class _ChatmlGeneration:
         self.prompt = protocol.render_prompt(request.messages, self.tools)
         self.prompt_tokens = self._count(self.prompt, special=True)
         self.generated = ""
-        self.remaining = request.max_tokens
+        self.remaining = request.token_limit
 
     def run(self) -> None:
         limit = self.llama.n_ctx()
-        needed = self.prompt_tokens + (self.request.max_tokens or 0)
+        needed = self.prompt_tokens + (self.request.token_limit or 0)
         if needed > limit:
             raise ContextLengthExceededError(
                 f"This model's maximum context length is {limit} tokens. However, you requested {needed} "
-                f"tokens ({self.prompt_tokens} in the messages, {self.request.max_tokens or 0} in the completion). "
+                f"tokens ({self.prompt_tokens} in the messages, {self.request.token_limit or 0} in the completion). "
                 "Please reduce the length of the messages or completion.",
                 param="messages",
             )
@@ -424,7 +424,7 @@ class _TemplateGeneration:
             tool_choice=request.tool_choice,
             response_format=request.response_format,
             stop=request.stop,
-            max_tokens=request.max_tokens,
+            max_tokens=request.token_limit,
             logprobs=request.logprobs,
             top_logprobs=request.top_logprobs,
             stream=True,

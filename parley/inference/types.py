@@ -28,6 +28,9 @@ class ChatRequest:
     temperature: float | None = None
     top_p: float | None = None
     max_tokens: int | None = None
+    # Set instead of `max_tokens` when the client used it: OpenAI's reasoning
+    # models refuse `max_tokens`, so an upstream receives the field that came.
+    max_completion_tokens: int | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
     presence_penalty: float | None = None
@@ -37,6 +40,11 @@ class ChatRequest:
     n: int | None = None
     user: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def token_limit(self) -> int | None:
+        """The most tokens to generate, whichever field set it."""
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
 @dataclass(slots=True)

@@ -58,6 +58,7 @@ REQUEST_FIELDS = (
     "temperature",
     "top_p",
     "max_tokens",
+    "max_completion_tokens",
     "stop",
     "seed",
     "presence_penalty",
