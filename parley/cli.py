@@ -153,7 +153,10 @@ def recordings_list(directory: Path | None, config_file: Path | None) -> None:
     """
     from parley.inference.recording_text import read_all, summary
 
-    for item in read_all(_recordings_dir(directory, config_file)):
+    directory = _recordings_dir(directory, config_file)
+    if not directory.is_dir():
+        raise click.ClickException(f"{directory} is not a directory")
+    for item in read_all(directory):
         if isinstance(item, Exception):
             click.echo(f"{item.path.name}\tBROKEN: {item.problem}")
         else:

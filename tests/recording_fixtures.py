@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import socket
 import struct
@@ -166,3 +167,51 @@ _TIMES = re.compile(rb'"(created_at|completed_at|created)":\s?\d+')
 def normalized(stream: bytes) -> bytes:
     """A stream without what differs from one run to the next: ids and timestamps."""
     return _TIMES.sub(rb'"\1":0', _IDS.sub(rb"\1_ID", stream))
+
+
+CHUNK_TYPE = "openai.types.chat.chat_completion_chunk.ChatCompletionChunk"
+COMPLETION_TYPE = "openai.types.chat.chat_completion.ChatCompletion"
+
+
+def chunk(content: str | None = None, finish: str | None = None, **delta: Any) -> dict[str, Any]:
+    """One wrapped `chat.completion.chunk` of choice 0, as the shared files hold it."""
+    if content is not None:
+        delta["content"] = content
+    data = {
+        "id": "rec-test",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "gpt-4o",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return {"__type__": CHUNK_TYPE, "__data__": data}
+
+
+def write_chat_recording(
+    path: Path,
+    messages: list[Any],
+    reply: Any,
+    *,
+    test_id: str | None = None,
+    streaming: bool = True,
+    mapping: dict[str, str] | None = None,
+    **body: Any,
+) -> Path:
+    """A recording file of one `gpt-4o` chat completion, written by hand in the shared layout."""
+    request = {
+        "method": "POST",
+        "url": "https://api.openai.com/v1/chat/completions",
+        "endpoint": "/v1/chat/completions",
+        "headers": {},
+        "model": "gpt-4o",
+        "body": {"model": "gpt-4o", "messages": messages, "stream": streaming, **body},
+    }
+    data = {
+        "test_id": test_id,
+        "request": request,
+        "response": {"body": reply, "is_streaming": streaming},
+        "id_normalization_mapping": mapping or {},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2))
+    return path

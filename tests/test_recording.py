@@ -7,6 +7,7 @@ hold no secret, and say which test made them.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import subprocess
@@ -23,11 +24,15 @@ import pytest
 from tests.conftest import ROOT, ParleyProcess
 from tests.recording_fixtures import (
     API_KEY,
+    COMPLETION_TYPE,
     EMBEDDING_MODEL,
     HEADER_KEY,
     EmbeddingUpstream,
+    chunk,
     normalized,
     recording_config,
+    replay_config,
+    write_chat_recording,
 )
 
 HEADER = "X-Parley-Test-Id"
@@ -390,3 +395,218 @@ def test_embeddings_need_a_provider_that_serves_them(embedded: ParleyProcess) ->
         unknown = http.post("/v1/embeddings", json={"model": "nope", "input": "x"})
         assert unknown.status_code == 404
         assert unknown.json()["error"]["code"] == "model_not_found"
+
+
+# Files written by hand, as another recorder (or a bad copy) could have left them.
+
+HELLO = [{"role": "user", "content": "Hello"}]
+ANSWER = [chunk(role="assistant"), chunk("Hi "), chunk("there."), chunk(finish="stop")]
+
+
+@pytest.mark.parametrize(
+    ("messages", "field"),
+    [
+        pytest.param(["hi"], "'request.body.messages[0]' is not a message object", id="a string as message"),
+        pytest.param([{"content": "hi"}], "'request.body.messages[0].role' is not a string", id="no role"),
+        pytest.param(
+            [{"role": "assistant", "content": None, "tool_calls": "x"}],
+            "'request.body.messages[0].tool_calls' is not a list",
+            id="tool_calls not a list",
+        ),
+        pytest.param(
+            [{"role": "assistant", "tool_calls": [{"id": "c", "function": "lookup"}]}],
+            "'request.body.messages[0].tool_calls[0]' is not a tool call with a 'function' object",
+            id="function not an object",
+        ),
+        pytest.param(
+            [{"role": "user", "content": 3}],
+            "'request.body.messages[0].content' is neither a string nor a list of parts",
+            id="content a number",
+        ),
+    ],
+)
+def test_check_reports_a_malformed_message_and_show_never_tracebacks(
+    tmp_path: Path, messages: list[Any], field: str
+) -> None:
+    path = write_chat_recording(tmp_path / "bad.json", messages, ANSWER)
+    write_chat_recording(tmp_path / "good.json", HELLO, ANSWER)
+    check = parley_cli("check", str(tmp_path))
+    assert check.returncode == 1
+    assert check.stdout.splitlines() == [
+        f"BROKEN {path}: {field}",
+        f"2 recording(s) in {tmp_path}: 1 ok, 1 broken",
+    ]
+    show = parley_cli("show", str(path))
+    assert show.returncode == 1
+    assert "Traceback" not in show.stderr
+    assert show.stderr.strip() == f"Error: Recording file {path}: {field}"
+    assert "[assistant] Hi there." in parley_cli("show", str(tmp_path / "good.json")).stdout
+
+
+TRUNCATED = {
+    "no chunks": ([], "'response.body' holds no choice: the reply is empty or truncated"),
+    "cut before finish_reason": (
+        ANSWER[:3],
+        "'response.body' ends before a finish_reason for choice 0: the reply is truncated",
+    ),
+}
+
+
+def test_a_reply_cut_short_is_broken_for_check_and_named_on_replay(tmp_path: Path) -> None:
+    directory = tmp_path / "recordings"
+    paths = {}
+    for index, (name, (chunks, _)) in enumerate(TRUNCATED.items()):
+        question = [{"role": "user", "content": f"Question {index}"}]
+        paths[name] = write_chat_recording(directory / f"{index}{'0' * 63}.json", question, chunks)
+    check = parley_cli("check", str(directory))
+    assert check.returncode == 1
+    for name, (_, problem) in TRUNCATED.items():
+        assert f"BROKEN {paths[name]}: {problem}" in check.stdout
+    assert "0 ok, 2 broken" in check.stdout
+
+    server = ParleyProcess(tmp_path / "parley", replay_config(directory))
+    server.start()
+    try:
+        client = server.client()
+        for index, (name, (_, problem)) in enumerate(TRUNCATED.items()):
+            messages: Any = [{"role": "user", "content": f"Question {index}"}]
+            for stream in (False, True):
+                # Never an empty completed answer: an error that names the file and what is wrong.
+                with pytest.raises(openai.NotFoundError) as caught:
+                    reply = client.chat.completions.create(model="openai/gpt-4o", messages=messages, stream=stream)
+                    list(reply) if stream else reply  # type: ignore[arg-type]
+                assert f"{paths[name].name} ({problem})" in str(caught.value), name
+            with pytest.raises(openai.NotFoundError) as caught:
+                client.responses.create(model="openai/gpt-4o", input=f"Question {index}")
+            assert f"{paths[name].name} ({problem})" in str(caught.value), name
+    finally:
+        server.stop()
+
+
+def test_cli_list_of_a_missing_directory_is_an_error_like_check(tmp_path: Path) -> None:
+    missing = tmp_path / "nonexistent"
+    for command in ("list", "check"):
+        result = parley_cli(command, str(missing))
+        assert result.returncode == 1, command
+        assert result.stdout == ""
+        assert result.stderr.strip() == f"Error: {missing} is not a directory", command
+
+
+def test_a_non_streaming_recording_replays_through_chat_and_responses(tmp_path: Path) -> None:
+    completion = {
+        "id": "rec-0123456789ab",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "gpt-4o",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Recorded without streaming."},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9},
+    }
+    directory = tmp_path / "recordings"
+    path = write_chat_recording(
+        directory / "completion.json", HELLO, {"__type__": COMPLETION_TYPE, "__data__": completion}, streaming=False
+    )
+    listing = parley_cli("list", str(directory))
+    assert listing.stdout.split("\t")[2:] == ["gpt-4o", "1 message", "not streaming\n"]
+    assert "[assistant] Recorded without streaming.\nfinish: stop" in parley_cli("show", str(path)).stdout
+
+    server = ParleyProcess(tmp_path / "parley", replay_config(directory))
+    server.start()
+    try:
+        client = server.client()
+        reply = client.chat.completions.create(model="openai/gpt-4o", messages=HELLO)  # type: ignore[arg-type]
+        assert reply.choices[0].message.content == "Recorded without streaming."
+        assert reply.choices[0].finish_reason == "stop"
+        assert reply.usage is not None and reply.usage.total_tokens == 9
+        chunks = list(
+            client.chat.completions.create(
+                model="openai/gpt-4o",
+                messages=HELLO,  # type: ignore[arg-type]
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Recorded without streaming."
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+        assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 9
+        response = client.responses.create(model="openai/gpt-4o", input="Hello")
+        assert (response.status, response.output_text) == ("completed", "Recorded without streaming.")
+        events = list(client.responses.create(model="openai/gpt-4o", input="Hello", stream=True))
+        assert events[-1].type == "response.completed"
+        assert events[-1].response.output_text == "Recorded without streaming."  # type: ignore[union-attr]
+    finally:
+        server.stop()
+
+
+def test_restored_ids_are_id_values_only_never_message_text(tmp_path: Path) -> None:
+    # The recorder wrote "call_NORMALIZED" for the call id "call_original"; the
+    # model's text mentions the normalized string too, and must reach the client as it was.
+    text = "Your ticket is call_NORMALIZED; call_NORMALIZED-2 is another."
+    call = {"index": 0, "id": "call_NORMALIZED", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}
+    chunks = [chunk(text, role="assistant"), chunk(tool_calls=[call]), chunk(finish="tool_calls")]
+    directory = tmp_path / "recordings"
+    write_chat_recording(
+        directory / "ids.json", HELLO, chunks, tools=[tool], mapping={"call_original": "call_NORMALIZED"}
+    )
+    server = ParleyProcess(tmp_path / "parley", replay_config(directory))
+    server.start()
+    try:
+        reply = server.client().chat.completions.create(model="openai/gpt-4o", messages=HELLO, tools=[tool])  # type: ignore[arg-type, list-item]
+        message = reply.choices[0].message
+        assert message.content == text
+        assert [(c.id, c.function.name) for c in message.tool_calls or []] == [("call_original", "lookup")]  # type: ignore[union-attr]
+    finally:
+        server.stop()
+
+
+PERSON_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "person",
+        "description": "A person.",
+        "schema": {
+            "type": "object",
+            "description": "Someone.",
+            "properties": {
+                "name": {"type": "string", "description": "Their name."},
+                "description": {"type": "string", "description": "What they do."},
+            },
+            "required": ["name", "description"],
+        },
+    },
+}
+
+
+def test_response_format_ignores_descriptions_but_not_a_property_called_description(tmp_path: Path) -> None:
+    directory = tmp_path / "recordings"
+    reply = [chunk('{"name": "Ada", "description": "mathematician"}', role="assistant"), chunk(finish="stop")]
+    write_chat_recording(directory / "format.json", HELLO, reply, response_format=PERSON_FORMAT)
+    reworded = copy.deepcopy(PERSON_FORMAT)
+    reworded["json_schema"]["description"] = "Somebody."
+    schema = reworded["json_schema"]["schema"]
+    schema["description"] = "Anyone."
+    schema["properties"]["name"]["description"] = "What they are called."
+    schema["properties"]["description"]["description"] = "Their work."
+    renamed = copy.deepcopy(PERSON_FORMAT)
+    properties = renamed["json_schema"]["schema"]["properties"]
+    properties["summary"] = properties.pop("description")
+    renamed["json_schema"]["schema"]["required"] = ["name", "summary"]
+
+    server = ParleyProcess(tmp_path / "parley", replay_config(directory))
+    server.start()
+    try:
+        client = server.client()
+        answer = client.chat.completions.create(model="openai/gpt-4o", messages=HELLO, response_format=reworded)  # type: ignore[arg-type]
+        assert json.loads(answer.choices[0].message.content or "") == {"name": "Ada", "description": "mathematician"}
+        with pytest.raises(openai.NotFoundError) as caught:
+            client.chat.completions.create(model="openai/gpt-4o", messages=HELLO, response_format=renamed)  # type: ignore[arg-type]
+        assert "first difference: response_format:" in str(caught.value)
+        assert "summary" in str(caught.value)
+    finally:
+        server.stop()

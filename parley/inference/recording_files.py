@@ -121,25 +121,82 @@ def read_recording(path: Path) -> Recording:
 
 
 def _restore_ids(recording: Recording, mapping: dict[str, Any]) -> Recording:
-    # The recorder rewrote these ids in the file; the call had the originals.
-    text = json.dumps({"request": recording.request, "response": recording.response})
-    for normalized, original in mapping.items():
-        text = text.replace(str(original), str(normalized))
-    restored = json.loads(text)
-    return Recording(recording.path, recording.test_id, restored["request"], restored["response"])
+    # The recorder rewrote ids in the file: the mapping's keys are the ids the call
+    # had, its values what the file holds instead. Only id values are put back:
+    # a message text that happens to contain one is what the model saw and said.
+    restore = {str(written): str(original) for original, written in mapping.items()}
+    request = _restored(recording.request, restore, False)
+    response = _restored(recording.response, restore, False)
+    return Recording(recording.path, recording.test_id, request, response)
+
+
+def _is_id_field(name: str) -> bool:
+    return name == "id" or name.endswith("_id") or name.endswith("_ids")
+
+
+def _restored(value: Any, restore: dict[str, str], in_id_field: bool) -> Any:
+    """`value` with each string that is exactly a rewritten id, in an id field, put back."""
+    if isinstance(value, dict):
+        return {key: _restored(item, restore, _is_id_field(str(key))) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_restored(item, restore, in_id_field) for item in value]
+    if in_id_field and isinstance(value, str):
+        return restore.get(value, value)
+    return value
 
 
 def check_reply(recording: Recording) -> None:
     """Raises RecordingFileError if the reply cannot be replayed; endpoints Parley does not serve pass."""
     endpoint = recording.endpoint
     if endpoint == CHAT_ENDPOINT:
-        if not isinstance(recording.body.get("messages"), list):
-            raise RecordingFileError(recording.path, "'request.body.messages' is not a list")
+        _check_chat_request(recording)
         chat_reply(recording)
     elif endpoint == EMBEDDINGS_ENDPOINT:
         embeddings_reply(recording)
     elif endpoint == MODELS_ENDPOINT:
         models_reply(recording)
+
+
+def _check_chat_request(recording: Recording) -> None:
+    """The messages and tools have the shapes that matching and `recordings show` read."""
+
+    def broken(field: str, problem: str) -> RecordingFileError:
+        return RecordingFileError(recording.path, f"'request.body.{field}' {problem}")
+
+    messages = recording.body.get("messages")
+    if not isinstance(messages, list):
+        raise broken("messages", "is not a list")
+    for index, message in enumerate(messages):
+        field = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise broken(field, "is not a message object")
+        if not isinstance(message.get("role"), str):
+            raise broken(f"{field}.role", "is not a string")
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise broken(f"{field}.content", "is neither a string nor a list of parts")
+        if isinstance(content, list):
+            for position, part in enumerate(content):
+                if not isinstance(part, dict):
+                    raise broken(f"{field}.content[{position}]", "is not a content part object")
+        calls = message.get("tool_calls")
+        if calls is not None and not isinstance(calls, list):
+            raise broken(f"{field}.tool_calls", "is not a list")
+        for position, call in enumerate(calls or ()):
+            function = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(function, dict):
+                raise broken(f"{field}.tool_calls[{position}]", "is not a tool call with a 'function' object")
+            if not isinstance(function.get("name"), str):
+                raise broken(f"{field}.tool_calls[{position}].function.name", "is not a string")
+    tools = recording.body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise broken("tools", "is not a list")
+    for position, tool in enumerate(tools or ()):
+        if not isinstance(tool, dict) or not isinstance(tool.get("function", tool), dict):
+            raise broken(f"tools[{position}]", "is not a tool object")
+        parameters = tool.get("function", tool).get("parameters")
+        if parameters is not None and not isinstance(parameters, dict):
+            raise broken(f"tools[{position}].parameters", "is not an object")
 
 
 def _unwrap(item: Any) -> Any:
@@ -149,14 +206,20 @@ def _unwrap(item: Any) -> Any:
 
 
 def chat_reply(recording: Recording) -> list[ChatChunk]:
-    """The recorded completion as the typed chunks a live stream would have given."""
+    """The recorded completion as the typed chunks a live stream would have given.
+
+    A reply cut short is refused: every choice must end with a `finish_reason`,
+    or replay would pass a truncated answer off as a completed one.
+    """
     body = recording.response["body"]
     if not isinstance(body, list):
         try:
-            return completion_chunks(_unwrap(body))
+            chunks = completion_chunks(_unwrap(body))
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise RecordingFileError(recording.path, "'response.body' is not a chat.completion object") from exc
-    chunks: list[ChatChunk] = []
+        _check_finished(recording, chunks, "'response.body'")
+        return chunks
+    chunks = []
     for position, item in enumerate(body):
         data = _unwrap(item)
         try:
@@ -169,7 +232,21 @@ def chat_reply(recording: Recording) -> list[ChatChunk]:
             raise RecordingFileError(
                 recording.path, f"'response.body[{position}]' is not a chat.completion.chunk object"
             ) from exc
+    _check_finished(recording, chunks, "'response.body'")
     return chunks
+
+
+def _check_finished(recording: Recording, chunks: list[ChatChunk], where: str) -> None:
+    choices = {chunk.index for chunk in chunks if chunk.usage is None}
+    if not choices:
+        raise RecordingFileError(recording.path, f"{where} holds no choice: the reply is empty or truncated")
+    finished = {chunk.index for chunk in chunks if chunk.usage is None and chunk.finish_reason}
+    unfinished = sorted(choices - finished)
+    if unfinished:
+        raise RecordingFileError(
+            recording.path,
+            f"{where} ends before a finish_reason for choice {unfinished[0]}: the reply is truncated",
+        )
 
 
 def embeddings_reply(recording: Recording) -> dict[str, Any]:

@@ -135,9 +135,62 @@ def _tool_choice(choice: Any, has_tools: bool) -> Any:
 
 
 def _response_format(fmt: Any) -> Any:
+    """The format without its own description or its schema objects' `description` annotations."""
     if fmt is None or (isinstance(fmt, dict) and fmt.get("type") == "text" and len(fmt) == 1):
         return None
-    return _without(fmt, "description")
+    if not isinstance(fmt, dict):
+        return fmt
+    fmt = {key: value for key, value in fmt.items() if key != "description"}
+    if isinstance(fmt.get("schema"), dict):  # the Responses API's `text.format`
+        fmt["schema"] = _schema(fmt["schema"])
+    inner = fmt.get("json_schema")
+    if isinstance(inner, dict):  # chat completions' `response_format`
+        inner = {key: value for key, value in inner.items() if key != "description"}
+        if isinstance(inner.get("schema"), dict):
+            inner["schema"] = _schema(inner["schema"])
+        fmt["json_schema"] = inner
+    return fmt
+
+
+# JSON Schema keywords whose value is a map of names to schemas: the names are data
+# (a property may well be called "description"), the values are schemas.
+_SCHEMA_MAPS = {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
+# Keywords whose value is a schema, or a list of schemas.
+_SCHEMA_VALUES = {
+    "items",
+    "prefixItems",
+    "additionalProperties",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+    "contains",
+    "propertyNames",
+    "not",
+    "if",
+    "then",
+    "else",
+    "anyOf",
+    "oneOf",
+    "allOf",
+}
+
+
+def _schema(schema: Any) -> Any:
+    """A JSON schema without the `description` annotations of its schema objects."""
+    if isinstance(schema, list):
+        return [_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "description":
+            continue
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: _schema(sub) for name, sub in value.items()}
+        elif key in _SCHEMA_VALUES:
+            out[key] = _schema(value)
+        else:
+            out[key] = value  # enum, const, default, required, ...: values, kept as they are
+    return out
 
 
 def _without(value: Any, key: str) -> Any:
