@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -55,7 +56,12 @@ def exchange(server: ParleyProcess) -> dict[str, bytes]:
         def stream(name: str, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
             with http.stream("POST", path, json=body, headers=headers) as reply:
                 assert reply.status_code == 200, reply.read()
-                out[name] = normalized(reply.read())
+                raw = reply.read()
+            if path == "/v1/responses":
+                from tests.support.stream_validator import validate_response_stream
+
+                validate_response_stream(raw)  # recorded and replayed alike follow the protocol
+            out[name] = normalized(raw)
 
         def post(name: str, path: str, body: dict[str, Any]) -> None:
             reply = http.post(path, json=body)
@@ -609,4 +615,34 @@ def test_response_format_ignores_descriptions_but_not_a_property_called_descript
         assert "first difference: response_format:" in str(caught.value)
         assert "summary" in str(caught.value)
     finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("failure", ["read-only directory", "directory in the file's place"])
+def test_a_failed_write_leaves_no_temporary_file(
+    tmp_path: Path, live_upstream: EmbeddingUpstream, failure: str
+) -> None:
+    if failure == "read-only directory" and os.geteuid() == 0:
+        pytest.skip("root writes to a read-only directory; the other case fails the write for real")
+    directory = tmp_path / "recordings"
+    server = ParleyProcess(tmp_path / "parley", recording_config(live_upstream.base_url, "record", directory))
+    server.start()
+    client = server.client()
+    messages: Any = [{"role": "user", "content": "write me down"}]
+    try:
+        assert client.chat.completions.create(model="fake/fake-echo", messages=messages).choices
+        (written,) = recording_files(directory)
+        if failure == "read-only directory":
+            directory.chmod(0o555)
+        else:
+            written.unlink()
+            written.mkdir()
+        # The upstream answered, but the recording cannot be written: an error, not a silent loss.
+        with pytest.raises(openai.InternalServerError):
+            client.chat.completions.create(model="fake/fake-echo", messages=messages)
+        assert [path.name for path in directory.iterdir() if path.name.startswith(".recording-")] == []
+        if failure != "read-only directory":
+            assert written.is_dir() and list(written.iterdir()) == []
+    finally:
+        directory.chmod(0o755)
         server.stop()

@@ -298,3 +298,22 @@ def test_replay_paces_chunks_with_the_configured_delay(tmp_path: Path) -> None:
         assert arrivals[-1] - arrivals[0] >= 5 * 0.06 * 0.8
     finally:
         server.stop()
+
+
+def test_a_custom_test_header_picks_the_tests_own_recording_and_the_default_is_ignored(tmp_path: Path) -> None:
+    server = ParleyProcess(tmp_path, replay_config(SHARED_RECORDINGS, test_header="X-Suite-Case"))
+    server.start()
+    try:
+        client = server.client()
+        streaming_test = shared_test_id(True, "saturn")
+        own = client.responses.create(
+            model="openai/gpt-4o", input=SATURN, extra_headers={"X-Suite-Case": streaming_test}
+        ).output_text
+        assert own == recorded_text("80f1f524")
+        # The default header names the same test, but this server does not read it:
+        # no test id, so every recording counts and the first by name wins.
+        _, fallback = ask(client, False, streaming_test, input=SATURN)
+        assert fallback == recorded_text("4bfb6985")
+        assert own != fallback
+    finally:
+        server.stop()

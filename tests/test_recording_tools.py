@@ -9,7 +9,9 @@ so the flow completes only if the server answers exactly as the recorded one did
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -94,3 +96,66 @@ def test_a_multi_step_mcp_flow_replays_to_its_recorded_answer(
         if output is not None:
             assert call.output == output  # type: ignore[union-attr]
     assert answer in response.output_text
+
+
+@pytest.fixture
+def first_step_only(tmp_path: Path) -> tuple[Path, list[str]]:
+    """The permissions flow's first step as recorded; its second step with another tool result.
+
+    The first step replays (the model calls get_user_id), the real tool answers
+    `user_11111`, and the second step's request then matches no recording: the
+    files say the tool answered `user_22222`.
+    """
+    test_id, _ = PROMPTS["user_permissions_workflow"]
+    directory = tmp_path / "recordings"
+    directory.mkdir()
+    edited = []
+    for path in sorted(SHARED_RECORDINGS.glob("*.json")):
+        data = json.loads(path.read_text())
+        messages = data["request"]["body"]["messages"]
+        if data["test_id"] != test_id or len(messages) not in (1, 3):
+            continue
+        if len(messages) == 3:
+            assert messages[2]["content"] == [{"type": "text", "text": "user_11111"}]
+            messages[2]["content"] = [{"type": "text", "text": "user_22222"}]
+            edited.append(path.name)
+        (directory / path.name).write_text(json.dumps(data))
+    assert edited
+    return directory, edited
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["non-streaming", "streaming"])
+def test_a_miss_in_the_middle_of_a_flow_fails_the_response_naming_the_closest_file(
+    tmp_path: Path, mcp_url: str, first_step_only: tuple[Path, list[str]], stream: bool
+) -> None:
+    directory, edited = first_step_only
+    test_id, prompt = PROMPTS["user_permissions_workflow"]
+    server = ParleyProcess(tmp_path / "parley", replay_config(directory))
+    server.start()
+    try:
+        client = server.client(timeout=30)
+        tool: Any = {"type": "mcp", "server_label": "localmcp", "server_url": mcp_url, "require_approval": "never"}
+        request: dict[str, Any] = {"model": "openai/gpt-4o", "input": prompt, "tools": [tool]}
+        headers = {"X-Parley-Test-Id": test_id}
+        started = time.monotonic()
+        if stream:
+            events = list(client.responses.create(**request, stream=True, extra_headers=headers))
+            # The first step was replayed and its tool run before the miss.
+            assert "response.mcp_call.completed" in [event.type for event in events]
+            assert events[-1].type == "response.failed"
+            error = events[-1].response.error  # type: ignore[union-attr]
+            assert error is not None  # its code is one of the Responses API's (here invalid_prompt)
+            message = error.message
+        else:
+            with pytest.raises(openai.NotFoundError) as caught:
+                client.responses.create(**request, extra_headers=headers)
+            assert isinstance(caught.value.body, dict)
+            assert caught.value.body["code"] == "recording_not_found"
+            message = caught.value.body["message"]
+        assert time.monotonic() - started < 20
+        assert f"No recording in {directory}" in message
+        assert f"The closest is {edited[0]}" in message
+        assert 'first difference: messages[2].content: the request has "user_11111"' in message
+        assert 'where the recording has "user_22222"' in message
+    finally:
+        server.stop()
