@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import openai
@@ -268,6 +269,34 @@ def test_images_are_refused_clearly(client: openai.OpenAI) -> None:
     assert raised.value.param == "messages[0].content"
 
 
+@pytest.mark.parametrize(
+    ("message", "param"),
+    [
+        ({"role": "assistant", "tool_calls": 5}, "messages[0].tool_calls"),
+        ({"role": "assistant", "tool_calls": [5]}, "messages[0].tool_calls[0]"),
+        ({"role": "user", "content": [{"type": "text", "text": 5}]}, "messages[0].content[0].text"),
+    ],
+    ids=["tool-calls-not-a-list", "tool-call-not-an-object", "text-part-not-a-string"],
+)
+def test_malformed_message_is_a_400_naming_it_not_a_model_failure(
+    embedded: ParleyProcess, message: dict[str, object], param: str
+) -> None:
+    with embedded.http() as http:
+        response = http.post("/v1/chat/completions", json={"model": MODEL, "messages": [message]})
+
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_either_token_limit_ends_with_length(client: openai.OpenAI, field: str) -> None:
+    story = [{"role": "user", "content": "Write a long story about a dragon."}]
+    completion = client.chat.completions.create(model=MODEL, messages=story, temperature=0, **{field: 5})  # type: ignore[call-overload]
+
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage is not None and completion.usage.completion_tokens <= 6
+
+
 def test_server_answers_while_a_generation_runs(embedded: ParleyProcess) -> None:
     """Generation runs off the event loop: the server stays responsive."""
     client = embedded.client(timeout=120)
@@ -326,3 +355,54 @@ def test_disconnect_mid_generation_frees_the_model(embedded: ParleyProcess) -> N
         assert completion.choices[0].message.content
         # The abandoned 2000-token generation was stopped, not run to its end.
         assert time.monotonic() - started < 10
+
+
+def test_client_leaving_a_non_streamed_request_frees_the_model(embedded: ParleyProcess) -> None:
+    # At temperature 0 this runs to its 1500 tokens: about 20 s on two shared cores.
+    essay = [{"role": "user", "content": "Write a very long essay about the history of Europe, with many chapters."}]
+    with pytest.raises(openai.APITimeoutError):
+        embedded.client(timeout=2).chat.completions.create(model=MODEL, messages=essay, temperature=0, max_tokens=1500)
+
+    started = time.monotonic()
+    completion = embedded.client(timeout=60).chat.completions.create(
+        model=MODEL, messages=QUESTION, temperature=0, max_tokens=5
+    )
+    assert completion.choices[0].message.content
+    # The abandoned essay was stopped, not written to its end first.
+    assert time.monotonic() - started < 10
+
+
+# llama.cpp's own chat formats ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chatml(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ParleyProcess]:
+    """The embedded file through llama.cpp's `chatml` format rather than Parley's function-calling one."""
+    providers = {"local": {"type": "local", "models": {"plain": {"chat_format": "chatml", "n_ctx": 2048}}}}
+    server = ParleyProcess(tmp_path_factory.mktemp("chatml"), {"inference": {"providers": providers}})
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_template_chat_format_reports_usage_streamed_and_not(chatml: ParleyProcess) -> None:
+    client = chatml.client(timeout=120)
+    whole = client.chat.completions.create(model="local/plain", messages=QUESTION, temperature=0, max_tokens=20)
+    chunks = list(
+        client.chat.completions.create(
+            model="local/plain",
+            messages=QUESTION,
+            temperature=0,
+            max_tokens=20,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+
+    assert whole.choices[0].message.content
+    assert whole.usage is not None
+    assert whole.usage.prompt_tokens > 5 and whole.usage.completion_tokens > 0
+    assert whole.usage.total_tokens == whole.usage.prompt_tokens + whole.usage.completion_tokens
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage == whole.usage

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
 from parley.api.body import documented, read_body
 from parley.api.chat_request import ChatCompletionBody
@@ -26,6 +28,15 @@ log = logging.getLogger(__name__)
 
 router = APIRouter()
 
+T = TypeVar("T")
+
+# nginx's status for a request whose client went away before the answer.
+_CLIENT_CLOSED_REQUEST = 499
+
+
+class _ClientGone(Exception):
+    """The client disconnected while Parley waited for the model."""
+
 
 @router.post("/v1/chat/completions", openapi_extra=documented(ChatCompletionBody))
 async def create_chat_completion(request: Request) -> Any:
@@ -36,22 +47,55 @@ async def create_chat_completion(request: Request) -> Any:
     completion_id = "chatcmpl-" + secrets.token_hex(12)
     created = int(time.time())
     stream = resolved.provider.stream_chat(chat_request)
-    if not body.stream:
-        completion = await collect(stream)
-        return JSONResponse(_completion_object(completion, completion_id, created, body.model))
-
-    # Wait for the first chunk, so that a request the provider refuses gets its
-    # own status instead of a 200 whose stream says the error.
     try:
-        first = await anext(stream)
-    except StopAsyncIteration:
-        first = []
+        if not body.stream:
+            completion = await _unless_client_leaves(request, collect(stream))
+            return JSONResponse(_completion_object(completion, completion_id, created, body.model))
+        # Wait for the first chunk, so that a request the provider refuses gets its
+        # own status instead of a 200 whose stream says the error.
+        try:
+            first = await _unless_client_leaves(request, anext(stream))
+        except StopAsyncIteration:
+            first = []
+    except _ClientGone:
+        # Closing the stream stops the generation, so the next request does not wait behind it.
+        await stream.aclose()
+        return Response(status_code=_CLIENT_CLOSED_REQUEST)
     except BaseException:
         await stream.aclose()
         raise
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     encoder = _ChunkEncoder(completion_id, created, body.model, include_usage)
     return EventStreamResponse(_event_stream(first, stream, encoder))
+
+
+async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """The result of `work`, or _ClientGone (with `work` cancelled) if the client disconnects first.
+
+    Starlette does not cancel a handler whose client has gone; only a streamed
+    response notices, when it next writes.
+    """
+    working = asyncio.ensure_future(work)
+    watching = asyncio.ensure_future(_disconnect(request))
+    try:
+        done, _ = await asyncio.wait((working, watching), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        working.cancel()
+        raise
+    finally:
+        watching.cancel()
+    if working in done:
+        return working.result()
+    working.cancel()
+    with contextlib.suppress(BaseException):
+        await working  # its cancellation reaches the provider's stream before it is closed
+    raise _ClientGone
+
+
+async def _disconnect(request: Request) -> None:
+    # The body has been read: what the server receives from now on is the disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _event_stream(

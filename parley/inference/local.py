@@ -24,7 +24,7 @@ from parley.errors import ContextLengthExceededError, InvalidRequestError, Parle
 from parley.inference import chatml_tools as protocol
 from parley.inference.base import ModelInfo, Provider
 from parley.inference.types import ChatChunk, ChatRequest, ToolCallDelta, Usage
-from parley.inference.wire import choice_chunk, usage_from_wire
+from parley.inference.wire import choice_chunk
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,8 @@ def _sampling(request: ChatRequest) -> dict[str, Any]:
 def _stops(request: ChatRequest) -> list[str]:
     stop = request.stop
     user_stops = [stop] if isinstance(stop, str) else list(stop or ())
-    return [protocol.IM_END, *user_stops]
+    # An empty stop string would match before the first token.
+    return [protocol.IM_END, *(s for s in user_stops if s)]
 
 
 def _chat_logprobs(raw: dict[str, Any] | None, top: int) -> list[dict[str, Any]] | None:
@@ -418,22 +419,54 @@ class _TemplateGeneration:
 
     def run(self) -> None:
         request = self.request
-        stream = self.llama.create_chat_completion(
-            messages=request.messages,
-            tools=request.tools,
-            tool_choice=request.tool_choice,
-            response_format=request.response_format,
-            stop=request.stop,
-            max_tokens=request.token_limit,
-            logprobs=request.logprobs,
-            top_logprobs=request.top_logprobs,
-            stream=True,
-            **_sampling(request),
+        # llama.cpp's streamed chat completions carry no usage. Its chat
+        # handlers render and tokenize the prompt, then hand the tokens to
+        # `create_completion`: that call is where the prompt is counted.
+        prompt_tokens = 0
+        complete = self.llama.create_completion
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal prompt_tokens
+            prompt = kwargs["prompt"] if "prompt" in kwargs else args[0]
+            prompt_tokens = len(prompt) if isinstance(prompt, list) else self._count(prompt, special=True)
+            return complete(*args, **kwargs)
+
+        self.llama.create_completion = counted
+        try:
+            stream = self.llama.create_chat_completion(
+                messages=request.messages,
+                tools=request.tools,
+                tool_choice=request.tool_choice,
+                response_format=request.response_format,
+                stop=request.stop,
+                max_tokens=request.token_limit,
+                logprobs=request.logprobs,
+                top_logprobs=request.top_logprobs,
+                stream=True,
+                **_sampling(request),
+            )
+            generated = ""
+            for raw in stream:
+                if self.cancelled.is_set():
+                    return
+                for choice in raw.get("choices") or ():
+                    chunk = choice_chunk(choice)
+                    generated += chunk.content or ""
+                    self.emit(chunk)
+        finally:
+            del self.llama.create_completion  # the class's own method again
+        completion_tokens = self._count(generated, special=False)
+        self.emit(
+            ChatChunk(
+                usage=Usage(
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    total_tokens=prompt_tokens + completion_tokens,
+                )
+            )
         )
-        for raw in stream:
-            if self.cancelled.is_set():
-                return
-            for choice in raw.get("choices") or ():
-                self.emit(choice_chunk(choice))
-            if raw.get("usage"):
-                self.emit(ChatChunk(usage=usage_from_wire(raw["usage"])))
+
+    def _count(self, text: str, *, special: bool) -> int:
+        if not text:
+            return 0
+        return len(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=special))
