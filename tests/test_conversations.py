@@ -14,8 +14,10 @@ import re
 import sqlite3
 import subprocess
 import threading
+import time
 import typing
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -867,6 +869,200 @@ def count_rows(storage_url: str, table: str, conversation_id: str) -> int:
     url = storage_url.replace("postgresql+asyncpg", "postgresql")
     result = subprocess.run(["psql", url, "-At", "-c", query], capture_output=True, text=True, check=True)
     return int(result.stdout.strip())
+
+
+# -- what the database cannot hold, and turns that cannot be stored -----------
+
+LONG_ID = "q" * 70  # item ids are stored in 64 characters
+
+
+def _visible_responses(storage_url: str, conversation_id: str) -> int:
+    """Rows of `responses` for the conversation that the API would show."""
+    query = f"SELECT count(*) FROM responses WHERE conversation_id = '{conversation_id}' AND NOT deleted"
+    if storage_url.startswith("sqlite"):
+        with sqlite3.connect(Path(storage_url.split("///", 1)[1])) as connection:
+            return int(connection.execute(query).fetchone()[0])
+    url = storage_url.replace("postgresql+asyncpg", "postgresql")
+    result = subprocess.run(["psql", url, "-At", "-c", query], capture_output=True, text=True, check=True)
+    return int(result.stdout.strip())
+
+
+_UNHOLDABLE = [
+    ("create", {"items": [{"type": "message", "id": LONG_ID, "role": "user", "content": "z"}]}, "items[0].id"),
+    ("create", {"items": [{"role": "user", "content": "z\u0000"}]}, "items[0].content"),
+    ("create", {"metadata": {"topic": "a\u0000b"}}, "metadata.topic"),
+    (
+        "add",
+        {"items": [{"role": "user", "content": "ok"}, {"role": "user", "id": LONG_ID, "content": "z"}]},
+        "items[1].id",
+    ),
+    (
+        "add",
+        {"items": [{"role": "user", "content": [{"type": "input_text", "text": "\u0000"}]}]},
+        "items[0].content[0].text",
+    ),
+    ("respond", {"input": [{"type": "message", "id": LONG_ID, "role": "user", "content": "z"}]}, "input[0].id"),
+    ("respond", {"input": [{"type": "item_reference", "id": LONG_ID}]}, "input[0].id"),
+    ("respond", {"input": [{"type": "message", "role": "user", "content": "z\u0000"}]}, "input[0].content"),
+    ("respond", {"input": "z\u0000"}, "input"),
+    ("respond", {"input": "z", "metadata": {"k": "\u0000"}}, "metadata.k"),
+    ("respond", {"input": "z", "instructions": "be \u0000 kind"}, "instructions"),
+]
+
+
+@pytest.mark.parametrize(
+    ("where", "body", "param", "stream"),
+    [(*case, False) for case in _UNHOLDABLE] + [(*case, True) for case in _UNHOLDABLE if case[0] == "respond"],
+)
+def test_what_the_database_cannot_hold_is_a_400_naming_it(
+    parley: ParleyProcess,
+    http: httpx.Client,
+    storage_url: str,
+    where: str,
+    body: dict[str, Any],
+    param: str,
+    stream: bool,
+) -> None:
+    """Ids longer than their column, and NUL characters (which PostgreSQL's JSONB refuses), on both backends alike."""
+    cid = http.post("/v1/conversations", json={"items": [{"role": "user", "content": "seed"}]}).json()["id"]
+    before = items(http, cid)
+    url = {"create": "/v1/conversations", "add": f"/v1/conversations/{cid}/items", "respond": "/v1/responses"}[where]
+    if where == "respond":
+        body = {"model": ECHO, "conversation": cid, "stream": stream, **body}
+    with parley.http() as fresh:  # a 500 closes the connection
+        answer = fresh.post(url, json=body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json() == {
+        "error": {
+            "message": answer.json()["error"]["message"],
+            "type": "invalid_request_error",
+            "param": param,
+            "code": "invalid_value",
+        }
+    }
+    assert param in answer.json()["error"]["message"]
+    assert items(http, cid) == before
+    assert _visible_responses(storage_url, cid) == 0
+
+
+def test_a_turn_outside_conversations_with_an_over_long_id_is_a_400(parley: ParleyProcess) -> None:
+    given = [{"type": "function_call_output", "id": LONG_ID, "call_id": "call_1", "output": "x"}]
+    with parley.http() as fresh:
+        answer = fresh.post("/v1/responses", json={"model": ECHO, "input": given})
+    assert answer.status_code == 400 and error(answer)["param"] == "input[0].id"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_turn_whose_append_fails_fails_and_appends_nothing(
+    parley: ParleyProcess, http: httpx.Client, tool_server: ToolServer, stream: bool
+) -> None:
+    """While the turn runs, the Items API adds an item with the id of the turn's input: its append cannot commit."""
+    client = parley.client()
+    cid = client.conversations.create(items=[{"role": "user", "content": "seed"}]).id
+    mine = {"type": "message", "id": "msg_" + ("5eed" if stream else "beef") * 12, "role": "user"}
+    request: dict[str, Any] = {
+        "model": SCRIPT,
+        "input": [{**mine, "content": 'sleep {"seconds": 1}'}],
+        "tools": [mcp_tool(tool_server)],
+        "conversation": cid,
+    }
+
+    def add_the_same_id() -> None:
+        with parley.http() as other:
+            added = other.post(f"/v1/conversations/{cid}/items", json={"items": [{**mine, "content": "first"}]})
+        assert added.status_code == 200, added.text
+
+    if stream:
+        events = []
+        for event in client.responses.create(**request, stream=True):
+            events.append(event)
+            if event.type == "response.mcp_call.in_progress":  # the sleep has started
+                add_the_same_id()
+        final = events[-1]
+        assert final.type == "response.failed", [e.type for e in events]
+        assert final.response.error is not None and "Duplicate item" in final.response.error.message
+        response_id = final.response.id
+        assert not any(e.type == "response.completed" for e in events)
+    else:
+        timer = threading.Timer(0.4, add_the_same_id)
+        timer.start()
+        with pytest.raises(openai.BadRequestError) as raised:
+            client.responses.create(**request)
+        timer.join()
+        assert raised.value.param == "input" and "Duplicate item" in raised.value.message
+        [response_id] = [r["id"] for r in http.get("/v1/responses", params={"limit": 1}).json()["data"]]
+
+    stored = client.responses.retrieve(response_id)
+    assert stored.status == "failed" and stored.conversation.id == cid and stored.completed_at is None
+    assert [item.type for item in stored.output] == ["mcp_list_tools", "mcp_call", "message"]
+    assert [t["content"][0]["text"] for t in items(http, cid)] == ["seed", "first"]
+
+
+@pytest.fixture(scope="module")
+def slow_mcp_server() -> Iterator[str]:
+    """An MCP server URL that answers every request with a 503, after 0.3 s."""
+
+    class Slow(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _answer(self) -> None:
+            time.sleep(0.3)
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = do_DELETE = _answer
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/mcp"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_request_refused_inside_its_turn_leaves_no_response(
+    parley: ParleyProcess, http: httpx.Client, storage_url: str, slow_mcp_server: str, stream: bool
+) -> None:
+    """The named tool is checked once the MCP server is listed, well after the response's row was written."""
+    client = parley.client()
+    cid = client.conversations.create().id
+    slow = {"type": "mcp", "server_label": "slow", "server_url": slow_mcp_server, "require_approval": "never"}
+    with pytest.raises(openai.BadRequestError) as raised:
+        result = client.responses.create(
+            model=ECHO,
+            input="x",
+            tools=[slow],
+            tool_choice={"type": "function", "name": "nowhere"},
+            conversation=cid,
+            stream=stream,
+        )
+        if stream:
+            list(result)
+    assert raised.value.param == "tool_choice"
+    assert _visible_responses(storage_url, cid) == 0
+    assert items(http, cid) == []
+
+
+def test_completed_turns_are_listed_and_retrievable_as_soon_as_they_complete(
+    parley: ParleyProcess, http: httpx.Client
+) -> None:
+    """A client acting on `response.completed` at once finds the turn in its conversation, and the response stored."""
+    client = parley.client()
+    cid = client.conversations.create().id
+    for n in range(8):
+        for event in client.responses.create(model=ECHO, input=f"turn {n}", conversation=cid, stream=True):
+            if event.type == "response.completed":
+                listed = page(http, cid, limit=2)["data"]
+                assert [item["content"][0]["text"] for item in listed] == [f"turn {n}"] * 2
+                assert http.get(f"/v1/responses/{event.response.id}").json()["status"] == "completed"
+        for event in client.responses.create(model=ECHO, input=f"alone {n}", stream=True):
+            if event.type == "response.completed":
+                stored = http.get(f"/v1/responses/{event.response.id}").json()
+                assert stored["status"] == "completed" and stored["output"] == [event.response.output[0].to_dict()]
 
 
 # -- concurrency --------------------------------------------------------------

@@ -62,9 +62,13 @@ _USER_PARTS = {"input_text", "input_image", "input_file"}
 _ASSISTANT_PARTS = {"output_text", "refusal"}
 
 
+# Item ids are stored in columns of this width (see store/tables.py); a longer one is refused up front.
+MAX_ID_LENGTH = 64
+
+
 class _Item(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    id: str | None = None
+    id: str | None = Field(None, max_length=MAX_ID_LENGTH)
 
 
 class MessageItem(_Item):
@@ -92,7 +96,7 @@ class FunctionCallOutputItem(_Item):
 
 class ItemReference(_Item):
     type: Literal["item_reference"]
-    id: str  # type: ignore[assignment]
+    id: str = Field(max_length=MAX_ID_LENGTH)  # type: ignore[assignment]
 
 
 class ReasoningItem(_Item):

@@ -24,7 +24,7 @@ from parley.engine.response import error_object, initial_response, usage_object
 from parley.errors import InvalidRequestError, NotFoundError, ParleyError
 from parley.ids import new_id
 from parley.inference.registry import ModelRegistry, ResolvedModel
-from parley.store import ConversationNotFound, ConversationStore, PageRequest, ResponseStore
+from parley.store import ConversationNotFound, ConversationStore, DuplicateItem, PageRequest, ResponseStore
 from parley.tools import Toolbox
 from parley.tools.definitions import FunctionTool, MCPTool
 from parley.tools.mcp import MCPSessionPool
@@ -233,38 +233,48 @@ class ResponseService:
                 self._leave_conversation(turn.request.conversation_id or "", lock)
 
     async def _produce_and_store(self, turn: loop.Turn, run: ResponseRun) -> None:
-        error: ParleyError | None = None
-        try:
-            await loop.run(turn)
-        except ParleyError as exc:
-            error = exc
-        except asyncio.CancelledError:
-            error = ParleyError("The server stopped while the response was being produced.")
-        except Exception as exc:
-            log.exception("response %s failed", turn.response["id"])
-            error = ParleyError(f"The server had an error while producing the response: {exc.__class__.__name__}")
-        finally:
-            await turn.toolbox.close()
+        error = await self._produce_output(turn)
+        if error is None and turn.request.conversation_id is not None:
+            error = await self._append_to_conversation(turn)
         try:
             if error is not None:
                 self._fail(turn, error)
-            elif turn.request.conversation_id is not None:
-                await self._append_to_conversation(turn)
-            written = turn.ensure_written()
-            if written is not None:
-                await written
-                await self.store.finish(turn.response, turn.emitter.output, turn.input_items)
+            if error is not None and not turn.announced and error.status_code < 500:
+                await self._discard(turn)
+            else:
+                await self._store(turn)
         except Exception:
             log.exception("cannot store response %s", turn.response["id"])
         finally:
             self._producing.pop(turn.response["id"], None)
+            # The terminal event leaves once the turn is appended and stored (or could not be).
+            if turn.announced:
+                loop.end(turn)
             # Whatever happened above, the caller hears how the turn ended: never a hang.
             run.end(turn.response if turn.announced else None, error)
 
-    async def _append_to_conversation(self, turn: loop.Turn) -> None:
+    @staticmethod
+    async def _produce_output(turn: loop.Turn) -> ParleyError | None:
+        """Runs the agent loop; the error the turn failed with, if it did."""
+        try:
+            await loop.run(turn)
+        except ParleyError as exc:
+            return exc
+        except asyncio.CancelledError:
+            return ParleyError("The server stopped while the response was being produced.")
+        except Exception as exc:
+            log.exception("response %s failed", turn.response["id"])
+            return ParleyError(f"The server had an error while producing the response: {exc.__class__.__name__}")
+        finally:
+            await turn.toolbox.close()
+        return None
+
+    async def _append_to_conversation(self, turn: loop.Turn) -> ParleyError | None:
         """A turn that ended (not failed) appends its input, then its output, to the conversation.
 
-        This happens with `store: false` too: the conversation is the store.
+        This happens with `store: false` too: the conversation is the store. The
+        append is one transaction: when it fails, the turn fails, and the
+        conversation stays as it was.
         """
         items = turn.input_items + turn.emitter.output
         kinds = ["input"] * len(turn.input_items) + ["output"] * len(turn.emitter.output)
@@ -276,17 +286,41 @@ class ResponseService:
             log.warning(
                 "conversation %s was deleted during response %s", turn.request.conversation_id, turn.response["id"]
             )
+        except DuplicateItem:
+            # Another request added an item with one of this turn's ids while the turn ran.
+            return InvalidRequestError(
+                "Duplicate item: the conversation already has an item with one of this turn's ids.",
+                param="input",
+                code="invalid_value",
+            )
+        except Exception as exc:
+            log.exception("cannot append response %s to its conversation", turn.response["id"])
+            return ParleyError(f"The server could not add the response to its conversation: {exc.__class__.__name__}")
+        return None
+
+    async def _store(self, turn: loop.Turn) -> None:
+        written = turn.ensure_written()
+        if written is not None:
+            await written
+            await self.store.finish(turn.response, turn.emitter.output, turn.input_items)
+
+    async def _discard(self, turn: loop.Turn) -> None:
+        """A request refused before its response was announced: the client never had its id, so no row stays."""
+        turn.begin = None  # the write scheduled in `_start` must not happen now
+        if turn.written is not None:
+            await asyncio.gather(turn.written, return_exceptions=True)
+            await self.store.delete(turn.response["id"])
 
     @staticmethod
     def _fail(turn: loop.Turn, error: ParleyError) -> None:
         turn.emitter.close_all("incomplete")
         response = turn.response
         response["status"] = "failed"
+        # A turn whose append failed had ended completed or incomplete.
+        response["completed_at"] = response["incomplete_details"] = None
         response["error"] = error_object(error)
         response["usage"] = usage_object(turn.usage)
         response["output"] = turn.emitter.output
-        if turn.announced:
-            turn.emitter.emit("response.failed", response=response)
 
     async def _resolve_references(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         wanted = [item["id"] for item in items if item["type"] == "item_reference"]
