@@ -25,7 +25,7 @@ from parley.engine import context
 from parley.engine.emitter import EventEmitter
 from parley.engine.output import OutputBuilder
 from parley.engine.request import CreateResponseRequest
-from parley.engine.response import add_usage, error_object, usage_object
+from parley.engine.response import add_usage, usage_object
 from parley.errors import ContextLengthExceededError, InvalidRequestError, ParleyError, UpstreamStatusError
 from parley.ids import new_id
 from parley.inference.registry import ResolvedModel
@@ -77,35 +77,17 @@ class Turn:
 
 
 async def run(turn: Turn) -> None:
-    """Produces the turn's output; raises ParleyError on failure (see `service`).
-
-    A failure after the stream started is told with an `error` event, after the
-    open items close; `service` follows it with `response.failed`.
-    """
-    context.check_input(turn.input_items)
-    try:
-        await _produce(turn)
-    except ParleyError as exc:
-        if turn.announced:
-            turn.emitter.close_all("incomplete")
-            error = error_object(exc)
-            turn.emitter.emit("error", code=error["code"], message=error["message"], param=exc.param)
-        raise
-
-
-async def _produce(turn: Turn) -> None:
+    """Produces the turn's output; raises ParleyError on failure (see `service`)."""
     prepared = await _prepare(turn)
-    if any(item["type"] == "mcp_call" for item in prepared):
-        # Approved calls have run: their items go out before the model is called, so that a
-        # model call that fails still leaves them in the failed response, and in storage.
-        announce(turn, prepared)
     for _ in range(turn.settings.max_iterations):
         stream = await _open_model_stream(turn, prepared)
         turn.model_calls += 1
-        announce(turn, prepared)
-        builder = OutputBuilder(
-            turn.emitter, turn.toolbox, include_logprobs=turn.request.include_logprobs, offered=_callable(turn)
-        )
+        if not turn.announced:
+            announce(turn)
+            turn.ensure_written()
+            for item in prepared:
+                _emit_finished(turn.emitter, item)
+        builder = OutputBuilder(turn.emitter, turn.toolbox, include_logprobs=turn.request.include_logprobs)
         try:
             async for batch in stream:
                 for chunk in batch:
@@ -116,6 +98,7 @@ async def _produce(turn: Turn) -> None:
         if builder.usage is not None:
             add_usage(turn.usage, builder.usage)
         calls = [turn.emitter.output[index] for index in builder.call_indexes]
+        _check_offered(turn, calls)
         server_calls = [index for index in builder.call_indexes if turn.emitter.output[index]["type"] == "mcp_call"]
         await _run_server_calls(turn, server_calls)
         if builder.finish_reason in ("length", "content_filter"):
@@ -126,39 +109,26 @@ async def _produce(turn: Turn) -> None:
     _finish(turn, "length")  # the iteration bound: the response ran out of room to finish
 
 
-def announce(turn: Turn, finished: list[dict[str, Any]] | None = None) -> None:
-    """`response.created` and `response.in_progress`, once, when the first output is certain.
-
-    Then the items that were `finished` before it (listings, approved calls), in order.
-    """
+def announce(turn: Turn) -> None:
+    """`response.created` and `response.in_progress`, once, when the first output is certain."""
     if not turn.announced:
         turn.announced = True
         turn.emitter.emit("response.created", response=turn.response)
         turn.emitter.emit("response.in_progress", response=turn.response)
-        turn.ensure_written()
-        for item in finished or ():
-            _emit_finished(turn.emitter, item)
 
 
 async def _prepare(turn: Turn) -> list[dict[str, Any]]:
     """The items produced before the first model call: tool listings, and the approved calls' results."""
     items = await turn.toolbox.list_servers(turn.history + turn.input_items, turn.previous_tools)
-    known = turn.history + turn.input_items
-    requests = {item["id"]: item for item in known if item["type"] == "mcp_approval_request"}
-    # A request is answered once: by an earlier response to it, or by the call it let run.
-    answered = {item.get("approval_request_id") for item in known if item["type"] == "mcp_call"}
-    answered |= {item["approval_request_id"] for item in turn.history if item["type"] == "mcp_approval_response"}
+    requests = {item["id"]: item for item in turn.history + turn.input_items if item["type"] == "mcp_approval_request"}
     approved = []
     for index, item in enumerate(turn.input_items):
         if item["type"] != "mcp_approval_response":
             continue
-        request_id, param = item["approval_request_id"], f"input[{index}].approval_request_id"
-        request = requests.get(request_id)
+        request = requests.get(item["approval_request_id"])
         if request is None:
-            raise InvalidRequestError(f"No approval request '{request_id}' to answer.", param=param)
-        if request_id in answered:
-            raise InvalidRequestError(f"The approval request '{request_id}' was already answered.", param=param)
-        answered.add(request_id)
+            param = f"input[{index}].approval_request_id"
+            raise InvalidRequestError(f"No approval request '{item['approval_request_id']}' to answer.", param=param)
         if item["approve"]:
             approved.append(request)
     results = await _gather(turn, [_run_approved(turn, request) for request in approved])
@@ -264,22 +234,12 @@ def _is_context_overflow(exc: ParleyError) -> bool:
     )
 
 
-def _server_of(turn: Turn) -> Callable[[str], str | None]:
-    return lambda name: route.server.label if (route := turn.toolbox.route(name)) else None
-
-
-def _callable(turn: Turn) -> set[str]:
-    """The names the model may call: the tools offered, and the MCP tools held back only by
-    `max_tool_calls` (a call to one becomes a failed `mcp_call` that says so)."""
-    tools, _ = context.chat_tools(turn.request, turn.functions, turn.toolbox.server_functions(), _server_of(turn))
-    return {tool["function"]["name"] for tool in tools or ()}
-
-
 def _offered_tools(turn: Turn) -> tuple[list[dict[str, Any]] | None, Any]:
     request = turn.request
     limit = request.max_tool_calls
     servers = turn.toolbox.server_functions() if limit is None or turn.server_calls < limit else []
-    tools, tool_choice = context.chat_tools(request, turn.functions, servers, _server_of(turn))
+    server_of = lambda name: route.server.label if (route := turn.toolbox.route(name)) else None  # noqa: E731
+    tools, tool_choice = context.chat_tools(request, turn.functions, servers, server_of)
     if request.tool_choice == "none":
         tool_choice = "none" if tools else None
     elif turn.model_calls > 0 and tool_choice not in (None, "auto"):
@@ -317,6 +277,14 @@ def _chat_request(turn: Turn, items: list[dict[str, Any]]) -> ChatRequest:
         user=request.safety_identifier or request.user,
         extra=extra,
     )
+
+
+def _check_offered(turn: Turn, calls: list[dict[str, Any]]) -> None:
+    """A call to a tool the model was not offered is the model's failure, never handed to the caller."""
+    offered = {tool["function"]["name"] for tool in _offered_tools(turn)[0] or ()}
+    for call in calls:
+        if call["type"] == "function_call" and call["name"] not in offered:
+            raise ParleyError(f"The model called '{call['name']}', which is not among the tools it may call.")
 
 
 def _finish(turn: Turn, finish_reason: str | None) -> None:
