@@ -87,7 +87,7 @@ def _show_chat(recording: Recording) -> list[str]:
     lines: list[str] = []
     tools = [tool.get("function") or tool for tool in body.get("tools") or () if isinstance(tool, dict)]
     if tools:
-        names = [f"{f.get('name')}({', '.join((f.get('parameters') or {}).get('properties') or {})})" for f in tools]
+        names = [f"{f.get('name')}({', '.join(_parameters(f))})" for f in tools]
         lines.append(f"tools: {', '.join(names)}")
     lines += ["", "-- conversation"]
     for message in body.get("messages") or ():
@@ -130,3 +130,8 @@ def _text(content: Any) -> str:
 
 def _kind(part: Any) -> str:
     return str(part.get("type")) if isinstance(part, dict) else type(part).__name__
+
+
+def _parameters(function: dict[str, Any]) -> list[str]:
+    properties = (function.get("parameters") or {}).get("properties")
+    return [str(name) for name in properties] if isinstance(properties, dict) else []
