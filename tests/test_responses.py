@@ -409,8 +409,9 @@ def test_failure_before_the_first_event_is_stored_as_failed(parley: ParleyProces
 @pytest.mark.parametrize("model", ["fake/fake-midstream-error", "fake/fake-malformed", "fake/fake-drop"])
 def test_upstream_failure_mid_stream_ends_in_response_failed(client: openai.OpenAI, model: str) -> None:
     events = list(client.responses.create(model=model, input="x", stream=True))
-    assert events[-1].type == "response.failed"
+    assert [event.type for event in events[-2:]] == ["error", "response.failed"]
     failed = events[-1].response
+    assert (events[-2].code, events[-2].message) == (failed.error.code, failed.error.message)
     assert failed.status == "failed" and failed.error is not None
     assert failed.output[0].status == "incomplete"
     stored = client.responses.retrieve(failed.id)
@@ -462,6 +463,7 @@ def test_truncation_auto_drops_the_oldest_items(client: openai.OpenAI) -> None:
     assert response.usage.input_tokens < 1000
     assert response.model_extra["truncated_items"] == 1
     assert client.responses.retrieve(response.id).model_extra["truncated_items"] == 1
+    _check_against_specs(response)
 
 
 def test_embedded_model_answers_through_responses(client: openai.OpenAI) -> None:
@@ -508,3 +510,258 @@ def test_unknown_model_and_previous_response(client: openai.OpenAI) -> None:
     assert raised.value.code == "previous_response_not_found"
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve("resp_missing")
+
+
+# Hard limits on the tools the model may call
+
+SCRIPT = "fake/fake-script"
+ONLY_WEATHER = {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "get_weather"}]}
+
+
+def test_a_call_outside_allowed_tools_never_reaches_a_stream(client: openai.OpenAI) -> None:
+    request = {"model": SCRIPT, "input": "get_time {}", "tools": [WEATHER, CLOCK], "tool_choice": ONLY_WEATHER}
+    events = list(client.responses.create(**request, stream=True))
+
+    types = [event.type for event in events]
+    assert not any(t.startswith(("response.output_item", "response.function_call")) for t in types)
+    assert types[-2:] == ["error", "response.failed"]
+    error, failed = events[-2], events[-1].response
+    assert "get_time" in error.message and error.code == failed.error.code == "server_error"
+    assert failed.status == "failed" and failed.output == []
+    assert client.responses.retrieve(failed.id).status == "failed"
+
+
+def test_a_call_outside_allowed_tools_is_a_502(parley: ParleyProcess, client: openai.OpenAI) -> None:
+    request = {"model": SCRIPT, "input": "get_time {}", "tools": [WEATHER, CLOCK], "tool_choice": ONLY_WEATHER}
+    with pytest.raises(openai.APIStatusError) as raised:
+        client.responses.create(**request)
+    assert raised.value.status_code == 502
+    assert raised.value.code == "tool_not_offered" and "get_time" in raised.value.message
+    with parley.http() as http:
+        newest = http.get("/v1/responses", params={"limit": 1}).json()["data"][0]
+    assert newest["status"] == "failed" and newest["output"] == []
+
+
+@pytest.mark.parametrize(
+    ("tools", "tool_choice", "param"),
+    [
+        ([], "required", "tool_choice"),
+        (
+            [WEATHER],
+            {"type": "allowed_tools", "mode": "required", "tools": [{"type": "function", "name": "get_time"}]},
+            "tool_choice",
+        ),
+        ([WEATHER], {"type": "allowed_tools", "mode": "none", "tools": []}, "tool_choice.mode"),
+    ],
+    ids=["required-without-tools", "required-matching-nothing", "mode-none"],
+)
+def test_a_tool_choice_that_cannot_be_met_is_a_400(
+    client: openai.OpenAI, tools: list[dict[str, object]], tool_choice: object, param: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.responses.create(model=TOOL, input="x", tools=tools, tool_choice=tool_choice)  # type: ignore[arg-type]
+    assert raised.value.param == param
+
+
+# What a chat-completions upstream cannot carry is refused, never dropped
+
+
+@pytest.mark.parametrize(
+    ("items", "param"),
+    [
+        (
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_text", "text": "read"},
+                        {"type": "input_file", "file_url": "https://x/a.pdf"},
+                    ],
+                }
+            ],
+            "input[0].content[1].file_url",
+        ),
+        (
+            [
+                {
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "see"}, {"type": "input_image", "file_id": "file_1"}],
+                }
+            ],
+            "input[0].content[1].file_id",
+        ),
+        (
+            [
+                {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{}"},
+                {
+                    "type": "function_call_output",
+                    "call_id": "c1",
+                    "output": [{"type": "input_image", "image_url": "https://x/map.png"}],
+                },
+            ],
+            "input[1].output[0]",
+        ),
+        (
+            [
+                {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{}"},
+                {
+                    "type": "function_call_output",
+                    "call_id": "c1",
+                    "output": [{"type": "input_text", "text": "a"}, {"type": "input_file", "file_data": "data:x"}],
+                },
+            ],
+            "input[1].output[1]",
+        ),
+    ],
+    ids=["file-url", "image-file-id", "tool-output-image", "tool-output-file"],
+)
+def test_input_the_upstream_cannot_carry_is_a_400_naming_it(
+    client: openai.OpenAI, fake_upstream: FakeUpstream, items: list[dict[str, object]], param: str
+) -> None:
+    sent = len(fake_upstream.requests)
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.responses.create(model=TOOL, input=items, tools=[WEATHER])  # type: ignore[arg-type]
+    assert raised.value.param == param and raised.value.code == "unsupported_value"
+    assert len(fake_upstream.requests) == sent, "nothing was sent upstream"
+
+
+def test_images_files_and_roles_reach_the_upstream(client: openai.OpenAI, fake_upstream: FakeUpstream) -> None:
+    image = "data:image/png;base64,iVBORw0KGgo="
+    client.responses.create(
+        model=ECHO,
+        input=[
+            {"role": "system", "content": "System rules."},
+            {"role": "developer", "content": "Developer rules."},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "look"},
+                    {"type": "input_image", "image_url": image, "detail": "low"},
+                    {"type": "input_file", "file_data": "data:application/pdf;base64,JVBERi0=", "filename": "a.pdf"},
+                    {"type": "input_file", "file_id": "file_abc"},
+                ],
+            },
+        ],
+    )
+    assert fake_upstream.requests[-1]["messages"] == [
+        {"role": "system", "content": "System rules."},
+        {"role": "developer", "content": "Developer rules."},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "look"},
+                {"type": "image_url", "image_url": {"url": image, "detail": "low"}},
+                {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0=", "filename": "a.pdf"}},
+                {"type": "file", "file": {"file_id": "file_abc"}},
+            ],
+        },
+    ]
+
+
+# Settings that reach the upstream
+
+
+@pytest.mark.parametrize(
+    ("settings", "sent"),
+    [
+        ({"presence_penalty": 0.5, "frequency_penalty": -0.5}, {"presence_penalty": 0.5, "frequency_penalty": -0.5}),
+        ({"safety_identifier": "user-123", "user": "legacy"}, {"user": "user-123"}),
+        (
+            {"prompt_cache_key": "cache-1", "prompt_cache_retention": "24h"},
+            {"prompt_cache_key": "cache-1", "prompt_cache_retention": "24h"},
+        ),
+        ({"service_tier": "flex"}, {"service_tier": "flex"}),
+        ({"text": {"format": {"type": "json_object"}}}, {"response_format": {"type": "json_object"}}),
+        ({"text": {"verbosity": "low"}}, {"verbosity": "low"}),
+    ],
+    ids=["penalties", "safety_identifier", "prompt_cache", "service_tier", "json_object", "verbosity"],
+)
+def test_settings_reach_the_upstream_and_are_echoed(
+    client: openai.OpenAI, fake_upstream: FakeUpstream, settings: dict[str, object], sent: dict[str, object]
+) -> None:
+    # Through extra_body: this openai version's create() does not know every field.
+    response = client.responses.create(model=ECHO, input="hi", extra_body=settings)
+    request = fake_upstream.requests[-1]
+    assert {key: request.get(key) for key in sent} == sent
+    echoed = response.to_dict(mode="json")
+    for key, value in settings.items():
+        if key == "text":
+            assert {k: echoed["text"][k] for k in value} == value  # type: ignore[union-attr]
+        else:
+            assert echoed[key] == value
+    _check_against_specs(response)
+
+
+def test_prompt_fields_are_null_unless_given(client: openai.OpenAI) -> None:
+    echoed = client.responses.create(model=ECHO, input="hi").to_dict(mode="json")
+    assert echoed["prompt"] is None and echoed["prompt_cache_retention"] is None
+
+
+def test_streamed_logprobs_ride_on_the_deltas(client: openai.OpenAI) -> None:
+    events = list(
+        client.responses.create(
+            model=ECHO, input="two words", include=["message.output_text.logprobs"], top_logprobs=1, stream=True
+        )
+    )
+    deltas = [event for event in events if event.type == "response.output_text.delta"]
+    assert [[entry.token for entry in delta.logprobs] for delta in deltas] == [["two"], [" words"]]
+    assert all(len(delta.logprobs[0].top_logprobs) == 1 for delta in deltas)
+
+
+# `include` on retrieval
+
+
+@pytest.mark.parametrize("path", ["/v1/responses/{id}", "/v1/responses/{id}/input_items"])
+def test_include_on_retrieval_is_checked(parley: ParleyProcess, client: openai.OpenAI, path: str) -> None:
+    response = client.responses.create(model=ECHO, input="x")
+    with parley.http() as http:
+        good = http.get(path.format(id=response.id), params={"include": ["message.output_text.logprobs"]})
+        bad = http.get(path.format(id=response.id), params={"include": ["message.output_text.logprobs", "bogus"]})
+    assert good.status_code == 200
+    assert bad.status_code == 400
+    assert bad.json()["error"]["param"] == "include" and "bogus" in bad.json()["error"]["message"]
+
+
+def test_include_on_create_is_checked(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.responses.create(model=ECHO, input="x", include=["bogus"])  # type: ignore[list-item]
+    assert raised.value.param == "include"
+
+
+# Every kind of response against the specs
+
+
+@pytest.mark.parametrize(
+    "request_body",
+    [
+        {"model": TOOL, "input": "Weather?", "tools": [WEATHER]},
+        {"model": ECHO, "input": "one two three", "max_output_tokens": 1},
+        {"model": ECHO, "input": "x", "prompt_cache_retention": "24h", "include": ["message.output_text.logprobs"]},
+    ],
+    ids=["function-call", "incomplete", "logprobs"],
+)
+@pytest.mark.parametrize("stream", [False, True])
+def test_response_kinds_match_the_specs(client: openai.OpenAI, request_body: dict[str, object], stream: bool) -> None:
+    if stream:
+        response = list(client.responses.create(**request_body, stream=True))[-1].response  # type: ignore[call-overload]
+    else:
+        response = client.responses.create(**request_body)  # type: ignore[call-overload]
+    _check_against_specs(response)
+    _check_against_specs(client.responses.retrieve(response.id))
+
+
+def test_structured_output_response_matches_openais_spec(client: openai.OpenAI) -> None:
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}}
+    text = {"format": {"type": "json_schema", "name": "a", "schema": schema, "strict": True}}
+    response = client.responses.create(model="fake/fake-json", input="x", text=text)  # type: ignore[arg-type]
+    # Not Open Responses': its JsonSchemaResponseFormat types `schema` as null only, while
+    # OpenAI's requires the schema object that was sent; Parley echoes the schema.
+    validate_openai(response.to_dict(mode="json"), "Response")
+    assert response.text.format.schema_ == schema
+
+
+def test_failed_response_matches_the_specs(client: openai.OpenAI) -> None:
+    failed = list(client.responses.create(model="fake/fake-midstream-error", input="x", stream=True))[-1].response
+    assert failed.status == "failed"
+    _check_against_specs(failed)
+    _check_against_specs(client.responses.retrieve(failed.id))

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 from parley.api.body import documented, read_body
 from parley.api.http import EventStreamResponse, JSONResponse
 from parley.api.sse import DONE
-from parley.engine.request import CreateResponseRequest
+from parley.engine.request import CreateResponseRequest, check_include
 from parley.engine.service import ResponseRun, ResponseService
 from parley.store import PageRequest
 
@@ -59,6 +59,7 @@ async def list_responses(
 
 @router.get("/v1/responses/{response_id}")
 async def retrieve_response(request: Request, response_id: str, include: Include = None) -> JSONResponse:
+    check_include(include)
     return JSONResponse(await _service(request).retrieve(response_id))
 
 
@@ -77,5 +78,6 @@ async def list_input_items(
     order: Order = "desc",
     include: Include = None,
 ) -> JSONResponse:
+    check_include(include)
     page = PageRequest(limit=limit, order=order, after=after, before=before)
     return JSONResponse(await _service(request).input_items(response_id, page))

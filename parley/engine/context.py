@@ -86,25 +86,70 @@ def _chat_part(part: dict[str, Any]) -> dict[str, Any]:
     kind = part["type"]
     if kind in ("input_text", "output_text"):
         return {"type": "text", "text": part["text"]}
+    # This request's input was checked by `check_input`; an earlier response's, stored before that
+    # check existed, may still hold what cannot be sent.
     if kind == "input_image":
-        if part.get("image_url"):
-            return {"type": "image_url", "image_url": {"url": part["image_url"], "detail": part.get("detail", "auto")}}
-        raise InvalidRequestError("Images by file_id are not supported yet; send an image_url.", param="input")
+        if not part.get("image_url"):
+            raise InvalidRequestError("An earlier input holds an image by file_id, which is not supported.")
+        return {"type": "image_url", "image_url": {"url": part["image_url"], "detail": part.get("detail", "auto")}}
     if kind == "input_file":
-        file: dict[str, Any] = {}
-        for key in ("file_id", "file_data", "filename"):
-            if part.get(key):
-                file[key] = part[key]
-        if not file:
-            raise InvalidRequestError("input_file needs file_id or file_data.", param="input")
+        file = {key: part[key] for key in ("file_id", "file_data", "filename") if part.get(key)}
+        if part.get("file_url") or not (part.get("file_id") or part.get("file_data")):
+            raise InvalidRequestError("An earlier input holds a file by URL, which is not supported.")
         return {"type": "file", "file": file}
     return {"type": "text", "text": part.get("refusal", "")}
+
+
+def check_input(items: list[dict[str, Any]]) -> None:
+    """Refuses, naming its place, what a chat-completions model cannot be sent, rather than drop it.
+
+    A chat message carries images and files, but a tool message only text;
+    images have no `file_id` there, and files no URL.
+    """
+    for index, item in enumerate(items):
+        if item["type"] == "message" and item["role"] != "assistant":
+            for part_index, part in enumerate(item["content"]):
+                _check_part(part, f"input[{index}].content[{part_index}]")
+        elif item["type"] == "function_call_output" and isinstance(item["output"], list):
+            for part_index, part in enumerate(item["output"]):
+                if part["type"] != "input_text":
+                    param = f"input[{index}].output[{part_index}]"
+                    raise InvalidRequestError(
+                        f"Invalid value for '{param}': a function call's output can only be text for this "
+                        f"server's models; send the {part['type']} in a user message instead.",
+                        param=param,
+                        code="unsupported_value",
+                    )
+
+
+def _check_part(part: dict[str, Any], path: str) -> None:
+    if part["type"] == "input_image" and not part.get("image_url"):
+        raise InvalidRequestError(
+            f"Invalid value for '{path}.file_id': images by file_id are not supported yet; send an image_url.",
+            param=f"{path}.file_id",
+            code="unsupported_value",
+        )
+    if part["type"] == "input_file":
+        if part.get("file_url"):
+            raise InvalidRequestError(
+                f"Invalid value for '{path}.file_url': files by URL are not supported; send file_data or file_id.",
+                param=f"{path}.file_url",
+                code="unsupported_value",
+            )
+        if not (part.get("file_id") or part.get("file_data")):
+            raise InvalidRequestError(
+                f"Missing required parameter: '{path}.file_data' (or 'file_id').",
+                param=f"{path}.file_data",
+                code="missing_required_parameter",
+            )
 
 
 def _tool_output(output: str | list[dict[str, Any]]) -> str:
     if isinstance(output, str):
         return output
-    return "".join(part.get("text", "") for part in output if part.get("type") in ("input_text", "output_text"))
+    if any(part["type"] != "input_text" for part in output):
+        raise InvalidRequestError("An earlier function call output holds an image or a file, which is not supported.")
+    return "".join(part["text"] for part in output)
 
 
 def chat_tools(

@@ -25,7 +25,7 @@ from parley.engine import context
 from parley.engine.emitter import EventEmitter
 from parley.engine.output import OutputBuilder
 from parley.engine.request import CreateResponseRequest
-from parley.engine.response import add_usage, usage_object
+from parley.engine.response import add_usage, error_object, usage_object
 from parley.errors import ContextLengthExceededError, InvalidRequestError, ParleyError, UpstreamStatusError
 from parley.ids import new_id
 from parley.inference.registry import ResolvedModel
@@ -77,7 +77,23 @@ class Turn:
 
 
 async def run(turn: Turn) -> None:
-    """Produces the turn's output; raises ParleyError on failure (see `service`)."""
+    """Produces the turn's output; raises ParleyError on failure (see `service`).
+
+    A failure after the stream started is told with an `error` event, after the
+    open items close; `service` follows it with `response.failed`.
+    """
+    context.check_input(turn.input_items)
+    try:
+        await _produce(turn)
+    except ParleyError as exc:
+        if turn.announced:
+            turn.emitter.close_all("incomplete")
+            error = error_object(exc)
+            turn.emitter.emit("error", code=error["code"], message=error["message"], param=exc.param)
+        raise
+
+
+async def _produce(turn: Turn) -> None:
     prepared = await _prepare(turn)
     for _ in range(turn.settings.max_iterations):
         stream = await _open_model_stream(turn, prepared)
@@ -87,7 +103,9 @@ async def run(turn: Turn) -> None:
             turn.ensure_written()
             for item in prepared:
                 _emit_finished(turn.emitter, item)
-        builder = OutputBuilder(turn.emitter, turn.toolbox, include_logprobs=turn.request.include_logprobs)
+        builder = OutputBuilder(
+            turn.emitter, turn.toolbox, include_logprobs=turn.request.include_logprobs, offered=_callable(turn)
+        )
         try:
             async for batch in stream:
                 for chunk in batch:
@@ -98,7 +116,6 @@ async def run(turn: Turn) -> None:
         if builder.usage is not None:
             add_usage(turn.usage, builder.usage)
         calls = [turn.emitter.output[index] for index in builder.call_indexes]
-        _check_offered(turn, calls)
         server_calls = [index for index in builder.call_indexes if turn.emitter.output[index]["type"] == "mcp_call"]
         await _run_server_calls(turn, server_calls)
         if builder.finish_reason in ("length", "content_filter"):
@@ -234,12 +251,22 @@ def _is_context_overflow(exc: ParleyError) -> bool:
     )
 
 
+def _server_of(turn: Turn) -> Callable[[str], str | None]:
+    return lambda name: route.server.label if (route := turn.toolbox.route(name)) else None
+
+
+def _callable(turn: Turn) -> set[str]:
+    """The names the model may call: the tools offered, and the MCP tools held back only by
+    `max_tool_calls` (a call to one becomes a failed `mcp_call` that says so)."""
+    tools, _ = context.chat_tools(turn.request, turn.functions, turn.toolbox.server_functions(), _server_of(turn))
+    return {tool["function"]["name"] for tool in tools or ()}
+
+
 def _offered_tools(turn: Turn) -> tuple[list[dict[str, Any]] | None, Any]:
     request = turn.request
     limit = request.max_tool_calls
     servers = turn.toolbox.server_functions() if limit is None or turn.server_calls < limit else []
-    server_of = lambda name: route.server.label if (route := turn.toolbox.route(name)) else None  # noqa: E731
-    tools, tool_choice = context.chat_tools(request, turn.functions, servers, server_of)
+    tools, tool_choice = context.chat_tools(request, turn.functions, servers, _server_of(turn))
     if request.tool_choice == "none":
         tool_choice = "none" if tools else None
     elif turn.model_calls > 0 and tool_choice not in (None, "auto"):
@@ -256,7 +283,7 @@ def _chat_request(turn: Turn, items: list[dict[str, Any]]) -> ChatRequest:
         extra["reasoning_effort"] = request.reasoning.effort
     if request.text is not None and request.text.verbosity is not None:
         extra["verbosity"] = request.text.verbosity
-    for name in ("prompt_cache_key", "service_tier"):
+    for name in ("prompt_cache_key", "prompt_cache_retention", "service_tier"):
         if getattr(request, name) is not None:
             extra[name] = getattr(request, name)
     logprobs = request.include_logprobs or bool(request.top_logprobs)
@@ -279,16 +306,7 @@ def _chat_request(turn: Turn, items: list[dict[str, Any]]) -> ChatRequest:
     )
 
 
-def _check_offered(turn: Turn, calls: list[dict[str, Any]]) -> None:
-    """A call to a tool the model was not offered is the model's failure, never handed to the caller."""
-    offered = {tool["function"]["name"] for tool in _offered_tools(turn)[0] or ()}
-    for call in calls:
-        if call["type"] == "function_call" and call["name"] not in offered:
-            raise ParleyError(f"The model called '{call['name']}', which is not among the tools it may call.")
-
-
 def _finish(turn: Turn, finish_reason: str | None) -> None:
-    """Sets the turn's final status; `end` sends its terminal event once the service has stored the turn."""
     response = turn.response
     if finish_reason in ("length", "content_filter"):
         response["status"] = "incomplete"
@@ -298,22 +316,8 @@ def _finish(turn: Turn, finish_reason: str | None) -> None:
         response["completed_at"] = int(time.time())
     response["usage"] = usage_object(turn.usage)
     response["output"] = turn.emitter.output
-
-
-_TERMINAL_EVENTS = {
-    "completed": "response.completed",
-    "incomplete": "response.incomplete",
-    "failed": "response.failed",
-}
-
-
-def end(turn: Turn) -> None:
-    """The terminal event, for the status the turn ended with.
-
-    Sent only after the turn is in its conversation and stored: a client that
-    reads either as soon as it hears the turn ended finds it there.
-    """
-    turn.emitter.emit(_TERMINAL_EVENTS[turn.response["status"]], response=turn.response)
+    event = "response.completed" if response["status"] == "completed" else "response.incomplete"
+    turn.emitter.emit(event, response=response)
 
 
 async def _prepend(first: list[ChatChunk], rest: AsyncIterator[list[ChatChunk]]) -> AsyncIterator[list[ChatChunk]]:

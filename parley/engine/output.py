@@ -6,6 +6,10 @@ part for refusals); reasoning text a `reasoning` item. A tool call becomes a
 answers, an `mcp_call` item (left open for the loop to run) or an
 `mcp_approval_request`. Items open when their first piece arrives; a message
 closes when a tool call begins, and everything else still open closes at the end.
+
+A call to a tool the model was not offered (one outside `allowed_tools`, say)
+is the model's failure: `ToolNotOfferedError` is raised as the call would
+open, so the caller never sees it.
 """
 
 from __future__ import annotations
@@ -13,15 +17,25 @@ from __future__ import annotations
 from typing import Any
 
 from parley.engine.emitter import EventEmitter
+from parley.errors import UpstreamError
 from parley.ids import new_id
 from parley.inference.types import ChatChunk, ToolCallDelta, Usage
 from parley.tools import Toolbox
 
 
+class ToolNotOfferedError(UpstreamError):
+    """The model called a tool it was not offered: a 502, as for any answer outside the protocol."""
+
+    code = "tool_not_offered"
+
+
 class OutputBuilder:
-    def __init__(self, emitter: EventEmitter, toolbox: Toolbox, *, include_logprobs: bool) -> None:
+    def __init__(
+        self, emitter: EventEmitter, toolbox: Toolbox, *, include_logprobs: bool, offered: set[str] | None = None
+    ) -> None:
         self.emitter = emitter
         self.toolbox = toolbox
+        self.offered = offered or set()  # the names of the tools the model may call
         self.include_logprobs = include_logprobs
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
@@ -143,6 +157,9 @@ class OutputBuilder:
     def _tool_call_delta(self, delta: ToolCallDelta) -> None:
         index = self._calls.get(delta.index)
         if index is None:
+            # Upstreams send a call's whole name in its first delta.
+            if delta.name not in self.offered:
+                raise ToolNotOfferedError(f"The model called '{delta.name}', which is not among the tools it may call.")
             self._close_message()
             self._close_reasoning()
             index = self._calls[delta.index] = self.emitter.add_item(self._call_item(delta))

@@ -37,6 +37,33 @@ KNOWN_TOOL_TYPES = {
 }
 
 
+# OpenAI's `IncludeEnum`: what `include` may ask for.
+INCLUDABLE = frozenset(
+    {
+        "file_search_call.results",
+        "web_search_call.results",
+        "web_search_call.action.sources",
+        "message.input_image.image_url",
+        "computer_call_output.output.image_url",
+        "code_interpreter_call.outputs",
+        "reasoning.encrypted_content",
+        "message.output_text.logprobs",
+    }
+)
+
+
+def check_include(values: list[str] | None) -> list[str] | None:
+    """`include` on create, retrieve and input items: each value from OpenAI's list, or a 400."""
+    for index, value in enumerate(values or ()):
+        if value not in INCLUDABLE:
+            raise InvalidRequestError(
+                f"Invalid value for 'include[{index}]': '{value}'; expected one of {', '.join(sorted(INCLUDABLE))}.",
+                param="include",
+                code="invalid_value",
+            )
+    return values
+
+
 def check_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
     """OpenAI's limits on `metadata`: 16 pairs, 64-character keys, 512-character values."""
     if value is None:
@@ -139,12 +166,29 @@ class CreateResponseRequest(BaseModel):
     user: str | None = None
     safety_identifier: str | None = Field(None, max_length=64)
     prompt_cache_key: str | None = None
-    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
+    # The spec spells it `in-memory`, the openai SDK `in_memory`: both are accepted, and echoed as sent.
+    prompt_cache_retention: Literal["in-memory", "in_memory", "24h"] | None = None
     service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
     # Accepted for compatibility; Parley has nothing to apply them to.
     prompt: dict[str, Any] | None = None
 
     _metadata_limits = field_validator("metadata")(lambda cls, value: check_metadata(value))
+    _include_values = field_validator("include")(lambda cls, value: check_include(value))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _allowed_tools_mode(cls, data: Any) -> Any:
+        # Without this, pydantic blames the union's discriminator: `tool_choice.type`.
+        choice = data.get("tool_choice") if isinstance(data, dict) else None
+        if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+            mode = choice.get("mode")
+            if mode not in ("auto", "required"):
+                raise InvalidRequestError(
+                    f"Invalid value for 'tool_choice.mode': {mode!r}; expected 'auto' or 'required'.",
+                    param="tool_choice.mode",
+                    code="invalid_value",
+                )
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> CreateResponseRequest:
@@ -190,7 +234,33 @@ class CreateResponseRequest(BaseModel):
                     )
                 labels.add(tool.server_label)
             tools.append(tool)
+        self._check_tool_choice(tools)
         return tools
+
+    def _check_tool_choice(self, tools: list[FunctionTool | MCPTool]) -> None:
+        """A choice that requires a call needs a tool it can call, as OpenAI answers: a 400."""
+        choice = self.tool_choice
+        if choice == "required" and not tools:
+            raise InvalidRequestError(
+                "Invalid value for 'tool_choice': 'required' needs at least one tool in 'tools'.",
+                param="tool_choice",
+                code="invalid_value",
+            )
+        if isinstance(choice, AllowedToolsChoice) and choice.mode == "required":
+            functions = {tool.name for tool in tools if isinstance(tool, FunctionTool)}
+            servers = {tool.server_label for tool in tools if isinstance(tool, MCPTool)}
+            # An MCP server's tool names are known only once it is listed: its label must match.
+            if not any(
+                (ref.type == "function" and ref.name in functions)
+                or (ref.type == "mcp" and (ref.model_extra or {}).get("server_label") in servers)
+                for ref in choice.tools
+            ):
+                raise InvalidRequestError(
+                    "Invalid value for 'tool_choice': none of the allowed tools is among 'tools', "
+                    "and mode 'required' needs one.",
+                    param="tool_choice",
+                    code="invalid_value",
+                )
 
     @property
     def include_logprobs(self) -> bool:

@@ -38,7 +38,9 @@ def initial_response(
         "parallel_tool_calls": request.parallel_tool_calls,
         "previous_response_id": request.previous_response_id,
         "conversation": {"id": request.conversation_id} if request.conversation_id else None,
+        "prompt": None,  # prompt templates are refused (see `request`)
         "prompt_cache_key": request.prompt_cache_key,
+        "prompt_cache_retention": request.prompt_cache_retention,
         "reasoning": {
             "effort": request.reasoning.effort if request.reasoning else None,
             "summary": request.reasoning.summary if request.reasoning else None,

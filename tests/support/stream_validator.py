@@ -17,6 +17,8 @@ Rules (each violation raises AssertionError naming the event index):
   `response.in_progress` open the stream; exactly one terminal event
   (`response.completed`, `.incomplete`, `.failed`) closes it, optionally
   preceded by one `error` event when the terminal event is `response.failed`;
+  an `error` event has no `error` key (openai-python would raise on it) and is
+  checked against OpenAI's schema only;
 - items: `output_item.added` assigns output_index 0, 1, 2, ... and comes
   before any event naming the item; each item gets exactly one
   `output_item.done`; content parts (and reasoning summary parts) are added
@@ -213,7 +215,11 @@ def validate_response_stream(
     for index, event in enumerate(raw_events):
         if openai_spec:
             _at(index, event, spec.validate_openai_event)
-        if openresponses_spec:
+        # Open Responses nests an `error` event's fields under `error`; openai-python raises
+        # APIError at any frame whose data has a truthy `error` (openai/_streaming.py), so the
+        # stream could not be read on to its `response.failed`. OpenAI's `ResponseErrorEvent`
+        # (code, message, param at the top) is the one a stream can follow.
+        if openresponses_spec and event["type"] != "error":
             _at(index, event, spec.validate_openresponses_event)
     return ValidatedStream(frames=frames, raw_events=raw_events, events=events, response=final)
 
@@ -355,6 +361,8 @@ class _Lifecycle:
         if kind in TERMINAL_STATUS:
             return self.on_terminal(event)
         if kind == "error":
+            if "error" in event:
+                self.fail("an error event's data has an `error` key, on which openai-python raises")
             self.pending_error = index
             return None
         if kind == "response.output_item.added":
