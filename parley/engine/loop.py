@@ -307,6 +307,7 @@ def _chat_request(turn: Turn, items: list[dict[str, Any]]) -> ChatRequest:
 
 
 def _finish(turn: Turn, finish_reason: str | None) -> None:
+    """Sets the turn's final status; `end` sends its terminal event once the service has stored the turn."""
     response = turn.response
     if finish_reason in ("length", "content_filter"):
         response["status"] = "incomplete"
@@ -316,8 +317,22 @@ def _finish(turn: Turn, finish_reason: str | None) -> None:
         response["completed_at"] = int(time.time())
     response["usage"] = usage_object(turn.usage)
     response["output"] = turn.emitter.output
-    event = "response.completed" if response["status"] == "completed" else "response.incomplete"
-    turn.emitter.emit(event, response=response)
+
+
+_TERMINAL_EVENTS = {
+    "completed": "response.completed",
+    "incomplete": "response.incomplete",
+    "failed": "response.failed",
+}
+
+
+def end(turn: Turn) -> None:
+    """The terminal event, for the status the turn ended with.
+
+    Sent only after the turn is in its conversation and stored: a client that
+    reads either as soon as it hears the turn ended finds it there.
+    """
+    turn.emitter.emit(_TERMINAL_EVENTS[turn.response["status"]], response=turn.response)
 
 
 async def _prepend(first: list[ChatChunk], rest: AsyncIterator[list[ChatChunk]]) -> AsyncIterator[list[ChatChunk]]:
