@@ -26,6 +26,7 @@ import openai
 import pytest
 from openai.types.conversations import Conversation, ConversationDeletedResource, ConversationItem
 
+from tests import test_responses_output_kinds as output_kinds
 from tests.conftest import ParleyProcess, parley_config
 from tests.fake_upstream import FakeUpstream
 from tests.mcp_servers import ToolServer
@@ -691,6 +692,57 @@ def test_streamed_turn(http: httpx.Client, client: openai.OpenAI, fake_upstream:
     listed = items(http, conversation.id)
     assert listed[1:] == [user("stream me now"), message.to_dict(mode="json")]
     assert client.responses.retrieve(final.id).model_dump() == final.model_dump()
+
+
+@pytest.fixture(scope="module")
+def reasoning_parley(
+    tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream, storage_url: str
+) -> Iterator[ParleyProcess]:
+    """A Parley on the `parley` fixture's database that also has the scripted upstream's reasoning model."""
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), output_kinds._Handler)
+    upstream.daemon_threads = True
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    config = parley_config(fake_upstream, storage_url)
+    config["inference"]["providers"]["s"] = {
+        "type": "openai",
+        "base_url": f"http://127.0.0.1:{upstream.server_address[1]}/v1",
+        "models": ["reasoning"],
+    }
+    server = ParleyProcess(tmp_path_factory.mktemp("reasoning"), config)
+    server.start()
+    yield server
+    server.stop()
+    upstream.shutdown()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_reasoning_item_is_appended_in_output_order(
+    reasoning_parley: ParleyProcess, fake_upstream: FakeUpstream, stream: bool
+) -> None:
+    client = reasoning_parley.client()
+    cid = client.conversations.create(items=[{"role": "user", "content": "seed"}]).id
+    if stream:
+        events = list(client.responses.create(model="s/reasoning", input="hi", conversation=cid, stream=True))
+        response = events[-1].response
+    else:
+        response = client.responses.create(model="s/reasoning", input="hi", conversation=cid)
+    assert [item.type for item in response.output] == ["reasoning", "message"]
+    with reasoning_parley.http() as http:
+        listed = items(http, cid)
+        assert listed[1:] == [user("hi"), *output(response)]
+        assert listed[2]["content"] == [{"type": "reasoning_text", "text": "The user greets me."}]
+
+        # The next turn's model is sent the conversation without the reasoning, which chat models do not take.
+        client.responses.create(model=ECHO, input="and now?", conversation=cid)
+        assert fake_upstream.requests[-1]["messages"] == [
+            {"role": "user", "content": "seed"},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "and now?"},
+        ]
+        assert [item["type"] for item in items(http, cid)] == ["message", "message", "reasoning", "message"] + [
+            "message"
+        ] * 2
 
 
 def test_ten_turns_of_text_functions_and_mcp(
