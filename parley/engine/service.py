@@ -8,6 +8,7 @@ is stored when it ends. Its events reach the caller through a queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import functools
 import logging
@@ -100,11 +101,15 @@ _WRITE_AT_THE_LATEST = 0.05  # seconds after a stored response starts
 
 
 class _ConversationLock(asyncio.Lock):
-    """A conversation's lock, and how many turns hold or wait for it (at none, it is dropped)."""
+    """A conversation's lock, and how many turns hold or wait for it (at none, it is dropped).
+
+    `held` is the database's hold on the conversation for the turn that has the lock.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.users = 0
+        self.held: contextlib.AsyncExitStack | None = None
 
 
 class ResponseService:
@@ -126,7 +131,8 @@ class ResponseService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._producing: dict[str, loop.Turn] = {}  # stored responses this server is producing
         self._keeper: asyncio.Task[None] | None = None
-        # Turns on one conversation take turns here; across replicas, appends are atomic (see ConversationStore).
+        # Turns on one conversation take turns here, and across servers in the database
+        # (ConversationStore.turn_lock).
         self._conversation_locks: dict[str, _ConversationLock] = {}
 
     async def create(self, request: CreateResponseRequest) -> ResponseRun:
@@ -149,7 +155,7 @@ class ResponseService:
             return await self._start(request, model, tools, input_items, history, previous_tools, lock)
         except BaseException:
             if lock is not None:
-                self._leave_conversation(request.conversation_id or "", lock)
+                await self._leave_conversation(request.conversation_id or "", lock)
             raise
 
     async def _enter_conversation(self, conversation_id: str | None) -> asyncio.Lock | None:
@@ -161,17 +167,30 @@ class ResponseService:
         lock = self._conversation_locks.setdefault(conversation_id, _ConversationLock())
         lock.users += 1
         await lock.acquire()
+        try:
+            # Then the database's: turns on other servers take turns with this one too.
+            held = contextlib.AsyncExitStack()
+            await held.enter_async_context(self.conversations.turn_lock(conversation_id))
+            lock.held = held
+        except BaseException:
+            await self._leave_conversation(conversation_id, lock)
+            raise
         if await self.conversations.get(conversation_id) is None:  # deleted while this turn waited
-            self._leave_conversation(conversation_id, lock)
+            await self._leave_conversation(conversation_id, lock)
             raise ConversationNotFoundError(conversation_id, param="conversation")
         return lock
 
-    def _leave_conversation(self, conversation_id: str, lock: asyncio.Lock) -> None:
-        lock.release()
+    async def _leave_conversation(self, conversation_id: str, lock: asyncio.Lock) -> None:
         assert isinstance(lock, _ConversationLock)
-        lock.users -= 1
-        if lock.users == 0:
-            self._conversation_locks.pop(conversation_id, None)
+        held, lock.held = lock.held, None
+        try:
+            if held is not None:
+                await held.aclose()
+        finally:
+            lock.release()
+            lock.users -= 1
+            if lock.users == 0:
+                self._conversation_locks.pop(conversation_id, None)
 
     async def _history(self, request: CreateResponseRequest) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The items the turn continues from, and the tools of the turn before (to reuse MCP listings)."""
@@ -230,7 +249,7 @@ class ResponseService:
             await self._produce_and_store(turn, run)
         finally:
             if lock is not None:
-                self._leave_conversation(turn.request.conversation_id or "", lock)
+                await self._leave_conversation(turn.request.conversation_id or "", lock)
 
     async def _produce_and_store(self, turn: loop.Turn, run: ResponseRun) -> None:
         error = await self._produce_output(turn)

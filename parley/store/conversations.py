@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -114,6 +116,23 @@ class ConversationStore:
                 await connection.execute(conversation_items.insert(), rows)
             except sa.exc.IntegrityError as exc:
                 raise DuplicateItem("The conversation already has an item with one of these ids.") from exc
+
+    @contextlib.asynccontextmanager
+    async def turn_lock(self, conversation_id: str) -> AsyncIterator[None]:
+        """Holds the conversation for one turn, from reading its context until its append commits.
+
+        On PostgreSQL, a transaction-level advisory lock keyed on the conversation
+        serializes the turns of every server on the database; it goes with the
+        transaction, so a server that dies releases it. On SQLite, one server's
+        in-process lock (see ResponseService) is what serializes turns.
+        """
+        if self.db.is_sqlite:
+            yield
+            return
+        async with self.db.engine.connect() as connection, connection.begin():
+            key = sa.func.hashtextextended(conversation_id, 0)
+            await connection.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
+            yield
 
     async def items(self, conversation_id: str) -> list[dict[str, Any]]:
         """Every live item, in order: the context of the conversation's next turn (one indexed query)."""
