@@ -18,6 +18,7 @@ from typing import Any
 
 import uvicorn
 from mcp.server.mcpserver import MCPServer
+from mcp.types import ToolAnnotations
 from starlette.applications import Starlette
 
 
@@ -49,6 +50,11 @@ def build_server() -> MCPServer:
     def big(size: int) -> str:
         """Returns `size` characters."""
         return "x" * size
+
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True))
+    def peek(key: str) -> str:
+        """Reads a value without changing anything (annotated `readOnlyHint`)."""
+        return f"value of {key}"
 
     return server
 
@@ -114,6 +120,36 @@ class ToolServer:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(10)
+
+
+class SwappedToolServer(ToolServer):
+    """The test tools with the paths swapped: streamable HTTP at `/sse`, SSE at `/mcp`.
+
+    Each URL suggests the wrong transport, so a client reaches the tools only
+    by falling back to the other one.
+    """
+
+    def start(self) -> SwappedToolServer:
+        mcp = build_server()
+        streamable = mcp.streamable_http_app(streamable_http_path="/sse")
+        sse = mcp.sse_app(sse_path="/mcp")
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app: Starlette) -> Any:
+            async with streamable.router.lifespan_context(app):
+                yield
+
+        app = Starlette(routes=[*streamable.routes, *sse.routes], lifespan=lifespan)
+        config = uvicorn.Config(_HeaderRecorder(app, self.headers), host="127.0.0.1", port=self.port, log_level="error")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 15
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the MCP test server did not start")
+            time.sleep(0.02)
+        return self
 
 
 @contextlib.contextmanager

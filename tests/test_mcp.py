@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import ParleyProcess, parley_config
 from tests.fake_upstream import FakeUpstream
-from tests.mcp_servers import ToolServer
+from tests.mcp_servers import SwappedToolServer, ToolServer
 from tests.support.tools import mcp_tool
 
 SCRIPT = "fake/fake-script"
@@ -64,7 +64,7 @@ def test_listing_a_call_and_the_answer(client: openai.OpenAI, tool_server: ToolS
     assert types(response) == ["mcp_list_tools", "mcp_call", "message"]
     listing, call, _ = response.output
     assert listing.server_label == "tools"
-    assert {tool.name for tool in listing.tools} == {"echo", "add", "sleep", "explode", "big"}
+    assert {tool.name for tool in listing.tools} == {"echo", "add", "sleep", "explode", "big", "peek"}
     add = next(tool for tool in listing.tools if tool.name == "add")
     assert add.input_schema["required"] == ["a", "b"]
     assert (call.server_label, call.name, json.loads(call.arguments)) == ("tools", "add", {"a": 2, "b": 3})
@@ -178,6 +178,151 @@ def test_allowed_tools(client: openai.OpenAI, tool_server: ToolServer, fake_upst
         assert response.output_text == "Results: 2"
         offered = [tool["function"]["name"] for tool in fake_upstream.requests[-1]["tools"]]
         assert sorted(offered) == ["add", "echo"]
+
+
+def test_read_only_filters(client: openai.OpenAI, tool_server: ToolServer, fake_upstream: FakeUpstream) -> None:
+    only_read = [mcp_tool(tool_server, allowed_tools={"read_only": True})]
+    response = client.responses.create(model=SCRIPT, input='peek {"key": "k"}', tools=only_read)
+    assert [tool["function"]["name"] for tool in fake_upstream.requests[-1]["tools"]] == ["peek"]
+    assert response.output_text == "Results: value of k"
+    peek = next(tool for tool in response.output[0].tools if tool.name == "peek")
+    assert peek.annotations == {"readOnlyHint": True}  # MCP's own key, as OpenAI lists it
+
+    tools = [mcp_tool(tool_server, require_approval={"never": {"read_only": True}})]
+    free = client.responses.create(model=SCRIPT, input='peek {"key": "k"}', tools=tools)
+    assert types(free) == ["mcp_list_tools", "mcp_call", "message"]
+    asked = client.responses.create(model=SCRIPT, input='echo {"text": "x"}', tools=tools)
+    assert types(asked) == ["mcp_list_tools", "mcp_approval_request"]
+
+
+def test_an_answered_approval_is_not_run_again(client: openai.OpenAI, tool_server: ToolServer) -> None:
+    run = uuid.uuid4().hex
+    tools = [mcp_tool(tool_server, require_approval="always", headers={"X-Test-Run": run})]
+
+    def tool_calls() -> int:
+        return sum(1 for h in tool_server.headers if h.get("x-test-run") == run and h.get("mcp-method") == "tools/call")
+
+    first = client.responses.create(model=SCRIPT, input='add {"a": 1, "b": 2}', tools=tools)
+    approve = {"type": "mcp_approval_response", "approval_request_id": first.output[1].id, "approve": True}
+    second = client.responses.create(model=SCRIPT, previous_response_id=first.id, input=[approve], tools=tools)
+    assert second.output[0].output == "3" and tool_calls() == 1
+
+    for previous, answers, param in (
+        (second.id, [approve], "input[0].approval_request_id"),  # its call is in the history
+        (second.id, [{**approve, "approve": False}], "input[0].approval_request_id"),
+        (first.id, [approve, approve], "input[1].approval_request_id"),  # answered twice at once
+    ):
+        with pytest.raises(openai.BadRequestError) as raised:
+            client.responses.create(model=SCRIPT, previous_response_id=previous, input=answers, tools=tools)
+        assert raised.value.param == param
+    assert tool_calls() == 1
+
+
+def test_an_approved_call_stays_in_a_response_whose_model_fails(client: openai.OpenAI, tool_server: ToolServer) -> None:
+    tools = [mcp_tool(tool_server, require_approval="always")]
+    first = client.responses.create(model=SCRIPT, input='add {"a": 20, "b": 22}', tools=tools)
+    request = first.output[1]
+    events = list(
+        client.responses.create(
+            model="fake/fake-error-500",
+            previous_response_id=first.id,
+            input=[{"type": "mcp_approval_response", "approval_request_id": request.id, "approve": True}],
+            tools=tools,
+            stream=True,
+        )
+    )
+    names = [event.type for event in events]
+    assert names[:2] == ["response.created", "response.in_progress"]
+    assert "response.mcp_call.completed" in names
+    failed = events[-1]
+    assert failed.type == "response.failed"
+    [call] = failed.response.output
+    assert (call.type, call.approval_request_id, call.output, call.status) == (
+        "mcp_call",
+        request.id,
+        "42",
+        "completed",
+    )
+    stored = client.responses.retrieve(failed.response.id)
+    assert stored.status == "failed"
+    assert stored.output == failed.response.output
+
+
+def test_stateless_approval(client: openai.OpenAI, tool_server: ToolServer) -> None:
+    tools = [mcp_tool(tool_server, require_approval="always")]
+    first = client.responses.create(model=SCRIPT, input='add {"a": 2, "b": 2}', tools=tools, store=False)
+    request = first.output[1]
+    response = client.responses.create(
+        model=SCRIPT,
+        input=[
+            {"role": "user", "content": 'add {"a": 2, "b": 2}'},
+            request.model_dump(exclude_none=True),
+            {"type": "mcp_approval_response", "approval_request_id": request.id, "approve": True},
+        ],
+        tools=tools,
+    )
+    assert types(response) == ["mcp_list_tools", "mcp_call", "message"]
+    assert (response.output[1].approval_request_id, response.output[1].output) == (request.id, "4")
+    assert response.output_text == "Results: 4"
+
+
+def streamed(client: openai.OpenAI, **request: Any) -> tuple[list[str], Any]:
+    """The event names of a streamed response, and the response its last event carries."""
+    events = list(client.responses.create(**request, stream=True))
+    return [event.type for event in events], events[-1].response
+
+
+def assert_call_failed_in_stream(names: list[str], call: Any) -> None:
+    assert call.type == "mcp_call" and call.status == "failed" and call.output is None
+    assert "response.mcp_call.failed" in names and "response.mcp_call.completed" not in names
+    assert names.index("response.mcp_call.in_progress") < names.index("response.mcp_call.failed")
+
+
+def test_tool_that_raises_streamed(client: openai.OpenAI, tool_server: ToolServer) -> None:
+    names, response = streamed(client, model=SCRIPT, input='explode {"reason": "boom"}', tools=[mcp_tool(tool_server)])
+    call = response.output[1]
+    assert_call_failed_in_stream(names, call)
+    assert call.error.type == "mcp_tool_execution_error" and "explode" in json.dumps(call.error.content)
+    assert response.status == "completed" and response.output_text.startswith("Results: Error: ")
+
+
+def test_approved_call_to_a_server_now_down_streamed(client: openai.OpenAI, tool_server: ToolServer) -> None:
+    first = client.responses.create(
+        model=SCRIPT, input='add {"a": 1, "b": 1}', tools=[mcp_tool(tool_server, require_approval="always")]
+    )
+    gone = mcp_tool(tool_server, require_approval="always", server_url="http://127.0.0.1:9/mcp")
+    approve = {"type": "mcp_approval_response", "approval_request_id": first.output[1].id, "approve": True}
+    names, response = streamed(client, model=SCRIPT, previous_response_id=first.id, input=[approve], tools=[gone])
+    assert types(response) == ["mcp_list_tools", "mcp_call", "message"]
+    assert "response.mcp_list_tools.failed" in names
+    call = response.output[1]
+    assert_call_failed_in_stream(names, call)
+    assert call.error.type == "mcp_protocol_error" and "cannot connect" in call.error.message
+    assert response.output_text.startswith("Results: Error: ")
+
+
+def test_server_that_is_down_streamed(client: openai.OpenAI) -> None:
+    down = {"type": "mcp", "server_label": "gone", "server_url": "http://127.0.0.1:9/mcp", "require_approval": "never"}
+    names, response = streamed(client, model="fake/fake-echo", input="still here", tools=[down])
+    assert names.index("response.mcp_list_tools.in_progress") < names.index("response.mcp_list_tools.failed")
+    assert "response.mcp_list_tools.completed" not in names
+    listing = response.output[0]
+    assert (listing.type, listing.status, listing.tools) == ("mcp_list_tools", "failed", [])
+    assert listing.error and "gone" in listing.error
+    assert response.output_text == "still here"
+
+
+def test_each_transport_is_found_at_the_other_ones_path(client: openai.OpenAI) -> None:
+    """The transport the URL suggests is tried first, the other one next."""
+    swapped = SwappedToolServer().start()
+    try:
+        for url in (swapped.url, swapped.sse_url):  # SSE at /mcp, streamable HTTP at /sse
+            response = client.responses.create(
+                model=SCRIPT, input='echo {"text": "found"}', tools=[mcp_tool(swapped, server_url=url)]
+            )
+            assert response.output[1].output == "found", url
+    finally:
+        swapped.stop()
 
 
 def test_server_that_is_down(client: openai.OpenAI) -> None:
@@ -315,6 +460,15 @@ def test_slow_tool_times_out(strict: ParleyProcess, tool_server: ToolServer) -> 
     assert call.status == "failed" and "did not answer" in call.error.message
 
 
+def test_slow_tool_times_out_streamed(strict: ParleyProcess, tool_server: ToolServer) -> None:
+    names, response = streamed(
+        strict.client(), model=SCRIPT, input='sleep {"seconds": 5}', tools=[mcp_tool(tool_server)]
+    )
+    call = response.output[1]
+    assert_call_failed_in_stream(names, call)
+    assert call.error.type == "mcp_protocol_error" and "did not answer within 1 s" in call.error.message
+
+
 def test_long_output_is_cut_and_says_so(strict: ParleyProcess, tool_server: ToolServer) -> None:
     response = strict.client().responses.create(model=SCRIPT, input='big {"size": 5000}', tools=[mcp_tool(tool_server)])
     output = response.output[1].output
@@ -335,11 +489,47 @@ def test_loopback_can_be_refused(tmp_path: Path, fake_upstream: FakeUpstream, to
     config["tools"] = {"mcp": {"allow_loopback": False}}
     server = ParleyProcess(tmp_path / "parley", config)
     server.start()
+    port = tool_server.port
+    # Every way of naming this machine: the unspecified addresses and IPv4-mapped loopback reach it too.
+    hosts = [
+        "127.0.0.1",
+        "LOCALHOST",
+        "127.1",
+        "0.0.0.0",
+        "0",
+        "[::1]",
+        "[::]",
+        "[::ffff:127.0.0.1]",
+        "[::ffff:7f00:2]",
+    ]
+    tools = [
+        mcp_tool(tool_server, server_label=f"host{i}", server_url=f"http://{host}:{port}/mcp")
+        for i, host in enumerate(hosts)
+    ]
     try:
-        response = server.client().responses.create(model="fake/fake-echo", input="hi", tools=[mcp_tool(tool_server)])
+        response = server.client().responses.create(model="fake/fake-echo", input="hi", tools=tools)
     finally:
         server.stop()
-    assert "not allowed" in response.output[0].error
+    assert types(response) == ["mcp_list_tools"] * len(hosts) + ["message"]
+    for host, listing in zip(hosts, response.output[:-1], strict=True):
+        assert listing.status == "failed" and "not allowed" in listing.error, host
+
+
+def test_allowed_hosts_ignore_case(tmp_path: Path, fake_upstream: FakeUpstream, tool_server: ToolServer) -> None:
+    config = parley_config(fake_upstream, f"sqlite+aiosqlite:///{tmp_path / 'p.db'}")
+    config["tools"] = {"mcp": {"allowed_hosts": ["LocalHost"]}}
+    server = ParleyProcess(tmp_path / "parley", config)
+    server.start()
+    named = mcp_tool(tool_server, server_label="named", server_url=f"http://LOCALHOST:{tool_server.port}/mcp")
+    other = mcp_tool(tool_server, server_label="other")  # 127.0.0.1: the same server, not an allowed host
+    try:
+        response = server.client().responses.create(model="fake/fake-echo", input="hi", tools=[named, other])
+    finally:
+        server.stop()
+    allowed, refused = response.output[0], response.output[1]
+    assert (allowed.server_label, allowed.status, allowed.error) == ("named", "completed", None)
+    assert "peek" in {tool.name for tool in allowed.tools}
+    assert refused.server_label == "other" and "not among the allowed hosts" in refused.error
 
 
 def test_embedded_model_calls_an_mcp_tool(strict: ParleyProcess, tool_server: ToolServer) -> None:

@@ -95,14 +95,14 @@ async def run(turn: Turn) -> None:
 
 async def _produce(turn: Turn) -> None:
     prepared = await _prepare(turn)
+    if any(item["type"] == "mcp_call" for item in prepared):
+        # Approved calls have run: their items go out before the model is called, so that a
+        # model call that fails still leaves them in the failed response, and in storage.
+        announce(turn, prepared)
     for _ in range(turn.settings.max_iterations):
         stream = await _open_model_stream(turn, prepared)
         turn.model_calls += 1
-        if not turn.announced:
-            announce(turn)
-            turn.ensure_written()
-            for item in prepared:
-                _emit_finished(turn.emitter, item)
+        announce(turn, prepared)
         builder = OutputBuilder(
             turn.emitter, turn.toolbox, include_logprobs=turn.request.include_logprobs, offered=_callable(turn)
         )
@@ -126,26 +126,39 @@ async def _produce(turn: Turn) -> None:
     _finish(turn, "length")  # the iteration bound: the response ran out of room to finish
 
 
-def announce(turn: Turn) -> None:
-    """`response.created` and `response.in_progress`, once, when the first output is certain."""
+def announce(turn: Turn, finished: list[dict[str, Any]] | None = None) -> None:
+    """`response.created` and `response.in_progress`, once, when the first output is certain.
+
+    Then the items that were `finished` before it (listings, approved calls), in order.
+    """
     if not turn.announced:
         turn.announced = True
         turn.emitter.emit("response.created", response=turn.response)
         turn.emitter.emit("response.in_progress", response=turn.response)
+        turn.ensure_written()
+        for item in finished or ():
+            _emit_finished(turn.emitter, item)
 
 
 async def _prepare(turn: Turn) -> list[dict[str, Any]]:
     """The items produced before the first model call: tool listings, and the approved calls' results."""
     items = await turn.toolbox.list_servers(turn.history + turn.input_items, turn.previous_tools)
-    requests = {item["id"]: item for item in turn.history + turn.input_items if item["type"] == "mcp_approval_request"}
+    known = turn.history + turn.input_items
+    requests = {item["id"]: item for item in known if item["type"] == "mcp_approval_request"}
+    # A request is answered once: by an earlier response to it, or by the call it let run.
+    answered = {item.get("approval_request_id") for item in known if item["type"] == "mcp_call"}
+    answered |= {item["approval_request_id"] for item in turn.history if item["type"] == "mcp_approval_response"}
     approved = []
     for index, item in enumerate(turn.input_items):
         if item["type"] != "mcp_approval_response":
             continue
-        request = requests.get(item["approval_request_id"])
+        request_id, param = item["approval_request_id"], f"input[{index}].approval_request_id"
+        request = requests.get(request_id)
         if request is None:
-            param = f"input[{index}].approval_request_id"
-            raise InvalidRequestError(f"No approval request '{item['approval_request_id']}' to answer.", param=param)
+            raise InvalidRequestError(f"No approval request '{request_id}' to answer.", param=param)
+        if request_id in answered:
+            raise InvalidRequestError(f"The approval request '{request_id}' was already answered.", param=param)
+        answered.add(request_id)
         if item["approve"]:
             approved.append(request)
     results = await _gather(turn, [_run_approved(turn, request) for request in approved])

@@ -226,7 +226,8 @@ class MCPServerConnection:
     async def _check_host(self) -> None:
         host = urlsplit(self.definition.server_url or "").hostname or ""
         allowed = self.settings.allowed_hosts
-        if allowed is not None and host not in allowed:
+        # Host names are case-insensitive; `hostname` is already lower-cased.
+        if allowed is not None and host not in {name.lower() for name in allowed}:
             raise MCPServerError(f"MCP server host '{host}' is not among the allowed hosts")
         if not self.settings.allow_loopback and await _is_loopback(host):
             raise MCPServerError(f"MCP servers on this machine ('{host}') are not allowed")
@@ -241,7 +242,10 @@ class MCPServerConnection:
                 while True:
                     page = await client.list_tools(cursor=cursor)
                     for tool in page.tools:
-                        annotations = tool.annotations.model_dump(exclude_none=True) if tool.annotations else None
+                        # By alias: the listing shows MCP's own keys (`readOnlyHint`), which `read_only` reads.
+                        annotations = (
+                            tool.annotations.model_dump(exclude_none=True, by_alias=True) if tool.annotations else None
+                        )
                         tools.append(ListedTool(tool.name, tool.description, tool.input_schema, annotations))
                     cursor = getattr(page, "next_cursor", None)
                     if not cursor:
@@ -329,14 +333,24 @@ def _describe(exc: BaseException) -> str:
 
 
 async def _is_loopback(host: str) -> bool:
+    """Whether `host` reaches this machine, by name or by address (resolved when it is a name)."""
     if host in ("localhost", "localhost.localdomain"):
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        return _is_local_address(host.strip("[]"))
     except ValueError:
         pass
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except OSError:
         return False
-    return any(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
+    return any(_is_local_address(str(info[4][0])) for info in infos)
+
+
+def _is_local_address(text: str) -> bool:
+    """Loopback, and the addresses that reach it too: unspecified (`0.0.0.0`, `::`) and IPv4-mapped loopback."""
+    address = ipaddress.ip_address(text.split("%", 1)[0])  # an IPv6 scope (`fe80::1%eth0`) is no part of it
+    mapped = getattr(address, "ipv4_mapped", None)
+    if mapped is not None:
+        address = mapped
+    return address.is_loopback or address.is_unspecified

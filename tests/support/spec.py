@@ -34,6 +34,8 @@ reason where it is defined:
 - OpenAI `Response`: `user`, `safety_identifier`, `prompt_cache_key` and
   `usage` may be null (`_openai_response_identifiers_nullable`,
   `_openai_response_usage_nullable`);
+- OpenAI `MCPToolCall.error` may be the package's error object, not only a
+  string (`_openai_mcp_call_error_object`);
 - OpenAI events the package has and 2.3.0 lacks (`response.shell_call_*`,
   `response.compaction.compacting`) are not schema-checked
   (`validate_openai_event`);
@@ -124,10 +126,32 @@ def _openai_response_usage_nullable(schemas: dict[str, Schema]) -> None:
     own["usage"] = {"anyOf": [{"type": "null"}, own["usage"]]}
 
 
+def _openai_mcp_call_error_object(schemas: dict[str, Schema]) -> None:
+    # `MCPToolCall.error` is `string | null` in 2.3.0, but openai's `McpCall.error`
+    # (openai/types/responses/mcp_tool_call_error.py) is an object discriminated by
+    # `type`: `mcp_protocol_error` and `http_error` {code, message}, or
+    # `mcp_tool_execution_error` {content}. The package wins: the error also
+    # accepts those three objects; the string stays allowed.
+    error = schemas["MCPToolCall"]["properties"]["error"]
+    assert error["anyOf"][0]["type"] == "string", error
+    coded = {"type": "object", "required": ["type", "code", "message"]}
+    coded["properties"] = {"code": {"type": "integer"}, "message": {"type": "string"}}
+    objects = [
+        {**coded, "properties": {**coded["properties"], "type": {"enum": ["mcp_protocol_error", "http_error"]}}},
+        {
+            "type": "object",
+            "required": ["type", "content"],
+            "properties": {"type": {"enum": ["mcp_tool_execution_error"]}},
+        },
+    ]
+    error["anyOf"] = [*error["anyOf"], *objects]
+
+
 _TOLERANT_MODEL_RESPONSE_PROPERTIES = "ModelResponseProperties.response"
 _OPENAI_PATCHES: tuple[Callable[[dict[str, Schema]], None], ...] = (
     _openai_response_identifiers_nullable,
     _openai_response_usage_nullable,
+    _openai_mcp_call_error_object,
 )
 _OPENRESPONSES_PATCHES: tuple[Callable[[dict[str, Schema]], None], ...] = ()
 
