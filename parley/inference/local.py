@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from parley.config import LocalModelConfig, LocalProviderConfig
+from parley.config import ConfigError, LocalModelConfig, LocalProviderConfig
 from parley.errors import ContextLengthExceededError, InvalidRequestError, ParleyError, UpstreamError
 from parley.inference import chatml_tools as protocol
 from parley.inference.base import ModelInfo, Provider
@@ -44,6 +44,32 @@ def embedded_model_path() -> Path:
             code="embedded_model_missing",
         )
     return Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
+
+
+def check_loadable(provider: str, config: LocalProviderConfig) -> None:
+    """Raises ConfigError, naming the key, for a model that cannot load: no file, or no package to run it.
+
+    Checked before the server starts, as a bad config file is, rather than
+    found out by every request.
+    """
+    problems = []
+    if importlib.util.find_spec("llama_cpp") is None:
+        problems.append(
+            f"inference.providers.{provider}: local models need llama-cpp-python: pip install 'parley[local]'"
+        )
+    for model, model_config in config.models.items():
+        key = f"inference.providers.{provider}.models.{model}.path"
+        path = model_config.path
+        if path is None:
+            try:
+                path = embedded_model_path()
+            except ParleyError as exc:
+                problems.append(f"{key}: not set, and {exc.message[0].lower()}{exc.message[1:]}")
+                continue
+        if not path.is_file():
+            problems.append(f"{key}: the model file {path} does not exist")
+    if problems:
+        raise ConfigError("cannot load the local models: " + "; ".join(problems))
 
 
 class _End:
