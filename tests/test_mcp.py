@@ -265,6 +265,21 @@ def test_stateless_approval(client: openai.OpenAI, tool_server: ToolServer) -> N
     assert (response.output[1].approval_request_id, response.output[1].output) == (request.id, "4")
     assert response.output_text == "Results: 4"
 
+    # The next stateless turn sends its whole history again, answer and call included:
+    # that answer is history, not a new one, and the tool does not run again.
+    calls = sum(1 for h in tool_server.headers if h.get("mcp-method") == "tools/call")
+    history = [
+        {"role": "user", "content": 'add {"a": 2, "b": 2}'},
+        request.model_dump(exclude_none=True),
+        {"type": "mcp_approval_response", "approval_request_id": request.id, "approve": True},
+        *(item.model_dump(exclude_none=True) for item in response.output[1:]),
+    ]
+    again = client.responses.create(
+        model=SCRIPT, input=[*history, {"role": "user", "content": " "}], tools=tools, store=False
+    )
+    assert again.status == "completed" and "mcp_call" not in types(again)
+    assert sum(1 for h in tool_server.headers if h.get("mcp-method") == "tools/call") == calls
+
 
 def streamed(client: openai.OpenAI, **request: Any) -> tuple[list[str], Any]:
     """The event names of a streamed response, and the response its last event carries."""
@@ -571,3 +586,24 @@ def test_sessions_are_reused_across_responses_with_the_same_credentials(
         model=SCRIPT, input='add {"a": 1, "b": 1}', tools=[mcp_tool(tool_server, headers={"X-Test-Run": other})]
     )
     assert handshakes(other) == 1 and handshakes(run) == 1
+
+
+def test_a_nul_character_in_tool_output_is_stored(client: openai.OpenAI, tool_server: ToolServer) -> None:
+    # Requests may not carry a NUL (a 400), but a tool may return one. PostgreSQL's jsonb
+    # cannot hold it, so it is stored there as U+FFFD; the turn is stored either way.
+    conversation = client.conversations.create()
+    script = 'echo {"text": "a\\u0000b"}'  # the escape reaches the tool as arguments JSON
+    response = client.responses.create(
+        model=SCRIPT,
+        input=script,
+        tools=[mcp_tool(tool_server, require_approval="never")],
+        conversation=conversation.id,
+    )
+    assert response.status == "completed"
+    assert response.output[1].output == "a\x00b"  # the caller gets the tool's output as it was
+    stored = client.responses.retrieve(response.id)
+    assert stored.status == "completed"
+    assert stored.output[1].output in ("a\x00b", "a\ufffdb")
+    items = client.conversations.items.list(conversation.id, order="asc").data
+    assert [item.type for item in items] == ["message", "mcp_list_tools", "mcp_call", "message"]
+    assert items[2].output == stored.output[1].output

@@ -326,7 +326,6 @@ def test_a_failed_stream_may_send_an_error_event_before_response_failed() -> Non
             "code": "server_error",
             "message": "upstream went away",
             "param": None,
-            "error": {**error, "type": "server_error", "param": None},
         },
         {
             "type": "response.failed",
@@ -338,6 +337,11 @@ def test_a_failed_stream_may_send_an_error_event_before_response_failed() -> Non
 
     assert stream.response.status == "failed"
     assert stream.types[-2:] == ["error", "response.failed"]
+
+    # An `error` key on that event makes openai-python raise instead of yielding it.
+    events[-2] = {**events[-2], "error": {**error, "type": "server_error", "param": None}}
+    with pytest.raises(AssertionError, match="`error` key"):
+        validate_response_stream(encode(events))
 
 
 def test_crlf_line_ends_and_comments_are_accepted() -> None:
@@ -442,7 +446,6 @@ def _insert_error(events: Events) -> Events:
         "code": "server_error",
         "message": "boom",
         "param": None,
-        "error": {"type": "server_error", "code": "server_error", "message": "boom", "param": None},
     }
     events.insert(index_of(events, "response.completed"), error)
     return events

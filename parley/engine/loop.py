@@ -25,7 +25,7 @@ from parley.engine import context
 from parley.engine.emitter import EventEmitter
 from parley.engine.output import OutputBuilder
 from parley.engine.request import CreateResponseRequest
-from parley.engine.response import add_usage, error_object, usage_object
+from parley.engine.response import add_usage, usage_object
 from parley.errors import ContextLengthExceededError, InvalidRequestError, ParleyError, UpstreamStatusError
 from parley.ids import new_id
 from parley.inference.registry import ResolvedModel
@@ -77,20 +77,9 @@ class Turn:
 
 
 async def run(turn: Turn) -> None:
-    """Produces the turn's output; raises ParleyError on failure (see `service`).
-
-    A failure after the stream started is told with an `error` event, after the
-    open items close; `service` follows it with `response.failed`.
-    """
+    """Produces the turn's output; raises ParleyError on failure (see `service`)."""
     context.check_input(turn.input_items)
-    try:
-        await _produce(turn)
-    except ParleyError as exc:
-        if turn.announced:
-            turn.emitter.close_all("incomplete")
-            error = error_object(exc)
-            turn.emitter.emit("error", code=error["code"], message=error["message"], param=exc.param)
-        raise
+    await _produce(turn)
 
 
 async def _produce(turn: Turn) -> None:
@@ -146,8 +135,11 @@ async def _prepare(turn: Turn) -> list[dict[str, Any]]:
     known = turn.history + turn.input_items
     requests = {item["id"]: item for item in known if item["type"] == "mcp_approval_request"}
     # A request is answered once: by an earlier response to it, or by the call it let run.
-    answered = {item.get("approval_request_id") for item in known if item["type"] == "mcp_call"}
+    answered = {item.get("approval_request_id") for item in turn.history if item["type"] == "mcp_call"}
     answered |= {item["approval_request_id"] for item in turn.history if item["type"] == "mcp_approval_response"}
+    # A stateless caller sends its whole history as input: an answer whose call is in that
+    # input too is part of the history, already run, and not a new answer.
+    replayed = {item.get("approval_request_id") for item in turn.input_items if item["type"] == "mcp_call"}
     approved = []
     for index, item in enumerate(turn.input_items):
         if item["type"] != "mcp_approval_response":
@@ -156,6 +148,9 @@ async def _prepare(turn: Turn) -> list[dict[str, Any]]:
         request = requests.get(request_id)
         if request is None:
             raise InvalidRequestError(f"No approval request '{request_id}' to answer.", param=param)
+        if request_id in replayed and request_id not in answered:
+            answered.add(request_id)
+            continue
         if request_id in answered:
             raise InvalidRequestError(f"The approval request '{request_id}' was already answered.", param=param)
         answered.add(request_id)

@@ -332,12 +332,20 @@ class ResponseService:
 
     @staticmethod
     def _fail(turn: loop.Turn, error: ParleyError) -> None:
+        """Marks the turn failed; a started stream hears why in an `error` event, after its open items close.
+
+        `response.failed` follows it once the turn is stored (see `_produce_and_store`).
+        """
         turn.emitter.close_all("incomplete")
         response = turn.response
         response["status"] = "failed"
         # A turn whose append failed had ended completed or incomplete.
         response["completed_at"] = response["incomplete_details"] = None
         response["error"] = error_object(error)
+        if turn.announced:
+            turn.emitter.emit(
+                "error", code=response["error"]["code"], message=response["error"]["message"], param=error.param
+            )
         response["usage"] = usage_object(turn.usage)
         response["output"] = turn.emitter.output
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,6 +29,20 @@ def _json_dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+# A `\u0000` escape that is not itself an escaped backslash followed by "u0000".
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def _jsonb_dumps(value: Any) -> str:
+    """JSON for PostgreSQL's jsonb, which cannot hold the NUL character.
+
+    Requests carrying one are refused (see `api.body`); one that a model or a
+    tool produced is stored as U+FFFD, so that the turn is still stored.
+    """
+    text = orjson.dumps(value).decode()
+    return _NUL_ESCAPE.sub(r"\1\\ufffd", text) if "\\u0000" in text else text
+
+
 class Database:
     def __init__(self, url: str) -> None:
         self.url = sa.make_url(url)
@@ -39,7 +54,7 @@ class Database:
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             options["connect_args"] = {"timeout": 30}
         else:
-            options.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+            options.update(pool_size=10, max_overflow=20, pool_pre_ping=True, json_serializer=_jsonb_dumps)
         self.engine: AsyncEngine = create_async_engine(self.url, **options)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
