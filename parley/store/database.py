@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import logging
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
