@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Self
 
 import uvicorn
 from mcp.server.mcpserver import MCPServer
@@ -93,10 +93,13 @@ class ToolServer:
     def sse_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/sse"
 
-    def start(self) -> ToolServer:
+    streamable_path = "/mcp"
+    sse_path = "/sse"
+
+    def start(self) -> Self:
         mcp = build_server()
-        streamable = mcp.streamable_http_app()
-        sse = mcp.sse_app()
+        streamable = mcp.streamable_http_app(streamable_http_path=self.streamable_path)
+        sse = mcp.sse_app(sse_path=self.sse_path)
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> Any:
@@ -129,27 +132,8 @@ class SwappedToolServer(ToolServer):
     by falling back to the other one.
     """
 
-    def start(self) -> SwappedToolServer:
-        mcp = build_server()
-        streamable = mcp.streamable_http_app(streamable_http_path="/sse")
-        sse = mcp.sse_app(sse_path="/mcp")
-
-        @contextlib.asynccontextmanager
-        async def lifespan(app: Starlette) -> Any:
-            async with streamable.router.lifespan_context(app):
-                yield
-
-        app = Starlette(routes=[*streamable.routes, *sse.routes], lifespan=lifespan)
-        config = uvicorn.Config(_HeaderRecorder(app, self.headers), host="127.0.0.1", port=self.port, log_level="error")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 15
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the MCP test server did not start")
-            time.sleep(0.02)
-        return self
+    streamable_path = "/sse"
+    sse_path = "/mcp"
 
 
 @contextlib.contextmanager

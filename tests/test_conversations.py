@@ -914,7 +914,11 @@ def test_deleting_a_conversation_deletes_its_items_and_responses(
 
 def count_rows(storage_url: str, table: str, conversation_id: str) -> int:
     """Rows of `table` for the conversation, read from the database itself (deleted or not)."""
-    query = f"SELECT count(*) FROM {table} WHERE conversation_id = '{conversation_id}'"
+    return _count(storage_url, f"SELECT count(*) FROM {table} WHERE conversation_id = '{conversation_id}'")
+
+
+def _count(storage_url: str, query: str) -> int:
+    """The number a `SELECT count(*)` query finds, asked of the database itself."""
     if storage_url.startswith("sqlite"):
         with sqlite3.connect(Path(storage_url.split("///", 1)[1])) as connection:
             return int(connection.execute(query).fetchone()[0])
@@ -930,13 +934,9 @@ LONG_ID = "q" * 70  # item ids are stored in 64 characters
 
 def _visible_responses(storage_url: str, conversation_id: str) -> int:
     """Rows of `responses` for the conversation that the API would show."""
-    query = f"SELECT count(*) FROM responses WHERE conversation_id = '{conversation_id}' AND NOT deleted"
-    if storage_url.startswith("sqlite"):
-        with sqlite3.connect(Path(storage_url.split("///", 1)[1])) as connection:
-            return int(connection.execute(query).fetchone()[0])
-    url = storage_url.replace("postgresql+asyncpg", "postgresql")
-    result = subprocess.run(["psql", url, "-At", "-c", query], capture_output=True, text=True, check=True)
-    return int(result.stdout.strip())
+    return _count(
+        storage_url, f"SELECT count(*) FROM responses WHERE conversation_id = '{conversation_id}' AND NOT deleted"
+    )
 
 
 _UNHOLDABLE = [
