@@ -71,6 +71,11 @@ class OpenAIProviderConfig(_Section):
     models: list[str] | None = None
     timeout: TimeoutSettings = TimeoutSettings()
     max_connections: int = Field(256, ge=1)
+    # The assistant-message field that carries reasoning back to the model. Chat completions
+    # has no standard one: DeepSeek and older vLLM read `reasoning_content`; newer vLLM,
+    # Ollama and OpenRouter `reasoning`; OpenAI itself refuses unknown message fields, so
+    # None, the default, leaves reasoning out.
+    reasoning_field: Literal["reasoning_content", "reasoning"] | None = None
 
     @field_validator("base_url")
     @classmethod

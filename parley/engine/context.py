@@ -3,17 +3,48 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar, Token
 from typing import Any
 
+from parley.config import OpenAIProviderConfig
 from parley.engine.request import AllowedToolsChoice, CreateResponseRequest, FunctionTool, NamedFunctionChoice
 from parley.errors import InvalidRequestError
+from parley.inference.base import Provider
 from parley.tools.mcp import error_text
 
 NameOf = Callable[[str, str], str]
 
+# The assistant-message field in which the provider of the response being produced takes
+# reasoning back (its `reasoning_field`), or None. The agent loop builds the messages
+# without naming the provider, so `use_reasoning_field` sets this for each request, before
+# the response's task starts (a task runs in a copy of the context it was created in).
+_REASONING_FIELD: ContextVar[str | None] = ContextVar("parley_reasoning_field", default=None)
+
+
+def reasoning_field_of(provider: Provider) -> str | None:
+    """The message field `provider` takes reasoning in: an `openai` provider's `reasoning_field`.
+
+    None for every other provider: the embedded model's chat formats have no place for it.
+    """
+    runs = getattr(provider, "inner", provider)  # a recording provider wraps the one that runs
+    config = getattr(runs, "config", None)
+    return config.reasoning_field if isinstance(config, OpenAIProviderConfig) else None
+
+
+def use_reasoning_field(provider: Provider | None) -> Token[str | None]:
+    """Makes `chat_messages` send reasoning as `provider` takes it, in this context and the tasks it starts."""
+    return _REASONING_FIELD.set(reasoning_field_of(provider) if provider is not None else None)
+
+
+def reset_reasoning_field(token: Token[str | None]) -> None:
+    _REASONING_FIELD.reset(token)
+
 
 def chat_messages(
-    instructions: str | None, items: list[dict[str, Any]], name_of: NameOf | None = None
+    instructions: str | None,
+    items: list[dict[str, Any]],
+    name_of: NameOf | None = None,
+    reasoning_field: str | None = None,
 ) -> list[dict[str, Any]]:
     """Chat messages for `items`, oldest first, after the instructions.
 
@@ -22,6 +53,12 @@ def chat_messages(
     MCP call carries its result, so it becomes an assistant message and a
     tool message of its own. `name_of` gives the name the model knows an MCP
     server's tool by.
+
+    With a `reasoning_field` (by default the one set by `use_reasoning_field`),
+    a reasoning item's text rides in that field of the assistant message that
+    follows it: the one with the turn's text or tool calls (DeepSeek's tool
+    loop needs it there), or an empty one made for it when a user or tool
+    message comes first. Without one, reasoning is left out.
     """
     messages: list[dict[str, Any]] = []
     if instructions:
@@ -30,32 +67,68 @@ def chat_messages(
         item["approval_request_id"] for item in items if item["type"] == "mcp_approval_response" and not item["approve"]
     }
     name_of = name_of or (lambda _label, name: name)
+    field = reasoning_field if reasoning_field is not None else _REASONING_FIELD.get()
+    reasoning: list[str] = []  # the texts of reasoning items not yet attached to a message
+
+    def assistant(message: dict[str, Any]) -> dict[str, Any]:
+        """`message` with the reasoning that came before it."""
+        if reasoning and field is not None:
+            earlier = message.get(field)
+            message[field] = "\n\n".join(([earlier] if earlier else []) + reasoning)
+            reasoning.clear()
+        return message
+
+    def other(message: dict[str, Any]) -> None:
+        """A user, system or tool message: reasoning before it goes on an assistant message of its own."""
+        if reasoning and field is not None:
+            messages.append(assistant({"role": "assistant", "content": ""}))
+        messages.append(message)
 
     def call(call_id: str, name: str, arguments: str) -> None:
         entry = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
         last = messages[-1] if messages else None
         if last is not None and last["role"] == "assistant":
-            last.setdefault("tool_calls", []).append(entry)  # text and calls of one model turn are one message
+            # Text and calls of one model turn are one message.
+            assistant(last).setdefault("tool_calls", []).append(entry)
         else:
-            messages.append({"role": "assistant", "content": None, "tool_calls": [entry]})
+            messages.append(assistant({"role": "assistant", "content": None, "tool_calls": [entry]}))
 
     for item in items:
         kind = item["type"]
         if kind == "message":
-            _append_message(messages, item)
+            message = _message(item)
+            if message["role"] == "assistant":
+                messages.append(assistant(message))
+            else:
+                other(message)
         elif kind == "function_call":
             call(item["call_id"], item["name"], item["arguments"])
         elif kind == "function_call_output":
-            messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": _tool_output(item["output"])})
+            other({"role": "tool", "tool_call_id": item["call_id"], "content": _tool_output(item["output"])})
         elif kind == "mcp_call" and item.get("status") in ("completed", "failed"):
             call(item["id"], name_of(item["server_label"], item["name"]), item["arguments"])
             messages.append({"role": "tool", "tool_call_id": item["id"], "content": _mcp_result(item)})
         elif kind == "mcp_approval_request" and item["id"] in declined:
             call(item["id"], name_of(item["server_label"], item["name"]), item["arguments"])
             messages.append({"role": "tool", "tool_call_id": item["id"], "content": DECLINED})
-        # Listings reach the model as tool definitions; pending approvals, approval
-        # responses and reasoning items are not part of a chat conversation.
+        elif kind == "reasoning" and field is not None:
+            text = reasoning_text(item)
+            if text:
+                reasoning.append(text)
+        # Listings reach the model as tool definitions; pending approvals and approval
+        # responses are not part of a chat conversation. Reasoning that nothing follows
+        # is left out: an assistant message last would be taken for a reply to continue.
     return messages
+
+
+def reasoning_text(item: dict[str, Any]) -> str:
+    """A reasoning item's text: its `reasoning_text` parts, else its summary's."""
+    text = "".join(part.get("text") or "" for part in item.get("content") or () if part.get("type") == "reasoning_text")
+    if text:
+        return text
+    return "\n\n".join(
+        part["text"] for part in item.get("summary") or () if part.get("type") == "summary_text" and part.get("text")
+    )
 
 
 DECLINED = "The user declined to run this tool call."
@@ -68,18 +141,17 @@ def _mcp_result(item: dict[str, Any]) -> str:
     return item.get("output") or ""
 
 
-def _append_message(messages: list[dict[str, Any]], item: dict[str, Any]) -> None:
+def _message(item: dict[str, Any]) -> dict[str, Any]:
     role = item["role"]
     if role == "assistant":
         text = "".join(p.get("text") or p.get("refusal") or "" for p in item["content"])
-        messages.append({"role": "assistant", "content": text})
-        return
+        return {"role": "assistant", "content": text}
     parts = [_chat_part(part) for part in item["content"]]
     if all(part["type"] == "text" for part in parts):
         content: str | list[dict[str, Any]] = "".join(part["text"] for part in parts)
     else:
         content = parts
-    messages.append({"role": "system" if role == "system" else role, "content": content})
+    return {"role": "system" if role == "system" else role, "content": content}
 
 
 def _chat_part(part: dict[str, Any]) -> dict[str, Any]:
