@@ -416,6 +416,25 @@ def test_items_pagination(http: httpx.Client, client: openai.OpenAI) -> None:
     assert [item.id for item in client.conversations.items.list(cid, limit=3)] == [m[4], m[3], m[1], m[0]]
 
 
+def test_an_unknown_after_is_a_400_naming_it(http: httpx.Client, client: openai.OpenAI) -> None:
+    """Never an empty page, which a client would take for the end of the list."""
+    cid = client.conversations.create(items=[{"role": "user", "content": "here"}]).id
+    elsewhere = client.conversations.create(items=[{"role": "user", "content": "there"}]).id
+    [other] = page(http, elsewhere)["data"]
+    for item_id in ("msg_nowhere", other["id"]):
+        answer = http.get(f"/v1/conversations/{cid}/items", params={"after": item_id})
+        assert answer.status_code == 400
+        assert error(answer) == {
+            "message": f"Invalid value for 'after': '{item_id}' is not an id in this list.",
+            "type": "invalid_request_error",
+            "param": "after",
+            "code": "invalid_value",
+        }
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.conversations.items.list(cid, after="msg_nowhere")
+    assert raised.value.param == "after"
+
+
 def test_empty_conversation_pages(http: httpx.Client, client: openai.OpenAI) -> None:
     conversation = client.conversations.create()
     for params in ({}, {"order": "asc"}, {"order": "desc", "limit": 1}, {"order": "asc", "limit": 100}):

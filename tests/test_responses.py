@@ -346,6 +346,44 @@ def test_list_responses_newest_first(parley: ParleyProcess, client: openai.OpenA
         assert [r["id"] for r in after["data"]] == [ids[0]]
 
 
+@pytest.mark.parametrize("cursor", ["after", "before"])
+def test_an_unknown_cursor_is_a_400_naming_it(client: openai.OpenAI, cursor: str) -> None:
+    """Never an empty page, which a client would take for the end of the list."""
+    response = client.responses.create(
+        model=ECHO, input=[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
+    )
+    other = client.responses.create(model=ECHO, input="elsewhere")
+    [other_input] = client.responses.input_items.list(other.id).data
+    [output] = response.output
+    cases = [
+        # An unknown id, an item of another response, and an output item (not an input item).
+        (lambda query: client.responses.input_items.list(response.id, extra_query=query), "msg_nowhere"),
+        (lambda query: client.responses.input_items.list(response.id, extra_query=query), other_input.id),
+        (lambda query: client.responses.input_items.list(response.id, extra_query=query), output.id),
+        (lambda query: client.get("/responses", cast_to=object, options={"params": query}), "resp_nowhere"),
+        (lambda query: client.get("/responses", cast_to=object, options={"params": query}), other_input.id),
+    ]
+    for listing, item_id in cases:
+        with pytest.raises(openai.BadRequestError) as raised:
+            listing({cursor: item_id})
+        assert raised.value.body == {
+            "message": f"Invalid value for '{cursor}': '{item_id}' is not an id in this list.",
+            "type": "invalid_request_error",
+            "param": cursor,
+            "code": "invalid_value",
+        }
+
+
+def test_a_deleted_response_is_still_a_cursor(parley: ParleyProcess, client: openai.OpenAI) -> None:
+    ids = [client.responses.create(model=ECHO, input=f"r{i}").id for i in range(3)]
+    client.responses.delete(ids[1])
+    with parley.http() as http:
+        after = http.get("/v1/responses", params={"limit": 1, "after": ids[1]}).json()
+        assert [r["id"] for r in after["data"]] == [ids[0]]
+        before = http.get("/v1/responses", params={"order": "asc", "before": ids[1]}).json()
+        assert ids[0] in [r["id"] for r in before["data"]] and ids[2] not in [r["id"] for r in before["data"]]
+
+
 def test_item_shape_errors_name_the_param(client: openai.OpenAI) -> None:
     bad_inputs = {
         "input[2].content[0].type": [
@@ -690,6 +728,70 @@ def test_settings_reach_the_upstream_and_are_echoed(
         else:
             assert echoed[key] == value
     _check_against_specs(response)
+
+
+def test_reasoning_settings_are_echoed_and_effort_is_sent(client: openai.OpenAI, fake_upstream: FakeUpstream) -> None:
+    """Chat completions takes the effort; a summary it cannot make, so none is made (see README)."""
+    cases = [
+        ({"effort": "low", "summary": "auto"}, {"effort": "low", "summary": "auto"}),
+        # `generate_summary` is the deprecated name of `summary`.
+        ({"effort": "high", "generate_summary": "concise"}, {"effort": "high", "summary": "concise"}),
+        ({"summary": "detailed"}, {"effort": None, "summary": "detailed"}),
+    ]
+    for reasoning, echoed in cases:
+        response = client.responses.create(model=ECHO, input="hi", extra_body={"reasoning": reasoning})
+        assert response.to_dict(mode="json")["reasoning"] == echoed
+        assert fake_upstream.requests[-1].get("reasoning_effort") == echoed["effort"]
+        assert "reasoning" not in fake_upstream.requests[-1]
+        _check_against_specs(response)
+
+
+# `context_management`: compaction is not supported, and a mistake in it is named at its place
+
+
+@pytest.mark.parametrize(
+    "value",
+    [[{"type": "compaction"}], [{"type": "compaction", "compact_threshold": 1000}, {"type": "compaction"}]],
+)
+def test_context_management_is_refused_as_unsupported(parley: ParleyProcess, value: list[object]) -> None:
+    with parley.http() as http:
+        answer = http.post("/v1/responses", json={"model": ECHO, "input": "hi", "context_management": value})
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert (error["type"], error["param"], error["code"]) == (
+        "invalid_request_error",
+        "context_management",
+        "unsupported_parameter",
+    )
+    assert "compaction is not supported" in error["message"]
+
+
+def test_a_bad_context_management_is_a_400_naming_its_place(client: openai.OpenAI) -> None:
+    cases: list[tuple[object, str]] = [
+        ("compaction", "context_management"),
+        ({"type": "compaction"}, "context_management"),
+        ([], "context_management"),
+        ([5], "context_management[0]"),
+        ([{}], "context_management[0].type"),
+        ([{"type": "summarize"}], "context_management[0].type"),
+        ([{"type": "compaction", "compact_threshold": 999}], "context_management[0].compact_threshold"),
+        ([{"type": "compaction", "compact_threshold": "2000"}], "context_management[0].compact_threshold"),
+        ([{"type": "compaction", "compact_threshold": 1500.5}], "context_management[0].compact_threshold"),
+        ([{"type": "compaction", "threshold": 2000}], "context_management[0].threshold"),
+        ([{"type": "compaction"}, {"type": "trim"}], "context_management[1].type"),
+    ]
+    for value, param in cases:
+        with pytest.raises(openai.BadRequestError) as raised:
+            client.responses.create(model=ECHO, input="hi", extra_body={"context_management": value})
+        assert raised.value.param == param, value
+        # Neither refused as unsupported nor taken for an unknown field: the place of the mistake is named.
+        assert raised.value.code != "unsupported_parameter"
+        assert raised.value.message != "Unknown parameter: 'context_management'."
+
+
+def test_a_null_context_management_is_no_context_management(client: openai.OpenAI) -> None:
+    response = client.responses.create(model=ECHO, input="hi", extra_body={"context_management": None})
+    assert response.status == "completed"
 
 
 def test_prompt_fields_are_null_unless_given(client: openai.OpenAI) -> None:

@@ -132,6 +132,39 @@ class ConversationRef(_Model):
     id: str
 
 
+class ContextManagement(_Model):
+    """One entry of `context_management` (OpenAI's `ContextManagementParam`)."""
+
+    type: Literal["compaction"]
+    compact_threshold: int | None = Field(None, ge=1000, strict=True)
+
+
+def check_context_management(value: Any) -> None:
+    """A well-formed `context_management` is still a 400: Parley does not compact context.
+
+    Its shape is checked first, so that a mistake is named at its exact place.
+    """
+    if value is None:
+        return
+    if not isinstance(value, list) or not value:
+        raise InvalidRequestError(
+            "Invalid value for 'context_management': expected a non-empty array of context management entries.",
+            param="context_management",
+            code="invalid_value",
+        )
+    for index, entry in enumerate(value):
+        path = f"context_management[{index}]"
+        if not isinstance(entry, dict):
+            raise InvalidRequestError(f"Invalid value for '{path}': expected an object.", param=path)
+        _validated(ContextManagement, entry, path)
+    raise InvalidRequestError(
+        "Unsupported parameter: 'context_management'. Context compaction is not supported by this server; "
+        "use 'truncation: auto' to drop the oldest items of input that does not fit.",
+        param="context_management",
+        code="unsupported_parameter",
+    )
+
+
 class StreamOptions(_Model):
     include_obfuscation: bool | None = None
 
@@ -171,9 +204,12 @@ class CreateResponseRequest(BaseModel):
     service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
     # Accepted for compatibility; Parley has nothing to apply them to.
     prompt: dict[str, Any] | None = None
+    # Checked, then refused (see `check_context_management`).
+    context_management: Any = None
 
     _metadata_limits = field_validator("metadata")(lambda cls, value: check_metadata(value))
     _include_values = field_validator("include")(lambda cls, value: check_include(value))
+    _no_compaction = field_validator("context_management")(lambda cls, value: check_context_management(value))
 
     @model_validator(mode="before")
     @classmethod

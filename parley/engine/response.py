@@ -41,10 +41,7 @@ def initial_response(
         "prompt": None,  # prompt templates are refused (see `request`)
         "prompt_cache_key": request.prompt_cache_key,
         "prompt_cache_retention": request.prompt_cache_retention,
-        "reasoning": {
-            "effort": request.reasoning.effort if request.reasoning else None,
-            "summary": request.reasoning.summary if request.reasoning else None,
-        },
+        "reasoning": _reasoning(request),
         "safety_identifier": request.safety_identifier,
         "service_tier": request.service_tier or "default",
         "store": request.store,
@@ -63,6 +60,19 @@ def initial_response(
         "user": request.user,
         "metadata": request.metadata or {},
     }
+
+
+def _reasoning(request: CreateResponseRequest) -> dict[str, Any]:
+    """The reasoning settings as asked for; `generate_summary` is the deprecated name of `summary`.
+
+    A chat-completions upstream is sent `effort` (as `reasoning_effort`); it has no
+    summaries, so reasoning items carry the model's reasoning as `content` and an
+    empty `summary` (summarising it would take another model call).
+    """
+    reasoning = request.reasoning
+    if reasoning is None:
+        return {"effort": None, "summary": None}
+    return {"effort": reasoning.effort, "summary": reasoning.summary or reasoning.generate_summary}
 
 
 def usage_object(usage: Usage) -> dict[str, Any]:

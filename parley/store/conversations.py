@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from parley.store.database import Database
-from parley.store.pagination import Page, PageRequest
+from parley.store.pagination import Page, PageRequest, read_page
 from parley.store.tables import conversation_items, conversations, responses
 
 
@@ -149,20 +149,13 @@ class ConversationStore:
         query = sa.select(conversation_items.c.data).where(
             conversation_items.c.conversation_id == conversation_id, _LIVE_ITEM
         )
-        if page.after is not None:
-            # Deleted items keep their row, so a cursor naming one still has a place.
-            cursor = (
-                sa.select(key)
-                .where(
-                    conversation_items.c.conversation_id == conversation_id, conversation_items.c.item_id == page.after
-                )
-                .scalar_subquery()
-            )
-            query = query.where(key < cursor if page.order == "desc" else key > cursor)
-        query = query.order_by(key.desc() if page.order == "desc" else key.asc()).limit(page.limit + 1)
+        # Deleted items keep their row, so a cursor naming one still has a place.
+        cursor_of = lambda item_id: sa.select(key).where(  # noqa: E731
+            conversation_items.c.conversation_id == conversation_id, conversation_items.c.item_id == item_id
+        )
         async with self.db.engine.connect() as connection:
-            rows = list((await connection.execute(query)).scalars())
-        return Page(data=rows[: page.limit], has_more=len(rows) > page.limit)
+            rows, has_more = await read_page(connection, query, key, cursor_of, page)
+        return Page(data=[row.data for row in rows], has_more=has_more)
 
     async def get_item(self, conversation_id: str, item_id: str) -> dict[str, Any] | None:
         async with self.db.engine.connect() as connection:

@@ -5,7 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from parley.errors import InvalidRequestError
+
 Order = Literal["asc", "desc"]
+
+
+class UnknownCursorError(InvalidRequestError):
+    """An `after` or `before` that names nothing in the list: a 400 naming the cursor, never an empty page.
+
+    An id that was in the list and has been deleted since is still a cursor: paging on
+    while deleting what was read goes on where it was.
+    """
+
+    def __init__(self, param: str, item_id: str) -> None:
+        super().__init__(
+            f"Invalid value for '{param}': '{item_id}' is not an id in this list.", param=param, code="invalid_value"
+        )
 
 
 @dataclass(slots=True, frozen=True)
@@ -29,3 +44,25 @@ class Page:
             "last_id": self.data[-1]["id"] if self.data else None,
             "has_more": self.has_more,
         }
+
+
+async def read_page(connection: Any, query: Any, key: Any, cursor_of: Any, page: PageRequest) -> tuple[list[Any], bool]:
+    """The rows of `query` on `page`, ordered by `key`, and whether more follow.
+
+    `cursor_of(id)` selects the key of the listed item with that id (deleted ones
+    included); an `after` or `before` it finds nothing for raises UnknownCursorError.
+    """
+    keys: dict[str, Any] = {}
+    for param, item_id in (("after", page.after), ("before", page.before)):
+        if item_id is not None:
+            keys[param] = await connection.scalar(cursor_of(item_id))
+            if keys[param] is None:
+                raise UnknownCursorError(param, item_id)
+    descending = page.order == "desc"
+    if "after" in keys:
+        query = query.where(key < keys["after"] if descending else key > keys["after"])
+    if "before" in keys:
+        query = query.where(key > keys["before"] if descending else key < keys["before"])
+    query = query.order_by(key.desc() if descending else key.asc()).limit(page.limit + 1)
+    rows = list(await connection.execute(query))
+    return rows[: page.limit], len(rows) > page.limit

@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from parley.store.database import Database
-from parley.store.pagination import Page, PageRequest
+from parley.store.pagination import Page, PageRequest, read_page
 from parley.store.tables import conversation_items, response_items, responses
 
 _VISIBLE = sa.and_(responses.c.deleted.is_(False))
@@ -219,7 +219,7 @@ class ResponseStore:
 
     async def list(self, page: PageRequest) -> Page:
         query = sa.select(responses.c.seq, responses.c.id).where(_VISIBLE)
-        cursor_of = lambda item_id: sa.select(responses.c.seq).where(responses.c.id == item_id).scalar_subquery()  # noqa: E731
+        cursor_of = lambda item_id: sa.select(responses.c.seq).where(responses.c.id == item_id)  # noqa: E731
         rows, has_more = await self._page(query, responses.c.seq, cursor_of, page)
         data = [body for body in [await self.get(row.id) for row in rows] if body is not None]
         return Page(data=data, has_more=has_more)
@@ -235,23 +235,15 @@ class ResponseStore:
         query = sa.select(items.c.position, items.c.data).where(
             items.c.response_id == response_id, items.c.kind == "input", items.live
         )
-        cursor_of = lambda item_id: (  # noqa: E731
-            sa.select(items.c.position)
-            .where(items.c.response_id == response_id, items.c.item_id == item_id)
-            .scalar_subquery()
+        cursor_of = lambda item_id: sa.select(items.c.position).where(  # noqa: E731
+            items.c.response_id == response_id, items.c.kind == "input", items.c.item_id == item_id
         )
         rows, has_more = await self._page(query, items.c.position, cursor_of, page)
         return Page(data=[row.data for row in rows], has_more=has_more)
 
     async def _page(self, query: Any, key: Any, cursor_of: Any, page: PageRequest) -> tuple[list[Any], bool]:
-        if page.after is not None:
-            query = query.where(key < cursor_of(page.after) if page.order == "desc" else key > cursor_of(page.after))
-        if page.before is not None:
-            query = query.where(key > cursor_of(page.before) if page.order == "desc" else key < cursor_of(page.before))
-        query = query.order_by(key.desc() if page.order == "desc" else key.asc()).limit(page.limit + 1)
         async with self.db.engine.connect() as connection:
-            rows = list(await connection.execute(query))
-        return rows[: page.limit], len(rows) > page.limit
+            return await read_page(connection, query, key, cursor_of, page)
 
 
 def _without_output(response: dict[str, Any]) -> dict[str, Any]:
