@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from parley.tools import ItemEvents, item_events
+
 Sink = Callable[[str, bytes], None]
 
 
@@ -57,39 +59,54 @@ class EventEmitter:
         common = {"item_id": item["id"], "output_index": index}
         if kind == "function_call":
             self.emit("response.function_call_arguments.done", name=item["name"], arguments=item["arguments"], **common)
-        elif kind == "mcp_call":
+        elif (events := item_events(kind)) is not None:
             self.end_arguments(index, item)
-            self.emit("response.mcp_call.completed" if status == "completed" else "response.mcp_call.failed", **common)
-        elif kind == "mcp_list_tools":
-            self.emit(
-                "response.mcp_list_tools.completed" if status == "completed" else "response.mcp_list_tools.failed",
-                **common,
-            )
+            self.emit(f"{events.status}.completed" if status == "completed" else f"{events.status}.failed", **common)
         if "status" in item:
             item["status"] = status
         self.emit("response.output_item.done", output_index=index, item=item)
         return item
 
+    def streams_arguments(self, index: int) -> bool:
+        """Whether an open item's arguments have events of their own (a server-side call's)."""
+        events = item_events(self._open_items[index]["type"])
+        return events is not None and events.arguments is not None
+
     def stream_arguments(self, index: int, delta: str) -> None:
-        """A piece of an open `mcp_call`'s arguments, as the model writes them."""
+        """A piece of an open server-side call's arguments, as the model writes them."""
         item = self._open_items[index]
         item["arguments"] += delta
         self._streaming_arguments.add(index)
-        self.emit("response.mcp_call_arguments.delta", item_id=item["id"], output_index=index, delta=delta)
+        self.emit(f"{_events(item).arguments}.delta", item_id=item["id"], output_index=index, delta=delta)
 
     def end_arguments(self, index: int, item: dict[str, Any]) -> None:
-        """`mcp_call_arguments.done` for a call whose arguments streamed, once."""
+        """`{arguments}.done` for a call whose arguments streamed, once."""
         if index in self._streaming_arguments:
             self._streaming_arguments.discard(index)
             self.emit(
-                "response.mcp_call_arguments.done", item_id=item["id"], output_index=index, arguments=item["arguments"]
+                f"{_events(item).arguments}.done", item_id=item["id"], output_index=index, arguments=item["arguments"]
             )
 
     def start_work(self, index: int) -> None:
         """Says that Parley has started running a server-side tool item (a call, a listing)."""
         item = self.output[index]
-        event = {"mcp_call": "response.mcp_call.in_progress", "mcp_list_tools": "response.mcp_list_tools.in_progress"}
-        self.emit(event[item["type"]], item_id=item["id"], output_index=index)
+        self.emit(f"{_events(item).status}.in_progress", item_id=item["id"], output_index=index)
+
+    def add_finished(self, item: dict[str, Any]) -> None:
+        """Emits a server-side tool item that is already finished (a listing, an approved call), with every event
+        it would have had."""
+        events = _events(item)
+        opening = {**item, **copy.deepcopy(dict(events.pending)), "status": "in_progress"}
+        if events.arguments is not None:
+            opening["arguments"] = ""
+        index = self.add_item(opening)
+        if events.arguments is not None:
+            if item["arguments"]:
+                self.stream_arguments(index, item["arguments"])
+            self.end_arguments(index, opening)
+        self.start_work(index)
+        opening.update({key: value for key, value in item.items() if key != "status"})
+        self.done_item(index, item["status"])
 
     def is_open(self, index: int) -> bool:
         return index in self._open_items
@@ -128,3 +145,9 @@ class EventEmitter:
 
     def snapshot(self) -> list[dict[str, Any]]:
         return copy.deepcopy(self.output)
+
+
+def _events(item: dict[str, Any]) -> ItemEvents:
+    events = item_events(item["type"])
+    assert events is not None, f"{item['type']} items have no events of their own"
+    return events

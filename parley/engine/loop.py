@@ -1,15 +1,16 @@
 """The agent loop: how one response is produced.
 
-    prepare: list the MCP servers' tools; run the calls the caller approved
+    prepare: the tool kinds' own items (MCP listings); run the calls the caller approved
     repeat:
         call the model, and turn its stream into output items
-        run the MCP calls it made (at once, when parallel calls are allowed)
+        run the server-side calls it made (at once, when parallel calls are allowed)
     until the model answers, hands a function call to the caller, needs an
     approval, runs out of output tokens, or the iteration bound is reached
 
 Everything a turn carries is one `Turn`; the model sits behind the provider
-interface, server-side tools behind the `Toolbox`, and every event leaves
-through the turn's `EventEmitter`.
+interface, server-side tools behind the `Toolbox` (each kind behind
+`parley.tools.ToolKind`), and every event leaves through the turn's
+`EventEmitter`.
 """
 
 from __future__ import annotations
@@ -26,18 +27,13 @@ from parley.engine.emitter import EventEmitter
 from parley.engine.output import OutputBuilder
 from parley.engine.request import CreateResponseRequest
 from parley.engine.response import add_usage, usage_object
-from parley.errors import ContextLengthExceededError, InvalidRequestError, ParleyError, UpstreamStatusError
-from parley.ids import new_id
+from parley.errors import ContextLengthExceededError, ParleyError, UpstreamStatusError
 from parley.inference.registry import ResolvedModel
 from parley.inference.types import ChatChunk, ChatRequest, Usage
 from parley.tools import Toolbox
 from parley.tools.definitions import FunctionTool
 
-_LIMIT_REACHED = {
-    "type": "mcp_protocol_error",
-    "code": -32000,
-    "message": "max_tool_calls reached; the call was not run.",
-}
+_LIMIT_REACHED = "max_tool_calls reached; the call was not run."
 
 
 @dataclass
@@ -63,7 +59,7 @@ class Turn:
     # this server answers for the response until the row is there.
     begin: Callable[[], Awaitable[None]] | None = None
     written: asyncio.Future[None] | None = None
-    server_calls: int = 0  # MCP calls run so far
+    server_calls: int = 0  # server-side calls run so far
     model_calls: int = 0
 
     def ensure_written(self) -> asyncio.Future[None] | None:
@@ -84,16 +80,13 @@ async def run(turn: Turn) -> None:
 
 async def _produce(turn: Turn) -> None:
     prepared = await _prepare(turn)
-    if any(item["type"] == "mcp_call" for item in prepared):
-        # Approved calls have run: their items go out before the model is called, so that a
-        # model call that fails still leaves them in the failed response, and in storage.
-        announce(turn, prepared)
     for _ in range(turn.settings.max_iterations):
-        stream = await _open_model_stream(turn, prepared)
+        offer = _offer(turn)
+        stream = await _open_model_stream(turn, prepared, offer)
         turn.model_calls += 1
         announce(turn, prepared)
         builder = OutputBuilder(
-            turn.emitter, turn.toolbox, include_logprobs=turn.request.include_logprobs, offered=_callable(turn)
+            turn.emitter, turn.toolbox, include_logprobs=turn.request.include_logprobs, offered=offer.callable
         )
         try:
             async for batch in stream:
@@ -104,13 +97,11 @@ async def _produce(turn: Turn) -> None:
         builder.close()
         if builder.usage is not None:
             add_usage(turn.usage, builder.usage)
-        calls = [turn.emitter.output[index] for index in builder.call_indexes]
-        server_calls = [index for index in builder.call_indexes if turn.emitter.output[index]["type"] == "mcp_call"]
-        await _run_server_calls(turn, server_calls)
+        await _run_server_calls(turn, builder.server_calls)
         if builder.finish_reason in ("length", "content_filter"):
             return _finish(turn, builder.finish_reason)
-        hands_back = any(call["type"] in ("function_call", "mcp_approval_request") for call in calls)
-        if not server_calls or hands_back:
+        hands_back = len(builder.server_calls) < len(builder.call_indexes)  # a function call, an approval request
+        if not builder.server_calls or hands_back:
             return _finish(turn, builder.finish_reason)
     _finish(turn, "length")  # the iteration bound: the response ran out of room to finish
 
@@ -126,80 +117,47 @@ def announce(turn: Turn, finished: list[dict[str, Any]] | None = None) -> None:
         turn.emitter.emit("response.in_progress", response=turn.response)
         turn.ensure_written()
         for item in finished or ():
-            _emit_finished(turn.emitter, item)
+            turn.emitter.add_finished(item)
 
 
 async def _prepare(turn: Turn) -> list[dict[str, Any]]:
-    """The items produced before the first model call: tool listings, and the approved calls' results."""
-    items = await turn.toolbox.list_servers(turn.history + turn.input_items, turn.previous_tools)
-    known = turn.history + turn.input_items
-    requests = {item["id"]: item for item in known if item["type"] == "mcp_approval_request"}
-    # A request is answered once: by an earlier response to it, or by the call it let run.
-    answered = {item.get("approval_request_id") for item in turn.history if item["type"] == "mcp_call"}
-    answered |= {item["approval_request_id"] for item in turn.history if item["type"] == "mcp_approval_response"}
-    # A stateless caller sends its whole history as input: an answer whose call is in that
-    # input too is part of the history, already run, and not a new answer.
-    replayed = {item.get("approval_request_id") for item in turn.input_items if item["type"] == "mcp_call"}
-    approved = []
-    for index, item in enumerate(turn.input_items):
-        if item["type"] != "mcp_approval_response":
-            continue
-        request_id, param = item["approval_request_id"], f"input[{index}].approval_request_id"
-        request = requests.get(request_id)
-        if request is None:
-            raise InvalidRequestError(f"No approval request '{request_id}' to answer.", param=param)
-        if request_id in replayed and request_id not in answered:
-            answered.add(request_id)
-            continue
-        if request_id in answered:
-            raise InvalidRequestError(f"The approval request '{request_id}' was already answered.", param=param)
-        answered.add(request_id)
-        if item["approve"]:
-            approved.append(request)
-    results = await _gather(turn, [_run_approved(turn, request) for request in approved])
-    return items + results
-
-
-async def _run_approved(turn: Turn, request: dict[str, Any]) -> dict[str, Any]:
-    item = {
-        "id": new_id("mcp"),
-        "type": "mcp_call",
-        "status": "in_progress",
-        "server_label": request["server_label"],
-        "name": request["name"],
-        "arguments": request["arguments"],
-        "output": None,
-        "error": None,
-        "approval_request_id": request["id"],
-    }
-    item["status"] = await _call(turn, item)
-    return item
+    """The items produced before the first model call: the tool kinds' own (MCP listings), then the
+    results of the calls the caller approved."""
+    items = await turn.toolbox.prepare(turn.history + turn.input_items, turn.previous_tools)
+    approved = turn.toolbox.approved_calls(turn.history, turn.input_items)
+    if not approved:
+        return items
+    statuses = await _gather(turn, [_run_call(turn, call) for call in approved])
+    for call, status in zip(approved, statuses, strict=True):
+        call["status"] = status
+    # Approved calls have run: their items go out before the model is called, so that a
+    # model call that fails still leaves them in the failed response, and in storage.
+    announce(turn, items + approved)
+    return items + approved
 
 
 async def _run_server_calls(turn: Turn, indexes: list[int]) -> None:
-    """Runs the MCP calls of one model turn; their items close in the order the model made them."""
+    """Runs the server-side calls of one model turn; their items close in the order the model made them."""
     emitter = turn.emitter
     for index in indexes:
         emitter.start_work(index)
-    statuses = await _gather(turn, [_call(turn, emitter.output[index]) for index in indexes])
+    statuses = await _gather(turn, [_run_call(turn, emitter.output[index]) for index in indexes])
     for index, status in zip(indexes, statuses, strict=True):
         emitter.done_item(index, status)
 
 
-async def _call(turn: Turn, item: dict[str, Any]) -> str:
-    """Runs one MCP call, writing its `output` or `error` into the item; returns its final status."""
-    route = turn.toolbox.route_for(item["server_label"], item["name"])
+async def _run_call(turn: Turn, item: dict[str, Any]) -> str:
+    """Runs one server-side call, within `max_tool_calls`; its kind writes the result into the item.
+
+    Returns the item's final status.
+    """
+    kind = turn.toolbox.kind_of(item["type"])
+    assert kind is not None
     limit = turn.request.max_tool_calls
     if limit is not None and turn.server_calls >= limit:
-        item["error"] = _LIMIT_REACHED
-        return "failed"
-    if route is None:
-        item["error"] = {"type": "mcp_protocol_error", "code": -32602, "message": f"Unknown tool '{item['name']}'."}
-        return "failed"
+        return kind.refuse(item, _LIMIT_REACHED)
     turn.server_calls += 1
-    result = await route.server.call(item["name"], item["arguments"])
-    item["output"], item["error"] = result.output, result.error
-    return "failed" if result.error else "completed"
+    return await kind.run(item)
 
 
 async def _gather(turn: Turn, calls: list[Any]) -> list[Any]:
@@ -208,21 +166,9 @@ async def _gather(turn: Turn, calls: list[Any]) -> list[Any]:
     return [await call for call in calls]
 
 
-def _emit_finished(emitter: EventEmitter, item: dict[str, Any]) -> None:
-    """Emits an item that is already finished (a listing, an approved call) with its whole event sequence."""
-    if item["type"] == "mcp_call":
-        index = emitter.add_item({**item, "arguments": "", "output": None, "error": None, "status": "in_progress"})
-        if item["arguments"]:
-            emitter.stream_arguments(index, item["arguments"])
-        emitter.end_arguments(index, emitter.output[index])
-    else:
-        index = emitter.add_item({**item, "tools": [], "error": None, "status": "in_progress"})
-    emitter.start_work(index)
-    emitter.output[index].update({key: value for key, value in item.items() if key != "status"})
-    emitter.done_item(index, item["status"])
-
-
-async def _open_model_stream(turn: Turn, prepared: list[dict[str, Any]]) -> AsyncIterator[list[ChatChunk]]:
+async def _open_model_stream(
+    turn: Turn, prepared: list[dict[str, Any]], offer: ToolOffer
+) -> AsyncIterator[list[ChatChunk]]:
     """Starts the model call and waits for its first chunk.
 
     A refusal before the first chunk (a bad request, an unreachable upstream)
@@ -235,7 +181,7 @@ async def _open_model_stream(turn: Turn, prepared: list[dict[str, Any]]) -> Asyn
             if turn.announced
             else (turn.history + turn.input_items + prepared)[turn.dropped_items :]
         )
-        stream = turn.model.provider.stream_chat(_chat_request(turn, items))
+        stream = turn.model.provider.stream_chat(_chat_request(turn, items, offer))
         try:
             first = await anext(stream)
         except StopAsyncIteration:
@@ -259,33 +205,39 @@ def _is_context_overflow(exc: ParleyError) -> bool:
     )
 
 
-def _server_of(turn: Turn) -> Callable[[str], str | None]:
-    return lambda name: route.server.label if (route := turn.toolbox.route(name)) else None
+@dataclass(slots=True, frozen=True)
+class ToolOffer:
+    """The tools one model call is sent, its `tool_choice`, and the names it may call."""
+
+    tools: list[dict[str, Any]] | None
+    tool_choice: Any
+    # The tools offered, and the server-side tools held back only by `max_tool_calls`
+    # (a call to one becomes a failed call item that says so).
+    callable: set[str]
 
 
-def _callable(turn: Turn) -> set[str]:
-    """The names the model may call: the tools offered, and the MCP tools held back only by
-    `max_tool_calls` (a call to one becomes a failed `mcp_call` that says so)."""
-    tools, _ = context.chat_tools(turn.request, turn.functions, turn.toolbox.server_functions(), _server_of(turn))
-    return {tool["function"]["name"] for tool in tools or ()}
-
-
-def _offered_tools(turn: Turn) -> tuple[list[dict[str, Any]] | None, Any]:
-    request = turn.request
+def _offer(turn: Turn) -> ToolOffer:
+    request, toolbox = turn.request, turn.toolbox
+    tools, tool_choice = context.chat_tools(request, turn.functions, toolbox.server_functions(), toolbox.server_label)
+    callable = {tool["function"]["name"] for tool in tools or ()}
     limit = request.max_tool_calls
-    servers = turn.toolbox.server_functions() if limit is None or turn.server_calls < limit else []
-    tools, tool_choice = context.chat_tools(request, turn.functions, servers, _server_of(turn))
-    if request.tool_choice == "none":
-        tool_choice = "none" if tools else None
+    if tools is not None and limit is not None and turn.server_calls >= limit:
+        tools = [tool for tool in tools if toolbox.tool(tool["function"]["name"]) is None] or None
+        if isinstance(tool_choice, dict) and toolbox.tool(tool_choice["function"]["name"]) is not None:
+            tool_choice = "auto"  # it forced a call to a tool that may no longer be called
+    if tools is None:
+        tool_choice = None
+    elif request.tool_choice == "none":
+        tool_choice = "none"
     elif turn.model_calls > 0 and tool_choice not in (None, "auto"):
         # A forced call is the first step's: after its results, the model decides, or it would never stop.
         tool_choice = "auto"
-    return tools, tool_choice
+    return ToolOffer(tools, tool_choice, callable)
 
 
-def _chat_request(turn: Turn, items: list[dict[str, Any]]) -> ChatRequest:
+def _chat_request(turn: Turn, items: list[dict[str, Any]], offer: ToolOffer) -> ChatRequest:
     request = turn.request
-    tools, tool_choice = _offered_tools(turn)
+    tools, tool_choice = offer.tools, offer.tool_choice
     extra: dict[str, Any] = {}
     if request.reasoning is not None and request.reasoning.effort is not None:
         extra["reasoning_effort"] = request.reasoning.effort

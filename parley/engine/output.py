@@ -2,14 +2,18 @@
 
 Text becomes a `message` item with an `output_text` part (and a `refusal`
 part for refusals); reasoning text a `reasoning` item. A tool call becomes a
-`function_call` item for the caller to answer, or, for a tool an MCP server
-answers, an `mcp_call` item (left open for the loop to run) or an
-`mcp_approval_request`. Items open when their first piece arrives; a message
-closes when a tool call begins, and everything else still open closes at the end.
+`function_call` item for the caller to answer, or, for a server-side tool,
+the item its kind makes of it: a call item left open for the loop to run
+(`mcp_call`), or another that ends the response (`mcp_approval_request`).
+Items open when their first piece arrives; a message closes when a tool call
+begins, and everything else still open closes at the end.
 
-A call to a tool the model was not offered (one outside `allowed_tools`, say)
-is the model's failure: `ToolNotOfferedError` is raised as the call would
-open, so the caller never sees it.
+A call opens once its name is whole: some upstreams stream a name in pieces,
+so a call is held until its first arguments, the next call, any other
+output, or the end of the stream. A call to a tool the model was not offered
+(one outside `allowed_tools`, say) is the model's failure:
+`ToolNotOfferedError` is raised as the call would open, so the caller never
+sees it.
 """
 
 from __future__ import annotations
@@ -43,12 +47,16 @@ class OutputBuilder:
         self._parts: dict[str, int] = {}  # open part kind -> content index in the message
         self._reasoning: int | None = None
         self._calls: dict[int, int] = {}  # the model's tool-call index -> output index
+        self._held: dict[int, ToolCallDelta] = {}  # calls whose name may still be arriving, by the model's index
         self.call_indexes: list[int] = []  # output indexes of this model call's tool calls, of every kind
+        self.server_calls: list[int] = []  # those of them that Parley runs, for the loop
 
     def add(self, chunk: ChatChunk) -> None:
         if chunk.usage is not None:
             self.usage = chunk.usage
             return
+        if self._held and (chunk.reasoning or chunk.content or chunk.refusal):
+            self._open_held()
         if chunk.reasoning:
             self._reasoning_delta(chunk.reasoning)
         if chunk.content or (chunk.logprobs and self.include_logprobs):
@@ -66,10 +74,11 @@ class OutputBuilder:
         When the model was cut off (by `max_output_tokens` or a content filter), what it
         was writing closes `incomplete`.
         """
+        self._open_held()
         status = "incomplete" if self.finish_reason in ("length", "content_filter") else "completed"
         for index in sorted(self._calls.values()):
             item = self.emitter.output[index]
-            if item["type"] == "mcp_call":
+            if index in self.server_calls:
                 self.emitter.end_arguments(index, item)
             elif self.emitter.is_open(index):
                 self.emitter.done_item(index, status)
@@ -157,13 +166,16 @@ class OutputBuilder:
     def _tool_call_delta(self, delta: ToolCallDelta) -> None:
         index = self._calls.get(delta.index)
         if index is None:
-            # Upstreams send a call's whole name in its first delta.
-            if delta.name not in self.offered:
-                raise ToolNotOfferedError(f"The model called '{delta.name}', which is not among the tools it may call.")
-            self._close_message()
-            self._close_reasoning()
-            index = self._calls[delta.index] = self.emitter.add_item(self._call_item(delta))
-            self.call_indexes.append(index)
+            held = self._held.get(delta.index)
+            if held is None:
+                self._open_held()  # a new call: the one before it has its whole name
+                held = self._held[delta.index] = ToolCallDelta(delta.index, delta.id, delta.name or "", "")
+            else:
+                held.id = held.id or delta.id
+                held.name = (held.name or "") + (delta.name or "")
+            if not delta.arguments:
+                return
+            index = self._open_call(self._held.pop(delta.index))
         elif delta.name and self.emitter.output[index]["type"] == "function_call":
             self.emitter.output[index]["name"] += delta.name
         item = self.emitter.output[index]
@@ -174,31 +186,38 @@ class OutputBuilder:
             self.emitter.emit(
                 "response.function_call_arguments.delta", item_id=item["id"], output_index=index, delta=delta.arguments
             )
-        elif item["type"] == "mcp_call":
+        elif self.emitter.streams_arguments(index):
             self.emitter.stream_arguments(index, delta.arguments)
         else:  # an approval request is shown whole, when it is done
             item["arguments"] += delta.arguments
 
-    def _call_item(self, delta: ToolCallDelta) -> dict[str, Any]:
-        route = self.toolbox.route(delta.name or "")
-        if route is None:
-            return {
+    def _open_held(self) -> None:
+        """Opens the calls held while their names were arriving, in the order they began."""
+        for held in list(self._held.values()):
+            del self._held[held.index]
+            self._open_call(held)
+
+    def _open_call(self, call: ToolCallDelta) -> int:
+        """Opens a call whose name is whole, once it is known to be one the model may call."""
+        name = call.name or ""
+        if name not in self.offered:
+            raise ToolNotOfferedError(f"The model called '{name}', which is not among the tools it may call.")
+        self._close_message()
+        self._close_reasoning()
+        tool = self.toolbox.tool(name)
+        if tool is None:
+            item = {
                 "id": new_id("fc"),
                 "type": "function_call",
                 "status": "in_progress",
-                "call_id": delta.id or new_id("call"),
-                "name": delta.name or "",
+                "call_id": call.id or new_id("call"),
+                "name": name,
                 "arguments": "",
             }
-        common = {"server_label": route.server.label, "name": route.tool.name, "arguments": ""}
-        if route.needs_approval:
-            return {"id": new_id("mcpr"), "type": "mcp_approval_request", "status": "in_progress", **common}
-        return {
-            "id": new_id("mcp"),
-            "type": "mcp_call",
-            "status": "in_progress",
-            **common,
-            "output": None,
-            "error": None,
-            "approval_request_id": None,
-        }
+        else:
+            item = tool.kind.call_item(tool)
+        index = self._calls[call.index] = self.emitter.add_item(item)
+        self.call_indexes.append(index)
+        if self.toolbox.kind_of(item["type"]) is not None:
+            self.server_calls.append(index)
+        return index

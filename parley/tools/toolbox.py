@@ -1,34 +1,24 @@
 """The tools of one response, and which of them Parley runs itself.
 
 Client-side function tools are handed back to the caller; server-side tools
-(MCP servers now; file_search and web_search later) are run by Parley. The
-toolbox lists the MCP servers' tools once per response, or takes the listing
-from the previous turn when the server's label and URL have not changed,
-and tells the agent loop, for every name the model may call, who answers it.
+are run by Parley, each kind behind the `ToolKind` interface (`base.py`):
+MCP servers now, file_search and web_search later. The toolbox prepares
+every kind (MCP lists its servers' tools), names their tools apart from the
+functions and from each other, and tells the agent loop, for every name the
+model may call, who answers it, and for every call item, which kind runs it.
+
+A new kind is one module in `parley/tools` and one line in `Toolbox.__init__`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import Any
 
 from parley.config import MCPSettings
-from parley.ids import new_id
+from parley.tools.base import ServerTool, ToolKind
 from parley.tools.definitions import FunctionTool, MCPTool
-from parley.tools.mcp import ListedTool, MCPServerConnection, MCPServerError, MCPSessionPool
-
-
-@dataclass(slots=True, frozen=True)
-class ServerToolRoute:
-    """A name the model may call that an MCP server answers."""
-
-    server: MCPServerConnection
-    tool: ListedTool
-
-    @property
-    def needs_approval(self) -> bool:
-        return self.server.definition.needs_approval(self.tool.name, self.tool.read_only)
+from parley.tools.mcp import MCPServers, MCPSessionPool
 
 
 class Toolbox:
@@ -40,101 +30,51 @@ class Toolbox:
         pool: MCPSessionPool | None = None,
     ) -> None:
         self.functions = functions
-        self.servers = [MCPServerConnection(definition, settings, pool) for definition in servers]
-        self.listings: dict[str, list[ListedTool]] = {}
-        self._routes: dict[str, ServerToolRoute] = {}
+        # Every kind, even with no tools of its own: an approval may still answer an earlier response's request.
+        self.kinds: list[ToolKind] = [MCPServers(servers, settings, pool)]
+        self._by_call_type = {kind.call_type: kind for kind in self.kinds}
+        self._tools: dict[str, ServerTool] = {}
+        self._functions: list[dict[str, Any]] = []
 
-    @property
-    def has_servers(self) -> bool:
-        return bool(self.servers)
-
-    async def list_servers(
+    async def prepare(
         self, history: list[dict[str, Any]], previous_tools: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
-        """Lists every server's tools; returns the new `mcp_list_tools` items (reused listings make none)."""
-        reusable = _reusable_listings(history, previous_tools)
-        to_list = []
-        for server in self.servers:
-            key = (server.label, server.definition.server_url)
-            if key in reusable:
-                self.listings[server.label] = reusable[key]
-            else:
-                to_list.append(server)
-        results = await asyncio.gather(*(server.list_tools() for server in to_list), return_exceptions=True)
-        items = []
-        for server, result in zip(to_list, results, strict=True):
-            item: dict[str, Any] = {
-                "id": new_id("mcpl"),
-                "type": "mcp_list_tools",
-                "server_label": server.label,
-                "tools": [],
-                "error": None,
-                "status": "completed",
-            }
-            if isinstance(result, MCPServerError):
-                item["error"] = str(result)
-                item["status"] = "failed"
-            elif isinstance(result, BaseException):
-                raise result
-            else:
-                self.listings[server.label] = result
-                item["tools"] = [tool.as_item_entry() for tool in result]
-            items.append(item)
-        self._route_names()
-        return items
-
-    def _route_names(self) -> None:
+        """Prepares every kind; returns the items they made (MCP listings), in the order of the kinds."""
+        made = await asyncio.gather(*(kind.prepare(history, previous_tools) for kind in self.kinds))
         taken = {function.name for function in self.functions}
-        for server in self.servers:
-            for tool in self.listings.get(server.label, ()):
-                if not server.definition.allows(tool.name, tool.read_only):
-                    continue
-                name = tool.name if tool.name not in taken else f"{server.label}__{tool.name}"
-                taken.add(name)
-                self._routes[name] = ServerToolRoute(server, tool)
+        for kind in self.kinds:
+            for tool in kind.tools(taken):
+                self._tools[tool.name] = tool
+        self._functions = [tool.function for tool in self._tools.values()]
+        return [item for items in made for item in items]
 
-    def route(self, name: str) -> ServerToolRoute | None:
-        """Who answers a call to `name`: an MCP server, or (None) the caller."""
-        return self._routes.get(name)
+    def approved_calls(self, history: list[dict[str, Any]], input_items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The call items that the approvals in this request's input let run, not yet run."""
+        return [call for kind in self.kinds for call in kind.approved_calls(history, input_items)]
 
-    def route_for(self, server_label: str, tool_name: str) -> ServerToolRoute | None:
-        for route in self._routes.values():
-            if route.server.label == server_label and route.tool.name == tool_name:
-                return route
-        server = next((s for s in self.servers if s.label == server_label), None)
-        if server is None:
-            return None
-        return ServerToolRoute(server, ListedTool(tool_name, None, {}, None))
+    def tool(self, name: str) -> ServerTool | None:
+        """Who answers a call to `name`: a server-side tool, or (None) the caller."""
+        return self._tools.get(name)
+
+    def kind_of(self, item_type: str) -> ToolKind | None:
+        """The kind that runs call items of `item_type`; None for any other item."""
+        return self._by_call_type.get(item_type)
+
+    def server_functions(self) -> list[dict[str, Any]]:
+        """The server-side tools, as chat-completions function definitions."""
+        return self._functions
+
+    def server_label(self, name: str) -> str | None:
+        """The MCP server behind the tool the model knows as `name`, for `allowed_tools`."""
+        tool = self._tools.get(name)
+        return tool.server_label if tool is not None else None
 
     def model_name(self, server_label: str, tool_name: str) -> str:
-        for name, route in self._routes.items():
-            if route.server.label == server_label and route.tool.name == tool_name:
+        """The name the model knows a server's tool by (it differs when two tools share a name)."""
+        for name, tool in self._tools.items():
+            if tool.server_label == server_label and tool.tool_name == tool_name:
                 return name
         return tool_name
 
-    def server_functions(self) -> list[dict[str, Any]]:
-        """The servers' tools, as chat-completions function definitions."""
-        definitions = []
-        for name, route in self._routes.items():
-            function: dict[str, Any] = {"name": name, "parameters": route.tool.input_schema or {"type": "object"}}
-            description = route.tool.description or route.server.definition.server_description
-            if description:
-                function["description"] = description
-            definitions.append({"type": "function", "function": function})
-        return definitions
-
     async def close(self) -> None:
-        await asyncio.gather(*(server.close() for server in self.servers), return_exceptions=True)
-
-
-def _reusable_listings(
-    history: list[dict[str, Any]], previous_tools: list[dict[str, Any]]
-) -> dict[tuple[str, str | None], list[ListedTool]]:
-    """Listings in the history whose server the previous turn named with the same URL."""
-    urls = {tool.get("server_label"): tool.get("server_url") for tool in previous_tools if tool.get("type") == "mcp"}
-    found: dict[tuple[str, str | None], list[ListedTool]] = {}
-    for item in history:
-        if item["type"] == "mcp_list_tools" and not item.get("error") and item["server_label"] in urls:
-            label = item["server_label"]
-            found[(label, urls[label])] = [ListedTool.from_item_entry(entry) for entry in item.get("tools") or ()]
-    return found
+        await asyncio.gather(*(kind.close() for kind in self.kinds), return_exceptions=True)

@@ -1,0 +1,356 @@
+"""The MCP client: connecting, listing and calling, with the official `mcp` package.
+
+One `MCPServerConnection` serves one `{"type": "mcp"}` tool of one response:
+it connects on first use, over streamable HTTP or SSE (chosen from the URL,
+falling back to the other), through a session that the `MCPSessionPool`
+keeps open across responses. A call's failure never raises out of here: it
+is a `CallResult` with an `error`, so that the model can read what went
+wrong. What the items look like is `parley.tools.mcp`'s business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import socket
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from parley.config import MCPSettings
+from parley.tools.definitions import MCPTool
+
+log = logging.getLogger(__name__)
+
+# The `mcp` client logs every HTTP request it makes at INFO.
+logging.getLogger("httpx2").setLevel(logging.WARNING)
+
+
+@dataclass(slots=True, frozen=True)
+class ListedTool:
+    name: str
+    description: str | None
+    input_schema: dict[str, Any]
+    annotations: dict[str, Any] | None
+
+    @property
+    def read_only(self) -> bool:
+        return bool((self.annotations or {}).get("readOnlyHint"))
+
+    def as_item_entry(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "input_schema": self.input_schema,
+            "annotations": self.annotations,
+        }
+
+    @classmethod
+    def from_item_entry(cls, entry: dict[str, Any]) -> ListedTool:
+        return cls(entry["name"], entry.get("description"), entry.get("input_schema") or {}, entry.get("annotations"))
+
+
+@dataclass(slots=True)
+class CallResult:
+    output: str | None
+    error: dict[str, Any] | None
+
+
+class MCPServerError(Exception):
+    """The server could not be reached or did not speak MCP."""
+
+
+class MCPSession:
+    """One open session with an MCP server (a URL and the headers it is reached with).
+
+    The `mcp` client's session lives in anyio task groups, which must be left by
+    the task that entered them: a task of the session's own holds it open, for
+    whichever tasks make calls through it, until `close`.
+    """
+
+    def __init__(self, url: str, headers: dict[str, str], settings: MCPSettings, label: str) -> None:
+        self.url = url
+        self.headers = headers
+        self.settings = settings
+        self.label = label
+        self.broken = False
+        self.last_used = time.monotonic()
+        self._owner: asyncio.Task[None] | None = None
+        self._ready: asyncio.Future[Any] | None = None
+        self._closing = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    async def client(self) -> Any:
+        """The connected `mcp` client, connecting on first use; raises MCPServerError."""
+        self.last_used = time.monotonic()
+        async with self._lock:
+            if self._owner is None:
+                ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                self._owner = asyncio.create_task(self._hold(ready), name=f"mcp {self.label}")
+                self._ready = ready
+        assert self._ready is not None
+        try:
+            return await asyncio.shield(self._ready)
+        except MCPServerError:
+            self.broken = True
+            raise
+
+    async def _hold(self, ready: asyncio.Future[Any]) -> None:
+        path = urlsplit(self.url).path.rstrip("/")
+        order = ["sse", "streamable"] if path.endswith("/sse") else ["streamable", "sse"]
+        failures = []
+        for transport in order:
+            try:
+                async with AsyncExitStack() as stack:
+                    async with asyncio.timeout(self.settings.timeout):
+                        client = await stack.enter_async_context(self._client_for(transport))
+                    ready.set_result(client)
+                    await self._closing.wait()
+                    return
+            except BaseException as exc:  # the `mcp` client raises groups and its own errors alike
+                if ready.done():
+                    self.broken = True
+                    log.debug("MCP session with '%s' ended: %s", self.label, _describe(exc))
+                    return
+                if isinstance(exc, asyncio.CancelledError):
+                    ready.set_exception(MCPServerError(f"connecting to MCP server '{self.label}' was cancelled"))
+                    raise
+                failures.append(f"{transport}: {_describe(exc)}")
+        ready.set_exception(MCPServerError(f"cannot connect to MCP server '{self.label}' ({'; '.join(failures)})"))
+
+    def _client_for(self, transport: str) -> Any:
+        from mcp import Client
+        from mcp.client.sse import sse_client
+        from mcp.client.streamable_http import streamable_http_client
+        from mcp.shared._httpx_utils import create_mcp_http_client
+
+        timeout = self.settings.timeout
+        if transport == "sse":
+            stream = sse_client(self.url, headers=self.headers, timeout=timeout, sse_read_timeout=timeout)
+        else:
+            import httpx2
+
+            http = create_mcp_http_client(headers=self.headers, timeout=httpx2.Timeout(timeout))
+            stream = streamable_http_client(self.url, http_client=http)
+        return Client(stream, read_timeout_seconds=timeout)
+
+    async def close(self) -> None:
+        if self._owner is None:
+            return
+        self._closing.set()
+        try:
+            async with asyncio.timeout(5):
+                await asyncio.gather(self._owner, return_exceptions=True)
+        except TimeoutError:
+            self._owner.cancel()
+            await asyncio.gather(self._owner, return_exceptions=True)
+        if self._ready is not None and self._ready.done() and not self._ready.cancelled():
+            self._ready.exception()  # retrieved, so asyncio does not warn about it
+
+
+class MCPSessionPool:
+    """Sessions kept open across responses, one per server URL and headers.
+
+    A response reaches a server through the pooled session for its URL and its
+    exact headers (credentials included), so sessions are shared only by
+    requests that present themselves the same way. A session that broke, or
+    stayed unused for `idle_seconds`, is closed and replaced.
+    """
+
+    def __init__(self, settings: MCPSettings, idle_seconds: float = 300.0) -> None:
+        self.settings = settings
+        self.idle_seconds = idle_seconds
+        self._sessions: dict[tuple[str, tuple[tuple[str, str], ...]], MCPSession] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    def _retire(self, session: MCPSession) -> None:
+        task = asyncio.ensure_future(session.close())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    def session(self, url: str, headers: dict[str, str], label: str) -> MCPSession:
+        self._prune()
+        key = (url, tuple(sorted(headers.items())))
+        session = self._sessions.get(key)
+        if session is None or session.broken:
+            if session is not None:
+                self._retire(session)
+            session = self._sessions[key] = MCPSession(url, headers, self.settings, label)
+        return session
+
+    def _prune(self) -> None:
+        now = time.monotonic()
+        for key, session in list(self._sessions.items()):
+            if session.broken or now - session.last_used > self.idle_seconds:
+                del self._sessions[key]
+                self._retire(session)
+
+    async def close(self) -> None:
+        sessions, self._sessions = list(self._sessions.values()), {}
+        await asyncio.gather(*(session.close() for session in sessions), *self._retiring, return_exceptions=True)
+
+
+class MCPServerConnection:
+    """One `{"type": "mcp"}` tool of one response, over a session that may outlive it."""
+
+    def __init__(self, definition: MCPTool, settings: MCPSettings, pool: MCPSessionPool | None = None) -> None:
+        self.definition = definition
+        self.settings = settings
+        self._pool = pool
+        self._session: MCPSession | None = None
+
+    @property
+    def label(self) -> str:
+        return self.definition.server_label
+
+    def _headers(self) -> dict[str, str]:
+        headers = dict(self.definition.headers or {})
+        if self.definition.authorization:
+            headers["Authorization"] = f"Bearer {self.definition.authorization}"
+        return headers
+
+    async def _connected(self) -> Any:
+        if self._session is None:
+            await self._check_host()
+            url, headers = self.definition.server_url or "", self._headers()
+            if self._pool is not None:
+                self._session = self._pool.session(url, headers, self.label)
+            else:
+                self._session = MCPSession(url, headers, self.settings, self.label)
+        return await self._session.client()
+
+    async def _check_host(self) -> None:
+        host = urlsplit(self.definition.server_url or "").hostname or ""
+        allowed = self.settings.allowed_hosts
+        # Host names are case-insensitive; `hostname` is already lower-cased.
+        if allowed is not None and host not in {name.lower() for name in allowed}:
+            raise MCPServerError(f"MCP server host '{host}' is not among the allowed hosts")
+        if not self.settings.allow_loopback and await _is_loopback(host):
+            raise MCPServerError(f"MCP servers on this machine ('{host}') are not allowed")
+
+    async def list_tools(self) -> list[ListedTool]:
+        """Every tool the server has (all pages); raises MCPServerError."""
+        client = await self._connected()
+        tools: list[ListedTool] = []
+        cursor = None
+        try:
+            async with asyncio.timeout(self.settings.timeout):
+                while True:
+                    page = await client.list_tools(cursor=cursor)
+                    for tool in page.tools:
+                        # By alias: the listing shows MCP's own keys (`readOnlyHint`), which `read_only` reads.
+                        annotations = (
+                            tool.annotations.model_dump(exclude_none=True, by_alias=True) if tool.annotations else None
+                        )
+                        tools.append(ListedTool(tool.name, tool.description, tool.input_schema, annotations))
+                    cursor = getattr(page, "next_cursor", None)
+                    if not cursor:
+                        return tools
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError) and not isinstance(exc, TimeoutError):
+                raise
+            self._broke()
+            raise MCPServerError(f"MCP server '{self.label}' could not list its tools: {_describe(exc)}") from exc
+
+    async def call(self, name: str, arguments: str) -> CallResult:
+        try:
+            parsed = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError as exc:
+            return CallResult(None, protocol_error(-32602, f"The arguments are not valid JSON: {exc}"))
+        if not isinstance(parsed, dict):
+            return CallResult(None, protocol_error(-32602, "The arguments must be a JSON object."))
+        try:
+            client = await self._connected()
+            async with asyncio.timeout(self.settings.timeout):
+                result = await client.call_tool(name, parsed)
+        except TimeoutError:
+            return CallResult(
+                None, protocol_error(-32001, f"The tool '{name}' did not answer within {self.settings.timeout:g} s.")
+            )
+        except MCPServerError as exc:
+            return CallResult(None, protocol_error(-32000, str(exc)))
+        except Exception as exc:
+            self._broke()  # the session may be gone: the next response opens a new one
+            return CallResult(None, protocol_error(-32000, f"The call to '{name}' failed: {_describe(exc)}"))
+        text = self._cap(_result_text(result))
+        if result.is_error:
+            content = [block.model_dump(exclude_none=True, by_alias=True) for block in result.content]
+            return CallResult(
+                None, {"type": "mcp_tool_execution_error", "content": content or [{"type": "text", "text": text}]}
+            )
+        return CallResult(text, None)
+
+    def _cap(self, text: str) -> str:
+        limit = self.settings.max_output_chars
+        if len(text) <= limit:
+            return text
+        return text[:limit] + f"\n[output truncated: {limit} of {len(text)} characters]"
+
+    async def close(self) -> None:
+        """Ends a session of this response's own; a pooled one stays open for the next."""
+        if self._session is not None and self._pool is None:
+            await self._session.close()
+
+    def _broke(self) -> None:
+        if self._session is not None:
+            self._session.broken = True
+
+
+def error_text(error: dict[str, Any]) -> str:
+    """What the model reads of a failed call."""
+    if error.get("type") == "mcp_tool_execution_error":
+        texts = [block.get("text", "") for block in error.get("content") or () if isinstance(block, dict)]
+        return "Error: " + ("".join(texts) or "the tool failed")
+    return f"Error: {error.get('message', 'the call failed')}"
+
+
+def protocol_error(code: int, message: str) -> dict[str, Any]:
+    return {"type": "mcp_protocol_error", "code": code, "message": message}
+
+
+def _result_text(result: Any) -> str:
+    texts = []
+    for block in result.content:
+        if getattr(block, "type", None) == "text":
+            texts.append(block.text)
+        else:
+            texts.append(json.dumps(block.model_dump(exclude_none=True, by_alias=True, mode="json")))
+    if not texts and result.structured_content is not None:
+        return json.dumps(result.structured_content)
+    return "".join(texts)
+
+
+def _describe(exc: BaseException) -> str:
+    """The innermost message of an exception (the `mcp` client raises exception groups)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    text = str(exc) or exc.__class__.__name__
+    return text if len(text) < 300 else text[:300] + "..."
+
+
+async def _is_loopback(host: str) -> bool:
+    """Whether `host` reaches this machine, by name or by address (resolved when it is a name)."""
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return _is_local_address(host.strip("[]"))
+    except ValueError:
+        pass
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    return any(_is_local_address(str(info[4][0])) for info in infos)
+
+
+def _is_local_address(text: str) -> bool:
+    """Loopback, and the addresses that reach it too: unspecified (`0.0.0.0`, `::`) and IPv4-mapped loopback."""
+    address = ipaddress.ip_address(text.split("%", 1)[0])  # an IPv6 scope (`fe80::1%eth0`) is no part of it
+    mapped = getattr(address, "ipv4_mapped", None)
+    if mapped is not None:
+        address = mapped
+    return address.is_loopback or address.is_unspecified
