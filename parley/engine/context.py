@@ -122,13 +122,17 @@ def chat_messages(
 
 
 def reasoning_text(item: dict[str, Any]) -> str:
-    """A reasoning item's text: its `reasoning_text` parts, else its summary's."""
-    text = "".join(part.get("text") or "" for part in item.get("content") or () if part.get("type") == "reasoning_text")
-    if text:
-        return text
-    return "\n\n".join(
-        part["text"] for part in item.get("summary") or () if part.get("type") == "summary_text" and part.get("text")
-    )
+    """A reasoning item's text: its `reasoning_text` parts, else its summary's `summary_text` parts."""
+    text = "".join(_texts(item.get("content"), "reasoning_text"))
+    return text or "\n\n".join(_texts(item.get("summary"), "summary_text"))
+
+
+def _texts(parts: list[dict[str, Any]] | None, kind: str) -> list[str]:
+    return [
+        part["text"]
+        for part in parts or ()
+        if part.get("type") == kind and isinstance(part.get("text"), str) and part["text"]
+    ]
 
 
 DECLINED = "The user declined to run this tool call."

@@ -27,6 +27,9 @@ def choice_chunk(choice: dict[str, Any]) -> ChatChunk:
         index=choice.get("index", 0),
         role=delta.get("role"),
         content=delta.get("content"),
+        # Upstreams name it either way (DeepSeek and older vLLM `reasoning_content`; newer vLLM,
+        # Ollama and OpenRouter `reasoning`, some both): the two names a provider's
+        # `reasoning_field` may send it back in (see `engine.context.chat_messages`).
         reasoning=delta.get("reasoning_content") or delta.get("reasoning"),
         refusal=delta.get("refusal"),
         tool_calls=tool_calls,
