@@ -9,6 +9,8 @@ The request's `model` picks the behaviour:
     fake-echo             the last user message, one word per chunk
     fake-long             N chunks "tok0 ", "tok1 ", ... (N = max_tokens, else 1000)
     fake-script           tool calls scripted by the last user message (see `_script`)
+    fake-split-script     the same, each call's name streamed over several deltas: split
+                          where the script's name has a `/`, else every 2 characters
     fake-tool             a call to the chosen tool (two calls when parallel),
                           or "The tool said: ..." after a tool message
     fake-json             {"answer": 42}
@@ -58,6 +60,7 @@ MODELS = (
     "fake-long",
     "fake-tool",
     "fake-script",
+    "fake-split-script",
     "fake-json",
     "fake-error-400",
     "fake-error-429",
@@ -195,7 +198,11 @@ class FakeApp:
         if reply.tool_calls:
             message["content"] = None
             message["tool_calls"] = [
-                {"id": call_id, "type": "function", "function": {"name": name, "arguments": "".join(args)}}
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": _whole(model, name), "arguments": "".join(args)},
+                }
                 for call_id, name, args in reply.tool_calls
             ]
         logprobs = None
@@ -237,9 +244,16 @@ class FakeApp:
         if reply.tool_calls:
             frames.append(chunk({"role": "assistant", "content": None}))
             for index, (call_id, name, args) in enumerate(reply.tool_calls):
-                function = {"name": name, "arguments": ""}
-                opening = {"index": index, "id": call_id, "type": "function", "function": function}
-                frames.append(chunk({"tool_calls": [opening]}))
+                if model == "fake-split-script":
+                    # The name in pieces, the first with the call's id, then the arguments.
+                    first, *rest = _name_pieces(name)
+                    opening = {"index": index, "id": call_id, "type": "function", "function": {"name": first}}
+                    frames.append(chunk({"tool_calls": [opening]}))
+                    frames.extend(chunk({"tool_calls": [{"index": index, "function": {"name": n}}]}) for n in rest)
+                else:
+                    function = {"name": name, "arguments": ""}
+                    opening = {"index": index, "id": call_id, "type": "function", "function": function}
+                    frames.append(chunk({"tool_calls": [opening]}))
                 frames.extend(chunk({"tool_calls": [{"index": index, "function": {"arguments": a}}]}) for a in args)
         else:
             frames.append(chunk({"role": "assistant", "content": ""}))
@@ -355,7 +369,7 @@ def _reply(body: dict[str, Any]) -> _Reply:
         return _Reply(['{"answer": ', "42}"])
     if model in _FAILING_PIECES:
         return _Reply(_FAILING_PIECES[model])
-    if model == "fake-script":
+    if model in ("fake-script", "fake-split-script"):
         return _script(messages)
     if model == "fake-tool" and messages and messages[-1].get("role") == "tool":
         return _Reply(_words("The tool said: " + _text(messages[-1].get("content"))))
@@ -406,6 +420,17 @@ def _script(messages: list[dict[str, Any]]) -> _Reply:
         return _Reply([], "tool_calls", calls)
     results = [_text(m.get("content")) for m in since if m.get("role") == "tool"]
     return _Reply(_words("Results: " + "; ".join(results)))
+
+
+def _name_pieces(name: str) -> list[str]:
+    """How fake-split-script streams a call's name: split at each `/`, else every 2 characters."""
+    if "/" in name:
+        return name.split("/")
+    return [name[i : i + 2] for i in range(0, len(name), 2)] or [""]
+
+
+def _whole(model: str, name: str) -> str:
+    return "".join(_name_pieces(name)) if model == "fake-split-script" else name
 
 
 def _tool_name(tool: dict[str, Any]) -> str:

@@ -233,3 +233,16 @@ def test_hang_times_out(fake: FakeUpstream) -> None:
     with openai.OpenAI(base_url=fake.base_url, api_key="x", max_retries=0, timeout=0.3) as c:
         with pytest.raises(openai.APITimeoutError):
             c.chat.completions.create(model="fake-hang", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_split_script_streams_a_name_in_pieces(client: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": 'get_weather/_now {"city": "Paris"} & echo {}'}]
+    pieces: dict[int, list[str]] = {}
+    for chunk in client.chat.completions.create(model="fake-split-script", messages=messages, stream=True):
+        for delta in chunk.choices[0].delta.tool_calls or []:
+            if delta.function and delta.function.name:
+                pieces.setdefault(delta.index, []).append(delta.function.name)
+    assert pieces == {0: ["get_weather", "_now"], 1: ["ec", "ho"]}
+    whole = client.chat.completions.create(model="fake-split-script", messages=messages)
+    names = [call.function.name for call in whole.choices[0].message.tool_calls or []]
+    assert names == ["get_weather_now", "echo"]
