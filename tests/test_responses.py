@@ -401,6 +401,22 @@ def test_item_shape_errors_name_the_param(client: openai.OpenAI) -> None:
         assert raised.value.param == param
 
 
+def test_text_format_errors_name_the_param(client: openai.OpenAI) -> None:
+    """The format's own path, never pydantic's union branch (`text.format.json_schema.name`)."""
+    cases = [
+        ({"type": "json_schema", "schema": {}}, "text.format.name", "missing_required_parameter"),
+        ({"type": "json_schema", "name": "no spaces", "schema": {}}, "text.format.name", "invalid_value"),
+        ({"type": "json_schema", "name": "a"}, "text.format.schema", "missing_required_parameter"),
+        ({"type": "json_schema", "name": "a", "schema": {}, "extra": 1}, "text.format.extra", "unknown_parameter"),
+        ({"type": "json_object", "strict": True}, "text.format.strict", "unknown_parameter"),
+        ({"type": "yaml"}, "text.format.type", "invalid_value"),
+    ]
+    for fmt, param, code in cases:
+        with pytest.raises(openai.BadRequestError) as raised:
+            client.responses.create(model=ECHO, input="x", extra_body={"text": {"format": fmt}})
+        assert (raised.value.param, raised.value.code) == (param, code), fmt
+
+
 def test_metadata_limits(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as raised:
         client.responses.create(model=ECHO, input="x", metadata={f"k{i}": "v" for i in range(17)})

@@ -226,6 +226,25 @@ class CreateResponseRequest(BaseModel):
                 )
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _text_format(cls, data: Any) -> Any:
+        # Pydantic puts the discriminator's value in the path (`text.format.json_schema.name`):
+        # a format of a known type is checked here, so that the error names `text.format.name`.
+        text = data.get("text") if isinstance(data, dict) else None
+        fmt = text.get("format") if isinstance(text, dict) else None
+        if isinstance(fmt, dict):
+            model = _TEXT_FORMATS.get(fmt.get("type"))
+            if model is None:
+                raise InvalidRequestError(
+                    f"Invalid value for 'text.format.type': {fmt.get('type')!r}; "
+                    f"expected one of {', '.join(_TEXT_FORMATS)}.",
+                    param="text.format.type",
+                    code="invalid_value",
+                )
+            _validated(model, fmt, "text.format")
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> CreateResponseRequest:
         if self.previous_response_id is not None and self.conversation is not None:
@@ -310,6 +329,11 @@ class CreateResponseRequest(BaseModel):
 
 
 _TOOL_MODELS: dict[str, type[BaseModel]] = {"function": FunctionTool, "mcp": MCPTool}
+_TEXT_FORMATS: dict[Any, type[BaseModel]] = {
+    "text": TextFormatText,
+    "json_object": TextFormatJSONObject,
+    "json_schema": TextFormatJSONSchema,
+}
 
 
 def _validated(model: type[BaseModel], raw: Any, path: str) -> Any:
