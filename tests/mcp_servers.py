@@ -20,6 +20,9 @@ import uvicorn
 from mcp.server.mcpserver import MCPServer
 from mcp.types import ToolAnnotations
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
 
 
 def build_server() -> MCPServer:
@@ -106,7 +109,7 @@ class ToolServer:
             async with streamable.router.lifespan_context(app):
                 yield
 
-        app = Starlette(routes=[*streamable.routes, *sse.routes], lifespan=lifespan)
+        app = Starlette(routes=[*streamable.routes, *sse.routes, *self.extra_routes()], lifespan=lifespan)
         config = uvicorn.Config(_HeaderRecorder(app, self.headers), host="127.0.0.1", port=self.port, log_level="error")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
@@ -117,6 +120,9 @@ class ToolServer:
                 raise RuntimeError("the MCP test server did not start")
             time.sleep(0.02)
         return self
+
+    def extra_routes(self) -> list[Route]:
+        return []
 
     def stop(self) -> None:
         if self._server is not None:
@@ -134,6 +140,36 @@ class SwappedToolServer(ToolServer):
 
     streamable_path = "/sse"
     sse_path = "/mcp"
+
+
+class RedirectingToolServer(ToolServer):
+    """The test tools, and paths that redirect (307, which keeps the method and body).
+
+    `hops_url(n)` reaches the tools at `/mcp` after `n` redirects on this server;
+    `away_url` redirects once, to `redirect_to`, wherever that is.
+    """
+
+    def __init__(self, redirect_to: str = "") -> None:
+        super().__init__()
+        self.redirect_to = redirect_to
+
+    def hops_url(self, count: int) -> str:
+        return f"http://127.0.0.1:{self.port}/hops/{count}"
+
+    @property
+    def away_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/away"
+
+    def extra_routes(self) -> list[Route]:
+        async def hops(request: Request) -> Response:
+            left = int(request.path_params["count"]) - 1
+            return RedirectResponse(f"/hops/{left}" if left > 0 else self.streamable_path, status_code=307)
+
+        async def away(request: Request) -> Response:
+            return RedirectResponse(self.redirect_to, status_code=307)
+
+        methods = ["GET", "POST", "DELETE"]
+        return [Route("/hops/{count:int}", hops, methods=methods), Route("/away", away, methods=methods)]
 
 
 @contextlib.contextmanager

@@ -126,16 +126,16 @@ class MCPSession:
         from mcp import Client
         from mcp.client.sse import sse_client
         from mcp.client.streamable_http import streamable_http_client
-        from mcp.shared._httpx_utils import create_mcp_http_client
 
         timeout = self.settings.timeout
         if transport == "sse":
-            stream = sse_client(self.url, headers=self.headers, timeout=timeout, sse_read_timeout=timeout)
+            stream = sse_client(
+                self.url, headers=self.headers, timeout=timeout, sse_read_timeout=timeout, httpx_client_factory=_http
+            )
         else:
             import httpx2
 
-            http = create_mcp_http_client(headers=self.headers, timeout=httpx2.Timeout(timeout))
-            stream = streamable_http_client(self.url, http_client=http)
+            stream = streamable_http_client(self.url, http_client=_http(self.headers, httpx2.Timeout(timeout)))
         return Client(stream, read_timeout_seconds=timeout)
 
     async def close(self) -> None:
@@ -306,6 +306,22 @@ def error_text(error: dict[str, Any]) -> str:
         texts = [block.get("text", "") for block in error.get("content") or () if isinstance(block, dict)]
         return "Error: " + ("".join(texts) or "the tool failed")
     return f"Error: {error.get('message', 'the call failed')}"
+
+
+# The most redirects one request to an MCP server follows. The `mcp` client follows a
+# redirect only within the server's origin (same scheme, host and port, or http to https
+# on the same host), so the host checked before connecting is the host every request
+# reaches; this bounds how many it follows there (httpx's default is 20).
+MAX_REDIRECTS = 3
+
+
+def _http(headers: dict[str, str] | None = None, timeout: Any = None, auth: Any = None) -> Any:
+    """The HTTP client of a session, as the `mcp` package's `create_mcp_http_client` makes it, with fewer redirects."""
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    client = create_mcp_http_client(headers=headers, timeout=timeout, auth=auth)
+    client.max_redirects = MAX_REDIRECTS
+    return client
 
 
 def protocol_error(code: int, message: str) -> dict[str, Any]:

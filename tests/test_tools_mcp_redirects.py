@@ -1,0 +1,79 @@
+"""Redirects from MCP servers: a few are followed within the server, none leaves it.
+
+The `mcp` client follows a redirect only within the server's origin; Parley
+caps how many it follows (`mcp_client.MAX_REDIRECTS`, 3). A redirect to
+another host is never followed, so the host checks (`allowed_hosts`,
+`allow_loopback`) made on the server's URL hold for every request.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.conftest import ParleyProcess, upstream_config
+from tests.fake_upstream import FakeUpstream
+from tests.mcp_servers import RedirectingToolServer, ToolServer
+from tests.support.tools import mcp_tool
+
+SCRIPT = "fake/fake-script"
+
+
+@pytest.fixture(scope="module")
+def tool_server() -> Iterator[ToolServer]:
+    server = ToolServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def redirecting(tool_server: ToolServer) -> Iterator[RedirectingToolServer]:
+    server = RedirectingToolServer(redirect_to=tool_server.url).start()
+    yield server
+    server.stop()
+
+
+def test_three_redirects_are_followed_and_four_are_not(
+    upstream: ParleyProcess, redirecting: RedirectingToolServer
+) -> None:
+    tools = [
+        mcp_tool(redirecting, server_label="three", server_url=redirecting.hops_url(3)),
+        mcp_tool(redirecting, server_label="four", server_url=redirecting.hops_url(4)),
+    ]
+    response = upstream.client().responses.create(model=SCRIPT, input='echo {"text": "via redirects"}', tools=tools)
+    assert [item.type for item in response.output] == ["mcp_list_tools", "mcp_list_tools", "mcp_call", "message"]
+    three, four, call, _ = response.output
+    assert (three.server_label, three.status, three.error) == ("three", "completed", None)
+    assert (four.server_label, four.status, four.tools) == ("four", "failed", [])
+    assert "cannot connect" in four.error
+    assert (call.server_label, call.output, call.status) == ("three", "via redirects", "completed")
+
+
+@pytest.fixture(scope="module")
+def only_localhost(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream) -> Iterator[ParleyProcess]:
+    config = upstream_config(fake_upstream)
+    config["tools"] = {"mcp": {"allowed_hosts": ["localhost"]}}
+    server = ParleyProcess(Path(tmp_path_factory.mktemp("only-localhost")), config)
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_a_redirect_to_a_host_not_allowed_is_not_followed(
+    only_localhost: ParleyProcess, redirecting: RedirectingToolServer, tool_server: ToolServer
+) -> None:
+    """`localhost` is allowed and redirects to `127.0.0.1` (the same machine, not an allowed host)."""
+    run = uuid.uuid4().hex
+    allowed = f"http://localhost:{redirecting.port}/away"
+    tools = [mcp_tool(redirecting, server_url=allowed, headers={"X-Test-Run": run})]
+    client: openai.OpenAI = only_localhost.client()
+    response = client.responses.create(model="fake/fake-echo", input="hi", tools=tools)
+    listing = response.output[0]
+    assert (listing.type, listing.status, listing.tools) == ("mcp_list_tools", "failed", [])
+    assert any(h.get("x-test-run") == run for h in redirecting.headers)  # it was asked, and redirected
+    assert not any(h.get("x-test-run") == run for h in tool_server.headers)  # the redirect was not followed
+    assert response.output_text == "hi"
