@@ -59,7 +59,7 @@ def serve(config_file: Path | None, host: str | None, port: int | None, log_leve
         settings.server.port = port
     if log_level is not None:
         settings.logging.level = log_level.lower()  # type: ignore[assignment]
-    _check_local_models(settings)
+    _load_local_models(settings)
     logging.basicConfig(level=settings.logging.level.upper(), format="%(levelname)s %(name)s: %(message)s")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
 
@@ -85,16 +85,16 @@ def serve(config_file: Path | None, host: str | None, port: int | None, log_leve
         sys.exit(1)
 
 
-def _check_local_models(settings: Settings) -> None:
-    """Refuses to start with a local model that cannot load, as with a bad config file."""
+def _load_local_models(settings: Settings) -> None:
+    """Loads the local models, refusing to start with one that cannot load, as with a bad config file."""
     if settings.inference.recording.mode == "replay":
         return  # replay answers from the recordings and never loads the weights
-    from parley.inference.local import check_loadable
+    from parley.inference.local import preload
 
     for name, provider in settings.inference.providers.items():
         if provider.type == "local":
             try:
-                check_loadable(name, provider)
+                preload(name, provider)
             except ConfigError as exc:
                 raise click.ClickException(str(exc)) from exc
 

@@ -100,8 +100,8 @@ def test_tool_call(client: openai.OpenAI, tool_choice: object) -> None:
     assert isinstance(json.loads(call.function.arguments)["city"], str)
 
 
-@pytest.mark.parametrize("tool_choice", ["auto", "required"])
-def test_streamed_tool_call(client: openai.OpenAI, tool_choice: str) -> None:
+@pytest.mark.parametrize("tool_choice", ["auto", "required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_streamed_tool_call(client: openai.OpenAI, tool_choice: object) -> None:
     chunks = list(
         client.chat.completions.create(
             model=MODEL,
@@ -127,6 +127,17 @@ def test_tool_choice_none_answers_in_text(client: openai.OpenAI) -> None:
     )
     assert completion.choices[0].message.tool_calls is None
     assert completion.choices[0].message.content
+
+
+def test_streamed_tool_choice_none_answers_in_text(client: openai.OpenAI) -> None:
+    options = {"model": MODEL, "messages": WEATHER_QUESTION, "tools": [WEATHER_TOOL], "tool_choice": "none"}
+    whole = client.chat.completions.create(**options, temperature=0, max_tokens=20)  # type: ignore[call-overload]
+    chunks = list(client.chat.completions.create(**options, temperature=0, max_tokens=20, stream=True))  # type: ignore[call-overload]
+
+    assert all(not c.choices[0].delta.tool_calls for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason]
+    assert finishes == [whole.choices[0].finish_reason]
 
 
 def test_tool_result_reaches_the_model(client: openai.OpenAI) -> None:
@@ -406,3 +417,54 @@ def test_template_chat_format_reports_usage_streamed_and_not(chatml: ParleyProce
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
     assert chunks[-1].choices == []
     assert chunks[-1].usage == whole.usage
+
+
+@pytest.fixture(scope="module")
+def reference() -> object:
+    """The same file and chat format, run by llama-cpp-python itself in this process."""
+    from llama_cpp import Llama
+
+    from parley.inference.local import embedded_model_path
+
+    return Llama(model_path=str(embedded_model_path()), n_ctx=2048, chat_format="chatml", verbose=False)
+
+
+@pytest.mark.parametrize(
+    ("messages", "options"),
+    [
+        (QUESTION, {"max_tokens": 4}),
+        ([{"role": "user", "content": "Say hello."}], {"max_tokens": 200}),
+        # The tokens of the stop sequence are generated, and counted, though their text is not sent.
+        (QUESTION, {"max_tokens": 40, "stop": ["Paris"]}),
+        (QUESTION, {"max_tokens": 40, "stop": [" capital"]}),
+    ],
+    ids=["length", "end-of-generation", "stop-sequence", "stop-at-a-token-boundary"],
+)
+def test_template_chat_format_usage_is_llama_cpps_own(
+    chatml: ParleyProcess, reference: object, messages: list[dict[str, str]], options: dict[str, object]
+) -> None:
+    expected = reference.create_chat_completion(messages=messages, temperature=0, **options)  # type: ignore[attr-defined]
+    client = chatml.client(timeout=120)
+    whole = client.chat.completions.create(model="local/plain", messages=messages, temperature=0, **options)  # type: ignore[call-overload]
+    chunks = list(
+        client.chat.completions.create(  # type: ignore[call-overload]
+            model="local/plain",
+            messages=messages,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+            **options,
+        )
+    )
+
+    assert whole.choices[0].message.content == expected["choices"][0]["message"]["content"]
+    assert whole.choices[0].finish_reason == expected["choices"][0]["finish_reason"]
+    usage = whole.usage
+    assert usage is not None
+    own = expected["usage"]
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (
+        own["prompt_tokens"],
+        own["completion_tokens"],
+        own["total_tokens"],
+    )
+    assert chunks[-1].usage == usage

@@ -479,6 +479,61 @@ def test_serve_with_a_missing_model_file_exits_at_once_naming_the_key(tmp_path: 
     assert_refused_at_once(result, ["inference.providers.local.models.m.path", f"{missing} does not exist"])
 
 
+def write_model_file(path: Path, kind: str) -> Path:
+    """A GGUF file llama.cpp cannot load: garbage, empty, or the embedded model cut short."""
+    from parley.inference.local import embedded_model_path
+
+    if kind == "garbage":
+        path.write_bytes(b"this is not a model file\n" * 400)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    else:  # its header and metadata intact, its tensors cut off
+        with embedded_model_path().open("rb") as whole:
+            path.write_bytes(whole.read(20_000_000))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "problem"),
+    [
+        ("garbage", "invalid magic characters: 'this', expected 'GGUF'"),
+        ("empty", "failed to read magic"),
+        ("truncated", "data is not within the file bounds, model is corrupted or incomplete"),
+    ],
+)
+def test_serve_with_a_corrupt_model_file_exits_at_once_naming_the_key(tmp_path: Path, kind: str, problem: str) -> None:
+    corrupt = write_model_file(tmp_path / f"{kind}.gguf", kind)
+    providers = {"local": {"type": "local", "models": {"m": {"path": str(corrupt)}}}}
+    config = write(tmp_path / "local.yaml", yaml.safe_dump({"inference": {"providers": providers}}))
+
+    started = time.monotonic()
+    result = parley("serve", "--port", "0", "--config", str(config), env={"PARLEY_DATA_DIR": str(tmp_path / "data")})
+
+    assert time.monotonic() - started < 15
+    assert_refused_at_once(
+        result, ["inference.providers.local.models.m.path", f"llama.cpp cannot load the model file {corrupt}", problem]
+    )
+
+
+def test_serve_with_an_unknown_chat_format_exits_at_once_naming_the_key(tmp_path: Path) -> None:
+    models = {"m": {"chat_format": "no-such-format"}, "ok": {"chat_format": "chatml"}}
+    config = {"inference": {"providers": {"local": {"type": "local", "models": models}}}}
+
+    result = parley(
+        "serve",
+        "--port",
+        "0",
+        "--config",
+        str(write(tmp_path / "local.yaml", yaml.safe_dump(config))),
+        env={"PARLEY_DATA_DIR": str(tmp_path / "data")},
+    )
+
+    assert_refused_at_once(
+        result, ["inference.providers.local.models.m.chat_format", "llama.cpp has no chat format 'no-such-format'"]
+    )
+    assert "models.ok" not in result.stderr
+
+
 @pytest.mark.parametrize(
     ("shadow", "fragments"),
     [

@@ -10,17 +10,27 @@ disconnects) sets a flag that stops the generation at the next token.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import importlib.util
 import logging
+import re
 import secrets
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from parley.config import ConfigError, LocalModelConfig, LocalProviderConfig
-from parley.errors import ContextLengthExceededError, InvalidRequestError, ParleyError, UpstreamError
+from parley.errors import (
+    ContextLengthExceededError,
+    InvalidRequestError,
+    ParleyError,
+    UpstreamError,
+    UpstreamUnavailableError,
+)
 from parley.inference import chatml_tools as protocol
 from parley.inference.base import ModelInfo, Provider
 from parley.inference.types import ChatChunk, ChatRequest, ToolCallDelta, Usage
@@ -46,30 +56,213 @@ def embedded_model_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
 
 
-def check_loadable(provider: str, config: LocalProviderConfig) -> None:
-    """Raises ConfigError, naming the key, for a model that cannot load: no file, or no package to run it.
+def preload(provider: str, config: LocalProviderConfig) -> None:
+    """Loads a local provider's models, or raises ConfigError naming the key of each that cannot load.
 
-    Checked before the server starts, as a bad config file is, rather than
-    found out by every request.
+    Run before the server starts, so that a missing or corrupt file, a chat
+    format llama.cpp does not know, or a missing package is refused as a bad
+    config file is, rather than found out by every request. The loaded models
+    are kept for the provider that serves them: the weights are read once.
     """
     problems = []
-    if importlib.util.find_spec("llama_cpp") is None:
+    runnable = importlib.util.find_spec("llama_cpp") is not None
+    if not runnable:
         problems.append(
             f"inference.providers.{provider}: local models need llama-cpp-python: pip install 'parley[local]'"
         )
     for model, model_config in config.models.items():
-        key = f"inference.providers.{provider}.models.{model}.path"
+        key = f"inference.providers.{provider}.models.{model}"
         path = model_config.path
         if path is None:
             try:
                 path = embedded_model_path()
             except ParleyError as exc:
-                problems.append(f"{key}: not set, and {exc.message[0].lower()}{exc.message[1:]}")
+                problems.append(f"{key}.path: not set, and {exc.message[0].lower()}{exc.message[1:]}")
                 continue
         if not path.is_file():
-            problems.append(f"{key}: the model file {path} does not exist")
+            problems.append(f"{key}.path: the model file {path} does not exist")
+            continue
+        if not runnable:
+            continue
+        try:
+            llama = _load(path, model_config)
+        except _LoadError as exc:
+            problems.append(f"{key}.path: llama.cpp cannot load the model file {path}: {exc}")
+            continue
+        if problem := _chat_format_problem(llama, model_config.chat_format):
+            problems.append(f"{key}.chat_format: {problem}")
+            continue
+        _PRELOADED[(provider, model)] = (model_config, llama)
     if problems:
+        _PRELOADED.clear()
         raise ConfigError("cannot load the local models: " + "; ".join(problems))
+
+
+# Models that `preload` loaded, until the LocalModel that serves each takes it.
+_PRELOADED: dict[tuple[str, str], tuple[LocalModelConfig, Any]] = {}
+
+
+class _LoadError(Exception):
+    """llama.cpp refused a model file; the message says why, in llama.cpp's words."""
+
+
+def _load(path: Path, config: LocalModelConfig) -> Any:
+    """The model in the file, ready to generate; `_LoadError` if llama.cpp cannot load it."""
+    with _llama_errors() as errors:
+        try:
+            return _llama_class()(
+                model_path=str(path),
+                n_ctx=config.n_ctx,
+                n_threads=config.n_threads,
+                n_batch=config.n_batch,
+                logits_all=config.logprobs,
+                chat_format=None if config.chat_format == "chatml-function-calling" else config.chat_format,
+                verbose=False,
+            )
+        except Exception as exc:  # llama-cpp-python raises ValueError("Failed to load model from file: ...")
+            raise _LoadError("; ".join(_reasons(errors)) or str(exc)) from exc
+
+
+# ggml's log levels (ggml.h, `enum ggml_log_level`).
+_GGML_LOG_ERROR = 4
+_GGML_LOG_CONTINUED = 5
+
+
+# Loads take turns at llama.cpp's log callback (see `_llama_errors`).
+_log_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _llama_errors() -> Iterator[list[str]]:
+    """Collects the errors llama.cpp logs while the block runs.
+
+    llama-cpp-python's exception for a file that will not load says only
+    "Failed to load model from file"; the reason (not a GGUF file, a tensor
+    past the end of the file, an unknown architecture) is in llama.cpp's log.
+    The log callback is process-wide: it is put back after the block, and
+    blocks on two threads (two models loading at once) take turns, or the
+    second would put back the first's callback after it was gone.
+    """
+    import ctypes
+
+    import llama_cpp
+
+    errors: list[str] = []
+    last_level = 0
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def collect(level: int, text: bytes, _: ctypes.c_void_p) -> None:
+        nonlocal last_level
+        message = text.decode("utf-8", errors="replace")
+        if level == _GGML_LOG_ERROR:
+            errors.append(message)
+        elif level == _GGML_LOG_CONTINUED and last_level == _GGML_LOG_ERROR and errors:
+            errors[-1] += message
+        if level != _GGML_LOG_CONTINUED:
+            last_level = level
+
+    with _log_lock:
+        previous, previous_data = llama_cpp.llama_log_callback(), ctypes.c_void_p()
+        llama_cpp.llama_log_get(ctypes.byref(previous), ctypes.byref(previous_data))
+        llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+        try:
+            yield errors
+        finally:
+            llama_cpp.llama_log_set(previous, previous_data)
+
+
+# `gguf_init_from_reader: `, `llama_model_load: error loading model: `: where llama.cpp was, not what went wrong.
+_LOG_PREFIX = re.compile(r"^(?:[a-z_]+: |error loading model: )+")
+
+
+def _reasons(errors: list[str]) -> list[str]:
+    """llama.cpp's error lines, without the function names and the generic "failed to load model" lines."""
+    reasons = []
+    for line in errors:
+        reason = _LOG_PREFIX.sub("", line.strip())
+        if reason and "failed to load model" not in reason:
+            reasons.append(reason)
+    return reasons
+
+
+def _chat_format_problem(llama: Any, chat_format: str) -> str | None:
+    """Why llama.cpp cannot chat with `llama` in `chat_format`, or None if it can.
+
+    A format is one of llama-cpp-python's, or a template in the file itself
+    (`chat_template.default`, `chat_template.<name>`), as `Llama` looks them up.
+    """
+    if chat_format == "chatml-function-calling":
+        return None
+    from llama_cpp import llama_chat_format
+
+    template_key = "tokenizer.chat_template" if chat_format == "chat_template.default" else f"tokenizer.{chat_format}"
+    if template_key in (llama.metadata or {}):
+        return None
+    try:
+        llama_chat_format.get_chat_completion_handler(chat_format)
+    except llama_chat_format.LlamaChatCompletionHandlerNotFoundException:
+        return f"llama.cpp has no chat format '{chat_format}', and the model file has no such template"
+    return None
+
+
+@dataclass(slots=True)
+class _Tally:
+    """The tokens of one completion, counted as llama.cpp's non-streamed usage counts them."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+# The tally of the generation running on this thread: a model's generations run on its worker thread.
+_tallies = threading.local()
+
+
+@contextlib.contextmanager
+def _tallied() -> Iterator[_Tally]:
+    """Counts the tokens of the completion that the block runs (see `_llama_class`)."""
+    tally = _tallies.current = _Tally()
+    try:
+        yield tally
+    finally:
+        _tallies.current = None
+
+
+@functools.cache
+def _llama_class() -> type:
+    """llama-cpp-python's `Llama`, counting tokens inside `_tallied()`.
+
+    llama-cpp-python reports usage only on non-streamed completions, and its
+    chat handlers render and tokenize the prompt out of sight. Every
+    completion goes through `Llama.generate`, though: the prompt's tokens in,
+    each sampled token out. Counting there gives exactly the figures of the
+    non-streamed usage (the prompt's tokens; the sampled tokens but the
+    end-of-generation one, which ends a completion without being part of
+    it), with nothing patched and nothing shared between generations.
+    """
+    from llama_cpp import Llama, llama_model_get_vocab, llama_vocab_is_eog
+
+    class CountingLlama(Llama):  # type: ignore[misc]
+        def generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any) -> Generator[int, Any, None]:
+            tally: _Tally | None = getattr(_tallies, "current", None)
+            inner = super().generate(tokens, *args, **kwargs)
+            if tally is None:
+                return (yield from inner)
+            tally.prompt_tokens = len(tokens)
+            vocab = llama_model_get_vocab(self.model)
+            sent = None
+            try:
+                while True:
+                    try:
+                        token = inner.send(sent)
+                    except StopIteration:
+                        return None
+                    if not llama_vocab_is_eog(vocab, token):
+                        tally.completion_tokens += 1
+                    sent = yield token
+            finally:
+                inner.close()
+
+    return CountingLlama
 
 
 class _End:
@@ -82,7 +275,7 @@ _END = _End()
 class LocalProvider(Provider):
     def __init__(self, name: str, config: LocalProviderConfig) -> None:
         self.name = name
-        self._models = {model: LocalModel(model, cfg) for model, cfg in config.models.items()}
+        self._models = {model: LocalModel(name, model, cfg) for model, cfg in config.models.items()}
 
     def serves(self, model: str) -> bool:
         return model in self._models
@@ -91,7 +284,8 @@ class LocalProvider(Provider):
         return [ModelInfo(id=model, owned_by="parley") for model in self._models]
 
     async def start(self) -> None:
-        # Load the weights now, so the first request does not wait for them.
+        # Load the weights now, so the first request does not wait for them (`parley serve`
+        # has loaded them already, in `preload`, and refused to start if one would not).
         results = await asyncio.gather(*(m.load() for m in self._models.values()), return_exceptions=True)
         for model, result in zip(self._models, results, strict=True):
             if isinstance(result, BaseException):
@@ -110,7 +304,8 @@ class LocalProvider(Provider):
 
 
 class LocalModel:
-    def __init__(self, name: str, config: LocalModelConfig) -> None:
+    def __init__(self, provider: str, name: str, config: LocalModelConfig) -> None:
+        self.provider = provider
         self.name = name
         self.config = config
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-{name}")
@@ -131,7 +326,18 @@ class LocalModel:
         def emit(item: ChatChunk | BaseException | _End) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        loop.run_in_executor(self._executor, self._generate, request, emit, cancelled)
+        def ended(work: asyncio.Future[None]) -> None:
+            # The worker ends every generation it runs with _END; one it never ran
+            # (the model was closed first) must not leave its request waiting.
+            if work.cancelled() or work.exception() is not None:
+                queue.put_nowait(UpstreamUnavailableError(f"Local model '{self.name}' stopped before answering."))
+                queue.put_nowait(_END)
+
+        try:
+            work = loop.run_in_executor(self._executor, self._generate, request, emit, cancelled)
+        except RuntimeError as exc:  # the executor is shut down: the server is stopping
+            raise UpstreamUnavailableError(f"Local model '{self.name}' is shutting down.") from exc
+        work.add_done_callback(ended)
         try:
             while True:
                 batch: list[ChatChunk] = []
@@ -154,26 +360,29 @@ class LocalModel:
     # Everything below runs on the model's worker thread.
 
     def _loaded(self) -> Any:
-        if self._llama is None:
-            try:
-                from llama_cpp import Llama
-            except ImportError as exc:
-                raise ParleyError(
-                    "Local models need llama-cpp-python: pip install 'parley[local]'.", code="llama_cpp_missing"
-                ) from exc
+        """The model, loaded by `preload` or now; UpstreamUnavailableError, saying why, if it cannot load."""
+        if self._llama is not None:
+            return self._llama
+        preloaded = _PRELOADED.pop((self.provider, self.name), None)
+        if preloaded is not None and preloaded[0] == self.config:
+            self._llama = preloaded[1]
+            return self._llama
+        unavailable = f"Local model '{self.name}' cannot be loaded"
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise UpstreamUnavailableError(f"{unavailable}: it needs llama-cpp-python: pip install 'parley[local]'.")
+        try:
             path = self.config.path or embedded_model_path()
-            if not Path(path).is_file():
-                raise ParleyError(f"The model file {path} of local model '{self.name}' does not exist.")
-            log.info("loading local model %r from %s", self.name, path)
-            self._llama = Llama(
-                model_path=str(path),
-                n_ctx=self.config.n_ctx,
-                n_threads=self.config.n_threads,
-                n_batch=self.config.n_batch,
-                logits_all=self.config.logprobs,
-                chat_format=None if self.config.chat_format == "chatml-function-calling" else self.config.chat_format,
-                verbose=False,
-            )
+        except ParleyError as exc:
+            raise UpstreamUnavailableError(f"{unavailable}: {exc.message}") from exc
+        if not Path(path).is_file():
+            raise UpstreamUnavailableError(f"{unavailable}: the model file {path} does not exist.")
+        log.info("loading local model %r from %s", self.name, path)
+        try:
+            self._llama = _load(Path(path), self.config)
+        except _LoadError as exc:
+            raise UpstreamUnavailableError(
+                f"{unavailable}: llama.cpp cannot load the model file {path}: {exc}"
+            ) from exc
         return self._llama
 
     def _generate(self, request: ChatRequest, emit: Callable[[Any], None], cancelled: threading.Event) -> None:
@@ -203,7 +412,8 @@ class LocalModel:
 
 def _translate_value_error(exc: ValueError, n_ctx: int) -> ParleyError:
     text = str(exc)
-    if "exceed context window" in text or "context" in text.lower():
+    # llama-cpp-python's "Requested tokens (n) exceed context window of m".
+    if "exceed context window" in text:
         return ContextLengthExceededError(
             f"This model's maximum context length is {n_ctx} tokens; {text}", param="messages"
         )
@@ -445,20 +655,8 @@ class _TemplateGeneration:
 
     def run(self) -> None:
         request = self.request
-        # llama.cpp's streamed chat completions carry no usage. Its chat
-        # handlers render and tokenize the prompt, then hand the tokens to
-        # `create_completion`: that call is where the prompt is counted.
-        prompt_tokens = 0
-        complete = self.llama.create_completion
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            nonlocal prompt_tokens
-            prompt = kwargs["prompt"] if "prompt" in kwargs else args[0]
-            prompt_tokens = len(prompt) if isinstance(prompt, list) else self._count(prompt, special=True)
-            return complete(*args, **kwargs)
-
-        self.llama.create_completion = counted
-        try:
+        # llama.cpp's streamed chat completions carry no usage: the tally counts it (see `_llama_class`).
+        with _tallied() as tally:
             stream = self.llama.create_chat_completion(
                 messages=request.messages,
                 tools=request.tools,
@@ -471,28 +669,18 @@ class _TemplateGeneration:
                 stream=True,
                 **_sampling(request),
             )
-            generated = ""
-            for raw in stream:
-                if self.cancelled.is_set():
-                    return
-                for choice in raw.get("choices") or ():
-                    chunk = choice_chunk(choice)
-                    generated += chunk.content or ""
-                    self.emit(chunk)
-        finally:
-            del self.llama.create_completion  # the class's own method again
-        completion_tokens = self._count(generated, special=False)
+            with contextlib.closing(stream):
+                for raw in stream:
+                    if self.cancelled.is_set():
+                        return
+                    for choice in raw.get("choices") or ():
+                        self.emit(choice_chunk(choice))
         self.emit(
             ChatChunk(
                 usage=Usage(
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    total_tokens=prompt_tokens + completion_tokens,
+                    prompt_tokens=tally.prompt_tokens,
+                    completion_tokens=tally.completion_tokens,
+                    total_tokens=tally.prompt_tokens + tally.completion_tokens,
                 )
             )
         )
-
-    def _count(self, text: str, *, special: bool) -> int:
-        if not text:
-            return 0
-        return len(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=special))
