@@ -288,6 +288,10 @@ def choice(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str,
 # What the scripted upstream answers, by model: content type and body.
 SCRIPTS: dict[str, tuple[str, bytes]] = {
     "one-word": ("text/event-stream", sse(choice({"role": "assistant", "content": "recorded"}), choice({}, "stop"))),
+    "close-delimited": (
+        "text/event-stream",
+        sse(choice({"role": "assistant", "content": "until"}), choice({"content": " closed"}, "stop")),
+    ),
     "crlf": (
         "text/event-stream",
         sse(choice({"role": "assistant", "content": "cr"}), choice({"content": "lf"}, "stop"), newline=b"\r\n"),
@@ -327,11 +331,28 @@ SCRIPTS: dict[str, tuple[str, bytes]] = {
 }
 
 
+# 3,000 chunks of 1 KiB: more than Parley buffers from a connection before it stops reading it.
+LARGE_PIECE = "x" * 1024
+SCRIPTS["large"] = (
+    "text/event-stream",
+    sse(
+        choice({"role": "assistant", "content": ""}),
+        *(choice({"content": LARGE_PIECE}) for _ in range(3000)),
+        choice({}, "stop"),
+    ),
+)
+
+
 class _ScriptedUpstream(http.server.ThreadingHTTPServer):
     """Answers each chat completion from SCRIPTS, and keeps each request's headers.
 
     The shared fake records bodies only and always speaks its protocol
-    correctly; these are the replies and headers it cannot show.
+    correctly; these are the replies and headers it cannot show. Some models
+    are about the connection rather than the body:
+
+        close-delimited     a reply without Content-Length, ended by closing the connection
+        not-http            bytes that are not an HTTP response
+        one-per-connection  answers a connection's first request; closes it, unanswered, on the next
     """
 
     daemon_threads = True
@@ -339,19 +360,38 @@ class _ScriptedUpstream(http.server.ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _ScriptedHandler)
         self.headers: list[dict[str, str]] = []
+        self.connections = 0
 
 
 class _ScriptedHandler(http.server.BaseHTTPRequestHandler):
     server: _ScriptedUpstream
     protocol_version = "HTTP/1.1"
 
+    def setup(self) -> None:
+        super().setup()
+        self.server.connections += 1
+        self.answered = 0
+
     def do_POST(self) -> None:
         self.server.headers.append({k.lower(): v for k, v in self.headers.items()})
         request = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-        content_type, body = SCRIPTS[request["model"]]
+        model = request["model"]
+        if model == "not-http":
+            self.wfile.write(b"this is not HTTP at all\r\n\r\n")
+            self.close_connection = True
+            return
+        if model == "one-per-connection" and self.answered:
+            self.close_connection = True  # as a server whose keep-alive timer ran out at that moment
+            return
+        self.answered += 1
+        content_type, body = SCRIPTS["one-word" if model == "one-per-connection" else model]
         self.send_response(200)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        if model == "close-delimited":
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
@@ -372,7 +412,7 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[openai.
                     "base_url": f"http://127.0.0.1:{recorder.server_address[1]}/v1",
                     "api_key": "sk-test-secret",
                     "headers": {"X-Fake-Tenant": "parley-tests"},
-                    "models": list(SCRIPTS),
+                    "models": [*SCRIPTS, "not-http", "one-per-connection"],
                     "timeout": {"read": 3},
                 }
             },
@@ -423,6 +463,50 @@ def test_upstream_sse_variants_are_read(
     else:
         choice = reply.choices[0]  # type: ignore[union-attr]
         assert (choice.message.content, choice.finish_reason) == (content, finish_reason)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_upstream_reply_ended_by_closing_the_connection_is_read_whole(
+    scripted: tuple[openai.OpenAI, _ScriptedUpstream], stream: bool
+) -> None:
+    client, _ = scripted
+    reply = client.chat.completions.create(model="s/close-delimited", messages=HELLO, stream=stream)
+
+    text = stream_text(list(reply)) if stream else reply.choices[0].message.content  # type: ignore[union-attr,arg-type]
+    assert text == "until closed"
+
+
+def test_upstream_reply_that_is_not_http_is_a_502(scripted: tuple[openai.OpenAI, _ScriptedUpstream]) -> None:
+    client, _ = scripted
+    with pytest.raises(openai.InternalServerError) as info:
+        client.chat.completions.create(model="s/not-http", messages=HELLO)
+
+    assert (info.value.status_code, info.value.type) == (502, "upstream_error")
+    # The provider is still usable afterwards.
+    assert client.chat.completions.create(model="s/one-word", messages=HELLO).choices[0].message.content == "recorded"
+
+
+def test_kept_alive_connection_closed_by_the_upstream_is_replaced_without_an_error(
+    scripted: tuple[openai.OpenAI, _ScriptedUpstream],
+) -> None:
+    client, recorder = scripted
+    before = recorder.connections
+    replies = [
+        client.chat.completions.create(model="s/one-per-connection", messages=HELLO).choices[0].message.content
+        for _ in range(3)
+    ]
+
+    assert replies == ["recorded"] * 3
+    # Each reuse found its connection closed, unanswered, and sent the request again on a new one.
+    assert recorder.connections - before >= 3
+
+
+def test_reply_larger_than_the_read_buffer_streams_whole(scripted: tuple[openai.OpenAI, _ScriptedUpstream]) -> None:
+    client, _ = scripted
+    chunks = list(client.chat.completions.create(model="s/large", messages=HELLO, stream=True))
+
+    assert stream_text(chunks) == LARGE_PIECE * 3000
+    assert chunks[-1].choices[0].finish_reason == "stop"
 
 
 def test_upstream_tool_call_delta_without_index_is_the_first_call(

@@ -11,7 +11,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpcore
 import httpx
 import orjson
 
@@ -23,6 +22,7 @@ from parley.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from parley.inference import http1
 from parley.inference.base import ModelInfo, Provider
 from parley.inference.batching import batched
 from parley.inference.types import ChatChunk, ChatRequest
@@ -36,16 +36,16 @@ class OpenAICompatibleProvider(Provider):
         self.name = name
         self.config = config
         self._client: httpx.AsyncClient | None = None
-        self._pool: httpcore.AsyncConnectionPool | None = None
-        self._chat_url = (self.config.base_url + "/chat/completions").encode()
-        host = httpx.URL(self.config.base_url)
-        default_port = {"http": 80, "https": 443}[host.scheme]
-        authority = host.host if host.port in (None, default_port) else f"{host.host}:{host.port}"
-        headers = {"Host": authority, "Content-Type": "application/json", "Accept-Encoding": "identity"}
-        headers.update(self.config.headers)
+        self._pool: http1.ConnectionPool | None = None
+        base = httpx.URL(self.config.base_url)
+        self._chat_target = (base.raw_path.rstrip(b"/") or b"") + b"/chat/completions"
+        headers = {"Content-Type": "application/json", "Accept-Encoding": "identity", **self.config.headers}
         if self.config.api_key is not None:
             headers["Authorization"] = f"Bearer {self.config.api_key.get_secret_value()}"
-        self._stream_headers = [(name.encode(), value.encode()) for name, value in headers.items()]
+        for name, value in headers.items():
+            if any(c in name + value for c in "\r\n\0"):
+                raise ValueError(f"provider '{self.name}': header {name!r} holds a line break or NUL")
+        self._stream_head = b"".join(b"%b: %b\r\n" % (n.encode(), v.encode()) for n, v in headers.items())
         self._models: list[ModelInfo] | None = None
         self._models_fetched_at = 0.0
 
@@ -126,50 +126,49 @@ class OpenAICompatibleProvider(Provider):
         return batched(self._stream(request))
 
     @property
-    def pool(self) -> httpcore.AsyncConnectionPool:
-        """The connections for streamed completions.
+    def pool(self) -> http1.ConnectionPool:
+        """The connections for streamed completions (see `parley.inference.http1`).
 
-        The hot path talks to httpcore, the layer under httpx, directly: httpx's
-        request and response models, auth and redirect layers cost about half a
-        millisecond a request and a few microseconds a chunk, for nothing this
-        path uses. Everything else goes through the httpx client above.
+        The hot path does not go through httpx: its request and response models,
+        and httpcore's chunk-at-a-time parsing in Python under it, cost more per
+        token than everything else Parley does with it. Everything else (model
+        listings, embeddings) goes through the httpx client above.
         """
         if self._pool is None:
-            self._pool = httpcore.AsyncConnectionPool(
+            timeout = self.config.timeout
+            self._pool = http1.ConnectionPool(
+                self.config.base_url,
                 max_connections=self.config.max_connections,
-                max_keepalive_connections=self.config.max_connections,
+                timeouts=http1.Timeouts(
+                    connect=timeout.connect, read=timeout.read, write=timeout.write, pool=timeout.pool
+                ),
             )
         return self._pool
 
-    def _stream_request(self, request: ChatRequest) -> tuple[bytes, list[tuple[bytes, bytes]], dict[str, Any]]:
-        body = self._body(request)
-        headers = [*self._stream_headers, (b"Content-Length", str(len(body)).encode())]
-        timeout = self.config.timeout
-        extensions = {
-            "timeout": {"connect": timeout.connect, "read": timeout.read, "write": timeout.write, "pool": timeout.pool}
-        }
-        return self._chat_url, headers, {"content": body, "extensions": extensions}
-
     async def _stream(self, request: ChatRequest) -> AsyncIterator[list[ChatChunk]]:
-        url, headers, options = self._stream_request(request)
         with self._translate_errors():
-            async with self.pool.stream(b"POST", url, headers=headers, **options) as response:
+            async with self.pool.stream(self._chat_target, self._stream_head, self._body(request)) as response:
                 if response.status >= 400:
                     raise self._status_error(response.status, await response.aread())
-                if _header(response.headers, b"content-type").startswith(b"application/json"):
+                if response.header(b"content-type").startswith(b"application/json"):
                     # An upstream that ignored `stream: true`: its whole completion, as chunks.
                     yield self._completion_chunks(await response.aread())
                     return
                 done = finished = False
-                async for events in _sse_events(response.aiter_stream()):
+                async for events in _sse_events(response.aiter_bytes()):
                     if done:
                         continue  # read to the end, so that the connection goes back to the pool
                     batch: list[ChatChunk] = []
-                    for data in events:
-                        if data == b"[DONE]":
-                            done = True
-                            break
-                        batch += self._parse_chunk(data)
+                    try:
+                        for data in events:
+                            if data == b"[DONE]":
+                                done = True
+                                break
+                            batch += self._parse_chunk(data)
+                    except UpstreamError:
+                        if batch:
+                            yield batch  # what came before the bad chunk still reaches the client
+                        raise
                     if batch:
                         finished = finished or any(chunk.finish_reason for chunk in batch)
                         yield batch
@@ -223,7 +222,7 @@ class OpenAICompatibleProvider(Provider):
 
 
 class _ErrorTranslation:
-    """Turns httpx's and httpcore's transport exceptions into Parley's, naming the provider."""
+    """Turns httpx's and http1's transport exceptions into Parley's, naming the provider."""
 
     def __init__(self, provider: str, base_url: str) -> None:
         self.provider = provider
@@ -235,21 +234,17 @@ class _ErrorTranslation:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
         if exc is None or isinstance(exc, UpstreamError):
             return False
-        if isinstance(exc, (httpx.TimeoutException, httpcore.TimeoutException)):
+        if isinstance(exc, (httpx.TimeoutException, http1.Timeout)):
             raise UpstreamTimeoutError(f"Provider '{self.provider}' ({self.base_url}) did not answer in time.") from exc
-        if isinstance(exc, (httpx.RemoteProtocolError, httpcore.RemoteProtocolError)):
+        if isinstance(exc, (httpx.RemoteProtocolError, http1.ProtocolError)):
             raise UpstreamUnavailableError(
                 f"Provider '{self.provider}' ({self.base_url}) closed the connection in the middle of its reply."
             ) from exc
-        if isinstance(exc, (httpx.TransportError, httpcore.NetworkError, httpcore.ProtocolError, httpcore.ProxyError)):
+        if isinstance(exc, (httpx.TransportError, http1.HTTPError)):
             raise UpstreamUnavailableError(
                 f"Provider '{self.provider}' ({self.base_url}) is unreachable: {exc.__class__.__name__}"
             ) from exc
         return False
-
-
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes:
-    return next((value.lower() for key, value in headers if key.lower() == name), b"")
 
 
 async def _sse_events(body: AsyncIterator[bytes]) -> AsyncIterator[list[bytes]]:
