@@ -468,3 +468,38 @@ def test_template_chat_format_usage_is_llama_cpps_own(
         own["total_tokens"],
     )
     assert chunks[-1].usage == usage
+
+
+# A context that a tool call fills ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ParleyProcess]:
+    providers = {"local": {"type": "local", "models": {"tiny": {"n_ctx": 256}}}}
+    server = ParleyProcess(tmp_path_factory.mktemp("small-context"), {"inference": {"providers": providers}})
+    server.start()
+    yield server
+    server.stop()
+
+
+# Padded so that the prompt (241 tokens with the tools) and the call's arguments fill the
+# 256-token context: there is no room left to choose whether to make another call.
+FILLING_QUESTION = [{"role": "user", "content": "Paris " * 40 + "What is the weather in Paris?"}]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_call_filling_the_context_ends_the_turn_not_the_request(small_context: ParleyProcess, stream: bool) -> None:
+    client = small_context.client(timeout=120)
+    options = {"model": "local/tiny", "messages": FILLING_QUESTION, "tools": [WEATHER_TOOL], "tool_choice": "required"}
+    if stream:
+        chunks = list(client.chat.completions.create(**options, temperature=0, stream=True))  # type: ignore[call-overload]
+        deltas = [d for c in chunks for d in c.choices[0].delta.tool_calls or ()]
+        calls = [("".join(d.function.name or "" for d in deltas), "".join(d.function.arguments or "" for d in deltas))]
+        finish = [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason]
+    else:
+        completion = client.chat.completions.create(**options, temperature=0)  # type: ignore[call-overload]
+        calls = [(c.function.name, c.function.arguments) for c in completion.choices[0].message.tool_calls or ()]
+        finish = [completion.choices[0].finish_reason]
+
+    assert finish == ["tool_calls"]
+    assert [(name, json.loads(arguments)) for name, arguments in calls] == [("get_weather", {"city": "Paris"})]

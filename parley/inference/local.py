@@ -567,8 +567,11 @@ class _ChatmlGeneration:
         return "tool_calls"
 
     def _choose(self, grammar: str) -> str:
+        """The model's choice of a message or a call; the end of the turn when the context is full."""
         from llama_cpp import LlamaGrammar
 
+        if self._context_full():
+            return protocol.IM_END
         result = self.llama.create_completion(
             prompt=self.prompt,
             grammar=LlamaGrammar.from_string(grammar, verbose=False),
@@ -585,7 +588,7 @@ class _ChatmlGeneration:
         self, stop: list[str], grammar: Any, *, logprobs: bool = False
     ) -> Iterator[tuple[str, list[dict[str, Any]] | None, str | None]]:
         """Streams `(text, logprobs, finish_reason)` from the prompt as it stands."""
-        if self.remaining is not None and self.remaining <= 0:
+        if (self.remaining is not None and self.remaining <= 0) or self._context_full():
             yield "", None, "length"
             return
         want_logprobs = logprobs and bool(self.request.logprobs)
@@ -642,6 +645,16 @@ class _ChatmlGeneration:
         if not text:
             return 0
         return len(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=special))
+
+    def _context_full(self) -> bool:
+        """Whether the prompt, grown by the calls made so far, leaves no room to generate.
+
+        llama.cpp refuses such a prompt as too long; the request was not, so the
+        turn ends with what it has (`length`, or the calls already made) rather
+        than failing after some of it was streamed. One token is kept for the
+        BOS token llama.cpp may add.
+        """
+        return self._count(self.prompt, special=True) + 1 >= self.llama.n_ctx()
 
 
 class _TemplateGeneration:
