@@ -100,6 +100,10 @@ _ITEM_EVENTS = {
 }
 # Item types whose stream must be closed by its `.done` event.
 _REQUIRED_ITEM_STREAMS = {"function_call": "response.function_call_arguments"}
+# Items whose progress events are all required: `.in_progress` once Parley starts on it, then one
+# of `.completed` or `.failed`, matching the status it is done with (a call closed before it ran,
+# when its response failed, has `.failed` alone).
+_REQUIRED_PROGRESS = {"mcp_call", "mcp_list_tools"}
 
 
 @dataclass(frozen=True)
@@ -327,6 +331,7 @@ class _Item:
     parts: dict[int, _Part] = field(default_factory=dict)
     summary_parts: dict[int, _Part] = field(default_factory=dict)
     streams: dict[str, _Text] = field(default_factory=dict)
+    progress: list[str] = field(default_factory=list)  # the verbs of its progress events, in order
 
 
 class _Lifecycle:
@@ -381,6 +386,7 @@ class _Lifecycle:
             self.on_part(item, item.summary_parts, "summary_index", event, verb)
         elif family in _ITEM_EVENTS:
             self.check_item_type(item, family, _ITEM_EVENTS[family])
+            self.on_progress(item, verb)
         elif family in _PART_STREAMS:
             self.on_part_text(item.parts, "content_index", _PART_STREAMS[family], event, verb)
         elif family == _SUMMARY_STREAM:
@@ -521,13 +527,28 @@ class _Lifecycle:
         required = _REQUIRED_ITEM_STREAMS.get(item.type)
         if required:
             item.streams.setdefault(required, _Text())
+        for family, (item_type, _, item_field) in _ITEM_STREAMS.items():
+            if item.type == item_type and done.get(item_field) and family not in item.streams:
+                self.fail(f"{item.type} item {item.id} is done with {item_field}, but none streamed")
         for family, text in item.streams.items():
             _, _, item_field = _ITEM_STREAMS[family]
             if text.done is None:
                 self.fail(f"{item.type} item {item.id} got no {family}.done")
             if done.get(item_field) != text.done:
                 self.fail(f"item {item_field} {done.get(item_field)!r} != {family}.done {text.done!r}")
+        if item.type in _REQUIRED_PROGRESS:
+            ending = "completed" if done["status"] == "completed" else "failed"
+            expected = [["in_progress", ending]] if ending == "completed" else [["in_progress", ending], [ending]]
+            if item.progress not in expected:
+                self.fail(f"{item.type} item {item.id} is done {done['status']} after progress events {item.progress}")
         item.done = done
+
+    def on_progress(self, item: _Item, verb: str) -> None:
+        if item.progress and item.progress[-1] in ("completed", "failed"):
+            self.fail(f"{verb} after the item's {item.progress[-1]} event")
+        if verb == "in_progress" and "in_progress" in item.progress:
+            self.fail("a second in_progress event for the item")
+        item.progress.append(verb)
 
     def on_item_text(self, item: _Item, family: str, event: dict[str, Any], verb: str) -> None:
         item_type, done_field, _ = _ITEM_STREAMS[family]
