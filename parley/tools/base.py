@@ -1,10 +1,12 @@
 """The interface every kind of server-side tool implements, and the registry of their items.
 
 A kind (MCP servers now; file_search and web_search later) is one module in
-`parley/tools` with one `ToolKind` subclass, added to the toolbox's `KINDS`.
-The agent loop and the output builder only ever talk to this interface:
+`parley/tools` with one `ToolKind` subclass, which `register` makes known to
+the event emitter and `Toolbox.__init__` makes, for each response, from the
+response's tool definitions. The agent loop and the output builder only ever
+talk to this interface:
 
-    ToolKind(definitions, settings)   the tools of its kind that one response names
+    ToolKind       the tools of its kind that one response names
         prepare        the items made before the first model call (MCP: its listings)
         tools          the names the model may call, as `ServerTool`s, once prepared
         call_item      a model's call to one of them, as the output item it opens
@@ -14,8 +16,7 @@ The agent loop and the output builder only ever talk to this interface:
         close          ends what the response opened
 
 Every item a kind produces that has events of its own beyond `output_item.added`
-and `.done` is described by an `ItemEvents`, which `register` records for the
-event emitter.
+and `.done` is described by an `ItemEvents` in the kind's `items`.
 """
 
 from __future__ import annotations
