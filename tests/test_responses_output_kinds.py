@@ -52,6 +52,23 @@ SCRIPTS = {
         ],
         "tool_calls",
     ),
+    # A name in pieces and no arguments: the call opens at the end of the stream.
+    "split-name-only": _frames(
+        [
+            {"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "look"}}]},
+            {"tool_calls": [{"index": 0, "function": {"name": "up"}}]},
+        ],
+        "tool_calls",
+    ),
+    # A name in pieces, then text: the call opens before the message does.
+    "split-name-then-text": _frames(
+        [
+            {"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "lo"}}]},
+            {"tool_calls": [{"index": 0, "function": {"name": "okup"}}]},
+            {"content": "Looking."},
+        ],
+        "tool_calls",
+    ),
 }
 
 
@@ -145,3 +162,32 @@ def test_text_then_a_call_are_two_items_in_order(client: openai.OpenAI) -> None:
     assert (call.type, call.name, call.arguments, call.call_id) == ("function_call", "lookup", '{"q": "x"}', "call_1")
     done = [e.output_index for e in events if e.type == "response.output_item.done"]
     assert done == [0, 1], "the message closes before the call's item is done"
+
+
+LOOKUP = {"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {}}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_name_in_pieces_without_arguments_is_one_call(client: openai.OpenAI, stream: bool) -> None:
+    request: dict[str, Any] = {"model": "s/split-name-only", "input": "look it up", "tools": [LOOKUP]}
+    if stream:
+        events = list(client.responses.create(**request, stream=True))
+        response = events[-1].response
+        [added] = [e.item for e in events if e.type == "response.output_item.added"]
+        assert (added.type, added.name) == ("function_call", "lookup")
+    else:
+        response = client.responses.create(**request)
+    [call] = response.output
+    assert (call.type, call.name, call.arguments, call.call_id) == ("function_call", "lookup", "", "call_1")
+
+
+def test_a_call_whose_name_is_in_pieces_opens_before_the_text_after_it(client: openai.OpenAI) -> None:
+    events = list(
+        client.responses.create(model="s/split-name-then-text", input="look it up", tools=[LOOKUP], stream=True)
+    )
+    response = events[-1].response
+    assert [(item.type, getattr(item, "name", None)) for item in response.output] == [
+        ("function_call", "lookup"),
+        ("message", None),
+    ]
+    assert response.output[1].content[0].text == "Looking."
