@@ -145,16 +145,17 @@ class SwappedToolServer(ToolServer):
 class RedirectingToolServer(ToolServer):
     """The test tools, and paths that redirect (307, which keeps the method and body).
 
-    `hops_url(n)` reaches the tools at `/mcp` after `n` redirects on this server;
-    `away_url` redirects once, to `redirect_to`, wherever that is.
+    `hops_url(n)` reaches the tools at `/mcp` after `n` redirects on this server
+    (at `/sse`, over SSE, with `sse=True`); `away_url` redirects once, to
+    `redirect_to`, wherever that is.
     """
 
     def __init__(self, redirect_to: str = "") -> None:
         super().__init__()
         self.redirect_to = redirect_to
 
-    def hops_url(self, count: int) -> str:
-        return f"http://127.0.0.1:{self.port}/hops/{count}"
+    def hops_url(self, count: int, *, sse: bool = False) -> str:
+        return f"http://127.0.0.1:{self.port}/{'sse-hops' if sse else 'hops'}/{count}"
 
     @property
     def away_url(self) -> str:
@@ -165,11 +166,19 @@ class RedirectingToolServer(ToolServer):
             left = int(request.path_params["count"]) - 1
             return RedirectResponse(f"/hops/{left}" if left > 0 else self.streamable_path, status_code=307)
 
+        async def sse_hops(request: Request) -> Response:
+            left = int(request.path_params["count"]) - 1
+            return RedirectResponse(f"/sse-hops/{left}" if left > 0 else self.sse_path, status_code=307)
+
         async def away(request: Request) -> Response:
             return RedirectResponse(self.redirect_to, status_code=307)
 
         methods = ["GET", "POST", "DELETE"]
-        return [Route("/hops/{count:int}", hops, methods=methods), Route("/away", away, methods=methods)]
+        return [
+            Route("/hops/{count:int}", hops, methods=methods),
+            Route("/sse-hops/{count:int}", sse_hops, methods=methods),
+            Route("/away", away, methods=methods),
+        ]
 
 
 @contextlib.contextmanager

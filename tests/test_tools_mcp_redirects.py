@@ -37,12 +37,13 @@ def redirecting(tool_server: ToolServer) -> Iterator[RedirectingToolServer]:
     server.stop()
 
 
+@pytest.mark.parametrize("sse", [False, True], ids=["streamable-http", "sse"])
 def test_three_redirects_are_followed_and_four_are_not(
-    upstream: ParleyProcess, redirecting: RedirectingToolServer
+    upstream: ParleyProcess, redirecting: RedirectingToolServer, sse: bool
 ) -> None:
     tools = [
-        mcp_tool(redirecting, server_label="three", server_url=redirecting.hops_url(3)),
-        mcp_tool(redirecting, server_label="four", server_url=redirecting.hops_url(4)),
+        mcp_tool(redirecting, server_label="three", server_url=redirecting.hops_url(3, sse=sse)),
+        mcp_tool(redirecting, server_label="four", server_url=redirecting.hops_url(4, sse=sse)),
     ]
     response = upstream.client().responses.create(model=SCRIPT, input='echo {"text": "via redirects"}', tools=tools)
     assert [item.type for item in response.output] == ["mcp_list_tools", "mcp_list_tools", "mcp_call", "message"]
