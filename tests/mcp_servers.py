@@ -98,11 +98,13 @@ class ToolServer:
 
     streamable_path = "/mcp"
     sse_path = "/sse"
+    listen_host = "127.0.0.1"
 
     def start(self) -> Self:
         mcp = build_server()
-        streamable = mcp.streamable_http_app(streamable_http_path=self.streamable_path)
-        sse = mcp.sse_app(sse_path=self.sse_path)
+        # The host decides the DNS-rebinding protection: on for loopback, which only loopback names may reach.
+        streamable = mcp.streamable_http_app(streamable_http_path=self.streamable_path, host=self.listen_host)
+        sse = mcp.sse_app(sse_path=self.sse_path, host=self.listen_host)
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> Any:
@@ -110,7 +112,8 @@ class ToolServer:
                 yield
 
         app = Starlette(routes=[*streamable.routes, *sse.routes, *self.extra_routes()], lifespan=lifespan)
-        config = uvicorn.Config(_HeaderRecorder(app, self.headers), host="127.0.0.1", port=self.port, log_level="error")
+        recorder = _HeaderRecorder(app, self.headers)
+        config = uvicorn.Config(recorder, host=self.listen_host, port=self.port, log_level="error")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
@@ -150,9 +153,10 @@ class RedirectingToolServer(ToolServer):
     `redirect_to`, wherever that is.
     """
 
-    def __init__(self, redirect_to: str = "") -> None:
+    def __init__(self, redirect_to: str = "", listen_host: str = "127.0.0.1") -> None:
         super().__init__()
         self.redirect_to = redirect_to
+        self.listen_host = listen_host  # "0.0.0.0" to be reached by this machine's other addresses too
 
     def hops_url(self, count: int, *, sse: bool = False) -> str:
         return f"http://127.0.0.1:{self.port}/{'sse-hops' if sse else 'hops'}/{count}"

@@ -8,6 +8,8 @@ another host is never followed, so the host checks (`allowed_hosts`,
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,3 +80,44 @@ def test_a_redirect_to_a_host_not_allowed_is_not_followed(
     assert any(h.get("x-test-run") == run for h in redirecting.headers)  # it was asked, and redirected
     assert not any(h.get("x-test-run") == run for h in tool_server.headers)  # the redirect was not followed
     assert response.output_text == "hi"
+
+
+def _outward_address() -> str | None:
+    """An address of this machine that is not loopback, if it has one (connecting a UDP socket sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("192.0.2.1", 9))
+        except OSError:
+            return None
+        address = str(sock.getsockname()[0])
+    return None if ipaddress.ip_address(address).is_loopback or address == "0.0.0.0" else address
+
+
+def test_a_redirect_to_loopback_is_not_followed_when_loopback_is_refused(
+    tmp_path: Path, fake_upstream: FakeUpstream, tool_server: ToolServer
+) -> None:
+    """The server is named by an outward address of this machine, and redirects to 127.0.0.1."""
+    address = _outward_address()
+    if address is None:
+        pytest.skip("this machine has no address but loopback")
+    config = upstream_config(fake_upstream)
+    config["tools"] = {"mcp": {"allow_loopback": False}}
+    parley = ParleyProcess(tmp_path / "parley", config)
+    redirecting = RedirectingToolServer(redirect_to=tool_server.url, listen_host="0.0.0.0").start()
+    run = uuid.uuid4().hex
+    parley.start()
+    try:
+        outward = f"http://{address}:{redirecting.port}"
+        tools = [
+            mcp_tool(redirecting, server_label="direct", server_url=f"{outward}/mcp"),
+            mcp_tool(redirecting, server_label="away", server_url=f"{outward}/away", headers={"X-Test-Run": run}),
+        ]
+        response = parley.client().responses.create(model="fake/fake-echo", input="hi", tools=tools)
+    finally:
+        parley.stop()
+        redirecting.stop()
+    direct, away = response.output[:2]
+    assert (direct.server_label, direct.status, direct.error) == ("direct", "completed", None)  # allowed as named
+    assert (away.server_label, away.status, away.tools) == ("away", "failed", [])
+    assert any(h.get("x-test-run") == run for h in redirecting.headers)
+    assert not any(h.get("x-test-run") == run for h in tool_server.headers)
