@@ -1,6 +1,6 @@
 # Parley's two set-up commands: `make serve` and `make test`.
 # Everything is installed into .venv; llama-cpp-python compiles once (about
-# 6 minutes) and pip keeps the built wheel in its cache for later venvs.
+# 6 minutes) into a wheel that later venvs reuse (see LLAMA_WHEELS).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,6 +11,17 @@ PYTEST_ARGS ?=
 
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+# llama-cpp-python compiles llama.cpp from source. Its default, native build
+# (-march=native) turns on every instruction set the build machine reports,
+# AMX included, and llama.cpp's AMX matrix code dies of a general protection
+# fault where the processor reports AMX but the system does not let programs
+# use it, as in some virtual machines. The portable build (AVX2, FMA, F16C on
+# x86-64) runs wherever those do. pip caches a built wheel by its source, not
+# by its build flags, so this one is built into a directory of Parley's own.
+LLAMA_CPP := llama-cpp-python>=0.3.7,<0.4
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+LLAMA_WHEELS ?= $(HOME)/.cache/parley/wheels/llama-cpp-portable
 
 # Root installs system packages directly; anyone else through sudo.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -44,12 +55,24 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed-local: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[local]'
+$(LLAMA_WHEELS)/.built: | $(BIN)/python
+	@echo "Building llama-cpp-python ($(LLAMA_CMAKE_ARGS)); the first time takes about 6 minutes."
+	mkdir -p $(LLAMA_WHEELS)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip wheel --quiet --no-deps --no-cache-dir --prefer-binary \
+		--find-links $(LLAMA_WHEELS) --wheel-dir $(LLAMA_WHEELS) '$(LLAMA_CPP)'
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[local,dev]'
+# The portable wheel, before anything can bring in pip's cached native one.
+$(VENV)/.llama-cpp: $(LLAMA_WHEELS)/.built | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --no-deps --force-reinstall --no-index --find-links $(LLAMA_WHEELS) '$(LLAMA_CPP)'
+	touch $@
+
+$(VENV)/.installed-local: pyproject.toml $(VENV)/.llama-cpp | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --prefer-binary --find-links $(LLAMA_WHEELS) -e '.[local]'
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.llama-cpp | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --prefer-binary --find-links $(LLAMA_WHEELS) -e '.[local,dev]'
 	touch $@ $(VENV)/.installed-local
 
 clean:

@@ -421,12 +421,16 @@ def test_template_chat_format_reports_usage_streamed_and_not(chatml: ParleyProce
 
 @pytest.fixture(scope="module")
 def reference() -> object:
-    """The same file and chat format, run by llama-cpp-python itself in this process."""
-    from llama_cpp import Llama
+    """The same file and chat format, run by llama-cpp-python itself in this process.
 
-    from parley.inference.local import embedded_model_path
+    Its `Llama` class as Parley subclasses it, which changes nothing of the
+    usage it reports, only how a prompt is split for evaluation (its last token
+    alone), so that both generate the same text.
+    """
+    from parley.inference.local import _llama_class, embedded_model_path
 
-    return Llama(model_path=str(embedded_model_path()), n_ctx=2048, chat_format="chatml", verbose=False)
+    llama = _llama_class()
+    return llama(model_path=str(embedded_model_path()), n_ctx=2048, chat_format="chatml", verbose=False)
 
 
 @pytest.mark.parametrize(

@@ -242,6 +242,17 @@ def _llama_class() -> type:
     from llama_cpp import Llama, llama_model_get_vocab, llama_vocab_is_eog
 
     class CountingLlama(Llama):  # type: ignore[misc]
+        def eval(self, tokens: Sequence[int]) -> None:
+            # The last prompt token is always evaluated alone, as it is when a request
+            # repeats a cached prompt (llama-cpp-python then evaluates only that token):
+            # CPU kernels round differently for a batch than for one token, and the
+            # first logits must not depend on what the cache held, or a seed would not
+            # repeat its sample and temperature 0 not its answer.
+            if len(tokens) > 1:
+                super().eval(tokens[:-1])
+                tokens = tokens[-1:]
+            super().eval(tokens)
+
         def generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any) -> Generator[int, Any, None]:
             tally: _Tally | None = getattr(_tallies, "current", None)
             inner = super().generate(tokens, *args, **kwargs)
