@@ -96,6 +96,7 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
             vllm:
               type: openai
               base_url: http://gpu-box:8000/v1
+              reasoning_field: reasoning_content
             local:
               type: local
               models:
@@ -142,6 +143,7 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
                     "models": ["gpt-4o-mini", "gpt-4.1"],
                     "timeout": {"connect": 5.0, "read": 120.0, "write": 10.0, "pool": 5.0},
                     "max_connections": 64,
+                    "reasoning_field": None,
                 },
                 "vllm": {
                     "type": "openai",
@@ -151,6 +153,7 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
                     "models": None,
                     "timeout": {"connect": 10.0, "read": 600.0, "write": 30.0, "pool": 30.0},
                     "max_connections": 256,
+                    "reasoning_field": "reasoning_content",
                 },
                 "local": {
                     "type": "local",
