@@ -6,11 +6,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from parley import __version__
 from parley.api import install_error_handlers, routers
 from parley.api.body import install_body_schemas
-from parley.api.scoping import install_test_scoping
+from parley.api.chat import create_chat_completion
+from parley.api.fastpath import FastPaths
+from parley.api.responses import create_response
+from parley.api.scoping import with_test_scoping
 from parley.config import Settings
 from parley.engine.conversations import ConversationService
 from parley.engine.service import ResponseService
@@ -18,7 +22,7 @@ from parley.inference.registry import ModelRegistry
 from parley.store import ConversationStore, Database, ResponseStore
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings) -> ASGIApp:
     registry = ModelRegistry.from_settings(settings.inference)
     database = Database(settings.storage_url)
     conversations = ConversationStore(database)
@@ -53,8 +57,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.responses = responses
     app.state.conversations = ConversationService(conversations)
     install_error_handlers(app)
-    install_test_scoping(app, settings.inference.recording)
     for router in routers:
         app.include_router(router)
     install_body_schemas(app)
-    return app
+    hot = FastPaths(
+        app, {("POST", "/v1/chat/completions"): create_chat_completion, ("POST", "/v1/responses"): create_response}
+    )
+    return with_test_scoping(hot, settings.inference.recording)

@@ -486,6 +486,17 @@ def test_upstream_reply_that_is_not_http_is_a_502(scripted: tuple[openai.OpenAI,
     assert client.chat.completions.create(model="s/one-word", messages=HELLO).choices[0].message.content == "recorded"
 
 
+def test_connections_to_the_upstream_are_kept_alive(scripted: tuple[openai.OpenAI, _ScriptedUpstream]) -> None:
+    client, recorder = scripted
+    client.chat.completions.create(model="s/one-word", messages=HELLO)
+    before = recorder.connections
+    for stream in (False, True, False, True):
+        reply = client.chat.completions.create(model="s/one-word", messages=HELLO, stream=stream)
+        list(reply) if stream else None  # type: ignore[call-overload]
+
+    assert recorder.connections == before  # every request went over the connection the first one left open
+
+
 def test_kept_alive_connection_closed_by_the_upstream_is_replaced_without_an_error(
     scripted: tuple[openai.OpenAI, _ScriptedUpstream],
 ) -> None:

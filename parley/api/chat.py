@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -16,7 +15,7 @@ from fastapi import APIRouter, Request, Response
 from parley.api.body import documented, read_body
 from parley.api.chat_request import ChatCompletionBody
 from parley.api.errors import body_for, error_body
-from parley.api.http import EventStreamResponse, JSONResponse
+from parley.api.http import EventStreamResponse, JSONResponse, first_token_sent
 from parley.api.sse import DONE, frame
 from parley.errors import ParleyError
 from parley.inference.collect import Completion, collect
@@ -73,23 +72,28 @@ async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
     """The result of `work`, or _ClientGone (with `work` cancelled) if the client disconnects first.
 
     Starlette does not cancel a handler whose client has gone; only a streamed
-    response notices, when it next writes.
+    response notices, when it next writes. `work` runs in the handler's own
+    task, which a watcher cancels if the client leaves.
     """
-    working = asyncio.ensure_future(work)
-    watching = asyncio.ensure_future(_disconnect(request))
+    handler = asyncio.current_task()
+    assert handler is not None
+    left = False
+
+    async def watch() -> None:
+        nonlocal left
+        await _disconnect(request)
+        left = True
+        handler.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        done, _ = await asyncio.wait((working, watching), return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        working.cancel()
+        return await work  # its cancellation reaches the provider's stream before it is closed
+    except asyncio.CancelledError:
+        if left and handler.uncancel() == 0:
+            raise _ClientGone from None
         raise
     finally:
-        watching.cancel()
-    if working in done:
-        return working.result()
-    working.cancel()
-    with contextlib.suppress(BaseException):
-        await working  # its cancellation reaches the provider's stream before it is closed
-    raise _ClientGone
+        watcher.cancel()
 
 
 async def _disconnect(request: Request) -> None:
@@ -106,9 +110,15 @@ async def _event_stream(
         if data := encoder.encode_batch(first):
             yield data
         if first:
+            token_sent = _has_token(first)
+            if token_sent:
+                await first_token_sent()
             async for batch in rest:
                 if data := encoder.encode_batch(batch):
                     yield data
+                    if not token_sent and _has_token(batch):
+                        token_sent = True
+                        await first_token_sent()
     except ParleyError as exc:
         log.warning("chat completion stream failed: %s", exc.message)
         yield frame(orjson.dumps(body_for(exc)))
@@ -118,6 +128,10 @@ async def _event_stream(
     finally:
         await rest.aclose()
     yield DONE
+
+
+def _has_token(batch: list[ChatChunk]) -> bool:
+    return any(chunk.content or chunk.reasoning or chunk.tool_calls or chunk.refusal for chunk in batch)
 
 
 class _ChunkEncoder:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 
 class JSONResponse(Response):
@@ -16,12 +20,85 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
-class EventStreamResponse(StreamingResponse):
+class EventStreamResponse(Response):
+    """A `text/event-stream` body, written from the request's own task as its pieces come.
+
+    Starlette's StreamingResponse runs the body and a disconnect listener as two
+    tasks of an anyio task group for every stream; here the body is written by
+    the request's task, and one plain task waits for the disconnect and cancels
+    it. A client that leaves ends the stream at once, even while it waits for
+    the model: the body's generator is closed, and with it the upstream call.
+    """
+
     media_type = "text/event-stream"
 
-    def __init__(self, content: AsyncIterator[bytes] | Iterable[bytes]) -> None:
-        super().__init__(
-            content,
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            media_type=self.media_type,
-        )
+    # The same for every stream: built once.
+    _HEADERS = [
+        (b"content-type", b"text/event-stream; charset=utf-8"),
+        (b"cache-control", b"no-cache"),
+        (b"x-accel-buffering", b"no"),
+    ]
+
+    def __init__(self, content: AsyncIterator[bytes]) -> None:
+        self.body_iterator = content
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = list(self._HEADERS)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        writer = asyncio.current_task()
+        assert writer is not None
+        watcher = _DisconnectWatcher(receive, writer)
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            async for piece in self.body_iterator:
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not watcher.client_left or writer.uncancel() > 0:
+                raise  # cancelled from elsewhere: the server is stopping
+            # The client left: there is no one to answer.
+        finally:
+            watcher.stop()
+            with contextlib.suppress(Exception):
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
+
+class _DisconnectWatcher:
+    """Cancels the writer's task when the client disconnects."""
+
+    def __init__(self, receive: Receive, writer: asyncio.Task[Any]) -> None:
+        self.client_left = False
+        self._receive = receive
+        self._writer = writer
+        self._task = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        # The request's body has been read: what the server receives from now on is the disconnect.
+        with contextlib.suppress(Exception):
+            while (await self._receive())["type"] != "http.disconnect":
+                pass
+            self.client_left = True
+            self._writer.cancel()
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
+async def first_token_sent() -> None:
+    """Lets the client read a stream's first token before the rest of a burst is handled.
+
+    Writing to the client's socket wakes the client with a "synchronous" wakeup:
+    Linux queues it on the writer's core, expecting the writer to sleep soon.
+    Proxying a burst (an upstream that sends many tokens at once), Parley does
+    not sleep, and a client on this machine waits for the end of the scheduler's
+    slice (a millisecond or more) to read its first token. Once the write has
+    left (the event loop writes what a step queued when the step ends), giving
+    up the core once lets the client read now. It costs one system call a stream.
+    """
+    await asyncio.sleep(0)
+    if _sched_yield is not None:
+        _sched_yield()
+
+
+_sched_yield = getattr(os, "sched_yield", None)

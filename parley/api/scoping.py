@@ -8,7 +8,6 @@ is recorded and replayed under the same test.
 
 from __future__ import annotations
 
-from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from parley.config import RecordingSettings
@@ -37,7 +36,8 @@ class TestScopeMiddleware:
             current_test_id.reset(token)
 
 
-def install_test_scoping(app: FastAPI, settings: RecordingSettings) -> None:
-    """Reads the test header into each request's context, when calls are recorded or replayed."""
-    if settings.mode != "live":
-        app.add_middleware(TestScopeMiddleware, header=settings.test_header)
+def with_test_scoping(app: ASGIApp, settings: RecordingSettings) -> ASGIApp:
+    """`app`, reading the test header into each request's context when calls are recorded or replayed."""
+    if settings.mode == "live":
+        return app
+    return TestScopeMiddleware(app, header=settings.test_header)

@@ -262,6 +262,7 @@ class _Connection(asyncio.Protocol):
         self._buffered = 0
         self._paused_reading = False
         self._until_close = False
+        self._keep_alive = False
 
     # -- used by the pool and the response --------------------------------------------
 
@@ -269,7 +270,7 @@ class _Connection(asyncio.Protocol):
         """Open, and either unused or done with a reply that lets it be kept alive."""
         if self._closed or self._error is not None:
             return False
-        return not self._sent or (self.complete and self._parser.should_keep_alive() and not self._until_close)
+        return not self._sent or (self.complete and self._keep_alive)
 
     def close(self) -> None:
         self._closed = True
@@ -379,6 +380,8 @@ class _Connection(asyncio.Protocol):
             return
         names = {name for name, _ in self.headers}
         self._until_close = b"content-length" not in names and b"transfer-encoding" not in names
+        # Asked now: llhttp answers from the message's flags, which are gone once it completes.
+        self._keep_alive = self._parser.should_keep_alive() and not self._until_close
         self.head_done = True
 
     def on_body(self, body: bytes) -> None:
