@@ -105,29 +105,44 @@ async def _disconnect(request: Request) -> None:
 async def _event_stream(
     first: list[ChatChunk], rest: AsyncIterator[list[ChatChunk]], encoder: _ChunkEncoder
 ) -> AsyncIterator[bytes]:
+    # Chunks before the first token (the role) wait for it, to leave in one write with it:
+    # a role chunk on its own would wake the client for nothing. None once the token left.
+    held: list[ChatChunk] | None = []
     try:
-        # One write per batch: a burst from the upstream leaves in one piece.
-        if data := encoder.encode_batch(first):
-            yield data
         if first:
-            token_sent = _has_token(first)
-            if token_sent:
-                await first_token_sent()
-            async for batch in rest:
-                if data := encoder.encode_batch(batch):
-                    yield data
-                    if not token_sent and _has_token(batch):
-                        token_sent = True
-                        await first_token_sent()
+            async for batch in _prepend(first, rest):
+                if held is None:
+                    # One write per batch: a burst from the upstream leaves in one piece.
+                    if data := encoder.encode_batch(batch):
+                        yield data
+                    continue
+                held += batch
+                if _has_token(batch) or any(chunk.finish_reason or chunk.usage for chunk in batch):
+                    opening, held = held, None
+                    if data := encoder.encode_batch(opening):
+                        yield data
+                    await first_token_sent()
     except ParleyError as exc:
         log.warning("chat completion stream failed: %s", exc.message)
+        if held and (data := encoder.encode_batch(held)):
+            yield data
+        held = None
         yield frame(orjson.dumps(body_for(exc)))
     except Exception:
         log.exception("chat completion stream failed")
+        held = None
         yield frame(orjson.dumps(error_body("The server had an error while streaming.", type="server_error")))
     finally:
         await rest.aclose()
+    if held and (data := encoder.encode_batch(held)):
+        yield data
     yield DONE
+
+
+async def _prepend(first: list[ChatChunk], rest: AsyncIterator[list[ChatChunk]]) -> AsyncIterator[list[ChatChunk]]:
+    yield first
+    async for batch in rest:
+        yield batch
 
 
 def _has_token(batch: list[ChatChunk]) -> bool:
