@@ -10,11 +10,8 @@ from fastapi import APIRouter, Query, Request, Response
 from parley.api.body import documented, read_body
 from parley.api.http import EventStreamResponse, JSONResponse
 from parley.api.sse import DONE
-from parley.engine import context
 from parley.engine.request import CreateResponseRequest, check_include
 from parley.engine.service import ResponseRun, ResponseService
-from parley.errors import ParleyError
-from parley.inference.base import Provider
 from parley.store import PageRequest
 
 router = APIRouter()
@@ -32,12 +29,7 @@ def _service(request: Request) -> ResponseService:
 async def create_response(request: Request) -> Response:
     body = await read_body(request, CreateResponseRequest)
     service = _service(request)
-    # The turn's messages carry reasoning in the field its provider takes (see `context`).
-    token = context.use_reasoning_field(_provider(service, body.model))
-    try:
-        run = await service.create(body)
-    finally:
-        context.reset_reasoning_field(token)
+    run = await service.create(body)
     if body.stream:
         # A turn that fails before its first event is an HTTP error, not a stream.
         await run.started()
@@ -46,13 +38,6 @@ async def create_response(request: Request) -> Response:
     if run.error is not None:
         raise run.error
     return JSONResponse(response)
-
-
-def _provider(service: ResponseService, model: str) -> Provider | None:
-    try:
-        return service.registry.resolve(model).provider
-    except ParleyError:
-        return None  # the service refuses the model, in the order it checks the request
 
 
 async def _frames(run: ResponseRun) -> AsyncIterator[bytes]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextvars import ContextVar, Token
 from typing import Any
 
 from parley.config import OpenAIProviderConfig
@@ -14,12 +13,6 @@ from parley.tools.mcp import error_text
 
 NameOf = Callable[[str, str], str]
 
-# The assistant-message field in which the provider of the response being produced takes
-# reasoning back (its `reasoning_field`), or None. The agent loop builds the messages
-# without naming the provider, so `use_reasoning_field` sets this for each request, before
-# the response's task starts (a task runs in a copy of the context it was created in).
-_REASONING_FIELD: ContextVar[str | None] = ContextVar("parley_reasoning_field", default=None)
-
 
 def reasoning_field_of(provider: Provider) -> str | None:
     """The message field `provider` takes reasoning in: an `openai` provider's `reasoning_field`.
@@ -29,15 +22,6 @@ def reasoning_field_of(provider: Provider) -> str | None:
     runs = getattr(provider, "inner", provider)  # a recording provider wraps the one that runs
     config = getattr(runs, "config", None)
     return config.reasoning_field if isinstance(config, OpenAIProviderConfig) else None
-
-
-def use_reasoning_field(provider: Provider | None) -> Token[str | None]:
-    """Makes `chat_messages` send reasoning as `provider` takes it, in this context and the tasks it starts."""
-    return _REASONING_FIELD.set(reasoning_field_of(provider) if provider is not None else None)
-
-
-def reset_reasoning_field(token: Token[str | None]) -> None:
-    _REASONING_FIELD.reset(token)
 
 
 def chat_messages(
@@ -54,9 +38,8 @@ def chat_messages(
     tool message of its own. `name_of` gives the name the model knows an MCP
     server's tool by.
 
-    With a `reasoning_field` (by default the one set by `use_reasoning_field`),
-    a reasoning item's text rides in that field of the assistant message that
-    follows it: the one with the turn's text or tool calls (DeepSeek's tool
+    With a `reasoning_field` (see `reasoning_field_of`), a reasoning item's
+    text rides in that field of the assistant message that follows it: the one with the turn's text or tool calls (DeepSeek's tool
     loop needs it there), or an empty one made for it when a user or tool
     message comes first. Without one, reasoning is left out.
     """
@@ -67,7 +50,7 @@ def chat_messages(
         item["approval_request_id"] for item in items if item["type"] == "mcp_approval_response" and not item["approve"]
     }
     name_of = name_of or (lambda _label, name: name)
-    field = reasoning_field if reasoning_field is not None else _REASONING_FIELD.get()
+    field = reasoning_field
     reasoning: list[str] = []  # the texts of reasoning items not yet attached to a message
 
     def assistant(message: dict[str, Any]) -> dict[str, Any]:

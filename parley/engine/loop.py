@@ -249,7 +249,12 @@ def _chat_request(turn: Turn, items: list[dict[str, Any]], offer: ToolOffer) -> 
     logprobs = request.include_logprobs or bool(request.top_logprobs)
     return ChatRequest(
         model=turn.model.name,
-        messages=context.chat_messages(request.instructions, items, turn.toolbox.model_name),
+        messages=context.chat_messages(
+            request.instructions,
+            items,
+            turn.toolbox.model_name,
+            reasoning_field=context.reasoning_field_of(turn.model.provider),
+        ),
         tools=tools,
         tool_choice=tool_choice,
         parallel_tool_calls=None if tools is None else request.parallel_tool_calls,
