@@ -39,9 +39,10 @@ def chat_messages(
     server's tool by.
 
     With a `reasoning_field` (see `reasoning_field_of`), a reasoning item's
-    text rides in that field of the assistant message that follows it: the one with the turn's text or tool calls (DeepSeek's tool
-    loop needs it there), or an empty one made for it when a user or tool
-    message comes first. Without one, reasoning is left out.
+    text rides in that field of the assistant message that follows it: the
+    one with the turn's text or tool calls (DeepSeek's tool loop needs it
+    there), or an empty one made for it when a user or tool message comes
+    first. Without one, reasoning is left out.
     """
     messages: list[dict[str, Any]] = []
     if instructions:
