@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from tests.fake_upstream import MODELS, FakeUpstream
+from tests.mcp_servers import ToolServer
 from tests.postgres import PostgresServer
 from tests.support.validating_transport import ValidatingTransport
 
@@ -202,5 +203,13 @@ def parley(
     """Parley with storage on the backend of this run, over the fake upstream and the embedded model."""
     server = ParleyProcess(tmp_path_factory.mktemp("parley"), parley_config(fake_upstream, storage_url))
     server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def tool_server() -> Iterator[ToolServer]:
+    """The MCP test server (`tests/mcp_servers.py`), one per test module."""
+    server = ToolServer().start()
     yield server
     server.stop()

@@ -163,13 +163,6 @@ def http(parley: ParleyProcess) -> Iterator[httpx.Client]:
         yield client
 
 
-@pytest.fixture(scope="module")
-def tool_server() -> Iterator[ToolServer]:
-    server = ToolServer().start()
-    yield server
-    server.stop()
-
-
 def page(http: httpx.Client, conversation_id: str, **params: Any) -> dict[str, Any]:
     """One page of the conversation's items, checked."""
     answer = http.get(f"/v1/conversations/{conversation_id}/items", params=params)

@@ -25,13 +25,6 @@ from tests.support.tools import mcp_tool
 SCRIPT = "fake/fake-script"
 
 
-@pytest.fixture(scope="module")
-def tool_server() -> Iterator[ToolServer]:
-    server = ToolServer().start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def client(parley: ParleyProcess) -> openai.OpenAI:
     return parley.client(timeout=60)

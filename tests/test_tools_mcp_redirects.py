@@ -26,13 +26,6 @@ SCRIPT = "fake/fake-script"
 
 
 @pytest.fixture(scope="module")
-def tool_server() -> Iterator[ToolServer]:
-    server = ToolServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def redirecting(tool_server: ToolServer) -> Iterator[RedirectingToolServer]:
     server = RedirectingToolServer(redirect_to=tool_server.url).start()
     yield server

@@ -10,7 +10,6 @@ and a name that only begins like an offered one is refused.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -21,13 +20,6 @@ from tests.mcp_servers import ToolServer
 from tests.support.tools import WEATHER, mcp_tool
 
 SPLIT = "fake/fake-split-script"
-
-
-@pytest.fixture(scope="module")
-def tool_server() -> Iterator[ToolServer]:
-    server = ToolServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request, Response
 
 from parley.api.body import documented, read_body
-from parley.api.http import EventStreamResponse, JSONResponse
+from parley.api.http import EventStreamResponse, JSONResponse, first_token_sent
 from parley.api.sse import DONE
 from parley.engine.request import CreateResponseRequest, check_include
 from parley.engine.service import ResponseRun, ResponseService
@@ -41,8 +41,12 @@ async def create_response(request: Request) -> Response:
 
 
 async def _frames(run: ResponseRun) -> AsyncIterator[bytes]:
+    token_sent = False
     async for batch in run.events():
         yield b"".join(b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n" for kind, data in batch)
+        if not token_sent and any(kind.endswith(".delta") for kind, _ in batch):
+            token_sent = True
+            await first_token_sent()
     yield DONE
 
 

@@ -115,7 +115,9 @@ def announce(turn: Turn, finished: list[dict[str, Any]] | None = None) -> None:
         turn.announced = True
         turn.emitter.emit("response.created", response=turn.response)
         turn.emitter.emit("response.in_progress", response=turn.response)
-        turn.ensure_written()
+        # The row's write starts once the first events have left: started now, its SQL would
+        # run before the task that sends them, which these events wake after this step.
+        asyncio.get_running_loop().call_soon(turn.ensure_written)
         for item in finished or ():
             turn.emitter.add_finished(item)
 

@@ -373,8 +373,9 @@ class ResponseService:
 
     async def retrieve(self, response_id: str) -> dict[str, Any]:
         turn = self._producing.get(response_id)
-        if turn is not None and turn.response["status"] == "in_progress":
-            # Its row may still be on its way to the database; this server knows it as it is now.
+        if turn is not None:
+            # Until it is stored, its row may still be on its way to the database (a burst can
+            # finish a response before its first row is written): this server knows it as it is now.
             return {**copy.deepcopy(turn.response), "output": turn.emitter.snapshot()}
         response = await self.store.get(response_id)
         if response is None:

@@ -24,7 +24,6 @@ from parley.errors import (
 )
 from parley.inference import http1
 from parley.inference.base import ModelInfo, Provider
-from parley.inference.batching import batched
 from parley.inference.types import ChatChunk, ChatRequest
 from parley.inference.wire import chat_body, choice_chunk, completion_chunks, usage_from_wire
 
@@ -123,7 +122,10 @@ class OpenAICompatibleProvider(Provider):
         return orjson.dumps(chat_body(request))
 
     def stream_chat(self, request: ChatRequest) -> AsyncIterator[list[ChatChunk]]:
-        return batched(self._stream(request))
+        # Each batch is every chunk that had arrived when the consumer asked: the pool hands
+        # over whatever its connection has received since the last read, so a burst that
+        # piles up while the consumer is busy leaves in one piece, with no reading task.
+        return self._stream(request)
 
     @property
     def pool(self) -> http1.ConnectionPool:
