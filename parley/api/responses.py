@@ -11,7 +11,7 @@ from parley.api.body import documented, read_body
 from parley.api.http import EventStreamResponse, JSONResponse, first_token_sent
 from parley.api.sse import DONE
 from parley.engine.request import CreateResponseRequest, check_include
-from parley.engine.service import ResponseRun, ResponseService
+from parley.engine.service import Event, ResponseRun, ResponseService
 from parley.store import PageRequest
 
 router = APIRouter()
@@ -40,14 +40,38 @@ async def create_response(request: Request) -> Response:
     return JSONResponse(response)
 
 
+# What the stream opens with before its first output: sent with that output, in one write.
+_OPENING = frozenset(
+    ("response.created", "response.in_progress", "response.output_item.added", "response.content_part.added")
+)
+
+
 async def _frames(run: ResponseRun) -> AsyncIterator[bytes]:
-    token_sent = False
+    """The events as SSE frames, a write per batch.
+
+    The opening events wait for the first delta (or any other event), so that a
+    client is woken once, for its first token, rather than first for events that
+    say nothing yet; the headers have left already.
+    """
+    held: list[Event] | None = []  # None once the opening has left
     async for batch in run.events():
-        yield b"".join(b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n" for kind, data in batch)
-        if not token_sent and any(kind.endswith(".delta") for kind, _ in batch):
-            token_sent = True
-            await first_token_sent()
+        if held is not None:
+            held += batch
+            if all(kind in _OPENING for kind, _ in batch):
+                continue
+            batch, held = held, None
+            yield _encode(batch)
+            if any(kind.endswith(".delta") for kind, _ in batch):
+                await first_token_sent()
+            continue
+        yield _encode(batch)
+    if held:
+        yield _encode(held)
     yield DONE
+
+
+def _encode(batch: list[Event]) -> bytes:
+    return b"".join(b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n" for kind, data in batch)
 
 
 @router.get("/v1/responses")
