@@ -18,6 +18,17 @@ from parley.store.tables import conversation_items, response_items, responses
 
 _VISIBLE = sa.and_(responses.c.deleted.is_(False))
 
+# The statements every response runs, built once: SQLAlchemy builds a statement
+# in Python, bind parameter by bind parameter, each time `.values()` is called,
+# and finds a prebuilt one's compiled form in its cache.
+_INSERT_RESPONSE = responses.insert()
+_INSERT_ITEMS = response_items.insert()
+_FINISH_RESPONSE = (
+    responses.update()
+    .where(responses.c.id == sa.bindparam("response_id"))
+    .values(status=sa.bindparam("status"), body=sa.bindparam("body"), lease_until=None)
+)
+
 
 class _ItemSource:
     """One of the two tables that hold responses' items, seen through the same columns."""
@@ -51,20 +62,21 @@ class ResponseStore:
         """Writes the response as it starts, with its input, before any model call."""
         async with self.db.write() as connection:
             await connection.execute(
-                responses.insert().values(
-                    id=response["id"],
-                    created_at=response["created_at"],
-                    status=response["status"],
-                    model=response["model"],
-                    previous_response_id=response.get("previous_response_id"),
-                    conversation_id=(response.get("conversation") or {}).get("id"),
-                    body=_without_output(response),
-                    lease_until=time.time() + self.lease_seconds,
-                )
+                _INSERT_RESPONSE,
+                {
+                    "id": response["id"],
+                    "created_at": response["created_at"],
+                    "status": response["status"],
+                    "model": response["model"],
+                    "previous_response_id": response.get("previous_response_id"),
+                    "conversation_id": (response.get("conversation") or {}).get("id"),
+                    "body": _without_output(response),
+                    "lease_until": time.time() + self.lease_seconds,
+                },
             )
             if input_items and not response.get("conversation"):  # a conversation keeps its own items
                 await connection.execute(
-                    response_items.insert(),
+                    _INSERT_ITEMS,
                     [_item_row(response["id"], position, "input", item) for position, item in enumerate(input_items)],
                 )
 
@@ -85,12 +97,11 @@ class ResponseStore:
             rows += [_item_row(response["id"], len(rows) + i, "output", item) for i, item in enumerate(output_items)]
         async with self.db.write() as connection:
             await connection.execute(
-                responses.update()
-                .where(responses.c.id == response["id"])
-                .values(status=response["status"], body=_without_output(response), lease_until=None)
+                _FINISH_RESPONSE,
+                {"response_id": response["id"], "status": response["status"], "body": _without_output(response)},
             )
             if rows:
-                await connection.execute(response_items.insert(), rows)
+                await connection.execute(_INSERT_ITEMS, rows)
 
     async def get(self, response_id: str) -> dict[str, Any] | None:
         async with self.db.engine.connect() as connection:
