@@ -11,6 +11,7 @@ SQLite and on PostgreSQL; every stream is checked by the stream validator.
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -202,3 +203,54 @@ def test_reasoning_field_is_checked_at_start(tmp_path: Path) -> None:
     assert "inference.providers.ds.reasoning_field: Input should be 'reasoning_content' or 'reasoning'" in str(
         info.value
     )
+
+
+GOOD_REASONING: dict[str, Any] = {
+    "type": "reasoning",
+    "summary": [{"type": "summary_text", "text": "Count legs."}, {"type": "summary_text", "text": "Eight."}],
+    "content": [{"type": "reasoning_text", "text": "Spiders are arachnids."}],
+    "encrypted_content": "opaque",
+}
+BAD_REASONING: list[tuple[dict[str, Any], str, str | None]] = [
+    # (the reasoning item's fields, the param named after `input[1].`, the error's code)
+    ({"summary": [{"type": "bogus", "text": "x"}]}, "summary[0].type", None),
+    ({"summary": [{"type": "reasoning_text", "text": "x"}]}, "summary[0].type", None),
+    ({"summary": [{"type": "summary_text"}]}, "summary[0].text", "missing_required_parameter"),
+    ({"summary": [{"type": "summary_text", "text": 7}]}, "summary[0].text", "invalid_value"),
+    ({"summary": [], "content": [{"type": "summary_text", "text": "x"}]}, "content[0].type", None),
+    ({"summary": [], "content": [{"type": "reasoning_text", "text": None}]}, "content[0].text", "invalid_value"),
+    ({"summary": [], "content": [{"type": "reasoning_text", "text": ["x"]}]}, "content[0].text", "invalid_value"),
+]
+
+
+@pytest.mark.parametrize(("fields", "place", "code"), BAD_REASONING)
+def test_a_bad_reasoning_part_is_a_400_naming_its_place(
+    client: openai.OpenAI, fake_upstream: FakeUpstream, fields: dict[str, Any], place: str, code: str | None
+) -> None:
+    """`summary` holds `summary_text` parts and `content` `reasoning_text` parts, each with a string `text`;
+    the item with its parts put right is accepted and stored as given."""
+    sent = len(fake_upstream.requests)
+    bad: Any = [user("one"), {"type": "reasoning", **fields}, {"role": "assistant", "content": "two"}]
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.responses.create(model=model(None), input=bad)
+    assert raised.value.param == f"input[1].{place}"
+    assert raised.value.type == "invalid_request_error"
+    assert raised.value.code == code
+    assert f"'input[1].{place}'" in raised.value.message
+    assert len(fake_upstream.requests) == sent  # refused before the model was called
+
+    # The same item added to a conversation is refused there, named as a conversation item.
+    conversation = client.conversations.create()
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.conversations.items.create(conversation.id, items=[bad[1]])
+    assert raised.value.param == f"items[0].{place}"
+    assert list(client.conversations.items.list(conversation.id)) == []
+
+    thought: Any = {**GOOD_REASONING, "id": f"rs_{uuid.uuid4().hex}"}
+    response = client.responses.create(model=model(None), input=[bad[0], thought, bad[2]])
+    assert response.status == "completed"
+    stored = [item.to_dict(mode="json") for item in client.responses.input_items.list(response.id, order="asc")]
+    assert stored[1] == {**thought, "status": "completed"}
+    client.conversations.items.create(conversation.id, items=[{**GOOD_REASONING, "content": None}])
+    [item] = [item.to_dict(mode="json") for item in client.conversations.items.list(conversation.id)]
+    assert item["summary"] == GOOD_REASONING["summary"] and item["encrypted_content"] == "opaque"

@@ -51,15 +51,29 @@ class Refusal(_Part):
     refusal: str
 
 
+class SummaryText(_Part):
+    type: Literal["summary_text"]
+    text: str
+
+
+class ReasoningText(_Part):
+    type: Literal["reasoning_text"]
+    text: str
+
+
 _PARTS: dict[str, type[_Part]] = {
     "input_text": InputText,
     "input_image": InputImage,
     "input_file": InputFile,
     "output_text": OutputText,
     "refusal": Refusal,
+    "summary_text": SummaryText,
+    "reasoning_text": ReasoningText,
 }
 _USER_PARTS = {"input_text", "input_image", "input_file"}
 _ASSISTANT_PARTS = {"output_text", "refusal"}
+_SUMMARY_PARTS = {"summary_text"}
+_REASONING_PARTS = {"reasoning_text"}
 
 
 # Item ids are stored in columns of this width (see store/tables.py); a longer one is refused up front.
@@ -202,6 +216,14 @@ def parse_item(raw: Any, path: str) -> dict[str, Any]:
         return data
     if isinstance(item, FunctionCallOutputItem) and isinstance(item.output, list):
         data["output"] = [_check_part(part, f"{path}.output[{i}]", _USER_PARTS) for i, part in enumerate(item.output)]
+    if isinstance(item, ReasoningItem):
+        data["summary"] = [
+            _check_part(part, f"{path}.summary[{i}]", _SUMMARY_PARTS) for i, part in enumerate(item.summary)
+        ]
+        if item.content is not None:
+            data["content"] = [
+                _check_part(part, f"{path}.content[{i}]", _REASONING_PARTS) for i, part in enumerate(item.content)
+            ]
     data.setdefault("id", new_id(_ID_PREFIX[item.type]))
     data.setdefault("status", "completed")
     return data
