@@ -1248,3 +1248,48 @@ def test_ids_look_like_openai(client: openai.OpenAI) -> None:
     response = client.responses.create(model=ECHO, input="y", conversation=conversation.id)
     assert response.id == AnyId("resp") and response.output[0].id == AnyId("msg")
     assert json.loads(response.model_dump_json())["conversation"] == {"id": conversation.id}
+
+
+def test_an_unknown_include_on_the_items_endpoints_is_a_400_naming_it(
+    http: httpx.Client, client: openai.OpenAI
+) -> None:
+    """As on `/v1/responses/{id}/input_items`: each `include` value from OpenAI's list, checked before anything else."""
+    cid = client.conversations.create(items=[{"role": "user", "content": "x"}]).id
+    [item] = items(http, cid)
+    good = ["message.output_text.logprobs"]
+    for method, path in (
+        ("GET", f"/v1/conversations/{cid}/items"),
+        ("GET", f"/v1/conversations/{cid}/items/{item['id']}"),
+        ("POST", f"/v1/conversations/{cid}/items"),
+    ):
+        body = {"items": [{"role": "user", "content": "more"}]} if method == "POST" else None
+        assert http.request(method, path, params={"include": good}, json=body).status_code == 200
+        bad = http.request(method, path, params={"include": [*good, "bogus"]}, json=body)
+        assert bad.status_code == 400, (method, path, bad.text)
+        found = error(bad)
+        assert found["message"].startswith("Invalid value for 'include[1]': 'bogus'; expected one of ")
+        assert found | {"message": ""} == {
+            "message": "",
+            "type": "invalid_request_error",
+            "param": "include",
+            "code": "invalid_value",
+        }
+    # The refused POST added nothing.
+    assert [i["content"][0]["text"] for i in items(http, cid)] == ["x", "more"]
+
+    # openai-python sends `include[]=...`: that form is checked too.
+    assert http.get(f"/v1/conversations/{cid}/items", params={"include[]": good}).status_code == 200
+    bad = http.get(f"/v1/conversations/{cid}/items", params={"include[]": "bogus"})
+    assert bad.status_code == 400 and error(bad)["param"] == "include"
+    assert len(client.conversations.items.list(cid, include=["message.output_text.logprobs"]).data) == 2
+    bogus: Any = ["bogus"]
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.conversations.items.list(cid, include=bogus)
+    assert raised.value.param == "include"
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.conversations.items.retrieve(item["id"], conversation_id=cid, include=bogus)
+    assert raised.value.param == "include"
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.conversations.items.create(cid, items=[{"role": "user", "content": "no"}], include=bogus)
+    assert raised.value.param == "include"
+    assert len(items(http, cid)) == 2

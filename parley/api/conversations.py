@@ -14,6 +14,7 @@ from parley.engine.conversations import (
     CreateConversationRequest,
     UpdateConversationRequest,
 )
+from parley.engine.request import check_include
 from parley.store import PageRequest
 
 router = APIRouter()
@@ -21,6 +22,13 @@ router = APIRouter()
 Limit = Annotated[int, Query(ge=1, le=100)]
 Order = Annotated[Literal["asc", "desc"], Query()]
 Include = Annotated[list[str] | None, Query()]
+# openai-python sends a list query parameter as `include[]=a&include[]=b`; others send `include=a&include=b`.
+IncludeBrackets = Annotated[list[str] | None, Query(alias="include[]", include_in_schema=False)]
+
+
+def _check_include(include: list[str] | None, brackets: list[str] | None) -> None:
+    """`include`, in either form, checked as on `/v1/responses/{id}/input_items`."""
+    check_include([*(include or ()), *(brackets or ())])
 
 
 def _service(request: Request) -> ConversationService:
@@ -50,7 +58,10 @@ async def delete_conversation(request: Request, conversation_id: str) -> JSONRes
 
 
 @router.post("/v1/conversations/{conversation_id}/items", openapi_extra=documented(AddItemsRequest))
-async def add_items(request: Request, conversation_id: str, include: Include = None) -> JSONResponse:
+async def add_items(
+    request: Request, conversation_id: str, include: Include = None, include_brackets: IncludeBrackets = None
+) -> JSONResponse:
+    _check_include(include, include_brackets)
     body = await read_body(request, AddItemsRequest)
     return JSONResponse(await _service(request).add_items(conversation_id, body))
 
@@ -63,13 +74,22 @@ async def list_items(
     limit: Limit = 20,
     order: Order = "desc",
     include: Include = None,
+    include_brackets: IncludeBrackets = None,
 ) -> JSONResponse:
+    _check_include(include, include_brackets)
     page = PageRequest(limit=limit, order=order, after=after)
     return JSONResponse(await _service(request).list_items(conversation_id, page))
 
 
 @router.get("/v1/conversations/{conversation_id}/items/{item_id}")
-async def retrieve_item(request: Request, conversation_id: str, item_id: str, include: Include = None) -> JSONResponse:
+async def retrieve_item(
+    request: Request,
+    conversation_id: str,
+    item_id: str,
+    include: Include = None,
+    include_brackets: IncludeBrackets = None,
+) -> JSONResponse:
+    _check_include(include, include_brackets)
     return JSONResponse(await _service(request).retrieve_item(conversation_id, item_id))
 
 
