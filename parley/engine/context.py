@@ -9,9 +9,7 @@ from parley.config import OpenAIProviderConfig
 from parley.engine.request import AllowedToolsChoice, CreateResponseRequest, FunctionTool, NamedFunctionChoice
 from parley.errors import InvalidRequestError
 from parley.inference.base import Provider
-from parley.tools.mcp import error_text
-
-NameOf = Callable[[str, str], str]
+from parley.tools import NameOf, chat_messages_of
 
 
 def reasoning_field_of(provider: Provider) -> str | None:
@@ -33,10 +31,12 @@ def chat_messages(
     """Chat messages for `items`, oldest first, after the instructions.
 
     Consecutive function calls (one model turn's) become one assistant
-    message; their results come later, as `function_call_output` items. An
-    MCP call carries its result, so it becomes an assistant message and a
-    tool message of its own. `name_of` gives the name the model knows an MCP
-    server's tool by.
+    message; their results come later, as `function_call_output` items.
+    Server-side tools' items (an MCP call, which carries its result) become
+    the messages their kind gives for them (`ToolKind.chat_messages`, found
+    by item type); an assistant message of tool calls there joins the one
+    before it as function calls do. `name_of` gives the name the model knows
+    an MCP server's tool by.
 
     With a `reasoning_field` (see `reasoning_field_of`), a reasoning item's
     text rides in that field of the assistant message that follows it: the
@@ -47,9 +47,6 @@ def chat_messages(
     messages: list[dict[str, Any]] = []
     if instructions:
         messages.append({"role": "system", "content": instructions})
-    declined = {
-        item["approval_request_id"] for item in items if item["type"] == "mcp_approval_response" and not item["approve"]
-    }
     name_of = name_of or (lambda _label, name: name)
     field = reasoning_field
     reasoning: list[str] = []  # the texts of reasoning items not yet attached to a message
@@ -68,8 +65,7 @@ def chat_messages(
             messages.append(assistant({"role": "assistant", "content": ""}))
         messages.append(message)
 
-    def call(call_id: str, name: str, arguments: str) -> None:
-        entry = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+    def call(entry: dict[str, Any]) -> None:
         last = messages[-1] if messages else None
         if last is not None and last["role"] == "assistant":
             # Text and calls of one model turn are one message.
@@ -86,22 +82,25 @@ def chat_messages(
             else:
                 other(message)
         elif kind == "function_call":
-            call(item["call_id"], item["name"], item["arguments"])
+            function = {"name": item["name"], "arguments": item["arguments"]}
+            call({"id": item["call_id"], "type": "function", "function": function})
         elif kind == "function_call_output":
             other({"role": "tool", "tool_call_id": item["call_id"], "content": _tool_output(item["output"])})
-        elif kind == "mcp_call" and item.get("status") in ("completed", "failed"):
-            call(item["id"], name_of(item["server_label"], item["name"]), item["arguments"])
-            messages.append({"role": "tool", "tool_call_id": item["id"], "content": _mcp_result(item)})
-        elif kind == "mcp_approval_request" and item["id"] in declined:
-            call(item["id"], name_of(item["server_label"], item["name"]), item["arguments"])
-            messages.append({"role": "tool", "tool_call_id": item["id"], "content": DECLINED})
-        elif kind == "reasoning" and field is not None:
-            text = reasoning_text(item)
+        elif kind == "reasoning":
+            text = reasoning_text(item) if field is not None else ""
             if text:
                 reasoning.append(text)
-        # Listings reach the model as tool definitions; pending approvals and approval
-        # responses are not part of a chat conversation. Reasoning that nothing follows
-        # is left out: an assistant message last would be taken for a reply to continue.
+        else:
+            for message in chat_messages_of(item, items, name_of) or ():
+                if message["role"] == "assistant" and message.get("tool_calls") and message.get("content") is None:
+                    for entry in message["tool_calls"]:
+                        call(entry)
+                elif message["role"] == "assistant":
+                    messages.append(assistant(message))
+                else:
+                    other(message)
+        # Reasoning that nothing follows is left out: an assistant message last would be
+        # taken for a reply to continue.
     return messages
 
 
@@ -117,16 +116,6 @@ def _texts(parts: list[dict[str, Any]] | None, kind: str) -> list[str]:
         for part in parts or ()
         if part.get("type") == kind and isinstance(part.get("text"), str) and part["text"]
     ]
-
-
-DECLINED = "The user declined to run this tool call."
-
-
-def _mcp_result(item: dict[str, Any]) -> str:
-    if item.get("error"):
-        error = item["error"]
-        return error_text(error) if isinstance(error, dict) else f"Error: {error}"
-    return item.get("output") or ""
 
 
 def _message(item: dict[str, Any]) -> dict[str, Any]:

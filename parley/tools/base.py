@@ -14,17 +14,23 @@ talk to this interface:
         run            runs a call item, writing its result into it; its final status
         refuse         ends a call item that may not run (`max_tool_calls`)
         close          ends what the response opened
+        chat_messages  what the model reads of one of the kind's items, in later model calls
 
-Every item a kind produces that has events of its own beyond `output_item.added`
-and `.done` is described by an `ItemEvents` in the kind's `items`.
+Every item type a kind produces or reads is in its `item_types`; those that have
+events of their own beyond `output_item.added` and `.done` are described by an
+`ItemEvents` in its `items`. `register` makes them known to the event emitter
+(`item_events`) and to the context builder (`chat_messages_of`), so neither
+names a kind.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+NameOf = Callable[[str, str], str]  # (server label, the server's tool name) -> the name the model knows it by
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +65,8 @@ class ToolKind(ABC):
     """The tools of one kind that one response names."""
 
     call_type: ClassVar[str]  # the item a call becomes, which Parley runs ("mcp_call")
-    items: ClassVar[dict[str, ItemEvents]]  # the items this kind produces that have events of their own
+    item_types: ClassVar[tuple[str, ...]]  # every item this kind produces or reads, `call_type` included
+    items: ClassVar[dict[str, ItemEvents]]  # those of them that have events of their own
 
     async def prepare(
         self, history: list[dict[str, Any]], previous_tools: list[dict[str, Any]]
@@ -97,12 +104,31 @@ class ToolKind(ABC):
     async def close(self) -> None:
         return None
 
+    @classmethod
+    def chat_messages(cls, item: dict[str, Any], items: list[dict[str, Any]], name_of: NameOf) -> list[dict[str, Any]]:
+        """The chat messages the model reads for `item`, one of this kind's `item_types`; none by default.
+
+        `items` are all the items being sent, `item` among them (an item may
+        depend on a later one: a request on the response that declines it).
+        `name_of` gives the name the model knows a server's tool by. An
+        assistant message with `tool_calls` and no content joins the assistant
+        message before it, as one model turn's calls do, and takes the
+        reasoning before it; a tool message follows as it is.
+        """
+        return []
+
 
 _ITEM_EVENTS: dict[str, ItemEvents] = {}
+_KINDS: dict[str, type[ToolKind]] = {}  # item type -> the kind that produces or reads it
 
 
 def register(kind: type[ToolKind]) -> type[ToolKind]:
-    """Makes a kind's items known to the event emitter."""
+    """Makes a kind's items known to the event emitter and to the context builder."""
+    if not set(kind.items) <= set(kind.item_types) or kind.call_type not in kind.item_types:
+        raise TypeError(f"{kind.__name__}: `items` and `call_type` must be among its `item_types`")
+    for item_type in kind.item_types:
+        if _KINDS.setdefault(item_type, kind) is not kind:
+            raise TypeError(f"{kind.__name__}: '{item_type}' items belong to {_KINDS[item_type].__name__}")
     _ITEM_EVENTS.update(kind.items)
     return kind
 
@@ -110,3 +136,9 @@ def register(kind: type[ToolKind]) -> type[ToolKind]:
 def item_events(item_type: str) -> ItemEvents | None:
     """The events of a server-side tool's item; None for any other item."""
     return _ITEM_EVENTS.get(item_type)
+
+
+def chat_messages_of(item: dict[str, Any], items: list[dict[str, Any]], name_of: NameOf) -> list[dict[str, Any]] | None:
+    """The chat messages for a server-side tool's item (see `ToolKind.chat_messages`); None for any other item."""
+    kind = _KINDS.get(item["type"])
+    return None if kind is None else kind.chat_messages(item, items, name_of)

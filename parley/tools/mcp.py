@@ -10,7 +10,12 @@ The `{"type": "mcp"}` tools of one response are one `MCPServers`:
   ends the response;
 - the next request's `{"type": "mcp_approval_response", "approve": true}` lets
   the requested call run before the model is called again; a refusal is
-  told to the model (see `engine.context`).
+  told to the model (`chat_messages`).
+
+The model reads a finished `mcp_call` as its own tool call and the tool's
+result, and a declined request as a call answered with the refusal. Listings
+reach it as tool definitions; pending requests and the responses to them are
+not part of a chat conversation.
 
 Connecting and calling are `mcp_client`'s.
 """
@@ -23,7 +28,7 @@ from typing import Any
 from parley.config import MCPSettings
 from parley.errors import InvalidRequestError
 from parley.ids import new_id
-from parley.tools.base import ItemEvents, ServerTool, ToolKind, register
+from parley.tools.base import ItemEvents, NameOf, ServerTool, ToolKind, register
 from parley.tools.definitions import MCPTool
 from parley.tools.mcp_client import (
     ListedTool,
@@ -34,12 +39,13 @@ from parley.tools.mcp_client import (
     protocol_error,
 )
 
-__all__ = ["MCPServers", "MCPSessionPool", "error_text"]
+__all__ = ["MCPServers", "MCPSessionPool"]
 
 
 @register
 class MCPServers(ToolKind):
     call_type = "mcp_call"
+    item_types = ("mcp_list_tools", "mcp_call", "mcp_approval_request", "mcp_approval_response")
     items = {
         "mcp_call": ItemEvents(
             "response.mcp_call", arguments="response.mcp_call_arguments", pending={"output": None, "error": None}
@@ -179,6 +185,46 @@ class MCPServers(ToolKind):
 
     async def close(self) -> None:
         await asyncio.gather(*(server.close() for server in self.servers), return_exceptions=True)
+
+    @classmethod
+    def chat_messages(cls, item: dict[str, Any], items: list[dict[str, Any]], name_of: NameOf) -> list[dict[str, Any]]:
+        """The model's call and the tool message answering it, for a finished call or a declined request.
+
+        A request is declined by an `mcp_approval_response` in `items` that does
+        not approve it. Nothing for any other item.
+        """
+        kind = item["type"]
+        if kind == "mcp_call" and item.get("status") in ("completed", "failed"):
+            result = _result(item)
+        elif kind == "mcp_approval_request" and any(
+            other["type"] == "mcp_approval_response"
+            and other["approval_request_id"] == item["id"]
+            and not other["approve"]
+            for other in items
+        ):
+            result = DECLINED
+        else:
+            return []
+        function = {"name": name_of(item["server_label"], item["name"]), "arguments": item["arguments"]}
+        return [
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"id": item["id"], "type": "function", "function": function}],
+            },
+            {"role": "tool", "tool_call_id": item["id"], "content": result},
+        ]
+
+
+DECLINED = "The user declined to run this tool call."
+
+
+def _result(item: dict[str, Any]) -> str:
+    """What the model reads of a finished call: its output, or its error."""
+    if item.get("error"):
+        error = item["error"]
+        return error_text(error) if isinstance(error, dict) else f"Error: {error}"
+    return item.get("output") or ""
 
 
 def _reusable_listings(
