@@ -318,6 +318,15 @@ class ResponseService:
         return None
 
     async def _store(self, turn: loop.Turn) -> None:
+        if turn.begin is not None and turn.written is None:
+            # It ended before its first row was written (a fast model, a short answer): one
+            # write of the whole response, which whoever waits for its row waits for.
+            turn.begin = None
+            turn.written = asyncio.ensure_future(
+                self.store.insert_finished(turn.response, turn.input_items, turn.emitter.output)
+            )
+            await turn.written
+            return
         written = turn.ensure_written()
         if written is not None:
             await written

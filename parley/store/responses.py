@@ -61,19 +61,7 @@ class ResponseStore:
     async def begin(self, response: dict[str, Any], input_items: list[dict[str, Any]]) -> None:
         """Writes the response as it starts, with its input, before any model call."""
         async with self.db.write() as connection:
-            await connection.execute(
-                _INSERT_RESPONSE,
-                {
-                    "id": response["id"],
-                    "created_at": response["created_at"],
-                    "status": response["status"],
-                    "model": response["model"],
-                    "previous_response_id": response.get("previous_response_id"),
-                    "conversation_id": (response.get("conversation") or {}).get("id"),
-                    "body": _without_output(response),
-                    "lease_until": time.time() + self.lease_seconds,
-                },
-            )
+            await connection.execute(_INSERT_RESPONSE, _response_row(response, time.time() + self.lease_seconds))
             if input_items and not response.get("conversation"):  # a conversation keeps its own items
                 await connection.execute(
                     _INSERT_ITEMS,
@@ -100,6 +88,19 @@ class ResponseStore:
                 _FINISH_RESPONSE,
                 {"response_id": response["id"], "status": response["status"], "body": _without_output(response)},
             )
+            if rows:
+                await connection.execute(_INSERT_ITEMS, rows)
+
+    async def insert_finished(
+        self, response: dict[str, Any], input_items: list[dict[str, Any]], output_items: list[dict[str, Any]]
+    ) -> None:
+        """`begin` and `finish` in one write, for a response that ended before its first row was written."""
+        rows = []
+        if not response.get("conversation") or response["status"] == "failed":
+            rows = [_item_row(response["id"], i, "input", item) for i, item in enumerate(input_items)]
+            rows += [_item_row(response["id"], len(rows) + i, "output", item) for i, item in enumerate(output_items)]
+        async with self.db.write() as connection:
+            await connection.execute(_INSERT_RESPONSE, _response_row(response, lease_until=None))
             if rows:
                 await connection.execute(_INSERT_ITEMS, rows)
 
@@ -259,6 +260,19 @@ class ResponseStore:
 
 def _without_output(response: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in response.items() if key != "output"}
+
+
+def _response_row(response: dict[str, Any], lease_until: float | None) -> dict[str, Any]:
+    return {
+        "id": response["id"],
+        "created_at": response["created_at"],
+        "status": response["status"],
+        "model": response["model"],
+        "previous_response_id": response.get("previous_response_id"),
+        "conversation_id": (response.get("conversation") or {}).get("id"),
+        "body": _without_output(response),
+        "lease_until": lease_until,
+    }
 
 
 def _item_row(response_id: str, position: int, kind: str, item: dict[str, Any]) -> dict[str, Any]:
