@@ -841,6 +841,19 @@ def test_include_on_retrieval_is_checked(parley: ParleyProcess, client: openai.O
     assert bad.json()["error"]["param"] == "include" and "bogus" in bad.json()["error"]["message"]
 
 
+def test_include_on_retrieval_is_checked_as_the_official_client_sends_it(client: openai.OpenAI) -> None:
+    # openai-python sends a list query parameter as `include[]=...`.
+    response = client.responses.create(model=ECHO, input="x")
+    assert client.responses.retrieve(response.id, include=["message.output_text.logprobs"]).id == response.id
+    for call in (
+        lambda: client.responses.retrieve(response.id, include=["bogus"]),  # type: ignore[list-item]
+        lambda: client.responses.input_items.list(response.id, include=["bogus"]),  # type: ignore[list-item]
+    ):
+        with pytest.raises(openai.BadRequestError) as raised:
+            call()
+        assert raised.value.param == "include"
+
+
 def test_include_on_create_is_checked(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as raised:
         client.responses.create(model=ECHO, input="x", include=["bogus"])  # type: ignore[list-item]

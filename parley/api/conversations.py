@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 
 from parley.api.body import documented, read_body
 from parley.api.http import JSONResponse
+from parley.api.params import Include, IncludeBrackets, Limit, Order, check_includes
 from parley.engine.conversations import (
     AddItemsRequest,
     ConversationService,
     CreateConversationRequest,
     UpdateConversationRequest,
 )
-from parley.engine.request import check_include
 from parley.store import PageRequest
 
 router = APIRouter()
-
-Limit = Annotated[int, Query(ge=1, le=100)]
-Order = Annotated[Literal["asc", "desc"], Query()]
-Include = Annotated[list[str] | None, Query()]
-# openai-python sends a list query parameter as `include[]=a&include[]=b`; others send `include=a&include=b`.
-IncludeBrackets = Annotated[list[str] | None, Query(alias="include[]", include_in_schema=False)]
-
-
-def _check_include(include: list[str] | None, brackets: list[str] | None) -> None:
-    """`include`, in either form, checked as on `/v1/responses/{id}/input_items`."""
-    check_include([*(include or ()), *(brackets or ())])
 
 
 def _service(request: Request) -> ConversationService:
@@ -61,7 +48,7 @@ async def delete_conversation(request: Request, conversation_id: str) -> JSONRes
 async def add_items(
     request: Request, conversation_id: str, include: Include = None, include_brackets: IncludeBrackets = None
 ) -> JSONResponse:
-    _check_include(include, include_brackets)
+    check_includes(include, include_brackets)
     body = await read_body(request, AddItemsRequest)
     return JSONResponse(await _service(request).add_items(conversation_id, body))
 
@@ -76,7 +63,7 @@ async def list_items(
     include: Include = None,
     include_brackets: IncludeBrackets = None,
 ) -> JSONResponse:
-    _check_include(include, include_brackets)
+    check_includes(include, include_brackets)
     page = PageRequest(limit=limit, order=order, after=after)
     return JSONResponse(await _service(request).list_items(conversation_id, page))
 
@@ -89,7 +76,7 @@ async def retrieve_item(
     include: Include = None,
     include_brackets: IncludeBrackets = None,
 ) -> JSONResponse:
-    _check_include(include, include_brackets)
+    check_includes(include, include_brackets)
     return JSONResponse(await _service(request).retrieve_item(conversation_id, item_id))
 
 

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from parley.api.body import documented, read_body
 from parley.api.http import EventStreamResponse, JSONResponse, first_token_sent
+from parley.api.params import Include, IncludeBrackets, Limit, Order, check_includes
 from parley.api.sse import DONE
-from parley.engine.request import CreateResponseRequest, check_include
+from parley.engine.request import CreateResponseRequest
 from parley.engine.service import Event, ResponseRun, ResponseService
 from parley.store import PageRequest
 
 router = APIRouter()
-
-Limit = Annotated[int, Query(ge=1, le=100)]
-Order = Annotated[Literal["asc", "desc"], Query()]
-Include = Annotated[list[str] | None, Query()]
 
 
 def _service(request: Request) -> ResponseService:
@@ -87,8 +83,10 @@ async def list_responses(
 
 
 @router.get("/v1/responses/{response_id}")
-async def retrieve_response(request: Request, response_id: str, include: Include = None) -> JSONResponse:
-    check_include(include)
+async def retrieve_response(
+    request: Request, response_id: str, include: Include = None, include_brackets: IncludeBrackets = None
+) -> JSONResponse:
+    check_includes(include, include_brackets)
     return JSONResponse(await _service(request).retrieve(response_id))
 
 
@@ -106,7 +104,8 @@ async def list_input_items(
     limit: Limit = 20,
     order: Order = "desc",
     include: Include = None,
+    include_brackets: IncludeBrackets = None,
 ) -> JSONResponse:
-    check_include(include)
+    check_includes(include, include_brackets)
     page = PageRequest(limit=limit, order=order, after=after, before=before)
     return JSONResponse(await _service(request).input_items(response_id, page))
