@@ -15,9 +15,10 @@ from fastapi import APIRouter, Request, Response
 from parley.api.body import documented, read_body
 from parley.api.chat_request import ChatCompletionBody
 from parley.api.errors import body_for, error_body
-from parley.api.http import EventStreamResponse, JSONResponse, first_token_sent
+from parley.api.http import DisconnectWatcher, EventStreamResponse, JSONResponse, first_token_sent
 from parley.api.sse import DONE, frame
 from parley.errors import ParleyError
+from parley.inference.base import prepend
 from parley.inference.collect import Completion, collect
 from parley.inference.registry import ModelRegistry
 from parley.inference.types import ChatChunk
@@ -77,29 +78,15 @@ async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
     """
     handler = asyncio.current_task()
     assert handler is not None
-    left = False
-
-    async def watch() -> None:
-        nonlocal left
-        await _disconnect(request)
-        left = True
-        handler.cancel()
-
-    watcher = asyncio.ensure_future(watch())
+    watcher = DisconnectWatcher(request.receive, handler)
     try:
         return await work  # its cancellation reaches the provider's stream before it is closed
     except asyncio.CancelledError:
-        if left and handler.uncancel() == 0:
+        if watcher.client_left and handler.uncancel() == 0:
             raise _ClientGone from None
         raise
     finally:
-        watcher.cancel()
-
-
-async def _disconnect(request: Request) -> None:
-    # The body has been read: what the server receives from now on is the disconnect.
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+        watcher.stop()
 
 
 async def _event_stream(
@@ -108,9 +95,10 @@ async def _event_stream(
     # Chunks before the first token (the role) wait for it, to leave in one write with it:
     # a role chunk on its own would wake the client for nothing. None once the token left.
     held: list[ChatChunk] | None = []
+    error: dict[str, Any] | None = None
     try:
         if first:
-            async for batch in _prepend(first, rest):
+            async for batch in prepend(first, rest):
                 if held is None:
                     # One write per batch: a burst from the upstream leaves in one piece.
                     if data := encoder.encode_batch(batch):
@@ -124,25 +112,18 @@ async def _event_stream(
                     await first_token_sent()
     except ParleyError as exc:
         log.warning("chat completion stream failed: %s", exc.message)
-        if held and (data := encoder.encode_batch(held)):
-            yield data
-        held = None
-        yield frame(orjson.dumps(body_for(exc)))
+        error = body_for(exc)
     except Exception:
         log.exception("chat completion stream failed")
-        held = None
-        yield frame(orjson.dumps(error_body("The server had an error while streaming.", type="server_error")))
+        error = error_body("The server had an error while streaming.", type="server_error")
     finally:
         await rest.aclose()
+    # What came before the end, or before the failure, still reaches the client.
     if held and (data := encoder.encode_batch(held)):
         yield data
+    if error is not None:
+        yield frame(orjson.dumps(error))
     yield DONE
-
-
-async def _prepend(first: list[ChatChunk], rest: AsyncIterator[list[ChatChunk]]) -> AsyncIterator[list[ChatChunk]]:
-    yield first
-    async for batch in rest:
-        yield batch
 
 
 def _has_token(batch: list[ChatChunk]) -> bool:

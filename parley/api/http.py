@@ -48,7 +48,7 @@ class EventStreamResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         writer = asyncio.current_task()
         assert writer is not None
-        watcher = _DisconnectWatcher(receive, writer)
+        watcher = DisconnectWatcher(receive, writer)
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             async for piece in self.body_iterator:
@@ -64,8 +64,8 @@ class EventStreamResponse(Response):
                 await self.body_iterator.aclose()  # type: ignore[attr-defined]
 
 
-class _DisconnectWatcher:
-    """Cancels the writer's task when the client disconnects."""
+class DisconnectWatcher:
+    """Cancels `writer`, a task answering a request, when its client disconnects; `client_left` says so."""
 
     def __init__(self, receive: Receive, writer: asyncio.Task[Any]) -> None:
         self.client_left = False

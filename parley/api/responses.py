@@ -24,8 +24,7 @@ def _service(request: Request) -> ResponseService:
 @router.post("/v1/responses", openapi_extra=documented(CreateResponseRequest))
 async def create_response(request: Request) -> Response:
     body = await read_body(request, CreateResponseRequest)
-    service = _service(request)
-    run = await service.create(body)
+    run = await _service(request).create(body)
     if body.stream:
         # A turn that fails before its first event is an HTTP error, not a stream.
         await run.started()

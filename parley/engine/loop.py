@@ -28,6 +28,7 @@ from parley.engine.output import OutputBuilder
 from parley.engine.request import CreateResponseRequest
 from parley.engine.response import add_usage, usage_object
 from parley.errors import ContextLengthExceededError, ParleyError, UpstreamStatusError
+from parley.inference.base import prepend
 from parley.inference.registry import ResolvedModel
 from parley.inference.types import ChatChunk, ChatRequest, Usage
 from parley.tools import Toolbox
@@ -198,7 +199,7 @@ async def _open_model_stream(
                     turn.response["truncated_items"] = turn.dropped_items
                     continue
             raise
-        return _prepend(first, stream)
+        return prepend(first, stream)
 
 
 def _is_context_overflow(exc: ParleyError) -> bool:
@@ -300,15 +301,6 @@ def end(turn: Turn) -> None:
     reads either as soon as it hears the turn ended finds it there.
     """
     turn.emitter.emit(_TERMINAL_EVENTS[turn.response["status"]], response=turn.response)
-
-
-async def _prepend(first: list[ChatChunk], rest: AsyncIterator[list[ChatChunk]]) -> AsyncIterator[list[ChatChunk]]:
-    try:
-        yield first
-        async for batch in rest:
-            yield batch
-    finally:
-        await rest.aclose()  # type: ignore[attr-defined]
 
 
 async def _empty() -> AsyncIterator[list[ChatChunk]]:

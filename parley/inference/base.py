@@ -56,3 +56,13 @@ class Provider(abc.ABC):
 
     async def close(self) -> None:
         """Release the provider's connections and memory."""
+
+
+async def prepend(first: list[ChatChunk], rest: AsyncIterator[list[ChatChunk]]) -> AsyncIterator[list[ChatChunk]]:
+    """A provider's stream again, after its first batch was taken from it (to see that it started)."""
+    try:
+        yield first
+        async for batch in rest:
+            yield batch
+    finally:
+        await rest.aclose()  # type: ignore[attr-defined]
