@@ -60,13 +60,8 @@ class ResponseStore:
 
     async def begin(self, response: dict[str, Any], input_items: list[dict[str, Any]]) -> None:
         """Writes the response as it starts, with its input, before any model call."""
-        async with self.db.write() as connection:
-            await connection.execute(_INSERT_RESPONSE, _response_row(response, time.time() + self.lease_seconds))
-            if input_items and not response.get("conversation"):  # a conversation keeps its own items
-                await connection.execute(
-                    _INSERT_ITEMS,
-                    [_item_row(response["id"], position, "input", item) for position, item in enumerate(input_items)],
-                )
+        rows = [] if response.get("conversation") else _item_rows(response["id"], "input", input_items)
+        await self._insert(response, time.time() + self.lease_seconds, rows)  # a conversation keeps its own items
 
     async def finish(
         self, response: dict[str, Any], output_items: list[dict[str, Any]], input_items: list[dict[str, Any]]
@@ -77,12 +72,9 @@ class ResponseStore:
         """
         rows = []
         if not response.get("conversation"):
-            rows = [
-                _item_row(response["id"], len(input_items) + i, "output", item) for i, item in enumerate(output_items)
-            ]
+            rows = _item_rows(response["id"], "output", output_items, start=len(input_items))
         elif response["status"] == "failed":
-            rows = [_item_row(response["id"], i, "input", item) for i, item in enumerate(input_items)]
-            rows += [_item_row(response["id"], len(rows) + i, "output", item) for i, item in enumerate(output_items)]
+            rows = _all_rows(response["id"], input_items, output_items)
         async with self.db.write() as connection:
             await connection.execute(
                 _FINISH_RESPONSE,
@@ -95,12 +87,12 @@ class ResponseStore:
         self, response: dict[str, Any], input_items: list[dict[str, Any]], output_items: list[dict[str, Any]]
     ) -> None:
         """`begin` and `finish` in one write, for a response that ended before its first row was written."""
-        rows = []
-        if not response.get("conversation") or response["status"] == "failed":
-            rows = [_item_row(response["id"], i, "input", item) for i, item in enumerate(input_items)]
-            rows += [_item_row(response["id"], len(rows) + i, "output", item) for i, item in enumerate(output_items)]
+        own = not response.get("conversation") or response["status"] == "failed"
+        await self._insert(response, None, _all_rows(response["id"], input_items, output_items) if own else [])
+
+    async def _insert(self, response: dict[str, Any], lease_until: float | None, rows: list[dict[str, Any]]) -> None:
         async with self.db.write() as connection:
-            await connection.execute(_INSERT_RESPONSE, _response_row(response, lease_until=None))
+            await connection.execute(_INSERT_RESPONSE, _response_row(response, lease_until))
             if rows:
                 await connection.execute(_INSERT_ITEMS, rows)
 
@@ -273,6 +265,16 @@ def _response_row(response: dict[str, Any], lease_until: float | None) -> dict[s
         "body": _without_output(response),
         "lease_until": lease_until,
     }
+
+
+def _all_rows(response_id: str, input_items: list[dict[str, Any]], output_items: list[dict[str, Any]]) -> list[Any]:
+    """A response's input and output items, as rows of its own."""
+    inputs = _item_rows(response_id, "input", input_items)
+    return inputs + _item_rows(response_id, "output", output_items, start=len(inputs))
+
+
+def _item_rows(response_id: str, kind: str, items: list[dict[str, Any]], start: int = 0) -> list[dict[str, Any]]:
+    return [_item_row(response_id, start + i, kind, item) for i, item in enumerate(items)]
 
 
 def _item_row(response_id: str, position: int, kind: str, item: dict[str, Any]) -> dict[str, Any]:
