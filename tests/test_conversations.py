@@ -711,20 +711,13 @@ def reasoning_parley(
     tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream, storage_url: str
 ) -> Iterator[ParleyProcess]:
     """A Parley on the `parley` fixture's database that also has the scripted upstream's reasoning model."""
-    upstream = ThreadingHTTPServer(("127.0.0.1", 0), output_kinds._Handler)
-    upstream.daemon_threads = True
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
     config = parley_config(fake_upstream, storage_url)
-    config["inference"]["providers"]["s"] = {
-        "type": "openai",
-        "base_url": f"http://127.0.0.1:{upstream.server_address[1]}/v1",
-        "models": ["reasoning"],
-    }
-    server = ParleyProcess(tmp_path_factory.mktemp("reasoning"), config)
-    server.start()
-    yield server
-    server.stop()
-    upstream.shutdown()
+    with output_kinds.scripted_upstream() as base_url:
+        config["inference"]["providers"]["s"] = {"type": "openai", "base_url": base_url, "models": ["reasoning"]}
+        server = ParleyProcess(tmp_path_factory.mktemp("reasoning"), config)
+        server.start()
+        yield server
+        server.stop()
 
 
 @pytest.mark.parametrize("stream", [False, True])

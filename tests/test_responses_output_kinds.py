@@ -8,6 +8,7 @@ stream validator.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import threading
@@ -88,30 +89,33 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def parley_over_scripts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ParleyProcess]:
+@contextlib.contextmanager
+def scripted_upstream() -> Iterator[str]:
+    """The scripted upstream (its models are SCRIPTS) on a loopback port, as its base URL."""
     upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     upstream.daemon_threads = True
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{upstream.server_address[1]}/v1"
+    finally:
+        upstream.shutdown()
+
+
+@pytest.fixture(scope="module")
+def parley_over_scripts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ParleyProcess]:
     workdir: Path = tmp_path_factory.mktemp("kinds")
-    config = {
-        "inference": {
-            "providers": {
-                "s": {
-                    "type": "openai",
-                    "base_url": f"http://127.0.0.1:{upstream.server_address[1]}/v1",
-                    "models": list(SCRIPTS),
-                }
+    with scripted_upstream() as base_url:
+        config = {
+            "inference": {
+                "providers": {"s": {"type": "openai", "base_url": base_url, "models": list(SCRIPTS)}},
+                "aliases": {},
             },
-            "aliases": {},
-        },
-        "storage": {"url": f"sqlite+aiosqlite:///{workdir / 'parley.db'}"},
-    }
-    server = ParleyProcess(workdir, config)
-    server.start()
-    yield server
-    server.stop()
-    upstream.shutdown()
+            "storage": {"url": f"sqlite+aiosqlite:///{workdir / 'parley.db'}"},
+        }
+        server = ParleyProcess(workdir, config)
+        server.start()
+        yield server
+        server.stop()
 
 
 @pytest.fixture

@@ -10,10 +10,8 @@ SQLite and on PostgreSQL; every stream is checked by the stream validator.
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Iterator
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +33,6 @@ def server(
 ) -> Iterator[ParleyProcess]:
     """Parley with the fake upstream once per reasoning field (`reasoning_content/...`, `reasoning/...`, and
     `fake/...` without one), and the scripted upstream's reasoning model (`s/reasoning`)."""
-    scripted = ThreadingHTTPServer(("127.0.0.1", 0), output_kinds._Handler)
-    scripted.daemon_threads = True
-    threading.Thread(target=scripted.serve_forever, daemon=True).start()
     config = parley_config(fake_upstream, storage_url)
     providers = config["inference"]["providers"]
     for field in FIELDS:
@@ -47,16 +42,12 @@ def server(
             "models": list(MODELS),
             "reasoning_field": field,
         }
-    providers["s"] = {
-        "type": "openai",
-        "base_url": f"http://127.0.0.1:{scripted.server_address[1]}/v1",
-        "models": ["reasoning"],
-    }
-    parley = ParleyProcess(tmp_path_factory.mktemp("reasoning-field"), config)
-    parley.start()
-    yield parley
-    parley.stop()
-    scripted.shutdown()
+    with output_kinds.scripted_upstream() as base_url:
+        providers["s"] = {"type": "openai", "base_url": base_url, "models": ["reasoning"]}
+        parley = ParleyProcess(tmp_path_factory.mktemp("reasoning-field"), config)
+        parley.start()
+        yield parley
+        parley.stop()
 
 
 @pytest.fixture
