@@ -22,6 +22,7 @@ import httpx
 import orjson
 from _common import (
     Children,
+    StreamClient,
     client,
     conclude,
     cpu_seconds,
@@ -92,7 +93,14 @@ class Thread(Protocol):
 
 
 async def take_turns(
-    http: httpx.AsyncClient, parley: str, upstream: str, turns: int, label: str, timeout: float, thread: Thread
+    http: httpx.AsyncClient,
+    streams: StreamClient,
+    parley: str,
+    upstream: str,
+    turns: int,
+    label: str,
+    timeout: float,
+    thread: Thread,
 ) -> tuple[list[Turn], list[dict[str, str]]]:
     """`turns` turns, each timed through Parley and then straight upstream; stops at the first failed turn.
 
@@ -122,7 +130,7 @@ async def take_turns(
         body = orjson.dumps(
             {"model": MODEL, "messages": messages, "stream": True, "stream_options": {"include_usage": True}}
         )
-        sample = await stream_chat(http, f"{upstream}/chat/completions", body, len(text.split()), timeout)
+        sample = await stream_chat(streams, f"{upstream}/chat/completions", body, len(text.split()), timeout)
         if sample.error is not None:
             turn.error = f"turn {number}, direct: {sample.error}"
             break
@@ -265,8 +273,9 @@ def print_report(series: Series, report: dict[str, Any]) -> None:
 
 # -- running ------------------------------------------------------------------
 
-# One run of turns: (client, Parley's base URL, the upstream's, turns, label, request timeout) -> its turns.
-RunTurns = Callable[[httpx.AsyncClient, str, str, int, str, float], Awaitable[list[Turn]]]
+# One run of turns: (JSON client, streaming client, Parley's base URL, the upstream's, turns, label,
+# request timeout) -> its turns.
+RunTurns = Callable[[httpx.AsyncClient, StreamClient, str, str, int, str, float], Awaitable[list[Turn]]]
 
 
 async def measure(
@@ -274,13 +283,14 @@ async def measure(
 ) -> dict[str, Any]:
     """An unmeasured warm-up run, then the runs one after the other, and Parley's CPU time over them."""
     runs: list[list[Turn]] = []
-    async with client(2) as http:
+    async with client(2) as http, StreamClient(1) as streams:
         if args.warmup:
             # A run of its own: connections, lazy imports and first queries are paid for here.
-            await run_turns(http, parley, upstream, args.warmup, "the warm-up", args.request_timeout)
+            await run_turns(http, streams, parley, upstream, args.warmup, "the warm-up", args.request_timeout)
         cpu_before = cpu_seconds(parley_pid)
         for number in range(1, getattr(args, series.plural) + 1):
-            turns = await run_turns(http, parley, upstream, args.turns, f"{series.noun} {number}", args.request_timeout)
+            label = f"{series.noun} {number}"
+            turns = await run_turns(http, streams, parley, upstream, args.turns, label, args.request_timeout)
             runs.append(turns)
             if turns[-1].error is not None:
                 break

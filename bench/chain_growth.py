@@ -23,6 +23,7 @@ import sys
 from typing import Any
 
 import httpx
+from _common import StreamClient
 from _turns import MODEL, Series, Turn, add_common_options, completed, output_text, run_series, take_turns
 
 CHAIN = Series(
@@ -53,10 +54,10 @@ class PreviousResponse:
 
 
 async def build_chain(
-    http: httpx.AsyncClient, parley: str, upstream: str, turns: int, label: str, timeout: float
+    http: httpx.AsyncClient, streams: StreamClient, parley: str, upstream: str, turns: int, label: str, timeout: float
 ) -> list[Turn]:
     """One chain of `turns` responses; stops at the first failed turn, as the chain cannot go on."""
-    results, _ = await take_turns(http, parley, upstream, turns, label, timeout, PreviousResponse())
+    results, _ = await take_turns(http, streams, parley, upstream, turns, label, timeout, PreviousResponse())
     return results
 
 

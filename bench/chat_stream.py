@@ -24,13 +24,13 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 from _common import (
     Children,
     Row,
     Sample,
     Side,
+    StreamClient,
     compare,
     conclude,
     cpu_seconds,
@@ -44,7 +44,6 @@ from _common import (
     stream_chat,
     summarize,
 )
-from _common import client as _client
 from _streams import Targets, check_targets, print_targets_and_errors, rows
 
 MODEL = "fake-long"
@@ -56,7 +55,7 @@ TARGETS = Targets(max_added_ttft_p50_ms=2.0, min_rate_ratio=0.5, max_added_ttft_
 # -- the client ---------------------------------------------------------------
 
 
-async def stream_once(client: httpx.AsyncClient, base: str, model: str, tokens: int, timeout: float) -> Sample:
+async def stream_once(client: StreamClient, base: str, model: str, tokens: int, timeout: float) -> Sample:
     """One streamed completion of `tokens` chunks."""
     body = orjson.dumps(
         {
@@ -74,7 +73,7 @@ async def stream_once(client: httpx.AsyncClient, base: str, model: str, tokens: 
 
 
 async def sequential(direct: Side, parley: Side, args: argparse.Namespace, warmup: int) -> None:
-    async with _client(2) as client:
+    async with StreamClient(2) as client:
         for _ in range(warmup):
             for side in (direct, parley):
                 await stream_once(client, side.base, side.model, args.tokens, args.request_timeout)
@@ -88,7 +87,7 @@ async def sequential(direct: Side, parley: Side, args: argparse.Namespace, warmu
 
 
 async def concurrent(side: Side, args: argparse.Namespace) -> None:
-    async with _client(args.concurrency + 4) as client:
+    async with StreamClient(args.concurrency + 4) as client:
         # Warm the connection pools (ours, and Parley's to the upstream) first.
         await asyncio.gather(
             *(stream_once(client, side.base, side.model, 2, args.request_timeout) for _ in range(args.concurrency))

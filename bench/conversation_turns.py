@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 import orjson
+from _common import StreamClient
 from _turns import MODEL, Series, Turn, add_common_options, completed, output_text, run_series, take_turns
 
 CONVERSATION = Series(
@@ -53,14 +54,15 @@ class InConversation:
 
 
 async def converse(
-    http: httpx.AsyncClient, parley: str, upstream: str, turns: int, label: str, timeout: float
+    http: httpx.AsyncClient, streams: StreamClient, parley: str, upstream: str, turns: int, label: str, timeout: float
 ) -> list[Turn]:
     """One conversation of `turns` turns; stops at the first failed turn."""
     created = await http.post(f"{parley}/conversations", content=orjson.dumps({"metadata": {"bench": label}}))
     if created.status_code != 200:
         return [Turn(1, error=f"creating the conversation: HTTP {created.status_code}: {created.text[:200]}")]
     conversation = orjson.loads(created.content)["id"]
-    results, messages = await take_turns(http, parley, upstream, turns, label, timeout, InConversation(conversation))
+    thread = InConversation(conversation)
+    results, messages = await take_turns(http, streams, parley, upstream, turns, label, timeout, thread)
     if results and results[-1].error is None:
         error = await _check_items(http, parley, conversation, messages, timeout)
         if error is not None:

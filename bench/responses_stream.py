@@ -27,13 +27,13 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 from _common import (
     Children,
     Row,
     Sample,
     Side,
+    StreamClient,
     compare,
     conclude,
     cpu_seconds,
@@ -49,8 +49,9 @@ from _common import (
     stream_chat,
     summarize,
 )
-from _common import client as _client
 from _streams import Targets, check_targets, print_targets_and_errors, rows
+
+from parley.inference import http1
 
 MODEL = "fake-long"
 PROMPT = "Write a long story."
@@ -62,7 +63,7 @@ TARGETS = Targets(max_added_ttft_p50_ms=3.0, min_rate_ratio=0.25, max_added_ttft
 # What ends a response that went wrong; none may appear in a good stream.
 _FAILURES = ("error", "response.failed", "response.incomplete")
 
-Stream = Callable[[httpx.AsyncClient, Side, int], Awaitable[Sample]]
+Stream = Callable[[StreamClient, Side, int], Awaitable[Sample]]
 
 
 # -- the clients --------------------------------------------------------------
@@ -71,7 +72,7 @@ Stream = Callable[[httpx.AsyncClient, Side, int], Awaitable[Sample]]
 def direct_stream(timeout: float) -> Stream:
     """Streams a chat completion of `tokens` chunks straight from the upstream."""
 
-    async def stream(client: httpx.AsyncClient, side: Side, tokens: int) -> Sample:
+    async def stream(client: StreamClient, side: Side, tokens: int) -> Sample:
         body = orjson.dumps(
             {
                 "model": side.model,
@@ -89,7 +90,7 @@ def direct_stream(timeout: float) -> Stream:
 def response_stream(timeout: float, store: bool) -> Stream:
     """Streams a response of `tokens` text deltas through Parley (what it sends upstream is the body above)."""
 
-    async def stream(client: httpx.AsyncClient, side: Side, tokens: int) -> Sample:
+    async def stream(client: StreamClient, side: Side, tokens: int) -> Sample:
         request: dict[str, Any] = {"model": side.model, "input": PROMPT, "stream": True, "max_output_tokens": tokens}
         if not store:
             request["store"] = False
@@ -98,7 +99,7 @@ def response_stream(timeout: float, store: bool) -> Stream:
     return stream
 
 
-async def stream_response(client: httpx.AsyncClient, url: str, body: bytes, deltas: int, timeout: float) -> Sample:
+async def stream_response(client: StreamClient, url: str, body: bytes, deltas: int, timeout: float) -> Sample:
     """One streamed response, read as leanly as `stream_chat` reads a completion.
 
     An error unless it is a 200 with `deltas` `response.output_text.delta`
@@ -111,13 +112,13 @@ async def stream_response(client: httpx.AsyncClient, url: str, body: bytes, delt
     start = time.perf_counter()
     try:
         async with asyncio.timeout(timeout):
-            async with client.stream("POST", url, content=body) as response:
-                if response.status_code != 200:
+            async with client.post(url, body) as response:
+                if response.status != 200:
                     text = (await response.aread())[:200].decode(errors="replace")
-                    sample.error = f"HTTP {response.status_code}: {text}"
+                    sample.error = f"HTTP {response.status}: {text}"
                     return sample
                 buffer = b""
-                async for piece in response.aiter_raw():
+                async for piece in response.aiter_bytes():
                     *lines, buffer = (buffer + piece).split(b"\n")
                     for line in lines:
                         if not line.startswith(b"data:"):
@@ -141,7 +142,7 @@ async def stream_response(client: httpx.AsyncClient, url: str, body: bytes, delt
                             return sample
     except TimeoutError:
         sample.error = f"timed out after {timeout:.0f} s"
-    except (httpx.HTTPError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+    except (http1.HTTPError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
         sample.error = f"{type(exc).__name__}: {exc}"
     sample.total = time.perf_counter() - start
     if sample.error is None and (sample.chunks != deltas or last != "response.completed" or not done):
@@ -164,7 +165,7 @@ def _failure(event: dict[str, Any]) -> str:
 
 async def sequential(sides: list[tuple[Side, Stream]], tokens: int, requests: int, measure: bool) -> None:
     """`requests` streams each way, one at a time, alternating the sides so that drift hits both alike."""
-    async with _client(2) as client:
+    async with StreamClient(2) as client:
         for _ in range(requests):
             for side, stream in sides:
                 sample = await stream(client, side, tokens)
@@ -173,7 +174,7 @@ async def sequential(sides: list[tuple[Side, Stream]], tokens: int, requests: in
 
 
 async def concurrent(side: Side, stream: Stream, args: argparse.Namespace) -> None:
-    async with _client(args.concurrency + 4) as client:
+    async with StreamClient(args.concurrency + 4) as client:
         # Warm the connection pools (ours, and Parley's to the upstream) first.
         await asyncio.gather(*(stream(client, side, 2) for _ in range(args.concurrency)))
         # Starts spread over one stream's length, so that there are about
