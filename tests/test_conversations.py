@@ -617,6 +617,27 @@ def test_failed_turn_appends_nothing(
     assert items(http, conversation.id) == [*before, user("after"), *output(after)]
 
 
+def test_a_turn_must_answer_the_calls_of_its_conversation(
+    http: httpx.Client, client: openai.OpenAI, fake_upstream: FakeUpstream
+) -> None:
+    cid = client.conversations.create().id
+    [call] = client.responses.create(model=TOOL, input="Weather in Paris?", tools=[WEATHER], conversation=cid).output
+    assert call.type == "function_call"
+    before, sent = items(http, cid), len(fake_upstream.requests)
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.responses.create(model=TOOL, input="Never mind.", tools=[WEATHER], conversation=cid)
+    assert raised.value.body["message"] == f"No tool output found for function call {call.call_id}."  # type: ignore[index]
+    stray = [{"type": "function_call_output", "call_id": "call_elsewhere", "output": "x"}]
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.responses.create(model=TOOL, input=stray, tools=[WEATHER], conversation=cid)  # type: ignore[arg-type]
+    assert raised.value.param == "input" and "call_elsewhere" in raised.value.message
+    assert items(http, cid) == before and len(fake_upstream.requests) == sent
+
+    answer = [{"type": "function_call_output", "call_id": call.call_id, "output": "Sunny"}]
+    answered = client.responses.create(model=TOOL, input=answer, tools=[WEATHER], conversation=cid)  # type: ignore[arg-type]
+    assert answered.output_text == "The tool said: Sunny"
+
+
 def test_a_turn_repeating_an_item_of_its_conversation_is_refused(parley: ParleyProcess, http: httpx.Client) -> None:
     """Stateless habits in a conversation: sending back an item the conversation already holds."""
     client = parley.client(timeout=3)

@@ -224,6 +224,75 @@ def test_function_call_output_as_content_parts(client: openai.OpenAI, fake_upstr
 
 
 @pytest.mark.parametrize("stream", [False, True])
+def test_function_call_output_must_answer_a_call(
+    parley: ParleyProcess, client: openai.OpenAI, fake_upstream: FakeUpstream, stream: bool
+) -> None:
+    """OpenAI's 400 for an output whose call_id names no call, in the input or in the chain before it."""
+    first = client.responses.create(model=TOOL, input="Weather in Paris?", tools=[WEATHER])
+    with parley.http() as http:
+        stored = [r["id"] for r in http.get("/v1/responses", params={"limit": 100}).json()["data"]]
+    sent = len(fake_upstream.requests)
+    cases = [
+        {"input": [{"type": "function_call_output", "call_id": "call_nowhere", "output": "x"}]},
+        {
+            "input": [{"type": "function_call_output", "call_id": "call_nowhere", "output": "x"}],
+            "previous_response_id": first.id,
+        },
+    ]
+    for case in cases:
+        with pytest.raises(openai.BadRequestError) as raised:
+            client.responses.create(model=TOOL, tools=[WEATHER], stream=stream, **case)  # type: ignore[call-overload]
+        assert raised.value.body == {
+            "message": "No tool call found for function call output with call_id call_nowhere.",
+            "type": "invalid_request_error",
+            "param": "input",
+            "code": None,
+        }
+    assert len(fake_upstream.requests) == sent, "nothing was sent upstream"
+    with parley.http() as http:
+        listed = [r["id"] for r in http.get("/v1/responses", params={"limit": 100}).json()["data"]]
+    assert listed == stored, "nothing was stored"
+
+
+def test_a_function_call_needs_its_output_to_go_on(client: openai.OpenAI, fake_upstream: FakeUpstream) -> None:
+    first = client.responses.create(model=TOOL, input="both", tools=[WEATHER, CLOCK])
+    assert [item.call_id for item in first.output] == ["call_fake_1", "call_fake_2"]
+    sent = len(fake_upstream.requests)
+    answers = {
+        "call_fake_1": {"type": "function_call_output", "call_id": "call_fake_1", "output": "Sunny"},
+        "call_fake_2": {"type": "function_call_output", "call_id": "call_fake_2", "output": "Noon"},
+    }
+    for unanswered, given in [
+        ("call_fake_1", [{"role": "user", "content": "Never mind."}]),
+        ("call_fake_2", [answers["call_fake_1"]]),
+    ]:
+        with pytest.raises(openai.BadRequestError) as raised:
+            client.responses.create(
+                model=TOOL,
+                input=given,  # type: ignore[arg-type]
+                previous_response_id=first.id,
+                tools=[WEATHER, CLOCK],
+            )
+        assert raised.value.body["message"] == f"No tool output found for function call {unanswered}."  # type: ignore[index]
+        assert raised.value.param == "input"
+    assert len(fake_upstream.requests) == sent, "nothing was sent upstream"
+    # In the input alone, too.
+    with pytest.raises(openai.BadRequestError, match="No tool output found for function call c1"):
+        client.responses.create(
+            model=TOOL,
+            input=[
+                {"role": "user", "content": "Weather?"},
+                {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{}"},
+            ],
+            tools=[WEATHER],
+        )
+    both = client.responses.create(
+        model=TOOL, input=list(answers.values()), previous_response_id=first.id, tools=[WEATHER, CLOCK]
+    )
+    assert both.status == "completed"
+
+
+@pytest.mark.parametrize("stream", [False, True])
 def test_parallel_function_calls(client: openai.OpenAI, stream: bool) -> None:
     if stream:
         events = list(client.responses.create(model=TOOL, input="both", tools=[WEATHER, CLOCK], stream=True))

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request, Response
 from parley.api.body import documented, read_body
 from parley.api.chat_request import ChatCompletionBody
 from parley.api.errors import body_for, error_body
-from parley.api.http import DisconnectWatcher, EventStreamResponse, JSONResponse, first_token_sent
+from parley.api.http import DisconnectWatcher, EventStreamResponse, JSONResponse
 from parley.api.sse import DONE, frame
 from parley.errors import ParleyError
 from parley.inference.base import prepend
@@ -23,6 +23,7 @@ from parley.inference.collect import Completion, collect
 from parley.inference.registry import ModelRegistry
 from parley.inference.types import ChatChunk
 from parley.inference.wire import chunk_to_wire, usage_to_wire
+from parley.scheduling import first_token_sent
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request, Response
 
 from parley.api.body import documented, read_body
-from parley.api.http import EventStreamResponse, JSONResponse, first_token_sent
+from parley.api.http import EventStreamResponse, JSONResponse
 from parley.api.params import Include, IncludeBrackets, Limit, Order, check_includes
 from parley.api.sse import DONE
 from parley.engine.request import CreateResponseRequest
@@ -55,10 +55,6 @@ async def _frames(run: ResponseRun) -> AsyncIterator[bytes]:
             if all(kind in _OPENING for kind, _ in batch):
                 continue
             batch, held = held, None
-            yield _encode(batch)
-            if any(kind.endswith(".delta") for kind, _ in batch):
-                await first_token_sent()
-            continue
         yield _encode(batch)
     if held:
         yield _encode(held)
