@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -77,12 +78,24 @@ def serve(config_file: Path | None, host: str | None, port: int | None, log_leve
         async def startup(self, sockets: list[Any] | None = None) -> None:
             await super().startup(sockets)
             if not self.should_exit:
+                _settle_heap()
                 _print_banner(settings, self.servers)
 
     server = Server(config)
     server.run()
     if server.started is False:
         sys.exit(1)
+
+
+def _settle_heap() -> None:
+    """Moves what start-up built (modules, schemas, models) out of the garbage collector's sight.
+
+    It lives as long as the server. A collection of the oldest generation
+    walks every object it holds: about 160,000 after start-up, an 80 ms pause
+    of every stream on this machine. Frozen, they are skipped (and never freed).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _load_local_models(settings: Settings) -> None:
