@@ -22,7 +22,7 @@ from parley.inference.base import prepend
 from parley.inference.collect import Completion, collect
 from parley.inference.registry import ModelRegistry
 from parley.inference.types import ChatChunk
-from parley.inference.wire import chunk_to_wire, usage_to_wire
+from parley.inference.wire import choice_to_wire, usage_to_wire
 from parley.scheduling import first_token_sent
 
 log = logging.getLogger(__name__)
@@ -132,27 +132,35 @@ def _has_token(batch: list[ChatChunk]) -> bool:
 
 
 class _ChunkEncoder:
-    """Turns typed chunks into `chat.completion.chunk` frames."""
+    """Turns typed chunks into `chat.completion.chunk` frames.
 
-    __slots__ = ("_head", "_include_usage")
+    Every chunk of a completion shares its id, object, created, model and
+    fingerprint: they are serialised once, and each chunk's frame is that
+    prefix, its choice (or usage), and the end.
+    """
+
+    __slots__ = ("_include_usage", "_prefix")
 
     def __init__(self, completion_id: str, created: int, model: str, include_usage: bool) -> None:
-        self._head = {
+        head = {
             "id": completion_id,
             "object": "chat.completion.chunk",
             "created": created,
             "model": model,
             "system_fingerprint": None,
         }
+        self._prefix = b"data: " + orjson.dumps(head)[:-1] + b',"choices":['
         self._include_usage = include_usage
 
     def encode_batch(self, batch: list[ChatChunk]) -> bytes:
         return b"".join(data for chunk in batch if (data := self.encode(chunk)) is not None)
 
     def encode(self, chunk: ChatChunk) -> bytes | None:
-        if chunk.usage is not None and not self._include_usage:
+        if chunk.usage is None:
+            return self._prefix + orjson.dumps(choice_to_wire(chunk)) + b"]}\n\n"
+        if not self._include_usage:
             return None
-        return frame(orjson.dumps(chunk_to_wire(chunk, self._head)))
+        return self._prefix + b'],"usage":' + orjson.dumps(usage_to_wire(chunk.usage)) + b"}\n\n"
 
 
 def _completion_object(completion: Completion, completion_id: str, created: int, model: str) -> dict[str, Any]:

@@ -6,9 +6,22 @@ from typing import Any
 
 from parley.inference.types import ChatChunk, ChatRequest, ToolCallDelta, Usage
 
+# The fields of the delta of almost every chunk a model streams: a piece of text (the first also has the role).
+_TEXT_DELTA = frozenset(("role", "content"))
+
 
 def choice_chunk(choice: dict[str, Any]) -> ChatChunk:
     delta = choice.get("delta") or {}
+    logprobs = choice.get("logprobs")
+    logprobs = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if _TEXT_DELTA.issuperset(delta):  # the chunk of every token: read in fewer steps
+        return ChatChunk(
+            index=choice.get("index", 0),
+            role=delta.get("role"),
+            content=delta.get("content"),
+            logprobs=logprobs,
+            finish_reason=choice.get("finish_reason"),
+        )
     tool_calls = None
     if delta.get("tool_calls"):
         tool_calls = []
@@ -22,7 +35,6 @@ def choice_chunk(choice: dict[str, Any]) -> ChatChunk:
                     arguments=function.get("arguments"),
                 )
             )
-    logprobs = choice.get("logprobs")
     return ChatChunk(
         index=choice.get("index", 0),
         role=delta.get("role"),
@@ -33,7 +45,7 @@ def choice_chunk(choice: dict[str, Any]) -> ChatChunk:
         reasoning=delta.get("reasoning_content") or delta.get("reasoning"),
         refusal=delta.get("refusal"),
         tool_calls=tool_calls,
-        logprobs=logprobs.get("content") if isinstance(logprobs, dict) else None,
+        logprobs=logprobs,
         finish_reason=choice.get("finish_reason"),
     )
 
@@ -113,6 +125,11 @@ def chunk_to_wire(chunk: ChatChunk, head: dict[str, Any]) -> dict[str, Any]:
     """
     if chunk.usage is not None:
         return {**head, "choices": [], "usage": usage_to_wire(chunk.usage)}
+    return {**head, "choices": [choice_to_wire(chunk)]}
+
+
+def choice_to_wire(chunk: ChatChunk) -> dict[str, Any]:
+    """The one choice of a `chat.completion.chunk` for a chunk that is not the usage chunk."""
     delta: dict[str, Any] = {}
     if chunk.role is not None:
         delta["role"] = chunk.role
@@ -124,13 +141,12 @@ def chunk_to_wire(chunk: ChatChunk, head: dict[str, Any]) -> dict[str, Any]:
         delta["refusal"] = chunk.refusal
     if chunk.tool_calls:
         delta["tool_calls"] = [_tool_call_delta(call) for call in chunk.tool_calls]
-    choice = {
+    return {
         "index": chunk.index,
         "delta": delta,
         "logprobs": {"content": chunk.logprobs, "refusal": None} if chunk.logprobs else None,
         "finish_reason": chunk.finish_reason,
     }
-    return {**head, "choices": [choice]}
 
 
 def _tool_call_delta(call: ToolCallDelta) -> dict[str, Any]:
