@@ -166,7 +166,7 @@ class OpenAICompatibleProvider(Provider):
                             if data == b"[DONE]":
                                 done = True
                                 break
-                            batch += self._parse_chunk(data)
+                            self._read_chunk(data, batch)
                     except UpstreamError:
                         if batch:
                             yield batch  # what came before the bad chunk still reaches the client
@@ -185,7 +185,8 @@ class OpenAICompatibleProvider(Provider):
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise UpstreamProtocolError(f"Provider '{self.name}' sent an unreadable completion.") from exc
 
-    def _parse_chunk(self, data: bytes) -> list[ChatChunk]:
+    def _read_chunk(self, data: bytes, batch: list[ChatChunk]) -> None:
+        """Appends the chunks of one `chat.completion.chunk` to `batch` (in place: this runs for every token)."""
         try:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
@@ -197,13 +198,15 @@ class OpenAICompatibleProvider(Provider):
             raise UpstreamError(
                 f"Provider '{self.name}' failed mid-stream: {error.get('message') or error}", code="upstream_error"
             )
+        start = len(batch)
         try:
-            chunks = [choice_chunk(choice) for choice in payload.get("choices") or ()]
+            for choice in payload.get("choices") or ():
+                batch.append(choice_chunk(choice))
             if payload.get("usage"):
-                chunks.append(ChatChunk(usage=usage_from_wire(payload["usage"])))
+                batch.append(ChatChunk(usage=usage_from_wire(payload["usage"])))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            del batch[start:]  # none of a malformed chunk
             raise UpstreamProtocolError(f"Provider '{self.name}' sent a malformed stream chunk.") from exc
-        return chunks
 
     def _status_error(self, status: int, content: bytes) -> UpstreamError:
         message, error_type, param, code = _upstream_error_fields(content)
