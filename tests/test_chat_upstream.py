@@ -313,6 +313,11 @@ SCRIPTS: dict[str, tuple[str, bytes]] = {
         "text/event-stream",
         sse(choice({"role": "assistant", "content": "par"}), choice({"content": "tial"}), done=False),
     ),
+    # One chunk with the whole answer and its finish_reason, then the body ends without [DONE].
+    "one-chunk-no-done": (
+        "text/event-stream",
+        sse(choice({"role": "assistant", "content": "all at once"}, "stop"), done=False),
+    ),
     # An upstream (or a proxy in front of it) that ignores `stream: true`.
     "not-streamed": (
         "application/json",
@@ -539,6 +544,18 @@ def test_upstream_stream_cut_short_is_a_502_not_a_complete_answer(
         client.chat.completions.create(model="s/truncated", messages=HELLO)
 
     assert (info.value.status_code, info.value.type) == (502, "upstream_error")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_finished_answer_without_done_is_complete(
+    scripted: tuple[openai.OpenAI, _ScriptedUpstream], stream: bool
+) -> None:
+    """[DONE] is a courtesy: a choice that has its finish_reason is finished, in its first chunk too."""
+    client, _ = scripted
+    reply = client.chat.completions.create(model="s/one-chunk-no-done", messages=HELLO, stream=stream)
+
+    text = stream_text(list(reply)) if stream else reply.choices[0].message.content  # type: ignore[union-attr,arg-type]
+    assert text == "all at once"
 
 
 def test_upstream_reply_that_is_not_streamed_is_not_lost(scripted: tuple[openai.OpenAI, _ScriptedUpstream]) -> None:

@@ -106,7 +106,7 @@ async def _event_stream(
                         yield data
                     continue
                 held += batch
-                if _has_token(batch) or any(chunk.finish_reason or chunk.usage for chunk in batch):
+                if any(chunk.has_output() or chunk.finish_reason or chunk.usage for chunk in batch):
                     opening, held = held, None
                     if data := encoder.encode_batch(opening):
                         yield data
@@ -125,10 +125,6 @@ async def _event_stream(
     if error is not None:
         yield frame(orjson.dumps(error))
     yield DONE
-
-
-def _has_token(batch: list[ChatChunk]) -> bool:
-    return any(chunk.content or chunk.reasoning or chunk.tool_calls or chunk.refusal for chunk in batch)
 
 
 class _ChunkEncoder:

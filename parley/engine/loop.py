@@ -218,7 +218,7 @@ async def _first_output_apart(
     try:
         batch: list[ChatChunk] | None = first
         while batch is not None:
-            cut = next((i + 1 for i, chunk in enumerate(batch) if _has_output(chunk)), 0)
+            cut = next((i + 1 for i, chunk in enumerate(batch) if chunk.has_output()), 0)
             if cut:
                 yield batch[:cut]
                 await first_token_sent()
@@ -231,10 +231,6 @@ async def _first_output_apart(
             yield batch
     finally:
         await rest.aclose()  # type: ignore[attr-defined]
-
-
-def _has_output(chunk: ChatChunk) -> bool:
-    return bool(chunk.content or chunk.reasoning or chunk.refusal or chunk.tool_calls)
 
 
 def _is_context_overflow(exc: ParleyError) -> bool:

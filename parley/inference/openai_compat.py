@@ -156,7 +156,7 @@ class OpenAICompatibleProvider(Provider):
                     # An upstream that ignored `stream: true`: its whole completion, as chunks.
                     yield self._completion_chunks(await response.aread())
                     return
-                done = finished = False
+                done = finished = spoke = False
                 async for events in _sse_events(response.aiter_bytes()):
                     if done:
                         continue  # read to the end, so that the connection goes back to the pool
@@ -167,6 +167,12 @@ class OpenAICompatibleProvider(Provider):
                                 done = True
                                 break
                             self._read_chunk(data, batch)
+                            if not spoke and batch and batch[-1].has_output():
+                                # The first token leaves before the rest of its burst is read.
+                                spoke = True
+                                finished = any(chunk.finish_reason for chunk in batch)
+                                yield batch
+                                batch = []
                     except UpstreamError:
                         if batch:
                             yield batch  # what came before the bad chunk still reaches the client

@@ -84,3 +84,7 @@ class ChatChunk:
     logprobs: list[dict[str, Any]] | None = None
     finish_reason: str | None = None
     usage: Usage | None = None
+
+    def has_output(self) -> bool:
+        """Whether the chunk carries something of the answer: text, reasoning, a refusal or tool calls."""
+        return bool(self.content or self.reasoning or self.refusal or self.tool_calls)
