@@ -475,10 +475,13 @@ def test_upstream_reply_ended_by_closing_the_connection_is_read_whole(
     scripted: tuple[openai.OpenAI, _ScriptedUpstream], stream: bool
 ) -> None:
     client, _ = scripted
-    reply = client.chat.completions.create(model="s/close-delimited", messages=HELLO, stream=stream)
+    assert _answer(client, "s/close-delimited", stream) == "until closed"
 
-    text = stream_text(list(reply)) if stream else reply.choices[0].message.content  # type: ignore[union-attr,arg-type]
-    assert text == "until closed"
+
+def _answer(client: openai.OpenAI, model: str, stream: bool) -> str | None:
+    """The text of a completion from `model`, streamed or not."""
+    reply = client.chat.completions.create(model=model, messages=HELLO, stream=stream)
+    return stream_text(list(reply)) if stream else reply.choices[0].message.content  # type: ignore[union-attr,arg-type]
 
 
 def test_upstream_reply_that_is_not_http_is_a_502(scripted: tuple[openai.OpenAI, _ScriptedUpstream]) -> None:
@@ -552,10 +555,7 @@ def test_a_finished_answer_without_done_is_complete(
 ) -> None:
     """[DONE] is a courtesy: a choice that has its finish_reason is finished, in its first chunk too."""
     client, _ = scripted
-    reply = client.chat.completions.create(model="s/one-chunk-no-done", messages=HELLO, stream=stream)
-
-    text = stream_text(list(reply)) if stream else reply.choices[0].message.content  # type: ignore[union-attr,arg-type]
-    assert text == "all at once"
+    assert _answer(client, "s/one-chunk-no-done", stream) == "all at once"
 
 
 def test_upstream_reply_that_is_not_streamed_is_not_lost(scripted: tuple[openai.OpenAI, _ScriptedUpstream]) -> None:

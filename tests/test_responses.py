@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
 from openai.types.responses import Response
 
-from tests.conftest import ParleyProcess
+from tests.conftest import ParleyProcess, parley_config
 from tests.fake_upstream import FakeUpstream
 from tests.support.spec import validate_openai, validate_openresponses
 from tests.support.stream_validator import collect_stream
@@ -570,6 +571,38 @@ def test_client_disconnect_mid_stream_still_finishes_and_stores(parley: ParleyPr
         time.sleep(0.2)
     assert stored.status == "completed"
     assert stored.output_text.count("tok") == 300
+
+
+@pytest.fixture(scope="module")
+def paced_parley(tmp_path_factory: pytest.TempPathFactory, storage_url: str) -> Iterator[ParleyProcess]:
+    """Parley over a fake upstream that takes 10 ms a token, like a model generating."""
+    with FakeUpstream(delay=0.01) as paced:
+        server = ParleyProcess(tmp_path_factory.mktemp("paced"), parley_config(paced, storage_url))
+        server.start()
+        yield server
+        server.stop()
+
+
+def test_a_response_being_produced_is_retrieved_with_its_text_so_far(paced_parley: ParleyProcess) -> None:
+    client = paced_parley.client()
+    stream = client.responses.create(model="fake/fake-long", input="go", stream=True, max_output_tokens=200)
+    response_id, read = "", ""
+    for event in stream:
+        if event.type == "response.created":
+            response_id = event.response.id
+        if event.type == "response.output_text.delta":
+            read += event.delta
+            if read.count("tok") == 20:
+                break
+    # 20 of 200 tokens, 10 ms apart: the response is still being produced.
+    during = client.responses.retrieve(response_id)
+    assert during.status == "in_progress"
+    [message] = during.output
+    text = message.content[0].text  # type: ignore[union-attr]
+    assert text.startswith(read) and text.count("tok") < 200
+    rest = [event for event in stream]
+    assert rest[-1].type == "response.completed"
+    assert client.responses.retrieve(response_id).output_text == "".join(f"tok{i} " for i in range(200))
 
 
 def test_truncation_auto_drops_the_oldest_items(client: openai.OpenAI) -> None:

@@ -27,6 +27,9 @@ class EventEmitter:
         self.output: list[dict[str, Any]] = []
         self._open_items: dict[int, dict[str, Any]] = {}
         self._open_parts: dict[tuple[int, int], dict[str, Any]] = {}
+        # What open parts' text grew by since it was last read, as pieces: a string grown a
+        # token at a time is copied whole at each token, which costs the square of its length.
+        self._pending_text: dict[tuple[int, int], tuple[str, list[str]]] = {}
         self._streaming_arguments: set[int] = set()
 
     @property
@@ -125,7 +128,24 @@ class EventEmitter:
             part=part,
         )
 
+    def extend_part(self, index: int, content_index: int, field: str, text: str) -> None:
+        """Adds `text` to `field` of an open part (its `text`, or a refusal's `refusal`)."""
+        pending = self._pending_text.get((index, content_index))
+        if pending is None:
+            self._pending_text[(index, content_index)] = (field, [text])
+        else:
+            pending[1].append(text)
+
+    def _settle_text(self, key: tuple[int, int]) -> None:
+        """Writes what an open part's text grew by into the part."""
+        pending = self._pending_text.pop(key, None)
+        if pending is not None:
+            field, pieces = pending
+            part = self._open_parts[key]
+            part[field] += "".join(pieces)
+
     def done_part(self, index: int, content_index: int) -> None:
+        self._settle_text((index, content_index))
         part = self._open_parts.pop((index, content_index))
         item = self._open_items[index]
         common = {"item_id": item["id"], "output_index": index, "content_index": content_index}
@@ -144,6 +164,9 @@ class EventEmitter:
             self.done_item(index, status)
 
     def snapshot(self) -> list[dict[str, Any]]:
+        """The output so far, open parts' text included, as a copy."""
+        for key in list(self._pending_text):
+            self._settle_text(key)
         return copy.deepcopy(self.output)
 
 

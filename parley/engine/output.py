@@ -108,7 +108,8 @@ class OutputBuilder:
         index, content_index, part = self._open_part(
             "output_text", {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
         )
-        part["text"] += text
+        if text:
+            self.emitter.extend_part(index, content_index, "text", text)
         entries = logprobs if (logprobs and self.include_logprobs) else []
         if entries:
             part["logprobs"].extend(entries)
@@ -122,8 +123,8 @@ class OutputBuilder:
         )
 
     def _refusal_delta(self, text: str) -> None:
-        index, content_index, part = self._open_part("refusal", {"type": "refusal", "refusal": ""})
-        part["refusal"] += text
+        index, content_index, _ = self._open_part("refusal", {"type": "refusal", "refusal": ""})
+        self.emitter.extend_part(index, content_index, "refusal", text)
         self.emitter.emit(
             "response.refusal.delta",
             item_id=self.emitter.output[index]["id"],
@@ -147,7 +148,7 @@ class OutputBuilder:
             self._reasoning = self.emitter.add_item(item)
             self.emitter.add_part(self._reasoning, 0, {"type": "reasoning_text", "text": ""})
         item = self.emitter.output[self._reasoning]
-        item["content"][0]["text"] += text
+        self.emitter.extend_part(self._reasoning, 0, "text", text)
         self.emitter.emit(
             "response.reasoning_text.delta",
             item_id=item["id"],
