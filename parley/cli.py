@@ -102,7 +102,7 @@ def _load_local_models(settings: Settings) -> None:
     """Loads the local models, refusing to start with one that cannot load, as with a bad config file."""
     if settings.inference.recording.mode == "replay":
         return  # replay answers from the recordings and never loads the weights
-    from parley.inference.local import preload
+    from parley.inference.local_loading import preload
 
     for name, provider in settings.inference.providers.items():
         if provider.type == "local":

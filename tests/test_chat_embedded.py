@@ -427,7 +427,7 @@ def reference() -> object:
     usage it reports, only how a prompt is split for evaluation (its last token
     alone), so that both generate the same text.
     """
-    from parley.inference.local import _llama_class, embedded_model_path
+    from parley.inference.local_loading import _llama_class, embedded_model_path
 
     llama = _llama_class()
     return llama(model_path=str(embedded_model_path()), n_ctx=2048, chat_format="chatml", verbose=False)

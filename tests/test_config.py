@@ -484,7 +484,7 @@ def test_serve_with_a_missing_model_file_exits_at_once_naming_the_key(tmp_path: 
 
 def write_model_file(path: Path, kind: str) -> Path:
     """A GGUF file llama.cpp cannot load: garbage, empty, or the embedded model cut short."""
-    from parley.inference.local import embedded_model_path
+    from parley.inference.local_loading import embedded_model_path
 
     if kind == "garbage":
         path.write_bytes(b"this is not a model file\n" * 400)
