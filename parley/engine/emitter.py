@@ -27,9 +27,10 @@ class EventEmitter:
         self.output: list[dict[str, Any]] = []
         self._open_items: dict[int, dict[str, Any]] = {}
         self._open_parts: dict[tuple[int, int], dict[str, Any]] = {}
-        # What open parts' text grew by since it was last read, as pieces: a string grown a
-        # token at a time is copied whole at each token, which costs the square of its length.
-        self._pending_text: dict[tuple[int, int], tuple[str, list[str]]] = {}
+        # What open parts' text and open calls' arguments grew by since they were last read, as
+        # pieces, by the part or item: a string grown a token at a time is copied whole at each
+        # token, which costs the square of its length.
+        self._pending: dict[int, tuple[dict[str, Any], str, list[str]]] = {}
         self._streaming_arguments: set[int] = set()
 
     @property
@@ -58,6 +59,7 @@ class EventEmitter:
         for key in [key for key in self._open_parts if key[0] == index]:
             self.done_part(index, key[1])
         item = self._open_items.pop(index)
+        self._settle(item)
         kind = item["type"]
         common = {"item_id": item["id"], "output_index": index}
         if kind == "function_call":
@@ -78,12 +80,13 @@ class EventEmitter:
     def stream_arguments(self, index: int, delta: str) -> None:
         """A piece of an open server-side call's arguments, as the model writes them."""
         item = self._open_items[index]
-        item["arguments"] += delta
+        self.extend(item, "arguments", delta)
         self._streaming_arguments.add(index)
         self.emit(f"{_events(item).arguments}.delta", item_id=item["id"], output_index=index, delta=delta)
 
     def end_arguments(self, index: int, item: dict[str, Any]) -> None:
         """`{arguments}.done` for a call whose arguments streamed, once."""
+        self._settle(item)
         if index in self._streaming_arguments:
             self._streaming_arguments.discard(index)
             self.emit(
@@ -128,25 +131,26 @@ class EventEmitter:
             part=part,
         )
 
-    def extend_part(self, index: int, content_index: int, field: str, text: str) -> None:
-        """Adds `text` to `field` of an open part (its `text`, or a refusal's `refusal`)."""
-        pending = self._pending_text.get((index, content_index))
-        if pending is None:
-            self._pending_text[(index, content_index)] = (field, [text])
-        else:
-            pending[1].append(text)
+    def extend(self, target: dict[str, Any], field: str, text: str) -> None:
+        """Adds `text` to `target[field]`: an open part's text, or an open call's arguments.
 
-    def _settle_text(self, key: tuple[int, int]) -> None:
-        """Writes what an open part's text grew by into the part."""
-        pending = self._pending_text.pop(key, None)
+        It lands there when the part or item is next read: when it is done, or in a snapshot.
+        """
+        pending = self._pending.get(id(target))
+        if pending is None:
+            self._pending[id(target)] = (target, field, [text])
+        else:
+            pending[2].append(text)
+
+    def _settle(self, target: dict[str, Any]) -> None:
+        pending = self._pending.pop(id(target), None)
         if pending is not None:
-            field, pieces = pending
-            part = self._open_parts[key]
-            part[field] += "".join(pieces)
+            _, field, pieces = pending
+            target[field] += "".join(pieces)
 
     def done_part(self, index: int, content_index: int) -> None:
-        self._settle_text((index, content_index))
         part = self._open_parts.pop((index, content_index))
+        self._settle(part)
         item = self._open_items[index]
         common = {"item_id": item["id"], "output_index": index, "content_index": content_index}
         kind = part["type"]
@@ -165,8 +169,8 @@ class EventEmitter:
 
     def snapshot(self) -> list[dict[str, Any]]:
         """The output so far, open parts' text included, as a copy."""
-        for key in list(self._pending_text):
-            self._settle_text(key)
+        for target, _, _ in list(self._pending.values()):
+            self._settle(target)
         return copy.deepcopy(self.output)
 
 

@@ -109,7 +109,7 @@ class OutputBuilder:
             "output_text", {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
         )
         if text:
-            self.emitter.extend_part(index, content_index, "text", text)
+            self.emitter.extend(part, "text", text)
         entries = logprobs if (logprobs and self.include_logprobs) else []
         if entries:
             part["logprobs"].extend(entries)
@@ -123,8 +123,8 @@ class OutputBuilder:
         )
 
     def _refusal_delta(self, text: str) -> None:
-        index, content_index, _ = self._open_part("refusal", {"type": "refusal", "refusal": ""})
-        self.emitter.extend_part(index, content_index, "refusal", text)
+        index, content_index, part = self._open_part("refusal", {"type": "refusal", "refusal": ""})
+        self.emitter.extend(part, "refusal", text)
         self.emitter.emit(
             "response.refusal.delta",
             item_id=self.emitter.output[index]["id"],
@@ -148,7 +148,7 @@ class OutputBuilder:
             self._reasoning = self.emitter.add_item(item)
             self.emitter.add_part(self._reasoning, 0, {"type": "reasoning_text", "text": ""})
         item = self.emitter.output[self._reasoning]
-        self.emitter.extend_part(self._reasoning, 0, "text", text)
+        self.emitter.extend(item["content"][0], "text", text)
         self.emitter.emit(
             "response.reasoning_text.delta",
             item_id=item["id"],
@@ -183,14 +183,14 @@ class OutputBuilder:
         if not delta.arguments:
             return
         if item["type"] == "function_call":
-            item["arguments"] += delta.arguments
+            self.emitter.extend(item, "arguments", delta.arguments)
             self.emitter.emit(
                 "response.function_call_arguments.delta", item_id=item["id"], output_index=index, delta=delta.arguments
             )
         elif self.emitter.streams_arguments(index):
             self.emitter.stream_arguments(index, delta.arguments)
         else:  # an approval request is shown whole, when it is done
-            item["arguments"] += delta.arguments
+            self.emitter.extend(item, "arguments", delta.arguments)
 
     def _open_held(self) -> None:
         """Opens the calls held while their names were arriving, in the order they began."""
