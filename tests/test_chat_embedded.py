@@ -427,9 +427,9 @@ def reference() -> object:
     usage it reports, only how a prompt is split for evaluation (its last token
     alone), so that both generate the same text.
     """
-    from parley.inference.local_loading import _llama_class, embedded_model_path
+    from parley.inference.local_loading import embedded_model_path, llama_class
 
-    llama = _llama_class()
+    llama = llama_class()
     return llama(model_path=str(embedded_model_path()), n_ctx=2048, chat_format="chatml", verbose=False)
 
 

@@ -29,8 +29,8 @@ from parley.errors import (
     UpstreamUnavailableError,
 )
 from parley.inference.base import ModelInfo, Provider
-from parley.inference.local_generation import _ChatmlGeneration, _TemplateGeneration
-from parley.inference.local_loading import _PRELOADED, _load, _LoadError, embedded_model_path
+from parley.inference.local_generation import ChatmlGeneration, TemplateGeneration
+from parley.inference.local_loading import LoadError, embedded_model_path, load, take_preloaded
 from parley.inference.types import ChatChunk, ChatRequest
 
 log = logging.getLogger(__name__)
@@ -134,9 +134,8 @@ class LocalModel:
         """The model, loaded by `preload` or now; UpstreamUnavailableError, saying why, if it cannot load."""
         if self._llama is not None:
             return self._llama
-        preloaded = _PRELOADED.pop((self.provider, self.name), None)
-        if preloaded is not None and preloaded[0] == self.config:
-            self._llama = preloaded[1]
+        self._llama = take_preloaded(self.provider, self.name, self.config)
+        if self._llama is not None:
             return self._llama
         unavailable = f"Local model '{self.name}' cannot be loaded"
         if importlib.util.find_spec("llama_cpp") is None:
@@ -149,8 +148,8 @@ class LocalModel:
             raise UpstreamUnavailableError(f"{unavailable}: the model file {path} does not exist.")
         log.info("loading local model %r from %s", self.name, path)
         try:
-            self._llama = _load(Path(path), self.config)
-        except _LoadError as exc:
+            self._llama = load(Path(path), self.config)
+        except LoadError as exc:
             raise UpstreamUnavailableError(
                 f"{unavailable}: llama.cpp cannot load the model file {path}: {exc}"
             ) from exc
@@ -167,9 +166,9 @@ class LocalModel:
                     f"Local model '{self.name}' is configured without logprobs.", param="logprobs"
                 )
             if self.config.chat_format == "chatml-function-calling":
-                _ChatmlGeneration(llama, self.config, request, emit, cancelled).run()
+                ChatmlGeneration(llama, self.config, request, emit, cancelled).run()
             else:
-                _TemplateGeneration(llama, request, emit, cancelled).run()
+                TemplateGeneration(llama, request, emit, cancelled).run()
         except ParleyError as exc:
             emit(exc)
         except ValueError as exc:

@@ -1,7 +1,7 @@
 """The two ways the local provider generates a chat completion from a loaded model.
 
-    _ChatmlGeneration    chat_format chatml-function-calling: Parley's prompt and grammars (see chatml_tools)
-    _TemplateGeneration  any other chat_format: llama.cpp's own chat completion, its chunks read as upstream ones
+    ChatmlGeneration    chat_format chatml-function-calling: Parley's prompt and grammars (see chatml_tools)
+    TemplateGeneration  any other chat_format: llama.cpp's own chat completion, its chunks read as upstream ones
 
 Both run on the model's worker thread, hand each chunk to `emit` as it is
 produced, and stop at the next token once `cancelled` is set.
@@ -19,7 +19,7 @@ from typing import Any
 from parley.config import LocalModelConfig
 from parley.errors import ContextLengthExceededError, InvalidRequestError
 from parley.inference import chatml_tools as protocol
-from parley.inference.local_loading import _tallied
+from parley.inference.local_loading import tallied
 from parley.inference.types import ChatChunk, ChatRequest, ToolCallDelta, Usage
 from parley.inference.wire import choice_chunk
 
@@ -68,7 +68,7 @@ def _chat_logprobs(raw: dict[str, Any] | None, top: int) -> list[dict[str, Any]]
     return entries
 
 
-class _ChatmlGeneration:
+class ChatmlGeneration:
     """One completion in the chatml function-calling protocol (see `chatml_tools`)."""
 
     _MAX_CALLS = 16
@@ -267,7 +267,7 @@ class _ChatmlGeneration:
         return self._count(self.prompt, special=True) + 1 >= self.llama.n_ctx()
 
 
-class _TemplateGeneration:
+class TemplateGeneration:
     """A completion through one of llama.cpp's own chat formats (`chat_format` other than chatml-function-calling)."""
 
     def __init__(self, llama: Any, request: ChatRequest, emit: Callable[[Any], None], cancelled: threading.Event):
@@ -278,8 +278,8 @@ class _TemplateGeneration:
 
     def run(self) -> None:
         request = self.request
-        # llama.cpp's streamed chat completions carry no usage: the tally counts it (see `_llama_class`).
-        with _tallied() as tally:
+        # llama.cpp's streamed chat completions carry no usage: the tally counts it (see `llama_class`).
+        with tallied() as tally:
             stream = self.llama.create_chat_completion(
                 messages=request.messages,
                 tools=request.tools,

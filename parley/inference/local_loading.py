@@ -4,7 +4,7 @@
 that cannot load as a bad config file is refused, saying why in llama.cpp's
 own words (read from its log, which llama-cpp-python's exception leaves out).
 A model loads as llama-cpp-python's `Llama`, made to count a completion's
-tokens inside `_tallied()`, since its streamed chat completions carry no usage.
+tokens inside `tallied()`, since its streamed chat completions carry no usage.
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ def preload(provider: str, config: LocalProviderConfig) -> None:
         if not runnable:
             continue
         try:
-            llama = _load(path, model_config)
-        except _LoadError as exc:
+            llama = load(path, model_config)
+        except LoadError as exc:
             problems.append(f"{key}.path: llama.cpp cannot load the model file {path}: {exc}")
             continue
         if problem := _chat_format_problem(llama, model_config.chat_format):
@@ -82,15 +82,21 @@ def preload(provider: str, config: LocalProviderConfig) -> None:
 _PRELOADED: dict[tuple[str, str], tuple[LocalModelConfig, Any]] = {}
 
 
-class _LoadError(Exception):
+def take_preloaded(provider: str, model: str, config: LocalModelConfig) -> Any | None:
+    """The model `preload` loaded for this provider and model with this configuration, once; else None."""
+    preloaded = _PRELOADED.pop((provider, model), None)
+    return preloaded[1] if preloaded is not None and preloaded[0] == config else None
+
+
+class LoadError(Exception):
     """llama.cpp refused a model file; the message says why, in llama.cpp's words."""
 
 
-def _load(path: Path, config: LocalModelConfig) -> Any:
-    """The model in the file, ready to generate; `_LoadError` if llama.cpp cannot load it."""
+def load(path: Path, config: LocalModelConfig) -> Any:
+    """The model in the file, ready to generate; `LoadError` if llama.cpp cannot load it."""
     with _llama_errors() as errors:
         try:
-            return _llama_class()(
+            return llama_class()(
                 model_path=str(path),
                 n_ctx=config.n_ctx,
                 n_threads=config.n_threads,
@@ -100,7 +106,7 @@ def _load(path: Path, config: LocalModelConfig) -> Any:
                 verbose=False,
             )
         except Exception as exc:  # llama-cpp-python raises ValueError("Failed to load model from file: ...")
-            raise _LoadError("; ".join(_reasons(errors)) or str(exc)) from exc
+            raise LoadError("; ".join(_reasons(errors)) or str(exc)) from exc
 
 
 # ggml's log levels (ggml.h, `enum ggml_log_level`).
@@ -198,8 +204,8 @@ _tallies = threading.local()
 
 
 @contextlib.contextmanager
-def _tallied() -> Iterator[_Tally]:
-    """Counts the tokens of the completion that the block runs (see `_llama_class`)."""
+def tallied() -> Iterator[_Tally]:
+    """Counts the tokens of the completion that the block runs (see `llama_class`)."""
     tally = _tallies.current = _Tally()
     try:
         yield tally
@@ -208,8 +214,8 @@ def _tallied() -> Iterator[_Tally]:
 
 
 @functools.cache
-def _llama_class() -> type:
-    """llama-cpp-python's `Llama`, counting tokens inside `_tallied()`.
+def llama_class() -> type:
+    """llama-cpp-python's `Llama`, counting tokens inside `tallied()`.
 
     llama-cpp-python reports usage only on non-streamed completions, and its
     chat handlers render and tokenize the prompt out of sight. Every
