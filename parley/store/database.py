@@ -47,7 +47,14 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = sa.make_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
-        options: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
+        # Every connection this server takes ends its transaction itself (`engine.begin()`
+        # commits or rolls back, `engine.connect()` rolls back on close): the pool's own
+        # rollback on return would be one more round trip per transaction, for nothing.
+        options: dict[str, Any] = {
+            "json_serializer": _json_dumps,
+            "json_deserializer": orjson.loads,
+            "pool_reset_on_return": None,
+        }
         if self.is_sqlite:
             database = self.url.database
             if database and database != ":memory:":
