@@ -178,14 +178,15 @@ def check_calls_answered(history: list[dict[str, Any]], items: list[dict[str, An
     before it (`previous_response_id`, a conversation); every function call
     there needs its output by the time the model is asked to go on.
     """
-    calls = {item["call_id"] for item in history + items if item["type"] == "function_call"}
+    context = history + items
+    calls = {item["call_id"] for item in context if item["type"] == "function_call"}
     for item in items:
         if item["type"] == "function_call_output" and item["call_id"] not in calls:
             raise InvalidRequestError(
                 f"No tool call found for function call output with call_id {item['call_id']}.", param="input"
             )
-    answered = {item["call_id"] for item in history + items if item["type"] == "function_call_output"}
-    for item in history + items:
+    answered = {item["call_id"] for item in context if item["type"] == "function_call_output"}
+    for item in context:
         if item["type"] == "function_call" and item["call_id"] not in answered:
             raise InvalidRequestError(f"No tool output found for function call {item['call_id']}.", param="input")
 
