@@ -237,7 +237,7 @@ class Settings(BaseSettings):
 
     @property
     def storage_url(self) -> str:
-        return self.storage.url or f"sqlite+aiosqlite:///{self.data_dir / 'parley.db'}"
+        return self.storage.url or f"sqlite:///{self.data_dir / 'parley.db'}"
 
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")

@@ -182,7 +182,7 @@ def postgres() -> Iterator[PostgresServer]:
 def storage_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     """Each storage test runs once on SQLite and once on PostgreSQL."""
     if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sqlite') / 'parley.db'}"
+        return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'parley.db'}"
     server: PostgresServer = request.getfixturevalue("postgres")
     return server.create_database(f"parley_{os.getpid()}_{len(os.listdir(server.root))}")
 

@@ -63,7 +63,7 @@ def test_defaults_serve_the_embedded_model_on_localhost_8321(tmp_path: Path) -> 
         "engine": {"max_iterations": 20},
         "tools": {"mcp": {"timeout": 30.0, "allowed_hosts": None, "allow_loopback": True, "max_output_chars": 100000}},
     }
-    assert settings.storage_url == f"sqlite+aiosqlite:///{tmp_path / 'xdg' / 'parley' / 'parley.db'}"
+    assert settings.storage_url == f"sqlite:///{tmp_path / 'xdg' / 'parley' / 'parley.db'}"
 
 
 def test_empty_file_means_the_defaults(tmp_path: Path) -> None:
@@ -657,7 +657,7 @@ def test_serve_prints_a_banner_with_url_models_and_data_dir(upstream: ParleyProc
         "  down/any  (openai-compatible http://127.0.0.1:9/v1)",
         *(f"  fake/{name}  (openai-compatible {base})" for name in MODELS),
         "  echo  (alias of fake/fake-echo)",
-        f"Data: {data} (storage sqlite+aiosqlite:///{data / 'parley.db'})",
+        f"Data: {data} (storage sqlite:///{data / 'parley.db'})",
     ]
     # --port 0 was given; the banner shows the port actually bound.
     assert not upstream.base_url.endswith(":0")

@@ -35,49 +35,47 @@ class ConversationStore:
     async def create(
         self, conversation_id: str, created_at: int, metadata: dict[str, str], items: list[dict[str, Any]]
     ) -> dict[str, Any]:
-        async with self.db.write() as connection:
-            await connection.execute(
-                conversations.insert().values(
-                    id=conversation_id, created_at=created_at, metadata=metadata, next_position=len(items)
-                )
-            )
-            if items:
-                await connection.execute(
-                    conversation_items.insert(),
-                    [_row(conversation_id, position, item, None, None) for position, item in enumerate(items)],
-                )
+        rows = [_row(conversation_id, position, item, None, None) for position, item in enumerate(items)]
+        statement = conversations.insert().values(
+            id=conversation_id, created_at=created_at, metadata=metadata, next_position=len(items)
+        )
+
+        def create(connection: sa.Connection) -> None:
+            connection.execute(statement)
+            if rows:
+                connection.execute(conversation_items.insert(), rows)
+
+        await self.db.write(create)
         return {"id": conversation_id, "object": "conversation", "created_at": created_at, "metadata": metadata}
 
     async def get(self, conversation_id: str) -> dict[str, Any] | None:
-        async with self.db.engine.connect() as connection:
-            row = (
-                await connection.execute(sa.select(conversations).where(conversations.c.id == conversation_id))
-            ).first()
+        query = sa.select(conversations).where(conversations.c.id == conversation_id)
+        row = await self.db.read(lambda connection: connection.execute(query).first())
         return _object(row) if row is not None else None
 
     async def update_metadata(self, conversation_id: str, metadata: dict[str, str]) -> dict[str, Any] | None:
-        async with self.db.write() as connection:
-            row = (
-                await connection.execute(
-                    conversations.update()
-                    .where(conversations.c.id == conversation_id)
-                    .values(metadata=metadata)
-                    .returning(conversations)
-                )
-            ).first()
+        statement = (
+            conversations.update()
+            .where(conversations.c.id == conversation_id)
+            .values(metadata=metadata)
+            .returning(conversations)
+        )
+        row = await self.db.write(lambda connection: connection.execute(statement).first())
         return _object(row) if row is not None else None
 
     async def delete(self, conversation_id: str) -> bool:
         """Deletes the conversation with its items; the responses it held go from the API too."""
-        async with self.db.write() as connection:
-            await connection.execute(
+
+        def delete(connection: sa.Connection) -> bool:
+            connection.execute(
                 conversation_items.delete().where(conversation_items.c.conversation_id == conversation_id)
             )
-            await connection.execute(
+            connection.execute(
                 responses.update().where(responses.c.conversation_id == conversation_id).values(deleted=True)
             )
-            result = await connection.execute(conversations.delete().where(conversations.c.id == conversation_id))
-        return result.rowcount > 0
+            return connection.execute(conversations.delete().where(conversations.c.id == conversation_id)).rowcount > 0
+
+        return await self.db.write(delete)
 
     async def append(
         self,
@@ -98,24 +96,31 @@ class ConversationStore:
         values: dict[str, Any] = {"next_position": conversations.c.next_position + len(items)}
         if tools is not None:
             values["last_tools"] = tools
-        async with self.db.write() as connection:
-            end = await connection.scalar(
-                conversations.update()
-                .where(conversations.c.id == conversation_id)
-                .values(**values)
-                .returning(conversations.c.next_position)
-            )
+        bump = (
+            conversations.update()
+            .where(conversations.c.id == conversation_id)
+            .values(**values)
+            .returning(conversations.c.next_position)
+        )
+        # Made here, on the event loop; the transaction gives them their positions.
+        rows = [
+            _row(conversation_id, offset, item, response_id, kinds[offset] if kinds else None)
+            for offset, item in enumerate(items)
+        ]
+
+        def append(connection: sa.Connection) -> None:
+            end = connection.scalar(bump)
             if end is None:
                 raise ConversationNotFound(conversation_id)
-            start = end - len(items)
-            rows = [
-                _row(conversation_id, start + offset, item, response_id, kinds[offset] if kinds else None)
-                for offset, item in enumerate(items)
-            ]
+            start = end - len(rows)
+            for row in rows:
+                row["position"] += start
             try:
-                await connection.execute(conversation_items.insert(), rows)
+                connection.execute(conversation_items.insert(), rows)
             except sa.exc.IntegrityError as exc:
                 raise DuplicateItem("The conversation already has an item with one of these ids.") from exc
+
+        await self.db.write(append)
 
     @contextlib.asynccontextmanager
     async def turn_lock(self, conversation_id: str) -> AsyncIterator[None]:
@@ -126,7 +131,7 @@ class ConversationStore:
         transaction, so a server that dies releases it. On SQLite, one server's
         in-process lock (see ResponseService) is what serializes turns.
         """
-        if self.db.is_sqlite:
+        if self.db.engine is None:
             yield
             return
         async with self.db.engine.connect() as connection, connection.begin():
@@ -136,13 +141,12 @@ class ConversationStore:
 
     async def items(self, conversation_id: str) -> list[dict[str, Any]]:
         """Every live item, in order: the context of the conversation's next turn (one indexed query)."""
-        async with self.db.engine.connect() as connection:
-            rows = await connection.execute(
-                sa.select(conversation_items.c.data)
-                .where(conversation_items.c.conversation_id == conversation_id, _LIVE_ITEM)
-                .order_by(conversation_items.c.position)
-            )
-            return list(rows.scalars())
+        query = (
+            sa.select(conversation_items.c.data)
+            .where(conversation_items.c.conversation_id == conversation_id, _LIVE_ITEM)
+            .order_by(conversation_items.c.position)
+        )
+        return await self.db.read(lambda connection: list(connection.execute(query).scalars()))
 
     async def list_items(self, conversation_id: str, page: PageRequest) -> Page:
         key = conversation_items.c.position
@@ -153,72 +157,58 @@ class ConversationStore:
         cursor_of = lambda item_id: sa.select(key).where(  # noqa: E731
             conversation_items.c.conversation_id == conversation_id, conversation_items.c.item_id == item_id
         )
-        async with self.db.engine.connect() as connection:
-            rows, has_more = await read_page(connection, query, key, cursor_of, page)
+        rows, has_more = await self.db.read(lambda connection: read_page(connection, query, key, cursor_of, page))
         return Page(data=[row.data for row in rows], has_more=has_more)
 
     async def get_item(self, conversation_id: str, item_id: str) -> dict[str, Any] | None:
-        async with self.db.engine.connect() as connection:
-            return await connection.scalar(
-                sa.select(conversation_items.c.data).where(
-                    conversation_items.c.conversation_id == conversation_id,
-                    conversation_items.c.item_id == item_id,
-                    _LIVE_ITEM,
-                )
-            )
+        query = sa.select(conversation_items.c.data).where(
+            conversation_items.c.conversation_id == conversation_id,
+            conversation_items.c.item_id == item_id,
+            _LIVE_ITEM,
+        )
+        return await self.db.read(lambda connection: connection.scalar(query))
 
     async def item_exists(self, conversation_id: str, item_id: str) -> bool:
         """Whether the id names an item of the conversation, live or deleted (cursors may name either)."""
-        async with self.db.engine.connect() as connection:
-            found = await connection.scalar(
-                sa.select(sa.literal(1)).where(
-                    conversation_items.c.conversation_id == conversation_id, conversation_items.c.item_id == item_id
-                )
-            )
-            return found is not None
+        query = sa.select(sa.literal(1)).where(
+            conversation_items.c.conversation_id == conversation_id, conversation_items.c.item_id == item_id
+        )
+        return await self.db.read(lambda connection: connection.scalar(query)) is not None
 
     async def delete_item(self, conversation_id: str, item_id: str) -> bool:
-        async with self.db.write() as connection:
-            result = await connection.execute(
-                conversation_items.update()
-                .where(
-                    conversation_items.c.conversation_id == conversation_id,
-                    conversation_items.c.item_id == item_id,
-                    _LIVE_ITEM,
-                )
-                .values(deleted=True)
+        statement = (
+            conversation_items.update()
+            .where(
+                conversation_items.c.conversation_id == conversation_id,
+                conversation_items.c.item_id == item_id,
+                _LIVE_ITEM,
             )
-            return result.rowcount > 0
+            .values(deleted=True)
+        )
+        return await self.db.write(lambda connection: connection.execute(statement).rowcount > 0)
 
     async def response_items(self, response_id: str, kind: str) -> list[dict[str, Any]]:
         """The live input or output items a response appended."""
-        async with self.db.engine.connect() as connection:
-            rows = await connection.execute(
-                sa.select(conversation_items.c.data)
-                .where(conversation_items.c.response_id == response_id, conversation_items.c.kind == kind, _LIVE_ITEM)
-                .order_by(conversation_items.c.position)
-            )
-            return list(rows.scalars())
+        query = (
+            sa.select(conversation_items.c.data)
+            .where(conversation_items.c.response_id == response_id, conversation_items.c.kind == kind, _LIVE_ITEM)
+            .order_by(conversation_items.c.position)
+        )
+        return await self.db.read(lambda connection: list(connection.execute(query).scalars()))
 
     async def latest_tools(self, conversation_id: str) -> list[dict[str, Any]]:
         """The `tools` of the conversation's last turn, stored or not (for reusing MCP listings)."""
-        async with self.db.engine.connect() as connection:
-            tools = await connection.scalar(
-                sa.select(conversations.c.last_tools).where(conversations.c.id == conversation_id)
-            )
-        return tools or []
+        query = sa.select(conversations.c.last_tools).where(conversations.c.id == conversation_id)
+        return await self.db.read(lambda connection: connection.scalar(query)) or []
 
     async def taken_ids(self, conversation_id: str, item_ids: list[str]) -> set[str]:
         """Which of `item_ids` the conversation has, or had: an id is never given twice."""
         if not item_ids:
             return set()
-        async with self.db.engine.connect() as connection:
-            rows = await connection.execute(
-                sa.select(conversation_items.c.item_id).where(
-                    conversation_items.c.conversation_id == conversation_id, conversation_items.c.item_id.in_(item_ids)
-                )
-            )
-            return set(rows.scalars())
+        query = sa.select(conversation_items.c.item_id).where(
+            conversation_items.c.conversation_id == conversation_id, conversation_items.c.item_id.in_(item_ids)
+        )
+        return await self.db.read(lambda connection: set(connection.execute(query).scalars()))
 
 
 def _row(

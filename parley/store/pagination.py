@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import sqlalchemy as sa
+
 from parley.errors import InvalidRequestError
 
 Order = Literal["asc", "desc"]
@@ -46,7 +48,9 @@ class Page:
         }
 
 
-async def read_page(connection: Any, query: Any, key: Any, cursor_of: Any, page: PageRequest) -> tuple[list[Any], bool]:
+def read_page(
+    connection: sa.Connection, query: Any, key: Any, cursor_of: Any, page: PageRequest
+) -> tuple[list[Any], bool]:
     """The rows of `query` on `page`, ordered by `key`, and whether more follow.
 
     `cursor_of(id)` selects the key of the listed item with that id (deleted ones
@@ -55,7 +59,7 @@ async def read_page(connection: Any, query: Any, key: Any, cursor_of: Any, page:
     keys: dict[str, Any] = {}
     for param, item_id in (("after", page.after), ("before", page.before)):
         if item_id is not None:
-            keys[param] = await connection.scalar(cursor_of(item_id))
+            keys[param] = connection.scalar(cursor_of(item_id))
             if keys[param] is None:
                 raise UnknownCursorError(param, item_id)
     descending = page.order == "desc"
@@ -64,5 +68,5 @@ async def read_page(connection: Any, query: Any, key: Any, cursor_of: Any, page:
     if "before" in keys:
         query = query.where(key > keys["before"] if descending else key < keys["before"])
     query = query.order_by(key.desc() if descending else key.asc()).limit(page.limit + 1)
-    rows = list(await connection.execute(query))
+    rows = list(connection.execute(query))
     return rows[: page.limit], len(rows) > page.limit

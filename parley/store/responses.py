@@ -75,13 +75,14 @@ class ResponseStore:
             rows = _item_rows(response["id"], "output", output_items, start=len(input_items))
         elif response["status"] == "failed":
             rows = _all_rows(response["id"], input_items, output_items)
-        async with self.db.write() as connection:
-            await connection.execute(
-                _FINISH_RESPONSE,
-                {"response_id": response["id"], "status": response["status"], "body": _without_output(response)},
-            )
+        values = {"response_id": response["id"], "status": response["status"], "body": _without_output(response)}
+
+        def finish(connection: sa.Connection) -> None:
+            connection.execute(_FINISH_RESPONSE, values)
             if rows:
-                await connection.execute(_INSERT_ITEMS, rows)
+                connection.execute(_INSERT_ITEMS, rows)
+
+        await self.db.write(finish)
 
     async def insert_finished(
         self, response: dict[str, Any], input_items: list[dict[str, Any]], output_items: list[dict[str, Any]]
@@ -91,49 +92,37 @@ class ResponseStore:
         await self._insert(response, None, _all_rows(response["id"], input_items, output_items) if own else [])
 
     async def _insert(self, response: dict[str, Any], lease_until: float | None, rows: list[dict[str, Any]]) -> None:
-        async with self.db.write() as connection:
-            await connection.execute(_INSERT_RESPONSE, _response_row(response, lease_until))
+        # The rows are made here, on the event loop, which may change the response once it has handed them on.
+        row = _response_row(response, lease_until)
+
+        def insert(connection: sa.Connection) -> None:
+            connection.execute(_INSERT_RESPONSE, row)
             if rows:
-                await connection.execute(_INSERT_ITEMS, rows)
+                connection.execute(_INSERT_ITEMS, rows)
+
+        await self.db.write(insert)
 
     async def get(self, response_id: str) -> dict[str, Any] | None:
-        async with self.db.engine.connect() as connection:
-            row = (
-                await connection.execute(
-                    sa.select(responses.c.body, responses.c.conversation_id, responses.c.status).where(
-                        responses.c.id == response_id, _VISIBLE
-                    )
-                )
-            ).first()
-            if row is None:
-                return None
-            items = _source(row.conversation_id, row.status)
-            output = (
-                await connection.execute(
-                    sa.select(items.c.data)
-                    .where(items.c.response_id == response_id, items.c.kind == "output", items.live)
-                    .order_by(items.c.position)
-                )
-            ).scalars()
-            return {**row.body, "output": list(output)}
+        return await self.db.read(lambda connection: _read_response(connection, response_id))
 
     async def renew(self, response_ids: list[str]) -> None:
         """Extends the lease of the responses this server is producing."""
         if not response_ids:
             return
-        async with self.db.write() as connection:
-            await connection.execute(
-                responses.update()
-                .where(responses.c.id.in_(response_ids), responses.c.status == "in_progress")
-                .values(lease_until=time.time() + self.lease_seconds)
-            )
+        statement = (
+            responses.update()
+            .where(responses.c.id.in_(response_ids), responses.c.status == "in_progress")
+            .values(lease_until=time.time() + self.lease_seconds)
+        )
+        await self.db.write(lambda connection: connection.execute(statement))
 
     async def fail_abandoned(self, error: dict[str, Any]) -> list[str]:
         """Marks `failed` the responses left in progress by a server that stopped renewing them."""
         now = time.time()
-        async with self.db.write() as connection:
+
+        def fail(connection: sa.Connection) -> list[str]:
             rows = list(
-                await connection.execute(
+                connection.execute(
                     sa.select(responses.c.id, responses.c.body).where(
                         responses.c.status == "in_progress", responses.c.lease_until < now
                     )
@@ -141,30 +130,28 @@ class ResponseStore:
             )
             for row in rows:
                 body = {**row.body, "status": "failed", "error": error}
-                await connection.execute(
+                connection.execute(
                     responses.update()
                     .where(responses.c.id == row.id, responses.c.status == "in_progress")
                     .values(status="failed", body=body, lease_until=None)
                 )
-        return [row.id for row in rows]
+            return [row.id for row in rows]
+
+        return await self.db.write(fail)
 
     async def body(self, response_id: str) -> dict[str, Any] | None:
         """The stored response without its output (its settings: tools, model, ...)."""
-        async with self.db.engine.connect() as connection:
-            return await connection.scalar(sa.select(responses.c.body).where(responses.c.id == response_id, _VISIBLE))
+        query = sa.select(responses.c.body).where(responses.c.id == response_id, _VISIBLE)
+        return await self.db.read(lambda connection: connection.scalar(query))
 
     async def exists(self, response_id: str) -> bool:
-        async with self.db.engine.connect() as connection:
-            found = await connection.scalar(sa.select(sa.literal(1)).where(responses.c.id == response_id, _VISIBLE))
-            return found is not None
+        query = sa.select(sa.literal(1)).where(responses.c.id == response_id, _VISIBLE)
+        return await self.db.read(lambda connection: connection.scalar(query)) is not None
 
     async def delete(self, response_id: str) -> bool:
         """Hides the response; its items stay while later responses of its chain need them."""
-        async with self.db.write() as connection:
-            result = await connection.execute(
-                responses.update().where(responses.c.id == response_id, _VISIBLE).values(deleted=True)
-            )
-            return result.rowcount > 0
+        statement = responses.update().where(responses.c.id == response_id, _VISIBLE).values(deleted=True)
+        return await self.db.write(lambda connection: connection.execute(statement).rowcount > 0)
 
     async def chain_items(self, response_id: str) -> list[dict[str, Any]]:
         """Every input and output item along the chain ending at `response_id`, oldest first, in one query."""
@@ -188,66 +175,90 @@ class ResponseStore:
         ]
         both = sa.union_all(*parts).subquery("items")
         query = sa.select(both.c.data).order_by(both.c.depth.desc(), both.c.position)
-        async with self.db.engine.connect() as connection:
-            if not self.db.is_sqlite:
+        is_sqlite = self.db.is_sqlite
+
+        def read(connection: sa.Connection) -> list[dict[str, Any]]:
+            if not is_sqlite:
                 # Each step of the walk is one lookup by primary key. PostgreSQL, before it has
                 # statistics on a young table, plans it as a hash join over the whole table at
                 # every step, which makes a turn's cost grow with the table, not the chain.
-                await connection.execute(
+                connection.execute(
                     sa.text(
                         "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_hashjoin', 'off', true),"
                         " set_config('enable_mergejoin', 'off', true)"
                     )
                 )
-            return list((await connection.execute(query)).scalars())
+            return list(connection.execute(query).scalars())
+
+        return await self.db.read(read)
 
     async def find_items(self, item_ids: list[str]) -> dict[str, dict[str, Any]]:
         """Stored items by id (for `item_reference` inputs)."""
         if not item_ids:
             return {}
-        async with self.db.engine.connect() as connection:
-            own = await connection.execute(
+
+        def find(connection: sa.Connection) -> dict[str, dict[str, Any]]:
+            own = connection.execute(
                 sa.select(response_items.c.item_id, response_items.c.data)
                 .join(responses, responses.c.id == response_items.c.response_id)
                 .where(response_items.c.item_id.in_(item_ids), _VISIBLE)
             )
             found = {row.item_id: row.data for row in own}
             # A conversation's items, whoever added them, go when it or they are deleted.
-            in_conversations = await connection.execute(
+            in_conversations = connection.execute(
                 sa.select(conversation_items.c.item_id, conversation_items.c.data).where(
                     conversation_items.c.item_id.in_(item_ids), _IN_CONVERSATIONS.live
                 )
             )
             found.update({row.item_id: row.data for row in in_conversations})
-        return found
+            return found
+
+        return await self.db.read(find)
 
     async def list(self, page: PageRequest) -> Page:
         query = sa.select(responses.c.seq, responses.c.id).where(_VISIBLE)
         cursor_of = lambda item_id: sa.select(responses.c.seq).where(responses.c.id == item_id)  # noqa: E731
-        rows, has_more = await self._page(query, responses.c.seq, cursor_of, page)
-        data = [body for body in [await self.get(row.id) for row in rows] if body is not None]
-        return Page(data=data, has_more=has_more)
+
+        def read(connection: sa.Connection) -> Page:
+            rows, has_more = read_page(connection, query, responses.c.seq, cursor_of, page)
+            bodies = [_read_response(connection, row.id) for row in rows]
+            return Page(data=[body for body in bodies if body is not None], has_more=has_more)
+
+        return await self.db.read(read)
 
     async def input_items(self, response_id: str, page: PageRequest) -> Page:
-        async with self.db.engine.connect() as connection:
-            row = (
-                await connection.execute(
-                    sa.select(responses.c.conversation_id, responses.c.status).where(responses.c.id == response_id)
-                )
+        def read(connection: sa.Connection) -> tuple[list[Any], bool]:
+            row = connection.execute(
+                sa.select(responses.c.conversation_id, responses.c.status).where(responses.c.id == response_id)
             ).one()
-        items = _source(row.conversation_id, row.status)
-        query = sa.select(items.c.position, items.c.data).where(
-            items.c.response_id == response_id, items.c.kind == "input", items.live
-        )
-        cursor_of = lambda item_id: sa.select(items.c.position).where(  # noqa: E731
-            items.c.response_id == response_id, items.c.kind == "input", items.c.item_id == item_id
-        )
-        rows, has_more = await self._page(query, items.c.position, cursor_of, page)
+            items = _source(row.conversation_id, row.status)
+            query = sa.select(items.c.position, items.c.data).where(
+                items.c.response_id == response_id, items.c.kind == "input", items.live
+            )
+            cursor_of = lambda item_id: sa.select(items.c.position).where(  # noqa: E731
+                items.c.response_id == response_id, items.c.kind == "input", items.c.item_id == item_id
+            )
+            return read_page(connection, query, items.c.position, cursor_of, page)
+
+        rows, has_more = await self.db.read(read)
         return Page(data=[row.data for row in rows], has_more=has_more)
 
-    async def _page(self, query: Any, key: Any, cursor_of: Any, page: PageRequest) -> tuple[list[Any], bool]:
-        async with self.db.engine.connect() as connection:
-            return await read_page(connection, query, key, cursor_of, page)
+
+def _read_response(connection: sa.Connection, response_id: str) -> dict[str, Any] | None:
+    row = connection.execute(
+        sa.select(responses.c.body, responses.c.conversation_id, responses.c.status).where(
+            responses.c.id == response_id, _VISIBLE
+        )
+    ).first()
+    if row is None:
+        return None
+    items = _source(row.conversation_id, row.status)
+    output = connection.execute(
+        sa.select(items.c.data)
+        .where(items.c.response_id == response_id, items.c.kind == "output", items.live)
+        .order_by(items.c.position)
+    ).scalars()
+    return {**row.body, "output": list(output)}
 
 
 def _without_output(response: dict[str, Any]) -> dict[str, Any]:
