@@ -19,6 +19,8 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from starlette.types import Receive, Scope, Send
 
+from parley.api.http import StreamRefused
+
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -38,7 +40,11 @@ class FastPaths:
             response = await endpoint(request)
         except Exception as exc:
             response = await self._handle(request, exc)
-        await response(scope, receive, send)
+        try:
+            await response(scope, receive, send)
+        except StreamRefused as refused:
+            response = await self._handle(request, refused.error)
+            await response(scope, receive, send)
 
     async def _handle(self, request: Request, exc: Exception) -> Response:
         handlers: dict[Any, Any] = self.app.exception_handlers

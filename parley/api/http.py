@@ -19,6 +19,14 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
+class StreamRefused(Exception):
+    """A stream's body failed before its first piece: nothing was sent, and `error` is the answer."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
 class EventStreamResponse(Response):
     """A `text/event-stream` body, written from the request's own task as its pieces come.
 
@@ -27,6 +35,10 @@ class EventStreamResponse(Response):
     the request's task, and one plain task waits for the disconnect and cancels
     it. A client that leaves ends the stream at once, even while it waits for
     the model: the body's generator is closed, and with it the upstream call.
+
+    The status line and headers leave with the first piece. A body that raises
+    before it has one is refused (StreamRefused, which `FastPaths` answers as
+    the error it carries), so a stream can be returned before it is known to start.
     """
 
     media_type = "text/event-stream"
@@ -49,7 +61,15 @@ class EventStreamResponse(Response):
         assert writer is not None
         watcher = DisconnectWatcher(receive, writer)
         try:
+            try:
+                first = await anext(self.body_iterator, None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                raise StreamRefused(exc) from exc
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            if first is not None:
+                await send({"type": "http.response.body", "body": first, "more_body": True})
             async for piece in self.body_iterator:
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})

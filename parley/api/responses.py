@@ -26,8 +26,8 @@ async def create_response(request: Request) -> Response:
     body = await read_body(request, CreateResponseRequest)
     run = await _service(request).create(body)
     if body.stream:
-        # A turn that fails before its first event is an HTTP error, not a stream.
-        await run.started()
+        # Returned at once, to be waiting when the first event comes; a turn that fails
+        # before it is an HTTP error, not a stream (see EventStreamResponse).
         return EventStreamResponse(_frames(run))
     response = await run.result()
     if run.error is not None:
@@ -46,8 +46,9 @@ async def _frames(run: ResponseRun) -> AsyncIterator[bytes]:
 
     The opening events wait for the first delta (or any other event), so that a
     client is woken once, for its first token, rather than first for events that
-    say nothing yet; the headers have left already.
+    say nothing yet; the headers leave with them.
     """
+    await run.started()  # raises what failed the turn before its first event
     held: list[Event] | None = []  # None once the opening has left
     async for batch in run.events():
         if held is not None:

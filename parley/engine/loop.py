@@ -55,10 +55,9 @@ class Turn:
     usage: Usage = field(default_factory=Usage)
     announced: bool = False
     dropped_items: int = 0  # oldest context items left out by `truncation: auto`
-    # Writes the stored response's first row. It is started as the response is announced,
-    # after its first token is on its way (a write competes with the token for the
-    # interpreter), or soon after the start at the latest (see ResponseService._start);
-    # this server answers for the response until the row is there.
+    # Writes the stored response's first row, shortly after the start (see
+    # ResponseService._start), or at once when something needs the row; this server
+    # answers for the response until the row is there.
     begin: Callable[[], Awaitable[None]] | None = None
     written: asyncio.Future[None] | None = None
     server_calls: int = 0  # server-side calls run so far
@@ -118,9 +117,6 @@ def announce(turn: Turn, finished: list[dict[str, Any]] | None = None) -> None:
         turn.announced = True
         turn.emitter.emit("response.created", response=turn.response)
         turn.emitter.emit("response.in_progress", response=turn.response)
-        # The row's write starts once the first events have left: started now, its SQL would
-        # run before the task that sends them, which these events wake after this step.
-        asyncio.get_running_loop().call_soon(turn.ensure_written)
         for item in finished or ():
             turn.emitter.add_finished(item)
 

@@ -97,7 +97,12 @@ class ResponseRun:
             yield batch
 
 
-_WRITE_AT_THE_LATEST = 0.05  # seconds after a stored response starts
+# How long after its start a stored response's first row is written. Not at once: the
+# write would compete for the CPU with the first token, or, written before the model
+# call, delay it; a model that answers this fast has its response written once, whole,
+# when it ends. Whatever needs the row before (a retrieval, a `previous_response_id`)
+# has it written then.
+_FIRST_WRITE_AFTER = 0.05  # seconds
 
 
 class _ConversationLock(asyncio.Lock):
@@ -235,9 +240,8 @@ class ResponseService:
         )
         if request.store:
             turn.begin = functools.partial(self.store.begin, response, input_items)
-            # Written as the response is announced, or after this long without a first token:
-            # a server that dies while the model is slow to answer still leaves its row.
-            asyncio.get_running_loop().call_later(_WRITE_AT_THE_LATEST, turn.ensure_written)
+            # A server that dies after this still leaves a row that says so (see `_keep_leases`).
+            asyncio.get_running_loop().call_later(_FIRST_WRITE_AFTER, turn.ensure_written)
             self._producing[response["id"]] = turn
         task = asyncio.create_task(self._produce(turn, run, lock), name=f"response {response['id']}")
         self._tasks.add(task)

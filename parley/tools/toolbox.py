@@ -12,7 +12,7 @@ A new kind is one module in `parley/tools` and one line in `Toolbox.__init__`.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 from typing import Any
 
 from parley.config import MCPSettings
@@ -39,8 +39,13 @@ class Toolbox:
     async def prepare(
         self, history: list[dict[str, Any]], previous_tools: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
-        """Prepares every kind; returns the items they made (MCP listings), in the order of the kinds."""
-        made = await asyncio.gather(*(kind.prepare(history, previous_tools) for kind in self.kinds))
+        """Prepares every kind; returns the items they made (MCP listings), in the order of the kinds.
+
+        The kinds prepare one after the other, each doing its own work at once (MCP
+        lists all its servers together): gathering them would cost every response,
+        listings or not, two more turns of the event loop before its model call.
+        """
+        made = [await kind.prepare(history, previous_tools) for kind in self.kinds]
         taken = {function.name for function in self.functions}
         for kind in self.kinds:
             for tool in kind.tools(taken):
@@ -77,4 +82,6 @@ class Toolbox:
         return tool_name
 
     async def close(self) -> None:
-        await asyncio.gather(*(kind.close() for kind in self.kinds), return_exceptions=True)
+        for kind in self.kinds:
+            with contextlib.suppress(Exception):
+                await kind.close()
