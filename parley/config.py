@@ -52,6 +52,21 @@ class StorageSettings(_Section):
     # marked failed (its server stopped); servers renew every third of it.
     lease_seconds: float = Field(60.0, gt=0)
 
+    @field_validator("url")
+    @classmethod
+    def _a_database_parley_keeps(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme, _, rest = value.partition("://")
+        backend = scheme.split("+")[0]
+        if backend == "sqlite" and rest.lstrip("/") in ("", ":memory:"):
+            # Each transaction runs on a thread of its own (see parley.store.database),
+            # and a SQLite database in memory would be one per thread.
+            raise ValueError("a SQLite database must be a file: 'sqlite:///path/to/parley.db'")
+        if backend not in ("sqlite", "postgresql") or not rest:
+            raise ValueError("must be a SQLite or PostgreSQL URL: 'sqlite:///path' or 'postgresql+asyncpg://...'")
+        return value
+
 
 class TimeoutSettings(_Section):
     connect: float = Field(10.0, gt=0)

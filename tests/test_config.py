@@ -253,6 +253,32 @@ def test_bad_environment_value_is_refused_naming_the_key(
         assert fragment in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("sqlite://", "a SQLite database must be a file"),
+        ("sqlite+aiosqlite:///:memory:", "a SQLite database must be a file"),
+        ("mysql://parley@db/parley", "must be a SQLite or PostgreSQL URL"),
+        ("postgresql+asyncpg://", "must be a SQLite or PostgreSQL URL"),
+    ],
+)
+def test_storage_url_must_name_a_database_parley_keeps(tmp_path: Path, url: str, fragment: str) -> None:
+    config = write(tmp_path / "parley.yaml", f"storage:\n  url: '{url}'\n")
+
+    with pytest.raises(ConfigError) as info:
+        load_settings(config)
+
+    assert "storage.url" in str(info.value)
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["sqlite:///srv/parley/parley.db", "sqlite+aiosqlite:///srv/parley/parley.db"])
+def test_sqlite_url_with_or_without_its_driver_is_accepted(tmp_path: Path, url: str) -> None:
+    config = write(tmp_path / "parley.yaml", f"storage:\n  url: '{url}'\n")
+
+    assert load_settings(config).storage_url == url
+
+
 def test_provider_names_must_be_lowercase(tmp_path: Path) -> None:
     """Environment variables are matched without regard to case, so names are lowercase."""
     config = write(tmp_path / "parley.yaml", PROVIDER_X.replace("    x:", "    OpenAI:"))
