@@ -3,8 +3,8 @@
 Starts a fake upstream (tests/fake_upstream.py, unpaced) and Parley in front
 of it, each as its own process on 127.0.0.1, then builds --chains chains of
 --turns non-streamed responses each (model fake-echo, short inputs), one turn
-at a time. Each turn's context is the whole chain so far, which Parley reads
-back from its database and sends upstream. Right after each turn, the same
+at a time. Each turn's context is the whole chain so far, which Parley sends
+upstream (kept from the turn before, or read back from its database). Right after each turn, the same
 message list goes straight to the upstream, so that its own time, which
 grows with the context too, can be told apart from Parley's.
 

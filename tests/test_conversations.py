@@ -577,6 +577,31 @@ def test_items_api_edits_change_what_the_model_sees(
     ]
 
 
+def test_a_chain_through_a_conversation_sees_its_items_deleted_later(
+    http: httpx.Client, client: openai.OpenAI, fake_upstream: FakeUpstream
+) -> None:
+    """A response chained onto a conversation's turn reads that turn's items as they are at each turn.
+
+    The server keeps the context of the responses it stores for the turns that
+    continue them; not one that holds a conversation's items, which can be deleted.
+    """
+    conversation = client.conversations.create()
+    first = client.responses.create(model=ECHO, input="one", conversation=conversation.id)
+    second = client.responses.create(model=ECHO, input="two", previous_response_id=first.id)
+    question = items(http, conversation.id)[0]
+    assert question["content"][0]["text"] == "one"
+
+    client.conversations.items.delete(question["id"], conversation_id=conversation.id)
+    client.responses.create(model=ECHO, input="three", previous_response_id=second.id)
+
+    assert fake_upstream.requests[-1]["messages"] == [
+        {"role": "assistant", "content": "one"},
+        {"role": "user", "content": "two"},
+        {"role": "assistant", "content": "two"},
+        {"role": "user", "content": "three"},
+    ]
+
+
 @pytest.mark.parametrize(
     ("model", "stream"),
     [

@@ -52,6 +52,9 @@ class Turn:
     emitter: EventEmitter
     settings: EngineSettings = field(default_factory=EngineSettings)
     previous_tools: list[dict[str, Any]] = field(default_factory=list)  # the `tools` of the previous response
+    # Whether its context, once stored, may be kept for the turn that continues it (see
+    # engine.chains): not when a conversation's items, which can be deleted, are in it.
+    keep_context: bool = True
     usage: Usage = field(default_factory=Usage)
     announced: bool = False
     dropped_items: int = 0  # oldest context items left out by `truncation: auto`

@@ -17,6 +17,7 @@ from typing import Any
 
 from parley.config import EngineSettings, MCPSettings
 from parley.engine import loop
+from parley.engine.chains import ChainContexts
 from parley.engine.conversations import ConversationNotFoundError, check_new_ids
 from parley.engine.emitter import EventEmitter
 from parley.engine.items import parse_input
@@ -135,6 +136,7 @@ class ResponseService:
         self.mcp_sessions = MCPSessionPool(self.mcp)
         self._tasks: set[asyncio.Task[None]] = set()
         self._producing: dict[str, loop.Turn] = {}  # stored responses this server is producing
+        self._chains = ChainContexts()  # the contexts of the responses it stored lately
         self._keeper: asyncio.Task[None] | None = None
         # Turns on one conversation take turns here, and across servers in the database
         # (ConversationStore.turn_lock).
@@ -149,7 +151,7 @@ class ResponseService:
         input_items = await self._resolve_references(parse_input(request.input))
         lock = await self._enter_conversation(request.conversation_id)
         try:
-            history, previous_tools = await self._history(request)
+            history, previous_tools, keep_context = await self._history(request)
             if not history and not input_items:
                 raise InvalidRequestError(
                     "Missing required parameter: 'input'.", param="input", code="missing_required_parameter"
@@ -157,7 +159,7 @@ class ResponseService:
             if request.conversation_id is not None:
                 ids = [item["id"] for item in input_items]
                 check_new_ids(input_items, await self.conversations.taken_ids(request.conversation_id, ids), "input")
-            return await self._start(request, model, tools, input_items, history, previous_tools, lock)
+            return await self._start(request, model, tools, input_items, history, previous_tools, lock, keep_context)
         except BaseException:
             if lock is not None:
                 await self._leave_conversation(request.conversation_id or "", lock)
@@ -197,11 +199,12 @@ class ResponseService:
             if lock.users == 0:
                 self._conversation_locks.pop(conversation_id, None)
 
-    async def _history(self, request: CreateResponseRequest) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """The items the turn continues from, and the tools of the turn before (to reuse MCP listings)."""
+    async def _history(self, request: CreateResponseRequest) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
+        """The items the turn continues from, the tools of the turn before (to reuse MCP listings), and
+        whether the turn's context may be kept for the next (see ChainContexts)."""
         if request.conversation_id is not None:
             items = await self.conversations.items(request.conversation_id)
-            return items, await self.conversations.latest_tools(request.conversation_id)
+            return items, await self.conversations.latest_tools(request.conversation_id), False
         if request.previous_response_id is not None:
             await self._written(request.previous_response_id)
             previous = await self.store.body(request.previous_response_id)
@@ -209,8 +212,12 @@ class ResponseService:
                 raise ResponseNotFoundError(
                     request.previous_response_id, param="previous_response_id", code="previous_response_not_found"
                 )
-            return await self.store.chain_items(request.previous_response_id), previous.get("tools") or []
-        return [], []
+            history = self._chains.get(request.previous_response_id)
+            through_conversation = False
+            if history is None:
+                history, through_conversation = await self.store.chain_items(request.previous_response_id)
+            return history, previous.get("tools") or [], not through_conversation
+        return [], [], True
 
     async def _start(
         self,
@@ -221,6 +228,7 @@ class ResponseService:
         history: list[dict[str, Any]],
         previous_tools: list[dict[str, Any]],
         lock: asyncio.Lock | None,
+        keep_context: bool,
     ) -> ResponseRun:
         run = ResponseRun(streaming=request.stream)
         response = initial_response(request, new_id("resp"), tools)
@@ -237,6 +245,7 @@ class ResponseService:
             emitter=EventEmitter(run.sink if request.stream else None),
             settings=self.engine,
             previous_tools=previous_tools,
+            keep_context=keep_context,
         )
         if request.store:
             turn.begin = functools.partial(self.store.begin, response, input_items)
@@ -330,11 +339,15 @@ class ResponseService:
                 self.store.insert_finished(turn.response, turn.input_items, turn.emitter.output)
             )
             await turn.written
-            return
-        written = turn.ensure_written()
-        if written is not None:
+        else:
+            written = turn.ensure_written()
+            if written is None:
+                return
             await written
             await self.store.finish(turn.response, turn.emitter.output, turn.input_items)
+        if turn.keep_context:
+            # What `store.chain_items` would read back for the turn that continues this one.
+            self._chains.keep(turn.response["id"], turn.history + turn.input_items + turn.emitter.output)
 
     async def _discard(self, turn: loop.Turn) -> None:
         """A request refused before its response was announced: the client never had its id, so no row stays."""
@@ -397,6 +410,7 @@ class ResponseService:
 
     async def delete(self, response_id: str) -> dict[str, Any]:
         await self._written(response_id)
+        self._chains.forget(response_id)
         if not await self.store.delete(response_id):
             raise ResponseNotFoundError(response_id)
         return {"id": response_id, "object": "response.deleted", "deleted": True}

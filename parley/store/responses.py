@@ -61,13 +61,13 @@ def _chain_items_query() -> sa.Select[Any]:
     )
     # Each table joined with the chain by its index, then the two in chain order.
     parts = [
-        sa.select(chain.c.depth, source.c.position, source.c.data)
+        sa.select(chain.c.depth, source.c.position, source.c.data, sa.literal(in_conversation).label("in_conversation"))
         .join(chain, source.c.response_id == chain.c.id)
         .where(source.live)
-        for source in (_OWN, _IN_CONVERSATIONS)
+        for source, in_conversation in ((_OWN, False), (_IN_CONVERSATIONS, True))
     ]
     both = sa.union_all(*parts).subquery("items")
-    return sa.select(both.c.data).order_by(both.c.depth.desc(), both.c.position)
+    return sa.select(both.c.data, both.c.in_conversation).order_by(both.c.depth.desc(), both.c.position)
 
 
 # Built once: building it takes SQLAlchemy about 0.7 ms, a turn's whole database read.
@@ -181,11 +181,14 @@ class ResponseStore:
         statement = responses.update().where(responses.c.id == response_id, _VISIBLE).values(deleted=True)
         return await self.db.write(lambda connection: connection.execute(statement).rowcount > 0)
 
-    async def chain_items(self, response_id: str) -> list[dict[str, Any]]:
-        """Every input and output item along the chain ending at `response_id`, oldest first, in one query."""
+    async def chain_items(self, response_id: str) -> tuple[list[dict[str, Any]], bool]:
+        """Every input and output item along the chain ending at `response_id`, oldest first, in one query.
+
+        And whether some come from a conversation, whose items can still be deleted.
+        """
         is_sqlite = self.db.is_sqlite
 
-        def read(connection: sa.Connection) -> list[dict[str, Any]]:
+        def read(connection: sa.Connection) -> tuple[list[dict[str, Any]], bool]:
             if not is_sqlite:
                 # Each step of the walk is one lookup by primary key. PostgreSQL, before it has
                 # statistics on a young table, plans it as a hash join over the whole table at
@@ -196,7 +199,8 @@ class ResponseStore:
                         " set_config('enable_mergejoin', 'off', true)"
                     )
                 )
-            return list(connection.execute(_CHAIN_ITEMS, {"response_id": response_id}).scalars())
+            rows = connection.execute(_CHAIN_ITEMS, {"response_id": response_id}).all()
+            return [row.data for row in rows], any(row.in_conversation for row in rows)
 
         return await self.db.read(read)
 
