@@ -63,9 +63,7 @@ class EventStreamResponse(Response):
         try:
             try:
                 first = await anext(self.body_iterator, None)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+            except Exception as exc:  # not a cancellation, which is no Exception
                 raise StreamRefused(exc) from exc
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             if first is not None:
