@@ -71,8 +71,10 @@ $(VENV)/.installed-local: pyproject.toml $(VENV)/.llama-cpp | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --prefer-binary --find-links $(LLAMA_WHEELS) -e '.[local]'
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml $(VENV)/.llama-cpp | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --prefer-binary --find-links $(LLAMA_WHEELS) -e '.[local,dev]'
+# The dev extras and the Python clients the client tests drive (pinned in tests/clients/requirements.txt).
+$(VENV)/.installed-dev: pyproject.toml tests/clients/requirements.txt $(VENV)/.llama-cpp | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --prefer-binary --find-links $(LLAMA_WHEELS) -e '.[local,dev]' \
+		-r tests/clients/requirements.txt
 	touch $@ $(VENV)/.installed-local
 
 clean:
