@@ -8,6 +8,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8321
 PYTEST_ARGS ?=
+NODE_CLIENTS := tests/clients
 
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -26,19 +27,33 @@ LLAMA_WHEELS ?= $(HOME)/.cache/parley/wheels/llama-cpp-portable
 # Root installs system packages directly; anyone else through sudo.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: serve test install dev bench lint clean postgresql
+.PHONY: serve test install dev bench lint clean postgresql node-clients
 
 serve: $(VENV)/.installed-local
 	$(BIN)/parley serve --host $(HOST) --port $(PORT)
 
-# The storage tests start their own throwaway PostgreSQL server from Debian's binaries.
-test: $(VENV)/.installed-dev postgresql
+# The storage tests start their own throwaway PostgreSQL server from Debian's binaries;
+# the client tests drive the Node clients of tests/clients.
+test: $(VENV)/.installed-dev postgresql node-clients
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 postgresql:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 		$(SUDO) apt-get update && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends postgresql; }
+
+# The Codex CLI and openai-node, at the versions tests/clients/package-lock.json pins
+# (Codex's Linux binary comes inside its npm package). Node.js and npm come from
+# Debian's packages when there is no `node`. `npm ci` empties node_modules first,
+# so the stamp inside it says the install finished, for this lock file.
+node-clients: $(NODE_CLIENTS)/node_modules/.installed
+
+$(NODE_CLIENTS)/node_modules/.installed: $(NODE_CLIENTS)/package.json $(NODE_CLIENTS)/package-lock.json
+	@command -v node >/dev/null 2>&1 || { \
+		$(SUDO) apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends nodejs npm; }
+	cd $(NODE_CLIENTS) && npm ci --no-audit --no-fund
+	touch $@
 
 install: $(VENV)/.installed-local
 
