@@ -790,6 +790,16 @@ def test_null_identifiers_are_tolerated_on_the_response_only() -> None:
         spec.validate_openai({"model": "test-model", "input": "hi", "user": None}, "CreateResponse")
 
 
+def test_an_echoed_json_schema_format_may_hold_its_schema() -> None:
+    # A narrow tolerance: Open Responses' document allows only null there, its request side an object.
+    fmt = {"type": "json_schema", "name": "Answer", "description": None, "strict": True}
+    spec.validate_openresponses({**fmt, "schema": {"type": "object"}}, "JsonSchemaResponseFormat")
+    with pytest.raises(AssertionError, match=r"\$.schema: 'object' is not valid"):
+        spec.validate_openresponses({**fmt, "schema": "object"}, "JsonSchemaResponseFormat")
+    with pytest.raises(AssertionError, match=r"'description' is a required property"):
+        spec.validate_openresponses({"type": "json_schema", "name": "A", "schema": {}}, "JsonSchemaResponseFormat")
+
+
 def test_a_chat_completion_matches_create_chat_completion_response() -> None:
     completion: dict[str, Any] = {
         "id": "chatcmpl-0001",

@@ -39,6 +39,8 @@ reason where it is defined:
 - OpenAI events the package has and 2.3.0 lacks (`response.shell_call_*`,
   `response.compaction.compacting`) are not schema-checked
   (`validate_openai_event`);
+- Open Responses' echoed `text.format` of type `json_schema` may hold its
+  schema object, not only null (`_openresponses_json_schema_format_holds_a_schema`);
 - Open Responses calls `response.reasoning_text.*` `response.reasoning.*`
   (`_OPENRESPONSES_EVENT_ALIASES`).
 
@@ -147,13 +149,26 @@ def _openai_mcp_call_error_object(schemas: dict[str, Schema]) -> None:
     error["anyOf"] = [*error["anyOf"], *objects]
 
 
+def _openresponses_json_schema_format_holds_a_schema(schemas: dict[str, Schema]) -> None:
+    # Open Responses' `JsonSchemaResponseFormat` (the `text.format` a response
+    # echoes) declares `schema: anyOf [{type: null}]`, so no response made with a
+    # JSON schema could pass, while its own request side
+    # (`JsonSchemaResponseFormatParam`) and openai's `ResponseFormatTextJSONSchemaConfig`
+    # carry the schema as an object. The echo may hold that object too.
+    schema = schemas["JsonSchemaResponseFormat"]["properties"]["schema"]
+    assert schema == {"anyOf": [{"type": "null"}]}, schema
+    schema["anyOf"] = [{"type": "null"}, {"type": "object"}]
+
+
 _TOLERANT_MODEL_RESPONSE_PROPERTIES = "ModelResponseProperties.response"
 _OPENAI_PATCHES: tuple[Callable[[dict[str, Schema]], None], ...] = (
     _openai_response_identifiers_nullable,
     _openai_response_usage_nullable,
     _openai_mcp_call_error_object,
 )
-_OPENRESPONSES_PATCHES: tuple[Callable[[dict[str, Schema]], None], ...] = ()
+_OPENRESPONSES_PATCHES: tuple[Callable[[dict[str, Schema]], None], ...] = (
+    _openresponses_json_schema_format_holds_a_schema,
+)
 
 # Open Responses names reasoning text events `response.reasoning.delta` /
 # `.done`; openai's package (which wins) names them `response.reasoning_text.*`

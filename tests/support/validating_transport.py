@@ -7,7 +7,7 @@ it when the stream has been read to its end.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
 
@@ -35,19 +35,12 @@ class _Tee(httpx.SyncByteStream):
             self._done(body)
 
 
-class ValidatingTransport(httpx.BaseTransport):
+class _Validator:
+    """What both transports keep: the streams they validated and the failures found."""
+
     def __init__(self) -> None:
-        self._inner = httpx.HTTPTransport()
         self.validated: list[ValidatedStream] = []
         self.failures: list[AssertionError] = []
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        response = self._inner.handle_request(request)
-        content_type = response.headers.get("content-type", "")
-        if request.url.path.endswith("/responses") and content_type.startswith("text/event-stream"):
-            assert isinstance(response.stream, httpx.SyncByteStream)
-            response.stream = _Tee(response.stream, self._validate)
-        return response
 
     def _validate(self, body: bytes) -> None:
         # Open Responses defines no MCP items or events; OpenAI's document and types still apply.
@@ -57,5 +50,58 @@ class ValidatingTransport(httpx.BaseTransport):
         except AssertionError as exc:
             self.failures.append(exc)
 
+
+class ValidatingTransport(_Validator, httpx.BaseTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self._inner = httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self._inner.handle_request(request)
+        content_type = response.headers.get("content-type", "")
+        if request.url.path.endswith("/responses") and content_type.startswith("text/event-stream"):
+            assert isinstance(response.stream, httpx.SyncByteStream)
+            response.stream = _Tee(response.stream, self._validate)
+        return response
+
     def close(self) -> None:
         self._inner.close()
+
+
+class _AsyncTee(httpx.AsyncByteStream):
+    def __init__(self, inner: httpx.AsyncByteStream, done: Callable[[bytes], None]) -> None:
+        self._inner = inner
+        self._done = done
+        self._chunks: list[bytes] = []
+        self._finished = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            self._chunks.append(chunk)
+            yield chunk
+        self._finished = True
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+        body = b"".join(self._chunks)
+        if self._finished or body.rstrip().endswith(b"data: [DONE]"):
+            self._done(body)
+
+
+class AsyncValidatingTransport(_Validator, httpx.AsyncBaseTransport):
+    """`ValidatingTransport` for the async clients (`openai.AsyncOpenAI`, and the SDKs built on it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        content_type = response.headers.get("content-type", "")
+        if request.url.path.endswith("/responses") and content_type.startswith("text/event-stream"):
+            assert isinstance(response.stream, httpx.AsyncByteStream)
+            response.stream = _AsyncTee(response.stream, self._validate)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
