@@ -16,6 +16,7 @@ from parley.api.fastpath import FastPaths
 from parley.api.responses import create_response
 from parley.api.scoping import with_test_scoping
 from parley.config import Settings
+from parley.engine import encrypted_reasoning
 from parley.engine.conversations import ConversationService
 from parley.engine.service import ResponseService
 from parley.inference.registry import ModelRegistry
@@ -23,6 +24,7 @@ from parley.store import ConversationStore, Database, ResponseStore
 
 
 def create_app(settings: Settings) -> ASGIApp:
+    encrypted_reasoning.use_key(encrypted_reasoning.load_key(settings.engine.reasoning_key, settings.data_dir))
     registry = ModelRegistry.from_settings(settings.inference)
     database = Database(settings.storage_url)
     conversations = ConversationStore(database)
@@ -31,7 +33,7 @@ def create_app(settings: Settings) -> ASGIApp:
         ResponseStore(database, settings.storage.lease_seconds),
         conversations,
         settings.engine,
-        settings.tools.mcp,
+        settings.tools,
     )
 
     @asynccontextmanager

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from parley.config import OpenAIProviderConfig
-from parley.engine.request import AllowedToolsChoice, CreateResponseRequest, FunctionTool, NamedFunctionChoice
+from parley.engine.request import AllowedToolsChoice, CreateResponseRequest, NamedFunctionChoice, ToolTypeChoice
 from parley.errors import InvalidRequestError
 from parley.inference.base import Provider
-from parley.tools import NameOf, chat_messages_of
+from parley.tools import Toolbox, chat_messages_of
+from parley.tools.caller import OUTPUT_STYLES, STYLES
 
 
 def reasoning_field_of(provider: Provider) -> str | None:
@@ -25,18 +25,18 @@ def reasoning_field_of(provider: Provider) -> str | None:
 def chat_messages(
     instructions: str | None,
     items: list[dict[str, Any]],
-    name_of: NameOf | None = None,
+    toolbox: Toolbox | None = None,
     reasoning_field: str | None = None,
 ) -> list[dict[str, Any]]:
     """Chat messages for `items`, oldest first, after the instructions.
 
-    Consecutive function calls (one model turn's) become one assistant
-    message; their results come later, as `function_call_output` items.
-    Server-side tools' items (an MCP call, which carries its result) become
-    the messages their kind gives for them (`ToolKind.chat_messages`, found
-    by item type); an assistant message of tool calls there joins the one
-    before it as function calls do. `name_of` gives the name the model knows
-    an MCP server's tool by.
+    Consecutive calls to the caller's tools (one model turn's: function,
+    custom, shell, patch calls) become one assistant message; their results
+    come later, as output items, each a tool message. Server-side tools' items
+    (an MCP call, which carries its result) become the messages their kind
+    gives for them (`ToolKind.chat_messages`, found by item type); an
+    assistant message of tool calls there joins the one before it as function
+    calls do. The `toolbox` gives the names the model knows each tool by.
 
     With a `reasoning_field` (see `reasoning_field_of`), a reasoning item's
     text rides in that field of the assistant message that follows it: the
@@ -47,7 +47,7 @@ def chat_messages(
     messages: list[dict[str, Any]] = []
     if instructions:
         messages.append({"role": "system", "content": instructions})
-    name_of = name_of or (lambda _label, name: name)
+    name_of = toolbox.model_name if toolbox is not None else (lambda _label, name: name)
     field = reasoning_field
     reasoning: list[str] = []  # the texts of reasoning items not yet attached to a message
 
@@ -81,11 +81,18 @@ def chat_messages(
                 messages.append(assistant(message))
             else:
                 other(message)
-        elif kind == "function_call":
-            function = {"name": item["name"], "arguments": item["arguments"]}
+        elif kind in STYLES:
+            style = STYLES[kind]
+            name = toolbox.callers.model_name(item) if toolbox is not None else style.tool_name(item)
+            function = {"name": name, "arguments": style.arguments(item)}
             call({"id": item["call_id"], "type": "function", "function": function})
-        elif kind == "function_call_output":
-            other({"role": "tool", "tool_call_id": item["call_id"], "content": _tool_output(item["output"])})
+        elif kind in OUTPUT_STYLES:
+            style = OUTPUT_STYLES[kind]
+            if kind == "function_call_output":
+                content = _tool_output(item["output"])
+            else:
+                content = style.output_text(item)
+            other({"role": "tool", "tool_call_id": style.output_call_id(item), "content": content})
         elif kind == "reasoning":
             text = reasoning_text(item) if field is not None else ""
             if text:
@@ -159,7 +166,7 @@ def check_input(items: list[dict[str, Any]]) -> None:
         if item["type"] == "message" and item["role"] != "assistant":
             for part_index, part in enumerate(item["content"]):
                 _check_part(part, f"input[{index}].content[{part_index}]")
-        elif item["type"] == "function_call_output" and isinstance(item["output"], list):
+        elif item["type"] in ("function_call_output", "custom_tool_call_output") and isinstance(item["output"], list):
             for part_index, part in enumerate(item["output"]):
                 if part["type"] != "input_text":
                     param = f"input[{index}].output[{part_index}]"
@@ -172,23 +179,58 @@ def check_input(items: list[dict[str, Any]]) -> None:
 
 
 def check_calls_answered(history: list[dict[str, Any]], items: list[dict[str, Any]]) -> None:
-    """Refuses, as OpenAI does, a function call output that answers no call, and a call left unanswered.
+    """Refuses, as OpenAI does, a call output that answers no call, and a call left unanswered.
 
     The call an output answers may come earlier in the input or in the turns
-    before it (`previous_response_id`, a conversation); every function call
-    there needs its output by the time the model is asked to go on.
+    before it (`previous_response_id`, a conversation); every call to the
+    caller's tools there needs its output by the time the model is asked to go
+    on. An output with no `call_id` (Codex answers some calls by `name` and
+    `namespace`) answers the earliest call of that name not yet answered, and
+    takes its `call_id`.
     """
     context = history + items
-    calls = {item["call_id"] for item in context if item["type"] == "function_call"}
-    for item in items:
-        if item["type"] == "function_call_output" and item["call_id"] not in calls:
+    calls = [item for item in context if item["type"] in STYLES]
+    call_ids = {item["call_id"] for item in calls}
+    answered = {OUTPUT_STYLES[item["type"]].output_call_id(item) for item in context if item["type"] in OUTPUT_STYLES}
+    for index, item in enumerate(items):
+        if item["type"] not in OUTPUT_STYLES:
+            continue
+        style = OUTPUT_STYLES[item["type"]]
+        call_id = style.output_call_id(item)
+        if call_id is None:
+            call_id = _pair_by_name(item, calls, answered, index)
+            answered.add(call_id)
+        if call_id not in call_ids:
             raise InvalidRequestError(
-                f"No tool call found for function call output with call_id {item['call_id']}.", param="input"
+                f"No tool call found for function call output with call_id {call_id}.", param="input"
             )
-    answered = {item["call_id"] for item in context if item["type"] == "function_call_output"}
-    for item in context:
-        if item["type"] == "function_call" and item["call_id"] not in answered:
+    for item in calls:
+        if item["call_id"] not in answered:
             raise InvalidRequestError(f"No tool output found for function call {item['call_id']}.", param="input")
+
+
+def _pair_by_name(output: dict[str, Any], calls: list[dict[str, Any]], answered: set[Any], index: int) -> str:
+    """The `call_id` of the earliest unanswered call that an output without one answers, by name and namespace.
+
+    The output takes it, as stored and listed.
+    """
+    style = OUTPUT_STYLES[output["type"]]
+    name, namespace = output.get("name"), output.get("namespace")
+    for call in calls:
+        if (
+            call["type"] == style.call_type
+            and call["call_id"] not in answered
+            and (name is None or style.tool_name(call) == name)
+            and call.get("namespace") == namespace
+        ):
+            output["call_id"] = call["call_id"]
+            return str(call["call_id"])
+    described = f"'{name}'" + (f" in namespace '{namespace}'" if namespace else "") if name else "any tool"
+    raise InvalidRequestError(
+        f"No tool call found for function call output at input[{index}]: it has no call_id, "
+        f"and no unanswered call to {described} precedes it.",
+        param=f"input[{index}].call_id",
+    )
 
 
 def _check_part(part: dict[str, Any], path: str) -> None:
@@ -221,57 +263,58 @@ def _tool_output(output: str | list[dict[str, Any]]) -> str:
     return "".join(part["text"] for part in output)
 
 
-def chat_tools(
-    request: CreateResponseRequest,
-    functions: list[FunctionTool],
-    server_functions: list[dict[str, Any]] | None = None,
-    server_of: Callable[[str], str | None] | None = None,
-) -> tuple[list[dict[str, Any]] | None, Any]:
+def chat_tools(request: CreateResponseRequest, toolbox: Toolbox) -> tuple[list[dict[str, Any]] | None, Any]:
     """The tools offered to the model and its `tool_choice`.
 
-    `server_functions` are the MCP servers' tools as function definitions, and
-    `server_of` names the server behind each. `allowed_tools` is a hard
-    constraint: the model is never shown a tool outside it.
+    Every tool is offered as a function: those the caller answers (see
+    `parley.tools.caller`), then the server-side tools. `allowed_tools` is a
+    hard constraint: the model is never shown a tool outside it.
     """
     choice = request.tool_choice
-    chat = [_function_definition(tool) for tool in functions] + list(server_functions or ())
+    chat = toolbox.caller_functions() + toolbox.server_functions()
     chat_choice: Any = choice
     if isinstance(choice, AllowedToolsChoice):
-        chat = [tool for tool in chat if _allowed(choice, tool["function"]["name"], server_of)]
+        chat = [tool for tool in chat if _allowed(choice, tool["function"]["name"], toolbox)]
         chat_choice = choice.mode
-    elif isinstance(choice, NamedFunctionChoice):
-        if choice.name not in {tool["function"]["name"] for tool in chat}:
+    elif isinstance(choice, (NamedFunctionChoice, ToolTypeChoice)):
+        name = _chosen(choice, toolbox)
+        if name is None:
             raise InvalidRequestError(
-                f"Invalid value for 'tool_choice': no function named '{choice.name}' is among the tools.",
+                f"Invalid value for 'tool_choice': no {choice.type} tool named '{choice.name}' is among the tools.",
                 param="tool_choice",
                 code="invalid_value",
             )
-        chat_choice = {"type": "function", "function": {"name": choice.name}}
+        chat_choice = {"type": "function", "function": {"name": name}}
     if not chat:
         return None, None
     return chat, chat_choice
 
 
-def _allowed(choice: AllowedToolsChoice, name: str, server_of: Callable[[str], str | None] | None) -> bool:
-    label = server_of(name) if server_of else None
+def _chosen(choice: NamedFunctionChoice | ToolTypeChoice, toolbox: Toolbox) -> str | None:
+    """The name the model knows the tool a named `tool_choice` forces by."""
+    for tool in toolbox.callers:
+        if tool.tool_type == choice.type and tool.tool_name == choice.name and tool.namespace is None:
+            return tool.name
+    if choice.type == "function" and toolbox.tool(choice.name) is not None:
+        return choice.name
+    return None
+
+
+def _allowed(choice: AllowedToolsChoice, name: str, toolbox: Toolbox) -> bool:
+    caller = toolbox.caller_tool(name)
+    label = toolbox.server_label(name)
     for ref in choice.tools:
-        if ref.type == "function" and label is None and ref.name == name:
+        if caller is not None and ref.type == caller.tool_type and ref.name in (None, caller.tool_name):
+            if ref.type in ("function", "custom") and ref.name is None:
+                continue  # a function or custom tool is allowed by name
+            return True
+        if caller is None and label is None and ref.type == "function" and ref.name == name:
             return True
         extra = ref.model_extra or {}
         same_server = ref.type == "mcp" and label is not None and extra.get("server_label") == label
         if same_server and (ref.name is None or ref.name == name):
             return True
     return False
-
-
-def _function_definition(tool: FunctionTool) -> dict[str, Any]:
-    function: dict[str, Any] = {"name": tool.name}
-    if tool.description is not None:
-        function["description"] = tool.description
-    function["parameters"] = tool.parameters or {"type": "object", "properties": {}}
-    if tool.strict is not None:
-        function["strict"] = tool.strict
-    return {"type": "function", "function": function}
 
 
 def response_format(request: CreateResponseRequest) -> dict[str, Any] | None:

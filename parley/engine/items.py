@@ -7,10 +7,17 @@ stored and listed has the shape of OpenAI's items.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from openai.types.responses import (
+    response_custom_tool_call_output_param,
+    response_custom_tool_call_param,
+    response_function_tool_call_param,
+    response_input_item_param,
+)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from parley.engine import encrypted_reasoning
 from parley.errors import InvalidRequestError, invalid_parameter, most_specific
 from parley.ids import new_id
 
@@ -93,19 +100,144 @@ class MessageItem(_Item):
     phase: str | None = None
 
 
-class FunctionCallItem(_Item):
+def _keys(typed_dict: Any) -> frozenset[str]:
+    return frozenset(typed_dict.__required_keys__ | typed_dict.__optional_keys__)
+
+
+class _PackageItem(_Item):
+    """An item whose known fields are its `openai` TypedDict's: those not declared here are kept as sent,
+    so that a field OpenAI adds never breaks a client; a name the package does not know is refused."""
+
+    model_config = ConfigDict(extra="allow")
+    known: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in data:
+                if name not in cls.known:
+                    raise ValueError(f"Unknown parameter: '{name}'")
+        return data
+
+
+_Status = Literal["in_progress", "completed", "incomplete"]
+
+
+class FunctionCallItem(_PackageItem):
+    known = _keys(response_function_tool_call_param.ResponseFunctionToolCallParam)
     type: Literal["function_call"]
     call_id: str = Field(min_length=1)
     name: str = Field(min_length=1)
     arguments: str
-    status: Literal["in_progress", "completed", "incomplete"] | None = None
+    namespace: str | None = None
+    status: _Status | None = None
 
 
-class FunctionCallOutputItem(_Item):
+class FunctionCallOutputItem(_PackageItem):
+    """A function's result; without `call_id`, it answers a call by `name` and `namespace` (as Codex sends it)."""
+
+    known = _keys(response_input_item_param.FunctionCallOutput)
     type: Literal["function_call_output"]
+    call_id: str | None = Field(None, min_length=1)
+    output: str | list[dict[str, Any]]
+    name: str | None = None
+    namespace: str | None = None
+    status: _Status | None = None
+
+
+class CustomToolCallItem(_PackageItem):
+    known = _keys(response_custom_tool_call_param.ResponseCustomToolCallParam)
+    type: Literal["custom_tool_call"]
+    call_id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    input: str
+    namespace: str | None = None
+
+
+class CustomToolCallOutputItem(_PackageItem):
+    known = _keys(response_custom_tool_call_output_param.ResponseCustomToolCallOutputParam)
+    type: Literal["custom_tool_call_output"]
     call_id: str = Field(min_length=1)
     output: str | list[dict[str, Any]]
-    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+
+class LocalShellAction(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["exec"]
+    command: list[str]
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class LocalShellCallItem(_PackageItem):
+    known = _keys(response_input_item_param.LocalShellCall)
+    type: Literal["local_shell_call"]
+    call_id: str = Field(min_length=1)
+    action: LocalShellAction
+    status: _Status | None = None
+
+
+class LocalShellCallOutputItem(_PackageItem):
+    """A local shell call's output, which names its call by `id` (the call's `call_id`), as OpenAI's does."""
+
+    known = _keys(response_input_item_param.LocalShellCallOutput)
+    type: Literal["local_shell_call_output"]
+    id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)  # type: ignore[assignment]
+    output: str
+    status: _Status | None = None
+
+
+class ShellAction(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    commands: list[str]
+    timeout_ms: int | None = None
+    max_output_length: int | None = None
+
+
+class ShellCallItem(_PackageItem):
+    known = _keys(response_input_item_param.ShellCall)
+    type: Literal["shell_call"]
+    call_id: str = Field(min_length=1)
+    action: ShellAction
+    status: _Status | None = None
+
+
+class ShellOutputEntry(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    stdout: str = ""
+    stderr: str = ""
+    outcome: dict[str, Any]
+
+
+class ShellCallOutputItem(_PackageItem):
+    known = _keys(response_input_item_param.ShellCallOutput)
+    type: Literal["shell_call_output"]
+    call_id: str = Field(min_length=1)
+    output: list[ShellOutputEntry]
+    status: _Status | None = None
+
+
+class PatchOperation(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["create_file", "update_file", "delete_file"]
+    path: str
+    diff: str | None = None
+
+
+class ApplyPatchCallItem(_PackageItem):
+    known = _keys(response_input_item_param.ApplyPatchCall)
+    type: Literal["apply_patch_call"]
+    call_id: str = Field(min_length=1)
+    operation: PatchOperation
+    status: Literal["in_progress", "completed"] | None = None
+
+
+class ApplyPatchCallOutputItem(_PackageItem):
+    known = _keys(response_input_item_param.ApplyPatchCallOutput)
+    type: Literal["apply_patch_call_output"]
+    call_id: str = Field(min_length=1)
+    status: Literal["completed", "failed"]
+    output: str | None = None
 
 
 class ItemReference(_Item):
@@ -161,6 +293,14 @@ _ITEMS: dict[str, type[_Item]] = {
     "message": MessageItem,
     "function_call": FunctionCallItem,
     "function_call_output": FunctionCallOutputItem,
+    "custom_tool_call": CustomToolCallItem,
+    "custom_tool_call_output": CustomToolCallOutputItem,
+    "local_shell_call": LocalShellCallItem,
+    "local_shell_call_output": LocalShellCallOutputItem,
+    "shell_call": ShellCallItem,
+    "shell_call_output": ShellCallOutputItem,
+    "apply_patch_call": ApplyPatchCallItem,
+    "apply_patch_call_output": ApplyPatchCallOutputItem,
     "item_reference": ItemReference,
     "reasoning": ReasoningItem,
     "mcp_approval_response": MCPApprovalResponseItem,
@@ -173,6 +313,13 @@ _ID_PREFIX = {
     "message": "msg",
     "function_call": "fc",
     "function_call_output": "fco",
+    "custom_tool_call": "ctc",
+    "custom_tool_call_output": "ctco",
+    "local_shell_call": "lsh",
+    "shell_call": "sh",
+    "shell_call_output": "sho",
+    "apply_patch_call": "apc",
+    "apply_patch_call_output": "apco",
     "reasoning": "rs",
     "mcp_approval_response": "mcpa",
     "mcp_list_tools": "mcpl",
@@ -210,11 +357,20 @@ def parse_item(raw: Any, path: str) -> dict[str, Any]:
     item = _check(model, raw, path)
     if isinstance(item, MessageItem):
         return _message(item.role, _parts(item, path), item.id, item.phase)
-    # Nullable fields stay, as null; an id or status left out is filled in below.
-    data = {key: value for key, value in item.model_dump().items() if value is not None or key not in ("id", "status")}
+    # Nullable fields stay, as null; an id or status left out is filled in below. Of an item the caller
+    # answers, only the fields sent are kept: a custom tool call has no status, an output no name.
+    if isinstance(item, _PackageItem):
+        data = item.model_dump(exclude_unset=True)
+        data["type"] = item.type
+    else:
+        data = {
+            key: value for key, value in item.model_dump().items() if value is not None or key not in ("id", "status")
+        }
     if isinstance(item, ItemReference):
         return data
-    if isinstance(item, FunctionCallOutputItem) and isinstance(item.output, list):
+    if isinstance(item, LocalShellCallItem):
+        data["action"].setdefault("env", {})
+    if isinstance(item, (FunctionCallOutputItem, CustomToolCallOutputItem)) and isinstance(item.output, list):
         data["output"] = [_check_part(part, f"{path}.output[{i}]", _USER_PARTS) for i, part in enumerate(item.output)]
     if isinstance(item, ReasoningItem):
         data["summary"] = [
@@ -224,8 +380,13 @@ def parse_item(raw: Any, path: str) -> dict[str, Any]:
             data["content"] = [
                 _check_part(part, f"{path}.content[{i}]", _REASONING_PARTS) for i, part in enumerate(item.content)
             ]
+        if item.encrypted_content is not None:
+            # What the blob holds is what the model thought: it stands in for any summary and content
+            # sent with it (stateless callers send it with neither); the blob is kept as sent.
+            data.update(encrypted_reasoning.unseal(item.encrypted_content, f"{path}.encrypted_content"))
     data.setdefault("id", new_id(_ID_PREFIX[item.type]))
-    data.setdefault("status", "completed")
+    if "status" in type(item).model_fields:
+        data.setdefault("status", "completed")
     return data
 
 

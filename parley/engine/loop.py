@@ -33,7 +33,6 @@ from parley.inference.registry import ResolvedModel
 from parley.inference.types import ChatChunk, ChatRequest, Usage
 from parley.scheduling import first_token_sent
 from parley.tools import Toolbox
-from parley.tools.definitions import FunctionTool
 
 _LIMIT_REACHED = "max_tool_calls reached; the call was not run."
 
@@ -47,7 +46,6 @@ class Turn:
     response: dict[str, Any]
     history: list[dict[str, Any]]  # items of the previous responses, oldest first
     input_items: list[dict[str, Any]]  # this request's input
-    functions: list[FunctionTool]
     toolbox: Toolbox
     emitter: EventEmitter
     settings: EngineSettings = field(default_factory=EngineSettings)
@@ -91,7 +89,11 @@ async def _produce(turn: Turn) -> None:
         turn.model_calls += 1
         announce(turn, prepared)
         builder = OutputBuilder(
-            turn.emitter, turn.toolbox, include_logprobs=turn.request.include_logprobs, offered=offer.callable
+            turn.emitter,
+            turn.toolbox,
+            include_logprobs=turn.request.include_logprobs,
+            offered=offer.callable,
+            encrypt_reasoning="reasoning.encrypted_content" in (turn.request.include or ()),
         )
         try:
             async for batch in stream:
@@ -251,7 +253,7 @@ class ToolOffer:
 
 def _offer(turn: Turn) -> ToolOffer:
     request, toolbox = turn.request, turn.toolbox
-    tools, tool_choice = context.chat_tools(request, turn.functions, toolbox.server_functions(), toolbox.server_label)
+    tools, tool_choice = context.chat_tools(request, toolbox)
     callable = {tool["function"]["name"] for tool in tools or ()}
     limit = request.max_tool_calls
     if tools is not None and limit is not None and turn.server_calls >= limit:
@@ -285,7 +287,7 @@ def _chat_request(turn: Turn, items: list[dict[str, Any]], offer: ToolOffer) -> 
         messages=context.chat_messages(
             request.instructions,
             items,
-            turn.toolbox.model_name,
+            turn.toolbox,
             reasoning_field=context.reasoning_field_of(turn.model.provider),
         ),
         tools=tools,

@@ -1,7 +1,8 @@
 """Turns a model's streamed chunks into Responses output items and their events.
 
 Text becomes a `message` item with an `output_text` part (and a `refusal`
-part for refusals); reasoning text a `reasoning` item. A tool call becomes a
+part for refusals); reasoning text a `reasoning` item (with its reasoning sealed
+in `encrypted_content` when the request asks for it). A tool call becomes a
 `function_call` item for the caller to answer, or, for a server-side tool,
 the item its kind makes of it: a call item left open for the loop to run
 (`mcp_call`), or another that ends the response (`mcp_approval_request`).
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from parley.engine import encrypted_reasoning
 from parley.engine.emitter import EventEmitter
 from parley.errors import UpstreamError
 from parley.ids import new_id
@@ -35,12 +37,19 @@ class ToolNotOfferedError(UpstreamError):
 
 class OutputBuilder:
     def __init__(
-        self, emitter: EventEmitter, toolbox: Toolbox, *, include_logprobs: bool, offered: set[str] | None = None
+        self,
+        emitter: EventEmitter,
+        toolbox: Toolbox,
+        *,
+        include_logprobs: bool,
+        offered: set[str] | None = None,
+        encrypt_reasoning: bool = False,
     ) -> None:
         self.emitter = emitter
         self.toolbox = toolbox
         self.offered = offered or set()  # the names of the tools the model may call
         self.include_logprobs = include_logprobs
+        self.encrypt_reasoning = encrypt_reasoning  # `include: ["reasoning.encrypted_content"]`
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
         self._message: int | None = None  # output index of the open message
@@ -48,6 +57,8 @@ class OutputBuilder:
         self._reasoning: int | None = None
         self._calls: dict[int, int] = {}  # the model's tool-call index -> output index
         self._held: dict[int, ToolCallDelta] = {}  # calls whose name may still be arriving, by the model's index
+        # The arguments of calls whose items are made from them whole when they end (see CallStyle), by output index.
+        self._arguments: dict[int, list[str]] = {}
         self.call_indexes: list[int] = []  # output indexes of this model call's tool calls, of every kind
         self.server_calls: list[int] = []  # those of them that Parley runs, for the loop
 
@@ -81,6 +92,8 @@ class OutputBuilder:
             if index in self.server_calls:
                 self.emitter.end_arguments(index, item)
             elif self.emitter.is_open(index):
+                if index in self._arguments:
+                    self._finish_call(index, item)
                 self.emitter.done_item(index, status)
         self._close_message(status)
         self._close_reasoning(status)
@@ -159,6 +172,10 @@ class OutputBuilder:
 
     def _close_reasoning(self, status: str = "completed") -> None:
         if self._reasoning is not None:
+            if self.encrypt_reasoning:
+                self.emitter.done_part(self._reasoning, 0)  # the text whole, to be sealed
+                item = self.emitter.output[self._reasoning]
+                item["encrypted_content"] = encrypted_reasoning.seal(item)
             self.emitter.done_item(self._reasoning, status)
             self._reasoning = None
 
@@ -182,7 +199,9 @@ class OutputBuilder:
         item = self.emitter.output[index]
         if not delta.arguments:
             return
-        if item["type"] == "function_call":
+        if index in self._arguments:
+            self._arguments[index].append(delta.arguments)
+        elif item["type"] == "function_call":
             self.emitter.extend(item, "arguments", delta.arguments)
             self.emitter.emit(
                 "response.function_call_arguments.delta", item_id=item["id"], output_index=index, delta=delta.arguments
@@ -191,6 +210,13 @@ class OutputBuilder:
             self.emitter.stream_arguments(index, delta.arguments)
         else:  # an approval request is shown whole, when it is done
             self.emitter.extend(item, "arguments", delta.arguments)
+
+    def _finish_call(self, index: int, item: dict[str, Any]) -> None:
+        """Makes a call's item whole from its arguments (a custom tool's input, a shell call's action)."""
+        arguments = "".join(self._arguments.pop(index))
+        style = self.toolbox.caller_style(item["type"])
+        for event_type, fields in style.finish(item, arguments):
+            self.emitter.emit(event_type, item_id=item["id"], output_index=index, **fields)
 
     def _open_held(self) -> None:
         """Opens the calls held while their names were arriving, in the order they began."""
@@ -206,18 +232,15 @@ class OutputBuilder:
         self._close_message()
         self._close_reasoning()
         tool = self.toolbox.tool(name)
-        if tool is None:
-            item = {
-                "id": new_id("fc"),
-                "type": "function_call",
-                "status": "in_progress",
-                "call_id": call.id or new_id("call"),
-                "name": name,
-                "arguments": "",
-            }
+        caller = self.toolbox.caller_tool(name) if tool is None else None
+        if caller is not None:
+            item = caller.style.item(caller, call.id or new_id("call"))
         else:
+            assert tool is not None  # an offered name is a caller's tool or a server-side one
             item = tool.kind.call_item(tool)
         index = self._calls[call.index] = self.emitter.add_item(item)
+        if caller is not None and not caller.style.streams_arguments:
+            self._arguments[index] = []
         self.call_indexes.append(index)
         if self.toolbox.kind_of(item["type"]) is not None:
             self.server_calls.append(index)

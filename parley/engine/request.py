@@ -1,19 +1,27 @@
 """The body of `POST /v1/responses`, validated.
 
+Which fields a request may carry follows the installed `openai` package
+(`ResponseCreateParams`), plus the few that OpenAI's API takes before the
+package declares them (`LAGGING_FIELDS`), so that a client never breaks on a
+field OpenAI has added. Every one of them is handled here (declared on
+`CreateResponseRequest`), accepted with nothing to apply it to
+(`IGNORED_FIELDS`), or refused with a 400 that says why (`REFUSED_FIELDS`); a
+name in no version of the API is `Unknown parameter`, as OpenAI answers.
+
 Input items are checked one by one in `parley.engine.items`, so that an error
-names its exact place (`input[2].content[0].type`). Fields that only OpenAI's
-own service can honour (prompt templates, images, moderation, ...) are refused
-with a 400 rather than ignored.
+names its exact place (`input[2].content[0].type`).
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
+from openai.types.responses import response_create_params
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from parley.errors import InvalidRequestError, invalid_parameter, most_specific
-from parley.tools.definitions import FunctionTool, MCPTool
+from parley.tools import definition_model
+from parley.tools.definitions import CALLER_DEFINITIONS, FunctionTool, MCPTool
 
 _NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
 
@@ -106,8 +114,20 @@ class TextConfig(_Model):
 
 
 class NamedFunctionChoice(_Model):
-    type: Literal["function"]
+    """A named tool the model must call: a function or a custom tool."""
+
+    type: Literal["function", "custom"]
     name: str
+
+
+class ToolTypeChoice(_Model):
+    """The one tool of a type the model must call: OpenAI's shell and patch tools."""
+
+    type: Literal["shell", "local_shell", "apply_patch"]
+
+    @property
+    def name(self) -> str:
+        return self.type
 
 
 class AllowedToolRef(BaseModel):
@@ -169,8 +189,52 @@ class StreamOptions(_Model):
     include_obfuscation: bool | None = None
 
 
+def _keys(typed_dict: Any) -> frozenset[str]:
+    return frozenset(typed_dict.__required_keys__ | typed_dict.__optional_keys__)
+
+
+# What OpenAI's API takes on create, as the installed package declares it (streaming or not).
+PACKAGE_FIELDS = _keys(response_create_params.ResponseCreateParamsStreaming) | _keys(
+    response_create_params.ResponseCreateParamsNonStreaming
+)
+# Fields OpenAI's API takes that the package does not declare (yet), each with who sends it.
+LAGGING_FIELDS = {
+    "client_metadata": "the Codex CLI (0.169) sends it with every request; OpenAI accepts it",
+    "presence_penalty": "in Open Responses' CreateResponseBody, and echoed on OpenAI's response object",
+    "frequency_penalty": "in Open Responses' CreateResponseBody, and echoed on OpenAI's response object",
+}
+KNOWN_FIELDS = PACKAGE_FIELDS | LAGGING_FIELDS.keys()
+
+# Known fields that are accepted and have nothing to apply to here: OpenAI's own services.
+IGNORED_FIELDS = {
+    "client_metadata": "the client's own metadata, for OpenAI's telemetry; not part of the response",
+    "access_programs": "OpenAI's domain-specific access programs",
+    "image": "OpenAI's image context optimisation; images are sent to the model as they are",
+    "prompt_cache_options": "OpenAI's explicit cache breakpoints; prompt_cache_key is passed on",
+    "background_options": "options of background runs, which are refused while background is unsupported",
+}
+# Known fields that are refused when set (not null), with the reason the 400 gives.
+REFUSED_FIELDS = {
+    "moderation": "Moderation is not run by this server.",
+}
+
+
+def check_fields(data: Any) -> None:
+    """`Unknown parameter` for a name in no version of the API; a 400 for a field Parley refuses."""
+    if not isinstance(data, dict):
+        return
+    for name, value in data.items():
+        if name not in KNOWN_FIELDS:
+            raise InvalidRequestError(f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter")
+        if name in REFUSED_FIELDS and value is not None:
+            raise InvalidRequestError(
+                f"Unsupported parameter: '{name}'. {REFUSED_FIELDS[name]}", param=name, code="unsupported_parameter"
+            )
+
+
 class CreateResponseRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Which names may appear is `check_fields`'s: the package's, and those it lags behind on.
+    model_config = ConfigDict(extra="allow")
 
     model: str
     input: str | list[dict[str, Any]] | None = None
@@ -193,7 +257,9 @@ class CreateResponseRequest(BaseModel):
     parallel_tool_calls: bool = True
     text: TextConfig | None = None
     tools: list[dict[str, Any]] | None = None
-    tool_choice: Literal["none", "auto", "required"] | NamedFunctionChoice | AllowedToolsChoice | None = None
+    tool_choice: (
+        Literal["none", "auto", "required"] | NamedFunctionChoice | ToolTypeChoice | AllowedToolsChoice | None
+    ) = None
     truncation: Literal["auto", "disabled"] = "disabled"
     reasoning: Reasoning | None = None
     user: str | None = None
@@ -210,6 +276,12 @@ class CreateResponseRequest(BaseModel):
     _metadata_limits = field_validator("metadata")(lambda cls, value: check_metadata(value))
     _include_values = field_validator("include")(lambda cls, value: check_include(value))
     _no_compaction = field_validator("context_management")(lambda cls, value: check_context_management(value))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        check_fields(data)
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -265,13 +337,17 @@ class CreateResponseRequest(BaseModel):
             )
         return self
 
-    def validated_tools(self) -> list[FunctionTool | MCPTool]:
-        """The tools, validated; an unsupported tool type is a 400 that names it."""
-        tools: list[FunctionTool | MCPTool] = []
+    def validated_tools(self) -> list[BaseModel]:
+        """The tools, validated; a tool type that no kind serves is a 400 that names it.
+
+        Function tools (and the other tools the caller answers: see `parley.tools.caller`) first
+        come back as they are; server-side tools' definitions come from the kind that serves them.
+        """
+        tools: list[BaseModel] = []
         labels: set[str] = set()
         for index, raw in enumerate(self.tools or ()):
             kind = raw.get("type") if isinstance(raw, dict) else None
-            model = _TOOL_MODELS.get(kind) if isinstance(kind, str) else None
+            model = _definition_model(kind)
             if model is None:
                 known = "is not supported by this server yet" if kind in KNOWN_TOOL_TYPES else "is not a tool type"
                 raise InvalidRequestError(
@@ -292,7 +368,7 @@ class CreateResponseRequest(BaseModel):
         self._check_tool_choice(tools)
         return tools
 
-    def _check_tool_choice(self, tools: list[FunctionTool | MCPTool]) -> None:
+    def _check_tool_choice(self, tools: list[BaseModel]) -> None:
         """A choice that requires a call needs a tool it can call, as OpenAI answers: a 400."""
         choice = self.tool_choice
         if choice == "required" and not tools:
@@ -328,7 +404,15 @@ class CreateResponseRequest(BaseModel):
         return self.conversation
 
 
-_TOOL_MODELS: dict[str, type[BaseModel]] = {"function": FunctionTool, "mcp": MCPTool}
+_TOOL_MODELS = CALLER_DEFINITIONS
+
+
+def _definition_model(tool_type: Any) -> type[BaseModel] | None:
+    if not isinstance(tool_type, str):
+        return None
+    return _TOOL_MODELS.get(tool_type) or definition_model(tool_type)
+
+
 _TEXT_FORMATS: dict[Any, type[BaseModel]] = {
     "text": TextFormatText,
     "json_object": TextFormatJSONObject,

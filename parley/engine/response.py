@@ -5,15 +5,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from pydantic import BaseModel
+
 from parley.engine.request import CreateResponseRequest
 from parley.errors import ParleyError, UpstreamStatusError
 from parley.inference.types import Usage
-from parley.tools.definitions import FunctionTool, MCPTool
 
 
-def initial_response(
-    request: CreateResponseRequest, response_id: str, tools: list[FunctionTool | MCPTool]
-) -> dict[str, Any]:
+def initial_response(request: CreateResponseRequest, response_id: str, tools: list[BaseModel]) -> dict[str, Any]:
     """Every field of OpenAI's `Response`, as it stands when the turn starts.
 
     Where Open Responses requires a value, the default that was applied is echoed.
@@ -54,12 +53,18 @@ def initial_response(
         "tool_choice": (
             tool_choice.model_dump(exclude_none=True) if hasattr(tool_choice, "model_dump") else tool_choice or "auto"
         ),
-        "tools": [tool.public() if isinstance(tool, MCPTool) else tool.model_dump() for tool in tools],
+        "tools": [public_definition(tool) for tool in tools],
         "truncation": request.truncation,
         "usage": None,
         "user": request.user,
         "metadata": request.metadata or {},
     }
+
+
+def public_definition(tool: BaseModel) -> dict[str, Any]:
+    """A tool definition as it is echoed and stored: its `public()` where it has secrets to leave out."""
+    public = getattr(tool, "public", None)
+    return public() if callable(public) else tool.model_dump()
 
 
 def _reasoning(request: CreateResponseRequest) -> dict[str, Any]:

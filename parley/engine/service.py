@@ -15,7 +15,9 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from parley.config import EngineSettings, MCPSettings
+from pydantic import BaseModel
+
+from parley.config import EngineSettings, ToolsSettings
 from parley.engine import loop
 from parley.engine.chains import ChainContexts
 from parley.engine.conversations import ConversationNotFoundError, check_new_ids
@@ -27,9 +29,7 @@ from parley.errors import InvalidRequestError, NotFoundError, ParleyError
 from parley.ids import new_id
 from parley.inference.registry import ModelRegistry, ResolvedModel
 from parley.store import ConversationNotFound, ConversationStore, DuplicateItem, PageRequest, ResponseStore
-from parley.tools import Toolbox
-from parley.tools.definitions import FunctionTool, MCPTool
-from parley.tools.mcp import MCPSessionPool
+from parley.tools import ToolServices
 
 log = logging.getLogger(__name__)
 
@@ -125,15 +125,14 @@ class ResponseService:
         store: ResponseStore,
         conversations: ConversationStore,
         engine: EngineSettings | None = None,
-        mcp: MCPSettings | None = None,
+        tools: ToolsSettings | None = None,
     ) -> None:
         self.registry = registry
         self.store = store
         self.conversations = conversations
         self.engine = engine or EngineSettings()
-        self.mcp = mcp or MCPSettings()
-        # MCP sessions outlive the responses that open them, for the next response to the same server.
-        self.mcp_sessions = MCPSessionPool(self.mcp)
+        # What the tool kinds keep across responses (MCP sessions, search clients).
+        self.tool_services = ToolServices(tools or ToolsSettings())
         self._tasks: set[asyncio.Task[None]] = set()
         self._producing: dict[str, loop.Turn] = {}  # stored responses this server is producing
         self._chains = ChainContexts()  # the contexts of the responses it stored lately
@@ -223,7 +222,7 @@ class ResponseService:
         self,
         request: CreateResponseRequest,
         model: ResolvedModel,
-        tools: list[FunctionTool | MCPTool],
+        tools: list[BaseModel],
         input_items: list[dict[str, Any]],
         history: list[dict[str, Any]],
         previous_tools: list[dict[str, Any]],
@@ -232,16 +231,13 @@ class ResponseService:
     ) -> ResponseRun:
         run = ResponseRun(streaming=request.stream)
         response = initial_response(request, new_id("resp"), tools)
-        functions = [tool for tool in tools if isinstance(tool, FunctionTool)]
-        servers = [tool for tool in tools if isinstance(tool, MCPTool)]
         turn = loop.Turn(
             request=request,
             model=model,
             response=response,
             history=history,
             input_items=input_items,
-            functions=functions,
-            toolbox=Toolbox(functions, servers, self.mcp, self.mcp_sessions),
+            toolbox=self.tool_services.toolbox(tools),
             emitter=EventEmitter(run.sink if request.stream else None),
             settings=self.engine,
             previous_tools=previous_tools,
@@ -450,4 +446,4 @@ class ResponseService:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.mcp_sessions.close()
+        await self.tool_services.close()

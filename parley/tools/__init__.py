@@ -1,18 +1,31 @@
-"""Server-side tools: one module per kind (MCP now), behind one interface (`base.ToolKind`), in one toolbox.
+"""Server-side tools: one module per kind, behind one interface (`base.ToolKind`), in one toolbox.
 
-Importing the package imports every kind (through `toolbox`), so each is registered.
+Importing the package imports every kind, so each is registered: a new kind is its module, marked
+`@register`, and its line below.
 """
 
-from parley.tools.base import ItemEvents, NameOf, ServerTool, ToolKind, chat_messages_of, item_events, register
-from parley.tools.toolbox import Toolbox
+from parley.tools import mcp  # noqa: F401  (registers the kind)
+from parley.tools.base import (
+    ItemEvents,
+    NameOf,
+    ServerTool,
+    ToolKind,
+    chat_messages_of,
+    definition_model,
+    item_events,
+    register,
+)
+from parley.tools.toolbox import Toolbox, ToolServices
 
 __all__ = [
     "ItemEvents",
     "NameOf",
     "ServerTool",
     "ToolKind",
+    "ToolServices",
     "Toolbox",
     "chat_messages_of",
+    "definition_model",
     "item_events",
     "register",
 ]

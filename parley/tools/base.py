@@ -1,12 +1,16 @@
 """The interface every kind of server-side tool implements, and the registry of their items.
 
-A kind (MCP servers now; file_search and web_search later) is one module in
-`parley/tools` with one `ToolKind` subclass, which `register` makes known to
-the event emitter and `Toolbox.__init__` makes, for each response, from the
-response's tool definitions. The agent loop and the output builder only ever
-talk to this interface:
+A kind (MCP servers, web_search; file_search later) is one module in
+`parley/tools` with one `ToolKind` subclass marked `@register`. Registering
+makes its tool types known to the request (`definition_model`), its items to
+the event emitter and the context builder, and the kind itself to the
+`Toolbox`, which makes one of it for each response from that response's tool
+definitions of its types. Nothing else names a kind. The agent loop and the
+output builder only ever talk to this interface:
 
     ToolKind       the tools of its kind that one response names
+        definitions    the request's tool types it serves, each with the model of one definition
+        shared         what it keeps across responses (MCP: its sessions), made once per server
         prepare        the items made before the first model call (MCP: its listings)
         tools          the names the model may call, as `ServerTool`s, once prepared
         call_item      a model's call to one of them, as the output item it opens
@@ -28,7 +32,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from parley.config import ToolsSettings
 
 NameOf = Callable[[str, str], str]  # (server label, the server's tool name) -> the name the model knows it by
 
@@ -62,11 +71,33 @@ class ServerTool:
 
 
 class ToolKind(ABC):
-    """The tools of one kind that one response names."""
+    """The tools of one kind that one response names.
 
+    It is made for each response as `Kind(definitions, shared)`: the response's
+    tool definitions of the kind's types (validated by their `definitions`
+    models, in request order; perhaps none, since an approval may still answer
+    an earlier response's request), and what `shared` made once for the server.
+    """
+
+    # The tool types of a request's `tools` this kind serves, each with the model that validates one
+    # definition (`{"type": "mcp", ...}`); the model's `public()`, if it has one, is what is echoed and stored.
+    definitions: ClassVar[dict[str, type[BaseModel]]]
     call_type: ClassVar[str]  # the item a call becomes, which Parley runs ("mcp_call")
     item_types: ClassVar[tuple[str, ...]]  # every item this kind produces or reads, `call_type` included
     items: ClassVar[dict[str, ItemEvents]]  # those of them that have events of their own
+
+    @abstractmethod
+    def __init__(self, definitions: list[Any], shared: Any) -> None: ...
+
+    @classmethod
+    def shared(cls, settings: ToolsSettings) -> Any:
+        """What the kind keeps across responses (connections, clients), made once per server; None by default."""
+        return None
+
+    @classmethod
+    async def close_shared(cls, shared: Any) -> None:
+        """Ends what `shared` made, as the server stops."""
+        return None
 
     async def prepare(
         self, history: list[dict[str, Any]], previous_tools: list[dict[str, Any]]
@@ -120,17 +151,40 @@ class ToolKind(ABC):
 
 _ITEM_EVENTS: dict[str, ItemEvents] = {}
 _KINDS: dict[str, type[ToolKind]] = {}  # item type -> the kind that produces or reads it
+_TOOL_TYPES: dict[str, type[ToolKind]] = {}  # a request's tool type -> the kind that serves it
+_REGISTERED: list[type[ToolKind]] = []  # in the order they registered
 
 
 def register(kind: type[ToolKind]) -> type[ToolKind]:
-    """Makes a kind's items known to the event emitter and to the context builder."""
+    """Makes a kind known: its tool types to the request, its items to the event emitter and to the
+    context builder, and itself to every response's `Toolbox`."""
     if not set(kind.items) <= set(kind.item_types) or kind.call_type not in kind.item_types:
         raise TypeError(f"{kind.__name__}: `items` and `call_type` must be among its `item_types`")
     for item_type in kind.item_types:
         if _KINDS.setdefault(item_type, kind) is not kind:
             raise TypeError(f"{kind.__name__}: '{item_type}' items belong to {_KINDS[item_type].__name__}")
+    for tool_type in kind.definitions:
+        if _TOOL_TYPES.setdefault(tool_type, kind) is not kind:
+            raise TypeError(f"{kind.__name__}: '{tool_type}' tools belong to {_TOOL_TYPES[tool_type].__name__}")
     _ITEM_EVENTS.update(kind.items)
+    _REGISTERED.append(kind)
     return kind
+
+
+def registered_kinds() -> tuple[type[ToolKind], ...]:
+    """Every registered kind, in the order it registered."""
+    return tuple(_REGISTERED)
+
+
+def kind_of_tool(tool_type: str) -> type[ToolKind] | None:
+    """The kind that serves a request's tool of `tool_type`; None when Parley runs no such tool."""
+    return _TOOL_TYPES.get(tool_type)
+
+
+def definition_model(tool_type: str) -> type[BaseModel] | None:
+    """The model of one definition of a server-side tool type; None when no kind serves it."""
+    kind = _TOOL_TYPES.get(tool_type)
+    return None if kind is None else kind.definitions[tool_type]
 
 
 def item_events(item_type: str) -> ItemEvents | None:

@@ -1,10 +1,25 @@
-"""The tool definitions a request may carry, as Parley validates and echoes them."""
+"""The tool definitions a request may carry, as Parley validates and echoes them.
+
+The definitions of the tools the caller answers follow the installed `openai`
+package: a field the package declares is accepted and echoed even where
+Parley has no use for it (`defer_loading`, `allowed_callers`, ...), so that a
+new OpenAI field never breaks a client; a name the package does not know is
+`Unknown parameter`.
+"""
 
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+from openai.types.responses import (
+    apply_patch_tool_param,
+    custom_tool_param,
+    function_shell_tool_param,
+    function_tool_param,
+    namespace_tool_param,
+    tool_param,
+)
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 _NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
@@ -14,12 +29,116 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class FunctionTool(_Model):
+def _keys(typed_dict: Any) -> frozenset[str]:
+    return frozenset(typed_dict.__required_keys__ | typed_dict.__optional_keys__)
+
+
+class _PackageDefinition(BaseModel):
+    """A definition whose known fields are its `openai` TypedDict's; those not declared here are kept as sent."""
+
+    model_config = ConfigDict(extra="allow")
+    known: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in data:
+                if name not in cls.known:
+                    raise ValueError(f"Unknown parameter: '{name}'")
+        return data
+
+
+class FunctionTool(_PackageDefinition):
+    known = _keys(function_tool_param.FunctionToolParam) | _keys(namespace_tool_param.ToolFunction)
     type: Literal["function"]
     name: str = Field(pattern=_NAME_PATTERN)
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
+
+
+class CustomToolTextFormat(_Model):
+    type: Literal["text"]
+
+
+class CustomToolGrammarFormat(_Model):
+    type: Literal["grammar"]
+    syntax: Literal["lark", "regex"]
+    definition: str
+
+
+class CustomTool(_PackageDefinition):
+    """A tool of free-form text input, optionally in a grammar."""
+
+    known = _keys(custom_tool_param.CustomToolParam)
+    type: Literal["custom"]
+    name: str = Field(pattern=_NAME_PATTERN)
+    description: str | None = None
+    format: CustomToolTextFormat | CustomToolGrammarFormat | None = Field(None, discriminator="type")
+
+    def model_description(self) -> str:
+        """The description the model reads: the tool's own, and the grammar its input must follow."""
+        description = self.description or ""
+        if isinstance(self.format, CustomToolGrammarFormat):
+            kind = "regular expression" if self.format.syntax == "regex" else "Lark grammar"
+            rule = f"The input must match this {kind}:\n{self.format.definition}"
+            description = f"{description}\n\n{rule}" if description else rule
+        return description
+
+    def public(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class NamespaceTool(_PackageDefinition):
+    """Function and custom tools grouped under a name the caller reads back in their calls."""
+
+    known = _keys(namespace_tool_param.NamespaceToolParam)
+    type: Literal["namespace"]
+    name: str = Field(pattern=_NAME_PATTERN)
+    description: str
+    tools: list[FunctionTool | CustomTool] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tool_types(cls, data: Any) -> Any:
+        # Without this, pydantic names every member of the union for a tool of another type.
+        for index, tool in enumerate(data.get("tools") or () if isinstance(data, dict) else ()):
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            if kind not in ("function", "custom"):
+                raise ValueError(f"tools[{index}].type must be 'function' or 'custom', not {kind!r}")
+        return data
+
+    def public(self) -> dict[str, Any]:
+        data = self.model_dump(exclude={"tools"})
+        data["tools"] = [tool.public() if isinstance(tool, CustomTool) else tool.model_dump() for tool in self.tools]
+        return data
+
+
+class LocalShellTool(_PackageDefinition):
+    known = _keys(tool_param.LocalShell)
+    type: Literal["local_shell"]
+
+
+class ShellTool(_PackageDefinition):
+    known = _keys(function_shell_tool_param.FunctionShellToolParam)
+    type: Literal["shell"]
+
+
+class ApplyPatchTool(_PackageDefinition):
+    known = _keys(apply_patch_tool_param.ApplyPatchToolParam)
+    type: Literal["apply_patch"]
+
+
+# The tools the caller answers, by type (see `parley.tools.caller`).
+CALLER_DEFINITIONS: dict[str, type[BaseModel]] = {
+    "function": FunctionTool,
+    "namespace": NamespaceTool,
+    "custom": CustomTool,
+    "local_shell": LocalShellTool,
+    "shell": ShellTool,
+    "apply_patch": ApplyPatchTool,
+}
 
 
 class MCPToolFilter(_Model):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from parley.config import MCPSettings
+from parley.config import ToolsSettings
 from parley.errors import InvalidRequestError
 from parley.ids import new_id
 from parley.tools.base import ItemEvents, NameOf, ServerTool, ToolKind, register
@@ -44,6 +44,7 @@ __all__ = ["MCPServers", "MCPSessionPool"]
 
 @register
 class MCPServers(ToolKind):
+    definitions = {"mcp": MCPTool}
     call_type = "mcp_call"
     item_types = ("mcp_list_tools", "mcp_call", "mcp_approval_request", "mcp_approval_response")
     items = {
@@ -53,9 +54,18 @@ class MCPServers(ToolKind):
         "mcp_list_tools": ItemEvents("response.mcp_list_tools", pending={"tools": [], "error": None}),
     }
 
-    def __init__(self, definitions: list[MCPTool], settings: MCPSettings, pool: MCPSessionPool | None = None) -> None:
-        self.servers = [MCPServerConnection(definition, settings, pool) for definition in definitions]
+    def __init__(self, definitions: list[MCPTool], shared: MCPSessionPool) -> None:
+        self.servers = [MCPServerConnection(definition, shared.settings, shared) for definition in definitions]
         self.listings: dict[str, list[ListedTool]] = {}
+
+    @classmethod
+    def shared(cls, settings: ToolsSettings) -> MCPSessionPool:
+        """Sessions outlive the responses that open them, for the next response to the same server."""
+        return MCPSessionPool(settings.mcp)
+
+    @classmethod
+    async def close_shared(cls, shared: MCPSessionPool) -> None:
+        await shared.close()
 
     async def prepare(
         self, history: list[dict[str, Any]], previous_tools: list[dict[str, Any]]

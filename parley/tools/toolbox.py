@@ -1,37 +1,58 @@
 """The tools of one response, and which of them Parley runs itself.
 
 Client-side function tools are handed back to the caller; server-side tools
-are run by Parley, each kind behind the `ToolKind` interface (`base.py`):
-MCP servers now, file_search and web_search later. The toolbox prepares
-every kind (MCP lists its servers' tools), names their tools apart from the
-functions and from each other, and tells the agent loop, for every name the
-model may call, who answers it, and for every call item, which kind runs it.
-
-A new kind is one module in `parley/tools` and one line in `Toolbox.__init__`.
+are run by Parley, each kind behind the `ToolKind` interface (`base.py`). The
+toolbox makes one of every registered kind from the response's definitions of
+its types, prepares them (MCP lists its servers' tools), names their tools
+apart from the functions and from each other, and tells the agent loop, for
+every name the model may call, who answers it, and for every call item, which
+kind runs it. It names no kind: a new kind is one module in `parley/tools`,
+marked `@register`, and imported by the package (`parley/tools/__init__.py`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any
 
-from parley.config import MCPSettings
-from parley.tools.base import ServerTool, ToolKind
-from parley.tools.definitions import FunctionTool, MCPTool
-from parley.tools.mcp import MCPServers, MCPSessionPool
+from pydantic import BaseModel
+
+from parley.config import ToolsSettings
+from parley.tools.base import ServerTool, ToolKind, kind_of_tool, registered_kinds
+from parley.tools.caller import STYLES, CallerTool, CallerTools, CallStyle
+
+log = logging.getLogger(__name__)
+
+
+class ToolServices:
+    """What every registered kind keeps across responses (`ToolKind.shared`), made once per server."""
+
+    def __init__(self, settings: ToolsSettings) -> None:
+        self._shared = {kind: kind.shared(settings) for kind in registered_kinds()}
+
+    def toolbox(self, definitions: list[BaseModel]) -> Toolbox:
+        """The tools of one response: those the caller answers, and one of every kind made from its definitions."""
+        kinds = [
+            kind([d for d in definitions if kind_of_tool(getattr(d, "type", "")) is kind], shared)
+            for kind, shared in self._shared.items()
+        ]
+        callers = [d for d in definitions if kind_of_tool(getattr(d, "type", "")) is None]
+        return Toolbox(CallerTools(callers), kinds)
+
+    async def close(self) -> None:
+        for kind, shared in self._shared.items():
+            try:
+                await kind.close_shared(shared)
+            except Exception:
+                log.exception("cannot close what the %s tools keep", kind.__name__)
 
 
 class Toolbox:
-    def __init__(
-        self,
-        functions: list[FunctionTool],
-        servers: list[MCPTool],
-        settings: MCPSettings,
-        pool: MCPSessionPool | None = None,
-    ) -> None:
-        self.functions = functions
+    def __init__(self, callers: CallerTools, kinds: list[ToolKind]) -> None:
+        self.callers = callers
         # Every kind, even with no tools of its own: an approval may still answer an earlier response's request.
-        self.kinds: list[ToolKind] = [MCPServers(servers, settings, pool)]
+        self.kinds = kinds
         self._by_call_type = {kind.call_type: kind for kind in self.kinds}
         self._tools: dict[str, ServerTool] = {}
         self._functions: list[dict[str, Any]] = []
@@ -46,7 +67,7 @@ class Toolbox:
         listings or not, two more turns of the event loop before its model call.
         """
         made = [await kind.prepare(history, previous_tools) for kind in self.kinds]
-        taken = {function.name for function in self.functions}
+        taken = self.callers.names()
         for kind in self.kinds:
             for tool in kind.tools(taken):
                 self._tools[tool.name] = tool
@@ -58,8 +79,21 @@ class Toolbox:
         return [call for kind in self.kinds for call in kind.approved_calls(history, input_items)]
 
     def tool(self, name: str) -> ServerTool | None:
-        """Who answers a call to `name`: a server-side tool, or (None) the caller."""
+        """The server-side tool the model knows as `name`; None for any other name."""
         return self._tools.get(name)
+
+    def caller_tool(self, name: str) -> CallerTool | None:
+        """The tool the model knows as `name`, when the caller answers it."""
+        return self.callers.tool(name)
+
+    @staticmethod
+    def caller_style(item_type: str) -> CallStyle:
+        """How the call items of `item_type`, for the caller, are made."""
+        return STYLES[item_type]
+
+    def caller_functions(self) -> list[dict[str, Any]]:
+        """The tools the caller answers, as chat-completions function definitions."""
+        return [tool.function for tool in self.callers]
 
     def kind_of(self, item_type: str) -> ToolKind | None:
         """The kind that runs call items of `item_type`; None for any other item."""
