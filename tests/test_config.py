@@ -117,6 +117,7 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
             delay_ms: 5
         engine:
           max_iterations: 8
+          reasoning_key: AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=
         tools:
           mcp:
             timeout: 10
@@ -173,7 +174,7 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
             "aliases": {"fast": "openai/gpt-4o-mini", "small": "local/qwen"},
             "recording": {"mode": "replay", "dir": "/srv/recordings", "test_header": "X-Test", "delay_ms": 5.0},
         },
-        "engine": {"max_iterations": 8},
+        "engine": {"max_iterations": 8, "reasoning_key": "**********"},
         "tools": {
             "mcp": {
                 "timeout": 10.0,
