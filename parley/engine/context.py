@@ -92,7 +92,14 @@ def chat_messages(
                 content = _tool_output(item["output"])
             else:
                 content = style.output_text(item)
-            other({"role": "tool", "tool_call_id": style.output_call_id(item), "content": content})
+            call_id = style.output_call_id(item)
+            if call_id is None:
+                # A result the caller gave unasked (see `check_calls_answered`): a chat model reads a
+                # tool message only after the call it answers, so the call is made for it.
+                call_id = f"call_{item['id']}"
+                name = item["name"] if not item.get("namespace") else f"{item['namespace']}__{item['name']}"
+                call({"id": call_id, "type": "function", "function": {"name": name[:64], "arguments": "{}"}})
+            other({"role": "tool", "tool_call_id": call_id, "content": content})
         elif kind == "reasoning":
             text = reasoning_text(item) if field is not None else ""
             if text:
@@ -184,9 +191,11 @@ def check_calls_answered(history: list[dict[str, Any]], items: list[dict[str, An
     The call an output answers may come earlier in the input or in the turns
     before it (`previous_response_id`, a conversation); every call to the
     caller's tools there needs its output by the time the model is asked to go
-    on. An output with no `call_id` (Codex answers some calls by `name` and
-    `namespace`) answers the earliest call of that name not yet answered, and
-    takes its `call_id`.
+    on. An output with no `call_id` names its tool instead (`name`, and
+    `namespace`): it answers the earliest unanswered call to that tool, and
+    takes its `call_id`; when there is none, it stands alone, as a result the
+    caller gives the model unasked (Codex tells the model a goal's objective
+    so), and the model reads it as a call of its own (see `chat_messages`).
     """
     context = history + items
     calls = [item for item in context if item["type"] in STYLES]
@@ -195,12 +204,12 @@ def check_calls_answered(history: list[dict[str, Any]], items: list[dict[str, An
     for index, item in enumerate(items):
         if item["type"] not in OUTPUT_STYLES:
             continue
-        style = OUTPUT_STYLES[item["type"]]
-        call_id = style.output_call_id(item)
+        call_id = OUTPUT_STYLES[item["type"]].output_call_id(item)
         if call_id is None:
-            call_id = _pair_by_name(item, calls, answered, index)
-            answered.add(call_id)
-        if call_id not in call_ids:
+            paired = _pair_by_name(item, calls, answered, index)
+            if paired is not None:
+                answered.add(paired)
+        elif call_id not in call_ids:
             raise InvalidRequestError(
                 f"No tool call found for function call output with call_id {call_id}.", param="input"
             )
@@ -209,28 +218,27 @@ def check_calls_answered(history: list[dict[str, Any]], items: list[dict[str, An
             raise InvalidRequestError(f"No tool output found for function call {item['call_id']}.", param="input")
 
 
-def _pair_by_name(output: dict[str, Any], calls: list[dict[str, Any]], answered: set[Any], index: int) -> str:
-    """The `call_id` of the earliest unanswered call that an output without one answers, by name and namespace.
-
-    The output takes it, as stored and listed.
-    """
+def _pair_by_name(output: dict[str, Any], calls: list[dict[str, Any]], answered: set[Any], index: int) -> str | None:
+    """The `call_id` of the earliest unanswered call to the tool an output without one names, which the
+    output takes (as stored and listed); None when no call waits for it."""
     style = OUTPUT_STYLES[output["type"]]
     name, namespace = output.get("name"), output.get("namespace")
+    if not name:
+        raise InvalidRequestError(
+            f"Missing required parameter: 'input[{index}].call_id' (or the 'name' of the tool that produced it).",
+            param=f"input[{index}].call_id",
+            code="missing_required_parameter",
+        )
     for call in calls:
         if (
             call["type"] == style.call_type
             and call["call_id"] not in answered
-            and (name is None or style.tool_name(call) == name)
+            and style.tool_name(call) == name
             and call.get("namespace") == namespace
         ):
             output["call_id"] = call["call_id"]
             return str(call["call_id"])
-    described = f"'{name}'" + (f" in namespace '{namespace}'" if namespace else "") if name else "any tool"
-    raise InvalidRequestError(
-        f"No tool call found for function call output at input[{index}]: it has no call_id, "
-        f"and no unanswered call to {described} precedes it.",
-        param=f"input[{index}].call_id",
-    )
+    return None
 
 
 def _check_part(part: dict[str, Any], path: str) -> None:
