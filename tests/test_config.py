@@ -60,7 +60,7 @@ def test_defaults_serve_the_embedded_model_on_localhost_8321(tmp_path: Path) -> 
             "aliases": {"smollm2-135m": "local/smollm2-135m"},
             "recording": {"mode": "live", "dir": None, "test_header": "X-Parley-Test-Id", "delay_ms": 0.0},
         },
-        "engine": {"max_iterations": 20},
+        "engine": {"max_iterations": 20, "reasoning_key": None},
         "tools": {"mcp": {"timeout": 30.0, "allowed_hosts": None, "allow_loopback": True, "max_output_chars": 100000}},
     }
     assert settings.storage_url == f"sqlite:///{tmp_path / 'xdg' / 'parley' / 'parley.db'}"
