@@ -14,6 +14,12 @@ npm package) when this machine lets it make one (user namespaces), in
 it cannot, as in some containers, the tool runs unsandboxed
 (`danger-full-access`): the directory is a scratch one, and what is under test
 is what Codex sends Parley, not the sandbox.
+
+Codex reaches Parley through a pass-through of the test's own that keeps every
+Responses stream Parley sends, and each is checked against OpenAI's protocol
+(tests/support/stream_validator.py) after the test, as tests/conftest.py does
+for the openai client: Codex reads leniently, so its success alone would not
+show a broken stream.
 """
 
 from __future__ import annotations
@@ -22,28 +28,88 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import ParleyProcess
 from tests.fake_upstream import FakeUpstream
 from tests.support.node_clients import NODE_MODULES, installed_version, node, pinned_version
+from tests.support.stream_validator import validate_response_stream
 
 CODEX = NODE_MODULES / "@openai" / "codex" / "bin" / "codex.js"
 MODEL = "fake/fake-script"
 TIMEOUT = 120.0
 
-# Until Parley accepts what Codex sends (issue 12): `namespace` tools, the `web_search` tool, and the
-# `function_call_output` without `call_id` that follows `create_goal`. Every Codex request carries the first two.
+# Until Parley accepts the `web_search` tool (issue 12), which every Codex request carries:
+# 400 unsupported_tool_type at tools[8].type.
 PARLEY_REFUSES_CODEX = pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: Parley refuses Codex's web_search and namespace tools (400 unsupported_tool_type), "
-    "and a function_call_output without call_id",
+    strict=True, reason="issue 12: Parley refuses Codex's web_search tool (400 unsupported_tool_type)"
 )
+
+
+class StreamRecorder:
+    """An HTTP pass-through to Parley that keeps the body of every event stream Parley answers with.
+
+    Each exchange is forwarded whole and answered whole: Codex does not need the stream as it is made.
+    """
+
+    _HOP_BY_HOP = frozenset({"host", "content-length", "connection", "transfer-encoding", "keep-alive"})
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.streams: list[bytes] = []
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                recorder._forward(self)
+
+            def do_POST(self) -> None:
+                recorder._forward(self)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="codex-recorder", daemon=True)
+        self._thread.start()
+
+    def _forward(self, handler: BaseHTTPRequestHandler) -> None:
+        body = handler.rfile.read(int(handler.headers.get("content-length") or 0))
+        headers = {k: v for k, v in handler.headers.items() if k.lower() not in self._HOP_BY_HOP}
+        try:
+            answer = httpx.request(
+                handler.command, self.target + handler.path, headers=headers, content=body, timeout=TIMEOUT
+            )
+        except httpx.HTTPError as exc:
+            answer = httpx.Response(502, json={"error": {"message": f"recorder: {exc!r}", "type": "server_error"}})
+        content = answer.content
+        if answer.headers.get("content-type", "").startswith("text/event-stream"):
+            self.streams.append(content)
+        handler.send_response(answer.status_code)
+        for key, value in answer.headers.items():
+            if key.lower() not in self._HOP_BY_HOP | {"content-encoding"}:
+                handler.send_header(key, value)
+        handler.send_header("content-length", str(len(content)))
+        handler.end_headers()
+        handler.wfile.write(content)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(10)
 
 
 @dataclass
@@ -61,7 +127,7 @@ class Ran:
 class Codex:
     """The Codex CLI with a scratch HOME, CODEX_HOME and working directory, its provider Parley."""
 
-    def __init__(self, root: Path, parley: ParleyProcess) -> None:
+    def __init__(self, root: Path, base_url: str) -> None:
         self.home = root / "home"
         self.codex_home = root / "codex-home"
         self.work = root / "work"
@@ -74,7 +140,7 @@ class Codex:
             "\n"
             "[model_providers.parley]\n"
             'name = "Parley"\n'
-            f'base_url = "{parley.base_url}/v1"\n'
+            f'base_url = "{base_url}/v1"\n'
             'wire_api = "responses"\n'
             'env_key = "PARLEY_TEST_API_KEY"\n'
         )
@@ -139,9 +205,27 @@ def contents(messages: list[dict[str, Any]], role: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def shell_session(tmp_path_factory: pytest.TempPathFactory, upstream: ParleyProcess) -> tuple[Codex, str, Ran]:
+def recorder(upstream: ParleyProcess) -> Iterator[StreamRecorder]:
+    """The pass-through Codex reaches Parley by."""
+    recorder = StreamRecorder(upstream.base_url)
+    yield recorder
+    recorder.stop()
+
+
+@pytest.fixture(autouse=True)
+def _parley_streams_follow_the_protocol(recorder: StreamRecorder) -> Iterator[None]:
+    """Fails a test if any stream Parley sent Codex during it broke OpenAI's protocol."""
+    yield
+    streams, recorder.streams[:] = list(recorder.streams), []
+    for raw in streams:
+        # Open Responses' document has no namespace tools, which Codex sends and Parley echoes.
+        validate_response_stream(raw, openresponses_spec=False)
+
+
+@pytest.fixture(scope="module")
+def shell_session(tmp_path_factory: pytest.TempPathFactory, recorder: StreamRecorder) -> tuple[Codex, str, Ran]:
     """One `codex exec` whose scripted model runs a shell command writing a marker into out.txt."""
-    codex = Codex(tmp_path_factory.mktemp("codex-shell"), upstream)
+    codex = Codex(tmp_path_factory.mktemp("codex-shell"), recorder.base_url)
     marker = f"hello-{uuid.uuid4().hex[:12]}"
     ran = codex.exec(f'exec_command {{"cmd": "echo {marker} > out.txt"}}')
     return codex, marker, ran
@@ -200,11 +284,11 @@ def test_exec_resume_last_continues_the_session(
 
 @PARLEY_REFUSES_CODEX
 def test_create_goal_and_its_follow_up_output_without_call_id(
-    tmp_path: Path, upstream: ParleyProcess, fake_upstream: FakeUpstream
+    tmp_path: Path, recorder: StreamRecorder, fake_upstream: FakeUpstream
 ) -> None:
     # After create_goal's own output, Codex adds a function_call_output with no call_id, answering by
     # name and namespace (`goal_objective` in `agent`, a call the model never made): the objective.
-    codex = Codex(tmp_path, upstream)
+    codex = Codex(tmp_path, recorder.base_url)
     objective = f"objective-{uuid.uuid4().hex[:12]}"
 
     ran = codex.exec(f'create_goal {{"objective": "{objective}"}}')
