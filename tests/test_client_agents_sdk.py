@@ -267,3 +267,41 @@ async def test_hosted_mcp_tool_approved_by_the_sdk(client: openai.AsyncOpenAI, t
     assert response == {"type": "mcp_approval_response", "approval_request_id": request.id, "approve": True}
     [call] = [item.raw_item for item in result.new_items if isinstance(item, ToolCallItem)]
     assert call.type == "mcp_call" and call.output == "3" and call.approval_request_id == request.id
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Parley lists the MCP server's tools again when the input (not a stored previous turn) holds its "
+    "mcp_list_tools item: parley/tools/mcp.py _reusable_listings reuses listings of the history named by the "
+    "previous turn's tools only; OpenAI does not list again while the item is in the request's context",
+)
+async def test_hosted_mcp_listing_in_the_input_is_reused(client: openai.AsyncOpenAI, tool_server: ToolServer) -> None:
+    agent = Agent(
+        name="Calculator",
+        instructions="Use the tools.",
+        model=model(client, SCRIPT),
+        tools=[hosted_mcp(tool_server, "always", on_approval_request=lambda _: {"approve": True})],
+    )
+    result = await Runner.run(agent, 'add {"a": 1, "b": 2}')
+
+    assert result.final_output == "Results: 3"
+    # The SDK sends its second request stateless, with the first response's listing in its input.
+    listings = [item for item in result.new_items if isinstance(item, MCPListToolsItem)]
+    assert len(listings) == 1
+
+
+async def test_hosted_mcp_tool_streamed(client: openai.AsyncOpenAI, tool_server: ToolServer) -> None:
+    agent = Agent(
+        name="Calculator",
+        instructions="Use the tools.",
+        model=model(client, SCRIPT),
+        tools=[hosted_mcp(tool_server, "never")],
+    )
+    result = Runner.run_streamed(agent, 'echo {"text": "over the stream"}')
+    raw_types = [event.data.type async for event in result.stream_events() if event.type == "raw_response_event"]
+
+    assert result.final_output == "Results: over the stream"
+    for kind in ("mcp_list_tools", "mcp_call"):
+        assert f"response.{kind}.in_progress" in raw_types and f"response.{kind}.completed" in raw_types
+    assert "response.mcp_call_arguments.done" in raw_types
+    assert raw_types.count("response.completed") == 1
