@@ -23,13 +23,17 @@ from agents import (
     HostedMCPTool,
     MCPToolApprovalFunctionResult,
     MCPToolApprovalRequest,
+    MultiProvider,
     OpenAIConversationsSession,
     OpenAIResponsesModel,
+    RunConfig,
     Runner,
     function_tool,
+    set_default_openai_client,
     set_tracing_disabled,
 )
 from agents.items import MCPApprovalRequestItem, MCPApprovalResponseItem, MCPListToolsItem, ToolCallItem
+from agents.models import _openai_shared
 from pydantic import BaseModel
 
 from tests.conftest import ParleyProcess
@@ -65,6 +69,35 @@ def model(client: openai.AsyncOpenAI, name: str) -> OpenAIResponsesModel:
 def messages_sent(fake: FakeUpstream) -> list[tuple[str, str]]:
     """The roles and texts of the messages in Parley's last request to the upstream (tool calls left out)."""
     return [(m["role"], m["content"]) for m in fake.requests[-1]["messages"] if isinstance(m.get("content"), str)]
+
+
+@pytest.fixture
+def default_client(client: openai.AsyncOpenAI) -> Iterator[openai.AsyncOpenAI]:
+    """Parley's client as the SDK's default one, as an application sets it up; the previous default after."""
+    previous = _openai_shared.get_default_openai_client()
+    set_default_openai_client(client, use_for_tracing=False)
+    yield client
+    _openai_shared.set_default_openai_client(previous)  # type: ignore[arg-type]
+
+
+async def test_models_by_name_through_the_default_client(
+    default_client: openai.AsyncOpenAI, fake_upstream: FakeUpstream
+) -> None:
+    # An alias of Parley's has no `/`, which the SDK would read as a provider prefix of its own.
+    agent = Agent(name="Echo", instructions="Repeat.", model="echo")
+    result = await Runner.run(agent, "through the default client")
+
+    assert result.final_output == "through the default client"
+    assert fake_upstream.requests[-1]["model"] == "fake-echo"
+
+    # A `provider/model` id reaches Parley whole when the SDK passes unknown prefixes through.
+    agent = Agent(name="Echo", instructions="Repeat.", model="fake/fake-echo")
+    passing = RunConfig(model_provider=MultiProvider(unknown_prefix_mode="model_id"))
+    result = await Runner.run(agent, "a provider and a model", run_config=passing)
+
+    assert result.final_output == "a provider and a model"
+    response = await default_client.responses.retrieve(result.last_response_id)
+    assert response.model == "fake/fake-echo"
 
 
 async def test_function_tool_round_trip(client: openai.AsyncOpenAI, fake_upstream: FakeUpstream) -> None:

@@ -136,3 +136,25 @@ async def test_previous_response_id_given(client: openai.AsyncOpenAI, fake_upstr
         "the first turn",
         "the second turn",
     ]
+
+
+async def test_openai_conversation_id(client: openai.AsyncOpenAI, fake_upstream: FakeUpstream) -> None:
+    conversation = await client.conversations.create()
+    agent = Agent(model(client, ECHO))
+    settings = OpenAIResponsesModelSettings(openai_conversation_id=conversation.id)
+    await agent.run("held by the conversation", model_settings=settings)
+    second = await agent.run("and read back", model_settings=settings)
+
+    assert second.output == "and read back"
+    assert [m["content"] for m in fake_upstream.requests[-1]["messages"]] == [
+        "held by the conversation",
+        "held by the conversation",
+        "and read back",
+    ]
+    items = [item async for item in client.conversations.items.list(conversation.id, order="asc")]
+    assert [(item.role, item.content[0].text) for item in items] == [
+        ("user", "held by the conversation"),
+        ("assistant", "held by the conversation"),
+        ("user", "and read back"),
+        ("assistant", "and read back"),
+    ]
