@@ -206,8 +206,61 @@ class MCPSettings(_Section):
     max_output_chars: int = Field(100_000, ge=1)
 
 
+class WebFetchSettings(_Section):
+    """Limits on the pages that `web_search` opens for the model (`open_page`, `find_in_page`)."""
+
+    # The most of a page that is read; the rest is not downloaded.
+    max_bytes: int = Field(2_000_000, ge=1)
+    # The most of a page's text the model reads at `search_context_size: medium` (half at low, twice at high).
+    max_chars: int = Field(20_000, ge=1)
+    # Redirects followed per page, each to a host the rules below allow.
+    max_redirects: int = Field(3, ge=0)
+
+
+class WebSearchSettings(_Section):
+    """The search backend behind `{"type": "web_search"}` tools, and the hosts their pages may come from.
+
+    With no backend, a request that names web_search still succeeds: the model is not offered it.
+    """
+
+    # searxng (a SearXNG instance's JSON API) or brave (the Brave Search API); None offers no web search.
+    backend: Literal["searxng", "brave"] | None = None
+    # The backend's URL: required for searxng; brave defaults to its public API.
+    base_url: str | None = None
+    # The backend's key (brave's subscription token; sent to a searxng instance as a bearer token).
+    api_key: SecretStr | None = None
+    # Results the model reads per search at `search_context_size: medium` (half at low, twice at high).
+    max_results: int = Field(5, ge=1, le=50)
+    # Seconds for each search and each page fetched.
+    timeout: float = Field(10.0, gt=0)
+    fetch: WebFetchSettings = WebFetchSettings()
+    # The rules for the pages the model opens (the backend itself is the operator's choice and exempt):
+    # host names (or addresses) they may come from, None allowing every host; whether hosts on this machine
+    # (localhost, 127.0.0.0/8, ::1) may be reached; whether private, link-local and other non-public
+    # addresses (10.0.0.0/8, 192.168.0.0/16, 169.254.0.0/16, fc00::/7, ...) may.
+    allowed_hosts: list[str] | None = None
+    allow_loopback: bool = False
+    allow_private: bool = False
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/") if value is not None else None
+
+    @model_validator(mode="after")
+    def _what_the_backend_needs(self) -> WebSearchSettings:
+        if self.backend == "searxng" and self.base_url is None:
+            raise ValueError("base_url: required when backend is 'searxng' (the instance's URL)")
+        if self.backend == "brave" and self.api_key is None:
+            raise ValueError("api_key: required when backend is 'brave' (the subscription token)")
+        return self
+
+
 class ToolsSettings(_Section):
     mcp: MCPSettings = MCPSettings()
+    web_search: WebSearchSettings = WebSearchSettings()
 
 
 def decode_key(text: str) -> bytes:

@@ -66,7 +66,10 @@ class EventEmitter:
             self.emit("response.function_call_arguments.done", name=item["name"], arguments=item["arguments"], **common)
         elif (events := item_events(kind)) is not None:
             self.end_arguments(index, item)
-            self.emit(f"{events.status}.completed" if status == "completed" else f"{events.status}.failed", **common)
+            if status == "completed":
+                self.emit(f"{events.status}.completed", **common)
+            elif events.failure_event:
+                self.emit(f"{events.status}.failed", **common)
         if "status" in item:
             item["status"] = status
         self.emit("response.output_item.done", output_index=index, item=item)
@@ -94,9 +97,13 @@ class EventEmitter:
             )
 
     def start_work(self, index: int) -> None:
-        """Says that Parley has started running a server-side tool item (a call, a listing)."""
+        """Says that Parley has started running a server-side tool item (a call, a listing): `.in_progress`,
+        and the kind's working event (`.searching`) when it has one."""
         item = self.output[index]
-        self.emit(f"{_events(item).status}.in_progress", item_id=item["id"], output_index=index)
+        events = _events(item)
+        self.emit(f"{events.status}.in_progress", item_id=item["id"], output_index=index)
+        if events.working is not None:
+            self.emit(f"{events.status}.{events.working}", item_id=item["id"], output_index=index)
 
     def add_finished(self, item: dict[str, Any]) -> None:
         """Emits a server-side tool item that is already finished (a listing, an approved call), with every event

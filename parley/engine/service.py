@@ -237,7 +237,7 @@ class ResponseService:
             response=response,
             history=history,
             input_items=input_items,
-            toolbox=self.tool_services.toolbox(tools),
+            toolbox=self.tool_services.toolbox(tools, request.include or ()),
             emitter=EventEmitter(run.sink if request.stream else None),
             settings=self.engine,
             previous_tools=previous_tools,

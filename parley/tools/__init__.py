@@ -4,7 +4,7 @@ Importing the package imports every kind, so each is registered: a new kind is i
 `@register`, and its line below.
 """
 
-from parley.tools import mcp  # noqa: F401  (registers the kind)
+from parley.tools import mcp, web_search  # noqa: F401  (registers the kinds)
 from parley.tools.base import (
     ItemEvents,
     NameOf,

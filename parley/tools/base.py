@@ -18,6 +18,7 @@ output builder only ever talk to this interface:
         run            runs a call item, writing its result into it; its final status
         refuse         ends a call item that may not run (`max_tool_calls`)
         close          ends what the response opened
+        annotations    the citations of an answer's text, as each output_text part ends
         chat_messages  what the model reads of one of the kind's items, in later model calls
 
 Every item type a kind produces or reads is in its `item_types`; those that have
@@ -47,7 +48,8 @@ class ItemEvents:
     """The events of a server-side tool's item, between its `output_item.added` and `.done`.
 
     `status` is a prefix: `{status}.in_progress` when Parley starts on the item,
-    `{status}.completed` or `{status}.failed` as it ends. `arguments`, when set,
+    `{status}.{working}` right after, when set, and `{status}.completed` or
+    `{status}.failed` as it ends. `arguments`, when set,
     is the prefix of `{arguments}.delta`, as the model writes the call's
     arguments, and `{arguments}.done`. `pending` is what the item's result
     fields hold while it is in progress.
@@ -56,6 +58,12 @@ class ItemEvents:
     status: str
     arguments: str | None = None
     pending: Mapping[str, Any] = field(default_factory=dict)
+    # The verb of an event right after `.in_progress`, while the item runs: `searching` for
+    # `{status}.searching` (web_search_call); None when there is none.
+    working: str | None = None
+    # Whether `{status}.failed` exists: a failed item of a family without it (web_search_call) ends with
+    # `output_item.done` alone.
+    failure_event: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +93,9 @@ class ToolKind(ABC):
     call_type: ClassVar[str]  # the item a call becomes, which Parley runs ("mcp_call")
     item_types: ClassVar[tuple[str, ...]]  # every item this kind produces or reads, `call_type` included
     items: ClassVar[dict[str, ItemEvents]]  # those of them that have events of their own
+    # The response's `include` values (what the caller asks to see of its items, such as
+    # `web_search_call.action.sources`), set by the toolbox once the kind is made.
+    include: frozenset[str] = frozenset()
 
     @abstractmethod
     def __init__(self, definitions: list[Any], shared: Any) -> None: ...
@@ -134,6 +145,11 @@ class ToolKind(ABC):
 
     async def close(self) -> None:
         return None
+
+    def annotations(self, text: str) -> list[dict[str, Any]]:
+        """The annotations of an answer's finished `output_text` (`url_citation`s of what the kind's calls read),
+        each with `start_index` where it applies; none by default."""
+        return []
 
     @classmethod
     def chat_messages(cls, item: dict[str, Any], items: list[dict[str, Any]], name_of: NameOf) -> list[dict[str, Any]]:

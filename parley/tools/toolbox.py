@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Collection
 from typing import Any
 
 from pydantic import BaseModel
@@ -31,12 +32,15 @@ class ToolServices:
     def __init__(self, settings: ToolsSettings) -> None:
         self._shared = {kind: kind.shared(settings) for kind in registered_kinds()}
 
-    def toolbox(self, definitions: list[BaseModel]) -> Toolbox:
-        """The tools of one response: those the caller answers, and one of every kind made from its definitions."""
+    def toolbox(self, definitions: list[BaseModel], include: Collection[str] = ()) -> Toolbox:
+        """The tools of one response: those the caller answers, and one of every kind made from its definitions
+        (each told the response's `include`)."""
         kinds = [
             kind([d for d in definitions if kind_of_tool(getattr(d, "type", "")) is kind], shared)
             for kind, shared in self._shared.items()
         ]
+        for made in kinds:
+            made.include = frozenset(include)
         callers = [d for d in definitions if kind_of_tool(getattr(d, "type", "")) is None]
         return Toolbox(CallerTools(callers), kinds)
 
