@@ -36,7 +36,7 @@ from tests.fake_upstream import MODELS, FakeUpstream
 
 INCLUDE: Any = ["reasoning.encrypted_content"]
 KEY = base64.b64encode(bytes(range(32))).decode()  # as `openssl rand -base64 32` writes one
-OTHER_KEY = base64.b64encode(bytes(range(32, 64))).decode()
+OTHER_KEY = base64.b64encode(bytes(range(224, 256))).decode()  # with "+" and "/", which Fernet spells "-" and "_"
 THOUGHT = "The user greets me."
 # What the model is sent on the next turn: the reasoning rides on the assistant message after it.
 NEXT_TURN = [
@@ -114,8 +114,11 @@ def _next_turn(reasoning_item: dict[str, Any]) -> list[Any]:
 
 
 def _open(blob: str, key: str = KEY) -> Any:
-    """The blob's contents, read with `key` as the module docstring of parley.engine.encrypted_reasoning says."""
-    return json.loads(Fernet(base64.urlsafe_b64encode(base64.b64decode(key))).decrypt(blob))
+    """The blob's contents, read with `key` as the module docstring of parley.engine.encrypted_reasoning says.
+
+    `key` is in base64 of either alphabet (a configured key, or the generated one, a Fernet key).
+    """
+    return json.loads(Fernet(key.strip().replace("+", "-").replace("/", "_")).decrypt(blob))
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
@@ -314,7 +317,7 @@ def test_a_generated_key_is_kept_in_the_data_dir_and_outlives_a_restart(
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
         key = key_file.read_text()
         blob = _first_turn(parley.client()).output[0].encrypted_content
-        assert _open(blob, key.strip()) == {"summary": [], "content": [THOUGHT]}
+        assert _open(blob, key) == {"summary": [], "content": [THOUGHT]}
         parley.stop()
 
         parley.start()
