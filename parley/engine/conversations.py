@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from openai.types.conversations import conversation_create_params, conversation_update_params, item_create_params
+from pydantic import Field, field_validator
 
 from parley.engine.items import parse_item
 from parley.engine.request import check_metadata
 from parley.errors import InvalidRequestError, NotFoundError
 from parley.ids import new_id
+from parley.package_fields import PackageFields, keys_of
 from parley.store import ConversationStore, DuplicateItem, PageRequest
 
 MAX_ITEMS_PER_REQUEST = 20
@@ -21,25 +23,27 @@ class ConversationNotFoundError(NotFoundError):
         super().__init__(f"Conversation with id '{conversation_id}' not found.", param=param)
 
 
-class CreateConversationRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class CreateConversationRequest(PackageFields):
+    known = keys_of(conversation_create_params.ConversationCreateParams)
 
     metadata: dict[str, str] | None = None
+    safety_identifier: str | None = Field(None, max_length=64)
     items: list[dict[str, Any]] | None = Field(None, max_length=MAX_ITEMS_PER_REQUEST)
 
     _metadata_limits = field_validator("metadata")(lambda cls, value: check_metadata(value))
 
 
-class UpdateConversationRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class UpdateConversationRequest(PackageFields):
+    known = keys_of(conversation_update_params.ConversationUpdateParams)
 
     metadata: dict[str, str] | None
 
     _metadata_limits = field_validator("metadata")(lambda cls, value: check_metadata(value))
 
 
-class AddItemsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class AddItemsRequest(PackageFields):
+    # `include` is a query parameter of this endpoint, though the package declares it in the body too.
+    known = keys_of(item_create_params.ItemCreateParams) - {"include"}
 
     items: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_ITEMS_PER_REQUEST)
 

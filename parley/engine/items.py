@@ -7,7 +7,7 @@ stored and listed has the shape of OpenAI's items.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from openai.types.responses import (
     response_custom_tool_call_output_param,
@@ -15,11 +15,12 @@ from openai.types.responses import (
     response_function_tool_call_param,
     response_input_item_param,
 )
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from parley.engine import encrypted_reasoning
 from parley.errors import InvalidRequestError, invalid_parameter, most_specific
 from parley.ids import new_id
+from parley.package_fields import PackageFields, keys_of
 
 
 class _Part(BaseModel):
@@ -100,32 +101,17 @@ class MessageItem(_Item):
     phase: str | None = None
 
 
-def _keys(typed_dict: Any) -> frozenset[str]:
-    return frozenset(typed_dict.__required_keys__ | typed_dict.__optional_keys__)
-
-
-class _PackageItem(_Item):
-    """An item whose known fields are its `openai` TypedDict's: those not declared here are kept as sent,
-    so that a field OpenAI adds never breaks a client; a name the package does not know is refused."""
+class _PackageItem(PackageFields, _Item):
+    """An item whose known fields are its `openai` TypedDict's (see `parley.package_fields`)."""
 
     model_config = ConfigDict(extra="allow")
-    known: ClassVar[frozenset[str]] = frozenset()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_fields(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for name in data:
-                if name not in cls.known:
-                    raise ValueError(f"Unknown parameter: '{name}'")
-        return data
 
 
 _Status = Literal["in_progress", "completed", "incomplete"]
 
 
 class FunctionCallItem(_PackageItem):
-    known = _keys(response_function_tool_call_param.ResponseFunctionToolCallParam)
+    known = keys_of(response_function_tool_call_param.ResponseFunctionToolCallParam)
     type: Literal["function_call"]
     call_id: str = Field(min_length=1)
     name: str = Field(min_length=1)
@@ -137,7 +123,7 @@ class FunctionCallItem(_PackageItem):
 class FunctionCallOutputItem(_PackageItem):
     """A function's result; without `call_id`, it answers a call by `name` and `namespace` (as Codex sends it)."""
 
-    known = _keys(response_input_item_param.FunctionCallOutput)
+    known = keys_of(response_input_item_param.FunctionCallOutput)
     type: Literal["function_call_output"]
     call_id: str | None = Field(None, min_length=1)
     output: str | list[dict[str, Any]]
@@ -147,16 +133,18 @@ class FunctionCallOutputItem(_PackageItem):
 
 
 class CustomToolCallItem(_PackageItem):
-    known = _keys(response_custom_tool_call_param.ResponseCustomToolCallParam)
+    # Parley's custom tool calls carry a `status`, as Open Responses wants of every item; a caller sends it back.
+    known = keys_of(response_custom_tool_call_param.ResponseCustomToolCallParam) | {"status"}
     type: Literal["custom_tool_call"]
     call_id: str = Field(min_length=1)
     name: str = Field(min_length=1)
     input: str
     namespace: str | None = None
+    status: _Status | None = None
 
 
 class CustomToolCallOutputItem(_PackageItem):
-    known = _keys(response_custom_tool_call_output_param.ResponseCustomToolCallOutputParam)
+    known = keys_of(response_custom_tool_call_output_param.ResponseCustomToolCallOutputParam)
     type: Literal["custom_tool_call_output"]
     call_id: str = Field(min_length=1)
     output: str | list[dict[str, Any]]
@@ -170,7 +158,7 @@ class LocalShellAction(BaseModel):
 
 
 class LocalShellCallItem(_PackageItem):
-    known = _keys(response_input_item_param.LocalShellCall)
+    known = keys_of(response_input_item_param.LocalShellCall)
     type: Literal["local_shell_call"]
     call_id: str = Field(min_length=1)
     action: LocalShellAction
@@ -180,7 +168,7 @@ class LocalShellCallItem(_PackageItem):
 class LocalShellCallOutputItem(_PackageItem):
     """A local shell call's output, which names its call by `id` (the call's `call_id`), as OpenAI's does."""
 
-    known = _keys(response_input_item_param.LocalShellCallOutput)
+    known = keys_of(response_input_item_param.LocalShellCallOutput)
     type: Literal["local_shell_call_output"]
     id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)  # type: ignore[assignment]
     output: str
@@ -195,7 +183,7 @@ class ShellAction(BaseModel):
 
 
 class ShellCallItem(_PackageItem):
-    known = _keys(response_input_item_param.ShellCall)
+    known = keys_of(response_input_item_param.ShellCall)
     type: Literal["shell_call"]
     call_id: str = Field(min_length=1)
     action: ShellAction
@@ -210,7 +198,7 @@ class ShellOutputEntry(BaseModel):
 
 
 class ShellCallOutputItem(_PackageItem):
-    known = _keys(response_input_item_param.ShellCallOutput)
+    known = keys_of(response_input_item_param.ShellCallOutput)
     type: Literal["shell_call_output"]
     call_id: str = Field(min_length=1)
     output: list[ShellOutputEntry]
@@ -225,7 +213,7 @@ class PatchOperation(BaseModel):
 
 
 class ApplyPatchCallItem(_PackageItem):
-    known = _keys(response_input_item_param.ApplyPatchCall)
+    known = keys_of(response_input_item_param.ApplyPatchCall)
     type: Literal["apply_patch_call"]
     call_id: str = Field(min_length=1)
     operation: PatchOperation
@@ -233,7 +221,7 @@ class ApplyPatchCallItem(_PackageItem):
 
 
 class ApplyPatchCallOutputItem(_PackageItem):
-    known = _keys(response_input_item_param.ApplyPatchCallOutput)
+    known = keys_of(response_input_item_param.ApplyPatchCallOutput)
     type: Literal["apply_patch_call_output"]
     call_id: str = Field(min_length=1)
     status: Literal["completed", "failed"]
@@ -316,6 +304,7 @@ _ID_PREFIX = {
     "custom_tool_call": "ctc",
     "custom_tool_call_output": "ctco",
     "local_shell_call": "lsh",
+    "local_shell_call_output": "lsho",
     "shell_call": "sh",
     "shell_call_output": "sho",
     "apply_patch_call": "apc",
@@ -385,7 +374,7 @@ def parse_item(raw: Any, path: str) -> dict[str, Any]:
             # sent with it (stateless callers send it with neither); the blob is kept as sent.
             data.update(encrypted_reasoning.unseal(item.encrypted_content, f"{path}.encrypted_content"))
     data.setdefault("id", new_id(_ID_PREFIX[item.type]))
-    if "status" in type(item).model_fields:
+    if not isinstance(item, _PackageItem) or "status" in type(item).model_fields:
         data.setdefault("status", "completed")
     return data
 

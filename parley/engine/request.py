@@ -20,6 +20,7 @@ from openai.types.responses import response_create_params
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from parley.errors import InvalidRequestError, invalid_parameter, most_specific
+from parley.package_fields import keys_of
 from parley.tools import definition_model
 from parley.tools.definitions import CALLER_DEFINITIONS, FunctionTool, MCPTool
 
@@ -189,13 +190,9 @@ class StreamOptions(_Model):
     include_obfuscation: bool | None = None
 
 
-def _keys(typed_dict: Any) -> frozenset[str]:
-    return frozenset(typed_dict.__required_keys__ | typed_dict.__optional_keys__)
-
-
 # What OpenAI's API takes on create, as the installed package declares it (streaming or not).
-PACKAGE_FIELDS = _keys(response_create_params.ResponseCreateParamsStreaming) | _keys(
-    response_create_params.ResponseCreateParamsNonStreaming
+PACKAGE_FIELDS = keys_of(
+    response_create_params.ResponseCreateParamsStreaming, response_create_params.ResponseCreateParamsNonStreaming
 )
 # Fields OpenAI's API takes that the package does not declare (yet), each with who sends it.
 LAGGING_FIELDS = {

@@ -10,7 +10,7 @@ new OpenAI field never breaks a client; a name the package does not know is
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from openai.types.responses import (
     apply_patch_tool_param,
@@ -22,6 +22,8 @@ from openai.types.responses import (
 )
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from parley.package_fields import PackageFields, keys_of
+
 _NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
 
 
@@ -29,28 +31,8 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _keys(typed_dict: Any) -> frozenset[str]:
-    return frozenset(typed_dict.__required_keys__ | typed_dict.__optional_keys__)
-
-
-class _PackageDefinition(BaseModel):
-    """A definition whose known fields are its `openai` TypedDict's; those not declared here are kept as sent."""
-
-    model_config = ConfigDict(extra="allow")
-    known: ClassVar[frozenset[str]] = frozenset()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_fields(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for name in data:
-                if name not in cls.known:
-                    raise ValueError(f"Unknown parameter: '{name}'")
-        return data
-
-
-class FunctionTool(_PackageDefinition):
-    known = _keys(function_tool_param.FunctionToolParam) | _keys(namespace_tool_param.ToolFunction)
+class FunctionTool(PackageFields):
+    known = keys_of(function_tool_param.FunctionToolParam, namespace_tool_param.ToolFunction)
     type: Literal["function"]
     name: str = Field(pattern=_NAME_PATTERN)
     description: str | None = None
@@ -68,10 +50,10 @@ class CustomToolGrammarFormat(_Model):
     definition: str
 
 
-class CustomTool(_PackageDefinition):
+class CustomTool(PackageFields):
     """A tool of free-form text input, optionally in a grammar."""
 
-    known = _keys(custom_tool_param.CustomToolParam)
+    known = keys_of(custom_tool_param.CustomToolParam)
     type: Literal["custom"]
     name: str = Field(pattern=_NAME_PATTERN)
     description: str | None = None
@@ -90,10 +72,10 @@ class CustomTool(_PackageDefinition):
         return self.model_dump(exclude_none=True)
 
 
-class NamespaceTool(_PackageDefinition):
+class NamespaceTool(PackageFields):
     """Function and custom tools grouped under a name the caller reads back in their calls."""
 
-    known = _keys(namespace_tool_param.NamespaceToolParam)
+    known = keys_of(namespace_tool_param.NamespaceToolParam)
     type: Literal["namespace"]
     name: str = Field(pattern=_NAME_PATTERN)
     description: str
@@ -115,18 +97,18 @@ class NamespaceTool(_PackageDefinition):
         return data
 
 
-class LocalShellTool(_PackageDefinition):
-    known = _keys(tool_param.LocalShell)
+class LocalShellTool(PackageFields):
+    known = keys_of(tool_param.LocalShell)
     type: Literal["local_shell"]
 
 
-class ShellTool(_PackageDefinition):
-    known = _keys(function_shell_tool_param.FunctionShellToolParam)
+class ShellTool(PackageFields):
+    known = keys_of(function_shell_tool_param.FunctionShellToolParam)
     type: Literal["shell"]
 
 
-class ApplyPatchTool(_PackageDefinition):
-    known = _keys(apply_patch_tool_param.ApplyPatchToolParam)
+class ApplyPatchTool(PackageFields):
+    known = keys_of(apply_patch_tool_param.ApplyPatchToolParam)
     type: Literal["apply_patch"]
 
 
