@@ -109,11 +109,6 @@ class CustomCalls(CallStyle):
     output_type = "custom_tool_call_output"
     id_prefix = "ctc"
 
-    def item(self, tool: CallerTool, call_id: str) -> dict[str, Any]:
-        item = super().item(tool, call_id)
-        del item["status"]  # OpenAI's custom tool calls have none
-        return item
-
     def fields(self, tool: CallerTool) -> dict[str, Any]:
         fields: dict[str, Any] = {"name": tool.tool_name, "input": ""}
         if tool.namespace is not None:

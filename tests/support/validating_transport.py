@@ -35,6 +35,20 @@ class _Tee(httpx.SyncByteStream):
             self._done(body)
 
 
+# Tool, item and event type prefixes that Open Responses does not define.
+_BEYOND_OPEN_RESPONSES = (
+    b"mcp",
+    b"namespace",
+    b"custom",
+    b"shell",
+    b"local_shell",
+    b"apply_patch",
+    b"web_search",
+    b"response.custom_tool_call",
+    b"response.web_search",
+)
+
+
 class _Validator:
     """What both transports keep: the streams they validated and the failures found."""
 
@@ -43,10 +57,12 @@ class _Validator:
         self.failures: list[AssertionError] = []
 
     def _validate(self, body: bytes) -> None:
-        # Open Responses defines no MCP items or events; OpenAI's document and types still apply.
-        uses_mcp = b'"type":"mcp_' in body or b'"type": "mcp_' in body
+        # Open Responses defines function tools only: no MCP, web search, namespaces, custom, shell or patch
+        # tools, nor their items and events. OpenAI's document and types still apply to those streams.
+        compact = body.replace(b'": "', b'":"')
+        beyond = any(b'"type":"' + kind in compact for kind in _BEYOND_OPEN_RESPONSES)
         try:
-            self.validated.append(validate_response_stream(body, openresponses_spec=not uses_mcp))
+            self.validated.append(validate_response_stream(body, openresponses_spec=not beyond))
         except AssertionError as exc:
             self.failures.append(exc)
 
