@@ -155,6 +155,22 @@ class EventEmitter:
             _, field, pieces = pending
             target[field] += "".join(pieces)
 
+    def annotate(self, index: int, content_index: int, find: Callable[[str], list[dict[str, Any]]]) -> None:
+        """Adds to an open `output_text` part the annotations `find` gives for its whole text, each with its
+        `response.output_text.annotation.added`, before the part's text is done."""
+        part = self._open_parts[(index, content_index)]
+        self._settle(part)
+        for annotation in find(part["text"]):
+            part["annotations"].append(annotation)
+            self.emit(
+                "response.output_text.annotation.added",
+                item_id=self._open_items[index]["id"],
+                output_index=index,
+                content_index=content_index,
+                annotation_index=len(part["annotations"]) - 1,
+                annotation=annotation,
+            )
+
     def done_part(self, index: int, content_index: int) -> None:
         part = self._open_parts.pop((index, content_index))
         self._settle(part)

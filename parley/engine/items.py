@@ -13,6 +13,7 @@ from openai.types.responses import (
     response_custom_tool_call_output_param,
     response_custom_tool_call_param,
     response_function_tool_call_param,
+    response_function_web_search_param,
     response_input_item_param,
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -277,6 +278,23 @@ class MCPApprovalRequestItem(_MCPOutputItem):
     arguments: str
 
 
+class WebSearchAction(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["search", "open_page", "find_in_page"]
+
+
+class WebSearchCallItem(_PackageItem):
+    """A web search call of an earlier response, sent back as input; `results` and `error` are what Parley kept
+    of what the model read (see `parley.tools.web_search`), which a caller may or may not send back."""
+
+    known = keys_of(response_function_web_search_param.ResponseFunctionWebSearchParam) | {"results", "error"}
+    type: Literal["web_search_call"]
+    action: WebSearchAction
+    status: Literal["in_progress", "searching", "completed", "failed", "incomplete"] | None = None
+    results: list[dict[str, Any]] | None = None
+    error: str | None = None
+
+
 _ITEMS: dict[str, type[_Item]] = {
     "message": MessageItem,
     "function_call": FunctionCallItem,
@@ -295,6 +313,7 @@ _ITEMS: dict[str, type[_Item]] = {
     "mcp_list_tools": MCPListToolsItem,
     "mcp_call": MCPCallItem,
     "mcp_approval_request": MCPApprovalRequestItem,
+    "web_search_call": WebSearchCallItem,
 }
 
 _ID_PREFIX = {
@@ -314,6 +333,7 @@ _ID_PREFIX = {
     "mcp_list_tools": "mcpl",
     "mcp_call": "mcp",
     "mcp_approval_request": "mcpr",
+    "web_search_call": "ws",
 }
 
 

@@ -148,9 +148,16 @@ class OutputBuilder:
 
     def _close_message(self, status: str = "completed") -> None:
         if self._message is not None:
+            if "output_text" in self._parts:
+                self.emitter.annotate(self._message, self._parts["output_text"], self._annotations)
             self.emitter.done_item(self._message, status)
             self._message = None
             self._parts.clear()
+
+    def _annotations(self, text: str) -> list[dict[str, Any]]:
+        """What the server-side tools cite in the answer's text (web_search's `url_citation`s), in text order."""
+        found = [annotation for kind in self.toolbox.kinds for annotation in kind.annotations(text)]
+        return sorted(found, key=lambda annotation: annotation.get("start_index", 0))
 
     # Reasoning
 

@@ -37,15 +37,16 @@ import contextlib
 import json
 import logging
 import re
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import httpx
 from openai.types.responses import web_search_preview_tool_param, web_search_tool_param
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import field_validator
 
 from parley import __version__
 from parley.config import ToolsSettings, WebSearchSettings
 from parley.ids import new_id
+from parley.package_fields import PackageFields, keys_of
 from parley.tools.base import ItemEvents, NameOf, ServerTool, ToolKind, register
 from parley.tools.search_backends import (
     Page,
@@ -66,30 +67,8 @@ SOURCES = "web_search_call.action.sources"  # the `include` value that shows a s
 # Definitions
 
 
-def _keys(typed_dict: Any) -> frozenset[str]:
-    return frozenset(typed_dict.__required_keys__ | typed_dict.__optional_keys__)
-
-
-class _PackageShape(BaseModel):
-    """A definition (or a part of one) whose known fields are its `openai` TypedDict's: a field the package
-    declares and Parley has no use for is kept and echoed as sent, so that a new OpenAI field never breaks a
-    client; a name the package does not know is `Unknown parameter`."""
-
-    model_config = ConfigDict(extra="allow")
-    known: ClassVar[frozenset[str]] = frozenset()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_fields(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for name in data:
-                if name not in cls.known:
-                    raise ValueError(f"Unknown parameter: '{name}'")
-        return data
-
-
-class UserLocation(_PackageShape):
-    known = _keys(web_search_tool_param.UserLocation) | _keys(web_search_preview_tool_param.UserLocation)
+class UserLocation(PackageFields):
+    known = keys_of(web_search_tool_param.UserLocation, web_search_preview_tool_param.UserLocation)
     type: Literal["approximate"] = "approximate"
     city: str | None = None
     country: str | None = None
@@ -97,8 +76,8 @@ class UserLocation(_PackageShape):
     timezone: str | None = None
 
 
-class Filters(_PackageShape):
-    known = _keys(web_search_tool_param.Filters)
+class Filters(PackageFields):
+    known = keys_of(web_search_tool_param.Filters)
     allowed_domains: list[str] | None = None
 
     @field_validator("allowed_domains")
@@ -110,10 +89,10 @@ class Filters(_PackageShape):
         return value
 
 
-class WebSearchTool(_PackageShape):
+class WebSearchTool(PackageFields):
     """`{"type": "web_search"}` (or `web_search_2025_08_26`)."""
 
-    known = _keys(web_search_tool_param.WebSearchToolParam)
+    known = keys_of(web_search_tool_param.WebSearchToolParam)
     type: Literal["web_search", "web_search_2025_08_26"]
     search_context_size: Literal["low", "medium", "high"] | None = None
     user_location: UserLocation | None = None
@@ -126,10 +105,10 @@ class WebSearchTool(_PackageShape):
         return self.model_dump(exclude_unset=True)
 
 
-class WebSearchPreviewTool(_PackageShape):
+class WebSearchPreviewTool(PackageFields):
     """`{"type": "web_search_preview"}` (or `web_search_preview_2025_03_11`)."""
 
-    known = _keys(web_search_preview_tool_param.WebSearchPreviewToolParam)
+    known = keys_of(web_search_preview_tool_param.WebSearchPreviewToolParam)
     type: Literal["web_search_preview", "web_search_preview_2025_03_11"]
     search_context_size: Literal["low", "medium", "high"] | None = None
     user_location: UserLocation | None = None
