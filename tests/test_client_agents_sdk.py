@@ -302,12 +302,6 @@ async def test_hosted_mcp_tool_approved_by_the_sdk(client: openai.AsyncOpenAI, t
     assert call.type == "mcp_call" and call.output == "3" and call.approval_request_id == request.id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Parley lists the MCP server's tools again when the input (not a stored previous turn) holds its "
-    "mcp_list_tools item: parley/tools/mcp.py _reusable_listings reuses listings of the history named by the "
-    "previous turn's tools only; OpenAI does not list again while the item is in the request's context",
-)
 async def test_hosted_mcp_listing_in_the_input_is_reused(client: openai.AsyncOpenAI, tool_server: ToolServer) -> None:
     agent = Agent(
         name="Calculator",

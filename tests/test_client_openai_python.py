@@ -14,7 +14,6 @@ import json
 from typing import Any
 
 import openai
-import pytest
 from pydantic import BaseModel
 
 from tests.conftest import ParleyProcess
@@ -94,12 +93,6 @@ def test_stream_helper_text(upstream: ParleyProcess) -> None:
     assert client.responses.retrieve(final.id).output_text == "streams are read in order"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the echoed text.format leaves out `description` when it is null (parley/engine/response.py dumps it "
-    "with exclude_none); OpenAI echoes `description: null` and Open Responses requires it, so the stream fails "
-    "the protocol check",
-)
 def test_stream_helper_parses_the_format(upstream: ParleyProcess) -> None:
     client = upstream.client()
     with client.responses.stream(model=JSON, input="What is the answer?", text_format=Answer) as stream:

@@ -800,6 +800,14 @@ def test_an_echoed_json_schema_format_may_hold_its_schema() -> None:
         spec.validate_openresponses({"type": "json_schema", "name": "A", "schema": {}}, "JsonSchemaResponseFormat")
 
 
+def test_an_echoed_json_schema_format_may_have_a_null_description() -> None:
+    # A narrow tolerance: openai's ResponseFormatTextJSONSchemaConfig has it Optional; 2.3.0 a plain string.
+    fmt = {"type": "json_schema", "name": "Answer", "schema": {"type": "object"}, "strict": True}
+    spec.validate_openai({**fmt, "description": None}, "TextResponseFormatJsonSchema")
+    with pytest.raises(AssertionError, match=r"\$.description: 7 is not valid"):
+        spec.validate_openai({**fmt, "description": 7}, "TextResponseFormatJsonSchema")
+
+
 def test_a_chat_completion_matches_create_chat_completion_response() -> None:
     completion: dict[str, Any] = {
         "id": "chatcmpl-0001",

@@ -18,7 +18,10 @@ def initial_response(request: CreateResponseRequest, response_id: str, tools: li
     Where Open Responses requires a value, the default that was applied is echoed.
     """
     text = request.text
-    text_format = text.format.model_dump(by_alias=True, exclude_none=True) if text is not None else {"type": "text"}
+    text_format = text.format.model_dump(by_alias=True) if text is not None else {"type": "text"}
+    if text_format["type"] == "json_schema" and text_format["strict"] is None:
+        # As OpenAI echoes a format sent without them: `description` null, `strict` false (its default).
+        text_format["strict"] = False
     tool_choice = request.tool_choice
     return {
         "id": response_id,

@@ -74,9 +74,9 @@ class MCPServers(ToolKind):
         reusable = _reusable_listings(history, previous_tools)
         to_list = []
         for server in self.servers:
-            key = (server.label, server.definition.server_url)
-            if key in reusable:
-                self.listings[server.label] = reusable[key]
+            listing = reusable.get((server.label, server.definition.server_url), reusable.get((server.label, None)))
+            if listing is not None:
+                self.listings[server.label] = listing
             else:
                 to_list.append(server)
         results = await asyncio.gather(*(server.list_tools() for server in to_list), return_exceptions=True)
@@ -240,11 +240,18 @@ def _result(item: dict[str, Any]) -> str:
 def _reusable_listings(
     history: list[dict[str, Any]], previous_tools: list[dict[str, Any]]
 ) -> dict[tuple[str, str | None], list[ListedTool]]:
-    """Listings in the history whose server the previous turn named with the same URL."""
+    """Listings in the context (the turns before, or the input of a caller that keeps its own), by the server
+    they list, as `(label, url)`; the latest of each label wins.
+
+    As OpenAI does, a server whose listing is in the context is not listed again. The listing names
+    its server by label only: it is taken for the server of that label and the URL the previous turn
+    gave it, or, when the previous turn did not name the label (a stateless caller), for any URL
+    (`(label, None)`).
+    """
     urls = {tool.get("server_label"): tool.get("server_url") for tool in previous_tools if tool.get("type") == "mcp"}
     found: dict[tuple[str, str | None], list[ListedTool]] = {}
     for item in history:
-        if item["type"] == "mcp_list_tools" and not item.get("error") and item["server_label"] in urls:
+        if item["type"] == "mcp_list_tools" and not item.get("error"):
             label = item["server_label"]
-            found[(label, urls[label])] = [ListedTool.from_item_entry(entry) for entry in item.get("tools") or ()]
+            found[(label, urls.get(label))] = [ListedTool.from_item_entry(entry) for entry in item.get("tools") or ()]
     return found

@@ -34,6 +34,8 @@ reason where it is defined:
 - OpenAI `Response`: `user`, `safety_identifier`, `prompt_cache_key` and
   `usage` may be null (`_openai_response_identifiers_nullable`,
   `_openai_response_usage_nullable`);
+- OpenAI `TextResponseFormatJsonSchema.description` may be null
+  (`_openai_json_schema_format_description_nullable`);
 - OpenAI `MCPToolCall.error` may be the package's error object, not only a
   string (`_openai_mcp_call_error_object`);
 - OpenAI events the package has and 2.3.0 lacks (`response.shell_call_*`,
@@ -149,6 +151,16 @@ def _openai_mcp_call_error_object(schemas: dict[str, Schema]) -> None:
     error["anyOf"] = [*error["anyOf"], *objects]
 
 
+def _openai_json_schema_format_description_nullable(schemas: dict[str, Schema]) -> None:
+    # `TextResponseFormatJsonSchema.description` is a plain string in 2.3.0, but
+    # openai's `ResponseFormatTextJSONSchemaConfig.description` is Optional[str],
+    # and Open Responses requires the key on the echoed format, null allowed:
+    # a response echoes `description: null` for a format sent without one.
+    properties = schemas["TextResponseFormatJsonSchema"]["properties"]
+    assert properties["description"]["type"] == "string", properties["description"]
+    properties["description"] = {"anyOf": [{"type": "null"}, properties["description"]]}
+
+
 def _openresponses_json_schema_format_holds_a_schema(schemas: dict[str, Schema]) -> None:
     # Open Responses' `JsonSchemaResponseFormat` (the `text.format` a response
     # echoes) declares `schema: anyOf [{type: null}]`, so no response made with a
@@ -165,6 +177,7 @@ _OPENAI_PATCHES: tuple[Callable[[dict[str, Schema]], None], ...] = (
     _openai_response_identifiers_nullable,
     _openai_response_usage_nullable,
     _openai_mcp_call_error_object,
+    _openai_json_schema_format_description_nullable,
 )
 _OPENRESPONSES_PATCHES: tuple[Callable[[dict[str, Schema]], None], ...] = (
     _openresponses_json_schema_format_holds_a_schema,
