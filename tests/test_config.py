@@ -61,7 +61,21 @@ def test_defaults_serve_the_embedded_model_on_localhost_8321(tmp_path: Path) -> 
             "recording": {"mode": "live", "dir": None, "test_header": "X-Parley-Test-Id", "delay_ms": 0.0},
         },
         "engine": {"max_iterations": 20, "reasoning_key": None},
-        "tools": {"mcp": {"timeout": 30.0, "allowed_hosts": None, "allow_loopback": True, "max_output_chars": 100000}},
+        "tools": {
+            "mcp": {"timeout": 30.0, "allowed_hosts": None, "allow_loopback": True, "max_output_chars": 100000},
+            # No search backend: a request naming web_search is served without it.
+            "web_search": {
+                "backend": None,
+                "base_url": None,
+                "api_key": None,
+                "max_results": 5,
+                "timeout": 10.0,
+                "fetch": {"max_bytes": 2000000, "max_chars": 20000, "max_redirects": 3},
+                "allowed_hosts": None,
+                "allow_loopback": False,
+                "allow_private": False,
+            },
+        },
     }
     assert settings.storage_url == f"sqlite:///{tmp_path / 'xdg' / 'parley' / 'parley.db'}"
 
@@ -124,6 +138,19 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
             allowed_hosts: [mcp.internal]
             allow_loopback: false
             max_output_chars: 5000
+          web_search:
+            backend: brave
+            base_url: https://search.internal/res/v1/
+            api_key: brave-example
+            max_results: 8
+            timeout: 5
+            fetch:
+              max_bytes: 500000
+              max_chars: 8000
+              max_redirects: 1
+            allowed_hosts: [docs.internal]
+            allow_loopback: true
+            allow_private: true
         """,
     )
 
@@ -181,7 +208,18 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
                 "allowed_hosts": ["mcp.internal"],
                 "allow_loopback": False,
                 "max_output_chars": 5000,
-            }
+            },
+            "web_search": {
+                "backend": "brave",
+                "base_url": "https://search.internal/res/v1",  # the trailing slash is dropped
+                "api_key": "**********",
+                "max_results": 8,
+                "timeout": 5.0,
+                "fetch": {"max_bytes": 500000, "max_chars": 8000, "max_redirects": 1},
+                "allowed_hosts": ["docs.internal"],
+                "allow_loopback": True,
+                "allow_private": True,
+            },
         },
     }
     assert settings.inference.providers["openai"].api_key.get_secret_value() == "sk-example"  # type: ignore[union-attr]
