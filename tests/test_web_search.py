@@ -143,16 +143,21 @@ def test_a_search_and_the_answer_that_reads_it(
     assert client.responses.retrieve(response.id).model_dump() == response.model_dump()
 
 
-def test_the_next_turn_reads_the_search_again(client: openai.OpenAI, fake_upstream: FakeUpstream) -> None:
+def test_the_next_turn_reads_the_search_again_and_cites_it(client: openai.OpenAI, fake_upstream: FakeUpstream) -> None:
     first = client.responses.create(model=SCRIPT, input='web_search {"query": "searxng"}', tools=[WEB_SEARCH])
-    client.responses.create(
-        model="fake/fake-echo", input="and then?", tools=[WEB_SEARCH], previous_response_id=first.id
+    second = client.responses.create(
+        model="fake/fake-echo",
+        input="see https://searxng.example.net/",
+        tools=[WEB_SEARCH],
+        previous_response_id=first.id,
     )
     messages = fake_upstream.requests[-1]["messages"]
     assert [m["role"] for m in messages] == ["user", "assistant", "tool", "assistant", "user"]
-    assert (
-        "https://searxng.example.net/" in messages[2]["content"] and messages[2]["tool_call_id"] == first.output[0].id
-    )
+    assert messages[2]["tool_call_id"] == first.output[0].id
+    assert "https://searxng.example.net/" in messages[2]["content"]
+    # The earlier turn's result is cited where this answer names it.
+    annotation = second.output[0].content[0].annotations[0]
+    assert (annotation.url, annotation.title, annotation.start_index) == ("https://searxng.example.net/", "SearXNG", 4)
 
 
 def test_sources_when_included(client: openai.OpenAI, search_server: SearchServer) -> None:
