@@ -27,7 +27,7 @@ LLAMA_WHEELS ?= $(HOME)/.cache/parley/wheels/llama-cpp-portable
 # Root installs system packages directly; anyone else through sudo.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: serve test install dev bench lint clean postgresql node-clients
+.PHONY: serve test check install dev bench lint clean postgresql node-clients
 
 serve: $(VENV)/.installed-local
 	$(BIN)/parley serve --host $(HOST) --port $(PORT)
@@ -62,9 +62,13 @@ dev: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/chat_stream.py
 
-lint: $(VENV)/.installed-dev
+# The code checks CI runs before the tests: ruff's lint and format, and mypy over parley/ (pyproject.toml).
+check: $(VENV)/.installed-dev
 	$(BIN)/ruff check parley tests bench
 	$(BIN)/ruff format --check parley tests bench
+	$(BIN)/mypy
+
+lint: check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

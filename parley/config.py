@@ -161,7 +161,7 @@ def _default_providers() -> dict[str, ProviderConfig]:
 class InferenceSettings(_Section):
     providers: dict[str, ProviderConfig] = Field(default_factory=_default_providers)
     # alias -> "provider/model"; by default, `smollm2-135m` when the embedded model is configured.
-    aliases: dict[str, str] = Field(default=None, validate_default=False)  # type: ignore[assignment]
+    aliases: dict[str, str] = Field(default=None, validate_default=False)  # type: ignore[call-overload]
     recording: RecordingSettings = RecordingSettings()
 
     @field_validator("providers")

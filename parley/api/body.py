@@ -42,7 +42,7 @@ async def read_body(request: Request, model: type[Body], *, empty_ok: bool = Fal
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise InvalidBodyError(validation_error(list(exc.errors()))) from exc
+        raise InvalidBodyError(validation_error([dict(error) for error in exc.errors()])) from exc
 
 
 def _refuse_nul(value: Any, path: str) -> None:

@@ -18,7 +18,7 @@ from parley.api.errors import body_for, error_body
 from parley.api.http import DisconnectWatcher, EventStreamResponse, JSONResponse
 from parley.api.sse import DONE, frame
 from parley.errors import ParleyError
-from parley.inference.base import prepend
+from parley.inference.base import ChunkStream, prepend
 from parley.inference.collect import Completion, collect
 from parley.inference.registry import ModelRegistry
 from parley.inference.types import ChatChunk
@@ -90,9 +90,7 @@ async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
         watcher.stop()
 
 
-async def _event_stream(
-    first: list[ChatChunk], rest: AsyncIterator[list[ChatChunk]], encoder: _ChunkEncoder
-) -> AsyncIterator[bytes]:
+async def _event_stream(first: list[ChatChunk], rest: ChunkStream, encoder: _ChunkEncoder) -> AsyncIterator[bytes]:
     # Chunks before the first token (the role) wait for it, to leave in one write with it:
     # a role chunk on its own would wake the client for nothing. None once the token left.
     held: list[ChatChunk] | None = []

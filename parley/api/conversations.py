@@ -19,7 +19,7 @@ router = APIRouter()
 
 
 def _service(request: Request) -> ConversationService:
-    return request.app.state.conversations  # type: ignore[no-any-return]
+    return request.app.state.conversations
 
 
 @router.post("/v1/conversations", openapi_extra=documented(CreateConversationRequest))

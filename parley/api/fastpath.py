@@ -50,5 +50,5 @@ class FastPaths:
         handlers: dict[Any, Any] = self.app.exception_handlers
         for cls in type(exc).__mro__:
             if cls in handlers:
-                return await handlers[cls](request, exc)  # type: ignore[no-any-return]
+                return await handlers[cls](request, exc)
         raise exc

@@ -18,7 +18,7 @@ router = APIRouter()
 
 
 def _service(request: Request) -> ResponseService:
-    return request.app.state.responses  # type: ignore[no-any-return]
+    return request.app.state.responses
 
 
 @router.post("/v1/responses", openapi_extra=documented(CreateResponseRequest))

@@ -332,11 +332,11 @@ def response_format(request: CreateResponseRequest) -> dict[str, Any] | None:
     if fmt.type == "json_object":
         return {"type": "json_object"}
     if fmt.type == "json_schema":
-        schema: dict[str, Any] = {"name": fmt.name, "schema": fmt.schema_}  # type: ignore[union-attr]
-        if fmt.strict is not None:  # type: ignore[union-attr]
-            schema["strict"] = fmt.strict  # type: ignore[union-attr]
-        if fmt.description is not None:  # type: ignore[union-attr]
-            schema["description"] = fmt.description  # type: ignore[union-attr]
+        schema: dict[str, Any] = {"name": fmt.name, "schema": fmt.schema_}
+        if fmt.strict is not None:
+            schema["strict"] = fmt.strict
+        if fmt.description is not None:
+            schema["description"] = fmt.description
         return {"type": "json_schema", "json_schema": schema}
     return None
 

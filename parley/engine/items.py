@@ -171,7 +171,7 @@ class LocalShellCallOutputItem(_PackageItem):
 
     known = keys_of(response_input_item_param.LocalShellCallOutput)
     type: Literal["local_shell_call_output"]
-    id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)  # type: ignore[assignment]
+    id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
     output: str
     status: _Status | None = None
 
@@ -231,7 +231,7 @@ class ApplyPatchCallOutputItem(_PackageItem):
 
 class ItemReference(_Item):
     type: Literal["item_reference"]
-    id: str = Field(max_length=MAX_ID_LENGTH)  # type: ignore[assignment]
+    id: str = Field(max_length=MAX_ID_LENGTH)
 
 
 class ReasoningItem(_Item):
@@ -370,7 +370,7 @@ def parse_item(raw: Any, path: str) -> dict[str, Any]:
     # answers, only the fields sent are kept: a custom tool call has no status, an output no name.
     if isinstance(item, _PackageItem):
         data = item.model_dump(exclude_unset=True)
-        data["type"] = item.type
+        data["type"] = raw["type"]  # a default, so not among the fields set
     else:
         data = {
             key: value for key, value in item.model_dump().items() if value is not None or key not in ("id", "status")

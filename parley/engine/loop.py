@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ from parley.engine.output import OutputBuilder
 from parley.engine.request import CreateResponseRequest
 from parley.engine.response import add_usage, usage_object
 from parley.errors import ContextLengthExceededError, ParleyError, UpstreamStatusError
-from parley.inference.base import prepend
+from parley.inference.base import ChunkStream, prepend
 from parley.inference.registry import ResolvedModel
 from parley.inference.types import ChatChunk, ChatRequest, Usage
 from parley.scheduling import first_token_sent
@@ -172,9 +172,7 @@ async def _gather(turn: Turn, calls: list[Any]) -> list[Any]:
     return [await call for call in calls]
 
 
-async def _open_model_stream(
-    turn: Turn, prepared: list[dict[str, Any]], offer: ToolOffer
-) -> AsyncIterator[list[ChatChunk]]:
+async def _open_model_stream(turn: Turn, prepared: list[dict[str, Any]], offer: ToolOffer) -> ChunkStream:
     """Starts the model call and waits for its first chunk.
 
     A refusal before the first chunk (a bad request, an unreachable upstream)
@@ -207,9 +205,7 @@ async def _open_model_stream(
         return prepend(first, stream)
 
 
-async def _first_output_apart(
-    first: list[ChatChunk], rest: AsyncIterator[list[ChatChunk]]
-) -> AsyncIterator[list[ChatChunk]]:
+async def _first_output_apart(first: list[ChatChunk], rest: ChunkStream) -> ChunkStream:
     """The model's stream, with a pause after its first chunk of output, for that chunk's events to leave.
 
     A burst from the upstream arrives as one batch, and its events go to the
@@ -231,7 +227,7 @@ async def _first_output_apart(
         async for batch in rest:
             yield batch
     finally:
-        await rest.aclose()  # type: ignore[attr-defined]
+        await rest.aclose()
 
 
 def _is_context_overflow(exc: ParleyError) -> bool:
@@ -335,6 +331,6 @@ def end(turn: Turn) -> None:
     turn.emitter.emit(_TERMINAL_EVENTS[turn.response["status"]], response=turn.response)
 
 
-async def _empty() -> AsyncIterator[list[ChatChunk]]:
+async def _empty() -> ChunkStream:
     return
     yield  # pragma: no cover

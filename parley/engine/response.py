@@ -18,7 +18,7 @@ def initial_response(request: CreateResponseRequest, response_id: str, tools: li
     Where Open Responses requires a value, the default that was applied is echoed.
     """
     text = request.text
-    text_format = text.format.model_dump(by_alias=True) if text is not None else {"type": "text"}
+    text_format: dict[str, Any] = text.format.model_dump(by_alias=True) if text is not None else {"type": "text"}
     if text_format["type"] == "json_schema" and text_format["strict"] is None:
         # As OpenAI echoes a format sent without them: `description` null, `strict` false (its default).
         text_format["strict"] = False
@@ -54,7 +54,7 @@ def initial_response(request: CreateResponseRequest, response_id: str, tools: li
         "top_logprobs": request.top_logprobs or 0,
         "text": {"format": text_format, "verbosity": (text.verbosity if text else None) or "medium"},
         "tool_choice": (
-            tool_choice.model_dump(exclude_none=True) if hasattr(tool_choice, "model_dump") else tool_choice or "auto"
+            tool_choice.model_dump(exclude_none=True) if isinstance(tool_choice, BaseModel) else tool_choice or "auto"
         ),
         "tools": [public_definition(tool) for tool in tools],
         "truncation": request.truncation,

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
 from parley.errors import InvalidRequestError
 from parley.inference.types import ChatChunk, ChatRequest
+
+# What a streamed model call yields: the chunks that have arrived, a batch at a time; closed with `aclose`.
+ChunkStream = AsyncGenerator[list[ChatChunk], None]
 
 
 @dataclass(slots=True, frozen=True)
@@ -24,7 +27,7 @@ class Provider(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def stream_chat(self, request: ChatRequest) -> AsyncIterator[list[ChatChunk]]:
+    def stream_chat(self, request: ChatRequest) -> ChunkStream:
         """Stream the completion as typed chunks, ending with one carrying `usage`.
 
         Chunks come in batches: each batch is what the model produced by the
@@ -58,11 +61,11 @@ class Provider(abc.ABC):
         """Release the provider's connections and memory."""
 
 
-async def prepend(first: list[ChatChunk], rest: AsyncIterator[list[ChatChunk]]) -> AsyncIterator[list[ChatChunk]]:
+async def prepend(first: list[ChatChunk], rest: ChunkStream) -> ChunkStream:
     """A provider's stream again, after its first batch was taken from it (to see that it started)."""
     try:
         yield first
         async for batch in rest:
             yield batch
     finally:
-        await rest.aclose()  # type: ignore[attr-defined]
+        await rest.aclose()

@@ -15,7 +15,7 @@ import asyncio
 import importlib.util
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from parley.errors import (
     UpstreamError,
     UpstreamUnavailableError,
 )
-from parley.inference.base import ModelInfo, Provider
+from parley.inference.base import ChunkStream, ModelInfo, Provider
 from parley.inference.local_generation import ChatmlGeneration, TemplateGeneration
 from parley.inference.local_loading import LoadError, embedded_model_path, load, take_preloaded
 from parley.inference.types import ChatChunk, ChatRequest
@@ -66,7 +66,7 @@ class LocalProvider(Provider):
         for model in self._models.values():
             model.close()
 
-    async def stream_chat(self, request: ChatRequest) -> AsyncIterator[list[ChatChunk]]:
+    async def stream_chat(self, request: ChatRequest) -> ChunkStream:
         model = self._models[request.model]
         if request.n not in (None, 1):
             raise InvalidRequestError("The local provider generates one choice per request (n=1).", param="n")
@@ -89,7 +89,7 @@ class LocalModel:
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._llama = None
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[list[ChatChunk]]:
+    async def stream(self, request: ChatRequest) -> ChunkStream:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[ChatChunk | BaseException | _End] = asyncio.Queue()
         cancelled = threading.Event()

@@ -136,7 +136,7 @@ def _llama_errors() -> Iterator[list[str]]:
     errors: list[str] = []
     last_level = 0
 
-    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    @llama_cpp.llama_log_callback
     def collect(level: int, text: bytes, _: ctypes.c_void_p) -> None:
         nonlocal last_level
         message = text.decode("utf-8", errors="replace")
@@ -227,7 +227,7 @@ def llama_class() -> type:
     """
     from llama_cpp import Llama, llama_model_get_vocab, llama_vocab_is_eog
 
-    class CountingLlama(Llama):  # type: ignore[misc]
+    class CountingLlama(Llama):
         def eval(self, tokens: Sequence[int]) -> None:
             # The last prompt token is always evaluated alone, as it is when a request
             # repeats a cached prompt (llama-cpp-python then evaluates only that token):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import orjson
@@ -23,7 +23,7 @@ from parley.errors import (
     UpstreamUnavailableError,
 )
 from parley.inference import http1
-from parley.inference.base import ModelInfo, Provider
+from parley.inference.base import ChunkStream, ModelInfo, Provider
 from parley.inference.types import ChatChunk, ChatRequest
 from parley.inference.wire import chat_body, choice_chunk, completion_chunks, usage_from_wire
 
@@ -121,7 +121,7 @@ class OpenAICompatibleProvider(Provider):
     def _body(self, request: ChatRequest) -> bytes:
         return orjson.dumps(chat_body(request))
 
-    def stream_chat(self, request: ChatRequest) -> AsyncIterator[list[ChatChunk]]:
+    def stream_chat(self, request: ChatRequest) -> ChunkStream:
         # Each batch is every chunk that had arrived when the consumer asked: the pool hands
         # over whatever its connection has received since the last read, so a burst that
         # piles up while the consumer is busy leaves in one piece, with no reading task.
@@ -147,7 +147,7 @@ class OpenAICompatibleProvider(Provider):
             )
         return self._pool
 
-    async def _stream(self, request: ChatRequest) -> AsyncIterator[list[ChatChunk]]:
+    async def _stream(self, request: ChatRequest) -> ChunkStream:
         with self._translate_errors():
             async with self.pool.stream(self._chat_target, self._stream_head, self._body(request)) as response:
                 if response.status >= 400:
@@ -242,7 +242,7 @@ class _ErrorTranslation:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> Literal[False]:
         if exc is None or isinstance(exc, UpstreamError):
             return False
         if isinstance(exc, (httpx.TimeoutException, http1.Timeout)):

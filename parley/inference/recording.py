@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Any
 
 from parley.config import OpenAIProviderConfig, RecordingSettings
 from parley.errors import NotFoundError
-from parley.inference.base import ModelInfo, Provider
+from parley.inference.base import ChunkStream, ModelInfo, Provider
 from parley.inference.recording_files import (
     CHAT_ENDPOINT,
     CHUNK_TYPE,
@@ -298,11 +297,11 @@ class RecordingProvider(Provider):
 
     # Chat completions
 
-    def stream_chat(self, request: ChatRequest) -> AsyncIterator[list[ChatChunk]]:
+    def stream_chat(self, request: ChatRequest) -> ChunkStream:
         # The call is made now, while the caller's test id is in the context.
         return self._stream_chat(request, self._call("POST", CHAT_ENDPOINT, chat_body(request), request.model))
 
-    async def _stream_chat(self, request: ChatRequest, call: Call) -> AsyncIterator[list[ChatChunk]]:
+    async def _stream_chat(self, request: ChatRequest, call: Call) -> ChunkStream:
         recording = await self._recorded(call)
         if recording is not None:
             async for batch in self._replay(chat_reply(recording)):
@@ -315,13 +314,13 @@ class RecordingProvider(Provider):
                 chunks += batch
                 yield batch
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
         # Only a whole completion is written: a failed or abandoned stream never gets here.
         head = {"id": f"rec-{call.key[:12]}", "object": "chat.completion.chunk", "created": 0, "model": call.model}
         body = [{"__type__": CHUNK_TYPE, "__data__": chunk_to_wire(chunk, head)} for chunk in chunks]
         await self._record(call, {"body": body, "is_streaming": True})
 
-    async def _replay(self, chunks: list[ChatChunk]) -> AsyncIterator[list[ChatChunk]]:
+    async def _replay(self, chunks: list[ChatChunk]) -> ChunkStream:
         if not self.delay:
             for start in range(0, len(chunks), _REPLAY_BATCH):
                 yield chunks[start : start + _REPLAY_BATCH]

@@ -216,7 +216,7 @@ class ApplyPatchCalls(CallStyle):
 
     def finish(self, item: dict[str, Any], arguments: str) -> list[tuple[str, dict[str, Any]]]:
         args = _json(arguments)
-        operation = args.get("operation") if isinstance(args.get("operation"), dict) else args
+        operation: dict[str, Any] = args["operation"] if isinstance(args.get("operation"), dict) else args
         kind = operation.get("type")
         if kind not in ("create_file", "update_file", "delete_file"):
             kind = "update_file"
@@ -305,7 +305,7 @@ _APPLY_PATCH = {
         "required": ["type", "path"],
     },
 }
-_BUILT_IN = {
+_BUILT_IN: dict[str, tuple[dict[str, Any], CallStyle]] = {
     "local_shell": (_LOCAL_SHELL, STYLES["local_shell_call"]),
     "shell": (_SHELL, STYLES["shell_call"]),
     "apply_patch": (_APPLY_PATCH, STYLES["apply_patch_call"]),
@@ -326,7 +326,8 @@ class CallerTools:
                 entries.append(_entry(definition, None))
             elif getattr(definition, "type", None) in _BUILT_IN:
                 function, style = _BUILT_IN[definition.type]
-                entries.append((function["name"], dict(function), style, function["name"], None, definition.type))
+                name = str(function["name"])
+                entries.append((name, dict(function), style, name, None, definition.type))
         # Tools outside a namespace keep their names; a namespace's tool does unless the name is taken.
         taken = {entry[0] for entry in entries if entry[4] is None}
         self.tools: list[CallerTool] = []
@@ -365,6 +366,7 @@ class CallerTools:
 def _entry(
     definition: FunctionTool | CustomTool, namespace: str | None
 ) -> tuple[str, dict[str, Any], CallStyle, str, str | None, str]:
+    function: dict[str, Any]
     if isinstance(definition, CustomTool):
         function = {
             "name": definition.name,

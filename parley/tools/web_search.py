@@ -159,7 +159,7 @@ class WebSearchService:
 # The kind
 
 
-_FUNCTIONS = {
+_FUNCTIONS: dict[str, dict[str, Any]] = {
     "search": {
         "name": "web_search",
         "description": (
@@ -397,7 +397,7 @@ class WebSearch(ToolKind):
         if item.get("status") not in ("completed", "failed", "incomplete"):
             return []
         action = item.get("action") or {}
-        kind = action.get("type") if action.get("type") in _ARGUMENTS else "search"
+        kind = str(action["type"]) if action.get("type") in _ARGUMENTS else "search"
         arguments = {name: action.get(name) or "" for name in _ARGUMENTS[kind]}
         function = {"name": _FUNCTIONS[kind]["name"], "arguments": json.dumps(arguments, ensure_ascii=False)}
         return [
@@ -470,8 +470,8 @@ def _what_the_model_reads(kind: str, item: dict[str, Any]) -> str:
         return gone if not sources else gone + " Its sources were:\n" + "\n".join(str(url) for url in sources)
     entries = [result for result in results if isinstance(result, dict)]
     if kind == "open_page":
-        page = entries[0] if entries else {}
-        return f"{page.get('title', '')}\nURL: {page.get('url', action.get('url'))}\n\n{page.get('text', '')}"
+        opened = entries[0] if entries else {}
+        return f"{opened.get('title', '')}\nURL: {opened.get('url', action.get('url'))}\n\n{opened.get('text', '')}"
     if kind == "find_in_page":
         if not entries:
             return f'The page {action.get("url")} does not contain "{action.get("pattern")}".'
