@@ -110,7 +110,13 @@ def test_a_search_and_the_answer_that_reads_it(
             "response.output_item.done",
         ]
         added = events[[event.type for event in events].index("response.output_item.added")].item
-        assert (added.type, added.status, added.action.type) == ("web_search_call", "in_progress", "search")
+        # OpenAI's fields only: the action's are filled in once the model has written its arguments.
+        assert added.model_dump(exclude_unset=True) == {
+            "id": response.output[0].id,
+            "type": "web_search_call",
+            "status": "in_progress",
+            "action": {"type": "search", "query": ""},
+        }
     else:
         response = client.responses.create(**request)
 

@@ -90,6 +90,8 @@ class OutputBuilder:
         for index in sorted(self._calls.values()):
             item = self.emitter.output[index]
             if index in self.server_calls:
+                if index in self._arguments:
+                    self._finish_call(index, item)
                 self.emitter.end_arguments(index, item)
             elif self.emitter.is_open(index):
                 if index in self._arguments:
@@ -221,6 +223,10 @@ class OutputBuilder:
     def _finish_call(self, index: int, item: dict[str, Any]) -> None:
         """Makes a call's item whole from its arguments (a custom tool's input, a shell call's action)."""
         arguments = "".join(self._arguments.pop(index))
+        kind = self.toolbox.kind_of(item["type"])
+        if kind is not None:  # a server-side call whose item has no `arguments` of its own (a web search's)
+            kind.take_arguments(item, arguments)
+            return
         style = self.toolbox.caller_style(item["type"])
         for event_type, fields in style.finish(item, arguments):
             self.emitter.emit(event_type, item_id=item["id"], output_index=index, **fields)
@@ -246,7 +252,7 @@ class OutputBuilder:
             assert tool is not None  # an offered name is a caller's tool or a server-side one
             item = tool.kind.call_item(tool)
         index = self._calls[call.index] = self.emitter.add_item(item)
-        if caller is not None and not caller.style.streams_arguments:
+        if (caller is not None and not caller.style.streams_arguments) or (caller is None and "arguments" not in item):
             self._arguments[index] = []
         self.call_indexes.append(index)
         if self.toolbox.kind_of(item["type"]) is not None:

@@ -14,6 +14,7 @@ output builder only ever talk to this interface:
         prepare        the items made before the first model call (MCP: its listings)
         tools          the names the model may call, as `ServerTool`s, once prepared
         call_item      a model's call to one of them, as the output item it opens
+        take_arguments the model's arguments, whole, for a call item with no `arguments` field
         approved_calls the calls the caller approved in this request's input, to run now
         run            runs a call item, writing its result into it; its final status
         refuse         ends a call item that may not run (`max_tool_calls`)
@@ -127,6 +128,15 @@ class ToolKind(ABC):
         Its `call_type`, which Parley runs once the model is done, or any other
         item, which is closed as it is and ends the response (an approval request).
         """
+
+    def take_arguments(self, item: dict[str, Any], arguments: str) -> None:
+        """The model's arguments, whole once it is done, for a call item that has no `arguments` field of its own
+        (a `web_search_call`, whose `action` holds what the arguments ask); before the item runs or is refused.
+
+        Items that have the field get the arguments there, as the model writes them. By default, they land
+        there too.
+        """
+        item["arguments"] = arguments
 
     def approved_calls(self, history: list[dict[str, Any]], input_items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The call items (`in_progress`) that approvals in `input_items` let run; raises InvalidRequestError."""

@@ -33,7 +33,6 @@ the model is not offered it, and the server says so in its log once.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import re
@@ -238,6 +237,7 @@ class WebSearch(ToolKind):
         location = next((d.user_location for d in definitions if d.user_location is not None), None)
         self.location = location.model_dump(exclude_none=True) if location is not None else {}
         self.pages: dict[str, Page] = {}  # the pages this response read, by the URL asked for
+        self.bad_arguments: dict[str, str] = {}  # what is wrong with a call's arguments, by item id
         self.cited: dict[str, str] = {}  # the URLs the model read of, with their titles, for citations
 
     @classmethod
@@ -290,25 +290,27 @@ class WebSearch(ToolKind):
             action["url"] = None
         else:
             action.update(url="", pattern="")
-        # `arguments` holds the model's arguments while it writes them; `run` takes them out.
-        return {
-            "id": new_id("ws"),
-            "type": "web_search_call",
-            "status": "in_progress",
-            "action": action,
-            "arguments": "",
-        }
+        # No `arguments`, as OpenAI's item has none: the model's reach `take_arguments` whole.
+        return {"id": new_id("ws"), "type": "web_search_call", "status": "in_progress", "action": action}
+
+    def take_arguments(self, item: dict[str, Any], arguments: str) -> None:
+        """Fills the call's action from the model's arguments; what is wrong with them, the call's run reports."""
+        try:
+            _set_action(item["action"], _parsed(arguments))
+        except SearchFailed as exc:
+            self.bad_arguments[item["id"]] = str(exc)
 
     async def run(self, item: dict[str, Any]) -> str:
         action = item["action"]
         try:
-            arguments = _take_arguments(item)
+            if item["id"] in self.bad_arguments:
+                raise SearchFailed(self.bad_arguments.pop(item["id"]))
             if action["type"] == "search":
-                results = await self._search(action, arguments)
+                results = await self._search(action)
             elif action["type"] == "open_page":
-                results = await self._open_page(action, arguments)
+                results = await self._open_page(action)
             else:
-                results = await self._find_in_page(action, arguments)
+                results = await self._find_in_page(action)
         except SearchFailed as exc:
             item["results"], item["error"] = [], str(exc)
             return "failed"
@@ -321,13 +323,11 @@ class WebSearch(ToolKind):
         return "completed"
 
     def refuse(self, item: dict[str, Any], reason: str) -> str:
-        with contextlib.suppress(SearchFailed):  # the action shows what the model asked for, as far as it can
-            _set_action(item["action"], _take_arguments(item))
+        self.bad_arguments.pop(item["id"], None)
         item["results"], item["error"] = [], reason
         return "failed"
 
-    async def _search(self, action: dict[str, Any], arguments: dict[str, Any]) -> list[dict[str, Any]]:
-        _set_action(action, arguments)
+    async def _search(self, action: dict[str, Any]) -> list[dict[str, Any]]:
         request = SearchRequest(action["query"], self.result_count, self.allowed_domains, self.location)
         assert self.service.backend is not None  # tools() offers nothing without one
         found = await self.service.backend.search(request)
@@ -335,8 +335,7 @@ class WebSearch(ToolKind):
             action["sources"] = [{"type": "url", "url": result.url} for result in found]
         return [{"title": result.title, "url": result.url, "text": result.snippet} for result in found]
 
-    async def _open_page(self, action: dict[str, Any], arguments: dict[str, Any]) -> list[dict[str, Any]]:
-        _set_action(action, arguments)
+    async def _open_page(self, action: dict[str, Any]) -> list[dict[str, Any]]:
         page = await self._page(action["url"])
         text = page.text
         if len(text) > self.page_chars:
@@ -345,8 +344,7 @@ class WebSearch(ToolKind):
             )
         return [{"title": page.title, "url": page.url, "text": text}]
 
-    async def _find_in_page(self, action: dict[str, Any], arguments: dict[str, Any]) -> list[dict[str, Any]]:
-        _set_action(action, arguments)
+    async def _find_in_page(self, action: dict[str, Any]) -> list[dict[str, Any]]:
         page = await self._page(action["url"])
         return [
             {"title": page.title, "url": page.url, "text": passage}
@@ -419,9 +417,8 @@ def _free_name(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def _take_arguments(item: dict[str, Any]) -> dict[str, Any]:
-    """The model's arguments, taken out of the item (they are not part of OpenAI's); raises SearchFailed."""
-    text = item.pop("arguments", "") or ""
+def _parsed(text: str) -> dict[str, Any]:
+    """The model's arguments, as an object; raises SearchFailed."""
     try:
         arguments = json.loads(text) if text.strip() else {}
     except json.JSONDecodeError as exc:
