@@ -48,12 +48,6 @@ CODEX = NODE_MODULES / "@openai" / "codex" / "bin" / "codex.js"
 MODEL = "fake/fake-script"
 TIMEOUT = 120.0
 
-# Until Parley accepts the `web_search` tool (issue 12), which every Codex request carries:
-# 400 unsupported_tool_type at tools[8].type.
-PARLEY_REFUSES_CODEX = pytest.mark.xfail(
-    strict=True, reason="issue 12: Parley refuses Codex's web_search tool (400 unsupported_tool_type)"
-)
-
 
 class StreamRecorder:
     """An HTTP pass-through to Parley that keeps the body of every event stream Parley answers with.
@@ -236,7 +230,6 @@ def test_the_pinned_codex_is_the_one_installed() -> None:
     assert installed_version("@openai/codex") == pinned_version("@openai/codex") == "0.169.0"
 
 
-@PARLEY_REFUSES_CODEX
 def test_exec_runs_the_shell_tool_and_prints_the_answer(
     shell_session: tuple[Codex, str, Ran], fake_upstream: FakeUpstream
 ) -> None:
@@ -255,7 +248,6 @@ def test_exec_runs_the_shell_tool_and_prints_the_answer(
     assert any("Process exited with code 0" in content for content in contents(last, "tool"))
 
 
-@PARLEY_REFUSES_CODEX
 def test_exec_resume_last_continues_the_session(
     shell_session: tuple[Codex, str, Ran], fake_upstream: FakeUpstream
 ) -> None:
@@ -282,7 +274,6 @@ def test_exec_resume_last_continues_the_session(
     assert any("Process exited with code 0" in content for content in contents(last, "assistant"))
 
 
-@PARLEY_REFUSES_CODEX
 def test_create_goal_and_its_follow_up_output_without_call_id(
     tmp_path: Path, recorder: StreamRecorder, fake_upstream: FakeUpstream
 ) -> None:
