@@ -4,7 +4,8 @@
 - `GET /res/v1/web/search?q=...&count=...` answers as the Brave Search API does,
   to the subscription token `BRAVE_KEY` only (401 otherwise);
 - `/pages/...` are pages to open: `parley` (HTML), `plain` (text), `binary`
-  (not text), `missing` (404), and `/redirect?to=URL` redirects (302).
+  (not text), `missing` (404), `trickle` (a line every half second for
+  `SLOW_SECONDS`), and `/redirect?to=URL` redirects (302).
 
 A document matches a query when any of the query's words (`site:` terms
 aside) is in its title or snippet. `mode` breaks both search APIs on demand:
@@ -19,13 +20,14 @@ import asyncio
 import socket
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Self
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 BRAVE_KEY = "brave-test-key-7f3a"
@@ -163,6 +165,8 @@ class SearchServer:
             return PlainTextResponse("Plain text about Parley.\nSecond line.")
         if name == "binary":
             return Response(b"\x00\x01\x02", media_type="application/octet-stream")
+        if name == "trickle":  # a line every half second, for SLOW_SECONDS: never silent for long
+            return StreamingResponse(_trickle(), media_type="text/plain")
         return PlainTextResponse("Not found", status_code=404)
 
     async def redirect(self, request: Request) -> Response:
@@ -216,6 +220,12 @@ class SearchServer:
 
 class _Failure(Exception):
     """Raised in a handler to answer 500 (mode `error`)."""
+
+
+async def _trickle() -> AsyncIterator[bytes]:
+    for _ in range(int(SLOW_SECONDS * 2)):
+        yield b"a line of a slow page\n"
+        await asyncio.sleep(0.5)
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:

@@ -16,6 +16,7 @@ backend's key.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
 import re
@@ -106,10 +107,9 @@ class SearchBackend(ABC):
 
     async def _get_json(self, url: str, params: dict[str, Any], headers: dict[str, str]) -> Any:
         try:
-            response = await self.client.get(
-                url, params=params, headers=headers, timeout=self.settings.timeout, follow_redirects=False
-            )
-        except httpx.TimeoutException as exc:
+            async with asyncio.timeout(self.settings.timeout):  # the whole answer, not each read
+                response = await self.client.get(url, params=params, headers=headers, follow_redirects=False)
+        except (TimeoutError, httpx.TimeoutException) as exc:
             raise SearchFailed(f"The search service did not answer within {self.settings.timeout:g} s.") from exc
         except httpx.HTTPError as exc:
             log.warning("web_search: the %s backend failed: %s", self.name, exc.__class__.__name__)
@@ -223,26 +223,31 @@ class PageFetcher:
         self.rules = HostRules.of(settings.allowed_hosts, settings.allow_loopback, settings.allow_private)
 
     async def fetch(self, url: str, allowed_domains: tuple[str, ...] = ()) -> Page:
-        """The page at `url` as text (HTML's visible text), whole; raises SearchFailed."""
+        """The page at `url` as text (HTML's visible text), whole; raises SearchFailed.
+
+        All of it, redirects included, within `timeout`: a page that trickles in is cut off as one that is silent.
+        """
+        try:
+            async with asyncio.timeout(self.settings.timeout):
+                return await self._fetch(url, allowed_domains)
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            raise SearchFailed(f"The page did not answer within {self.settings.timeout:g} s.") from exc
+        except httpx.HTTPError as exc:
+            raise SearchFailed(f"The page cannot be read ({_describe(exc)}).") from exc
+
+    async def _fetch(self, url: str, allowed_domains: tuple[str, ...]) -> Page:
         limits = self.settings.fetch
         for _ in range(limits.max_redirects + 1):
             await self._check(url, allowed_domains)
-            try:
-                async with self.client.stream(
-                    "GET", url, timeout=self.settings.timeout, follow_redirects=False
-                ) as response:
-                    location = response.headers.get("location")
-                    if response.is_redirect and location:
-                        url = urljoin(url, location)
-                        continue
-                    if response.status_code >= 400:
-                        raise SearchFailed(f"The page answered HTTP {response.status_code}.")
-                    body = await _read_at_most(response, limits.max_bytes)
-                    return _page(url, response.headers.get("content-type", ""), body)
-            except httpx.TimeoutException as exc:
-                raise SearchFailed(f"The page did not answer within {self.settings.timeout:g} s.") from exc
-            except httpx.HTTPError as exc:
-                raise SearchFailed(f"The page cannot be read ({_describe(exc)}).") from exc
+            async with self.client.stream("GET", url, follow_redirects=False) as response:
+                location = response.headers.get("location")
+                if response.is_redirect and location:
+                    url = urljoin(url, location)
+                    continue
+                if response.status_code >= 400:
+                    raise SearchFailed(f"The page answered HTTP {response.status_code}.")
+                body = await _read_at_most(response, limits.max_bytes)
+                return _page(url, response.headers.get("content-type", ""), body)
         raise SearchFailed(f"The page redirected more than {limits.max_redirects} times.")
 
     async def _check(self, url: str, allowed_domains: tuple[str, ...]) -> None:

@@ -193,8 +193,7 @@ _FUNCTIONS: dict[str, dict[str, Any]] = {
         },
     },
 }
-_ACTION_OF = {function["name"]: action for action, function in _FUNCTIONS.items()}
-# What each action's arguments are, in the order the model wrote them.
+# The arguments of each action's function, which its action carries too.
 _ARGUMENTS = {"search": ("query",), "open_page": ("url",), "find_in_page": ("url", "pattern")}
 # How much the model reads, by `search_context_size`: a share of `max_results` and of `fetch.max_chars`.
 _CONTEXT_SHARE = {"low": 0.5, "medium": 1.0, "high": 2.0}
@@ -290,7 +289,7 @@ class WebSearch(ToolKind):
             action["url"] = None
         else:
             action.update(url="", pattern="")
-        # No `arguments`, as OpenAI's item has none: the model's reach `take_arguments` whole.
+        # No `arguments`, as OpenAI's item has none: the model's come to `take_arguments`, whole.
         return {"id": new_id("ws"), "type": "web_search_call", "status": "in_progress", "action": action}
 
     def take_arguments(self, item: dict[str, Any], arguments: str) -> None:
