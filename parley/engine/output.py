@@ -166,8 +166,8 @@ class OutputBuilder:
     def _reasoning_delta(self, text: str) -> None:
         if self._reasoning is None:
             self._close_message()
-            item = {"id": new_id("rs"), "type": "reasoning", "status": "in_progress", "summary": [], "content": []}
-            self._reasoning = self.emitter.add_item(item)
+            opened = {"id": new_id("rs"), "type": "reasoning", "status": "in_progress", "summary": [], "content": []}
+            self._reasoning = self.emitter.add_item(opened)
             self.emitter.add_part(self._reasoning, 0, {"type": "reasoning_text", "text": ""})
         item = self.emitter.output[self._reasoning]
         self.emitter.extend(item["content"][0], "text", text)
