@@ -622,3 +622,24 @@ def test_a_nul_character_in_tool_output_is_stored(client: openai.OpenAI, tool_se
     items = client.conversations.items.list(conversation.id, order="asc").data
     assert [item.type for item in items] == ["message", "mcp_list_tools", "mcp_call", "message"]
     assert items[2].output == stored.output[1].output
+
+
+def test_a_tool_choice_of_an_mcp_server_forces_its_tool(
+    client: openai.OpenAI, tool_server: ToolServer, fake_upstream: FakeUpstream
+) -> None:
+    label = mcp_tool(tool_server)["server_label"]
+    tools = [mcp_tool(tool_server, allowed_tools=["add", "echo"])]
+    response = client.responses.create(
+        model=SCRIPT,
+        input='add {"a": 1, "b": 2}',
+        tools=tools,
+        tool_choice={"type": "mcp", "server_label": label, "name": "add"},
+    )
+    assert response.output_text == "Results: 3"
+    first = next(request for request in fake_upstream.requests[-2:] if request.get("tool_choice") != "auto")
+    assert first["tool_choice"] == {"type": "function", "function": {"name": "add"}}
+    # Naming the server alone: one of its tools must be called.
+    client.responses.create(
+        model=SCRIPT, input='add {"a": 1, "b": 2}', tools=tools, tool_choice={"type": "mcp", "server_label": label}
+    )
+    assert fake_upstream.requests[-2]["tool_choice"] == "required"

@@ -349,3 +349,15 @@ def test_a_function_field_that_the_package_knows_is_accepted_and_echoed(client: 
     tool = {"type": "function", "name": "f", "parameters": {"type": "object"}, "strict": None, "defer_loading": False}
     response = client.responses.create(model="echo", input="hi", tools=[tool])  # type: ignore[list-item]
     assert response.tools[0].model_dump()["defer_loading"] is False
+
+
+def test_a_tool_choice_of_a_tool_type_forces_that_tool(client: openai.OpenAI, fake_upstream: FakeUpstream) -> None:
+    other = {"type": "function", "name": "lookup", "parameters": {"type": "object"}}
+    client.responses.create(model="echo", input="hi", tools=[other, {"type": "shell"}], tool_choice={"type": "shell"})
+    assert fake_upstream.requests[-1]["tool_choice"] == {"type": "function", "function": {"name": "shell"}}
+
+
+def test_a_tool_choice_naming_no_tool_of_the_request_is_a_400(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.responses.create(model="echo", input="hi", tools=[CUSTOM], tool_choice={"type": "apply_patch"})
+    assert raised.value.body["param"] == "tool_choice"  # type: ignore[index]

@@ -538,3 +538,32 @@ def test_a_backend_needs_its_url_or_key(tmp_path: Path) -> None:
         with pytest.raises(RuntimeError) as raised:
             server.start(timeout=30)
         assert problem in str(raised.value), str(raised.value)
+
+
+def test_a_tool_choice_of_the_web_search_type_forces_a_search_first(
+    client: openai.OpenAI, fake_upstream: FakeUpstream
+) -> None:
+    other = {"type": "function", "name": "lookup", "parameters": {"type": "object"}}
+    response = client.responses.create(
+        model=SCRIPT,
+        input='web_search {"query": "parley"}',
+        tools=[other, {"type": "web_search_preview"}],
+        tool_choice={"type": "web_search_preview"},
+    )
+    assert response.output[0].type == "web_search_call"
+    first, second = fake_upstream.requests[-2:]
+    # The first call is shown the web search's tools alone, and must call one; after it, the model decides.
+    assert (offered(first), first["tool_choice"]) == (["web_search", "open_page", "find_in_page"], "required")
+    assert (offered(second), second["tool_choice"]) == (["lookup", "web_search", "open_page", "find_in_page"], "auto")
+    assert response.tool_choice.type == "web_search_preview"  # type: ignore[union-attr]
+
+
+def test_allowed_tools_match_the_web_search_by_type(client: openai.OpenAI, fake_upstream: FakeUpstream) -> None:
+    other = {"type": "function", "name": "lookup", "parameters": {"type": "object"}}
+    client.responses.create(
+        model=SCRIPT,
+        input='web_search {"query": "parley"}',
+        tools=[other, {"type": "web_search", "external_web_access": False}],
+        tool_choice={"type": "allowed_tools", "mode": "auto", "tools": [{"type": "web_search"}]},
+    )
+    assert offered(fake_upstream.requests[-1]) == ["web_search"]

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from parley.config import OpenAIProviderConfig
-from parley.engine.request import AllowedToolsChoice, CreateResponseRequest, NamedFunctionChoice, ToolTypeChoice
+from parley.engine.request import (
+    AllowedToolRef,
+    AllowedToolsChoice,
+    CreateResponseRequest,
+    MCPToolChoice,
+    NamedFunctionChoice,
+    ToolTypeChoice,
+)
 from parley.errors import InvalidRequestError
 from parley.inference.base import Provider
 from parley.tools import Toolbox, chat_messages_of
@@ -271,58 +279,91 @@ def _tool_output(output: str | list[dict[str, Any]]) -> str:
     return "".join(part["text"] for part in output)
 
 
-def chat_tools(request: CreateResponseRequest, toolbox: Toolbox) -> tuple[list[dict[str, Any]] | None, Any]:
+def chat_tools(
+    request: CreateResponseRequest, toolbox: Toolbox, *, first_call: bool = True
+) -> tuple[list[dict[str, Any]] | None, Any]:
     """The tools offered to the model and its `tool_choice`.
 
     Every tool is offered as a function: those the caller answers (see
     `parley.tools.caller`), then the server-side tools. `allowed_tools` is a
-    hard constraint: the model is never shown a tool outside it.
+    hard constraint: the model is never shown a tool outside it. A choice that
+    names a tool (a function, a custom tool, an MCP server's tool) forces a
+    call to it; one that names a type of tool (`shell`, `web_search_preview`,
+    an MCP server) forces a call to one of that type's tools: on the first
+    call only, the model is shown just those, and must call one.
     """
     choice = request.tool_choice
     chat = toolbox.caller_functions() + toolbox.server_functions()
     chat_choice: Any = choice
     if isinstance(choice, AllowedToolsChoice):
-        chat = [tool for tool in chat if _allowed(choice, tool["function"]["name"], toolbox)]
+        chat = [tool for tool in chat if _allowed(choice.tools, tool["function"]["name"], toolbox)]
         chat_choice = choice.mode
-    elif isinstance(choice, (NamedFunctionChoice, ToolTypeChoice)):
-        name = _chosen(choice, toolbox)
-        if name is None:
+    elif isinstance(choice, (NamedFunctionChoice, ToolTypeChoice, MCPToolChoice)):
+        chosen = [tool for tool in chat if _chosen(choice, tool["function"]["name"], toolbox)]
+        if not chosen:
             raise InvalidRequestError(
-                f"Invalid value for 'tool_choice': no {choice.type} tool named '{choice.name}' is among the tools.",
+                f"Invalid value for 'tool_choice': no tool that it names is among the tools ({_describe(choice)}).",
                 param="tool_choice",
                 code="invalid_value",
             )
-        chat_choice = {"type": "function", "function": {"name": name}}
+        if len(chosen) == 1:
+            chat_choice = {"type": "function", "function": {"name": chosen[0]["function"]["name"]}}
+        else:
+            chat_choice = "required"
+            if first_call:
+                chat = chosen
     if not chat:
         return None, None
     return chat, chat_choice
 
 
-def _chosen(choice: NamedFunctionChoice | ToolTypeChoice, toolbox: Toolbox) -> str | None:
-    """The name the model knows the tool a named `tool_choice` forces by."""
-    for tool in toolbox.callers:
-        if tool.tool_type == choice.type and tool.tool_name == choice.name and tool.namespace is None:
-            return tool.name
-    if choice.type == "function" and toolbox.tool(choice.name) is not None:
-        return choice.name
-    return None
+def _describe(choice: NamedFunctionChoice | ToolTypeChoice | MCPToolChoice) -> str:
+    return ", ".join(f"{key}: {value}" for key, value in choice.model_dump(exclude_none=True).items())
 
 
-def _allowed(choice: AllowedToolsChoice, name: str, toolbox: Toolbox) -> bool:
+def _chosen(choice: NamedFunctionChoice | ToolTypeChoice | MCPToolChoice, name: str, toolbox: Toolbox) -> bool:
+    """Whether the tool the model knows as `name` is one that a `tool_choice` names."""
+    if isinstance(choice, NamedFunctionChoice):
+        if choice.type == "function" and toolbox.tool(name) is not None and choice.name == name:
+            return True  # a server-side tool, forced by the name the model knows it by
+        ref = AllowedToolRef(type=choice.type, name=choice.name)
+    elif isinstance(choice, MCPToolChoice):
+        ref = AllowedToolRef(type="mcp", name=choice.name, server_label=choice.server_label)
+    else:
+        ref = AllowedToolRef(type=choice.type)
+    return _allowed([ref], name, toolbox)
+
+
+def _allowed(refs: list[AllowedToolRef], name: str, toolbox: Toolbox) -> bool:
+    """Whether the tool the model knows as `name` is among `refs` (an `allowed_tools` list).
+
+    A function or custom tool is matched by type and name (a namespace's by its own name); OpenAI's shell
+    and patch tools and hosted tools by type (`web_search` matches its preview and dated types too); an MCP
+    server's tools by `server_label`, and `name` if given.
+    """
     caller = toolbox.caller_tool(name)
-    label = toolbox.server_label(name)
-    for ref in choice.tools:
-        if caller is not None and ref.type == caller.tool_type and ref.name in (None, caller.tool_name):
-            if ref.type in ("function", "custom") and ref.name is None:
-                continue  # a function or custom tool is allowed by name
-            return True
-        if caller is None and label is None and ref.type == "function" and ref.name == name:
-            return True
-        extra = ref.model_extra or {}
-        same_server = ref.type == "mcp" and label is not None and extra.get("server_label") == label
-        if same_server and (ref.name is None or ref.name == name):
-            return True
+    server = toolbox.tool(name)
+    for ref in refs:
+        if caller is not None:
+            if ref.type == caller.tool_type and (
+                ref.name == caller.tool_name
+                if ref.type in ("function", "custom")
+                else ref.name in (None, caller.tool_name)
+            ):
+                return True
+        elif server is not None:
+            if ref.type == "mcp":
+                label = (ref.model_extra or {}).get("server_label")
+                if server.server_label == label and ref.name in (None, server.tool_name):
+                    return True
+            elif ref.type not in ("function", "custom") and _family(ref.type) == _family(server.tool_type):
+                return True
     return False
+
+
+def _family(tool_type: str) -> str:
+    """A tool type less its preview and date suffixes: `web_search_preview_2025_03_11` is a `web_search`."""
+    return re.sub(r"(_preview)?(_\d{4}_\d{2}_\d{2})?$", "", tool_type)
 
 
 def response_format(request: CreateResponseRequest) -> dict[str, Any] | None:

@@ -249,7 +249,7 @@ class ToolOffer:
 
 def _offer(turn: Turn) -> ToolOffer:
     request, toolbox = turn.request, turn.toolbox
-    tools, tool_choice = context.chat_tools(request, toolbox)
+    tools, tool_choice = context.chat_tools(request, toolbox, first_call=turn.model_calls == 0)
     callable = {tool["function"]["name"] for tool in tools or ()}
     limit = request.max_tool_calls
     if tools is not None and limit is not None and turn.server_calls >= limit:

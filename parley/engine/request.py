@@ -122,13 +122,29 @@ class NamedFunctionChoice(_Model):
 
 
 class ToolTypeChoice(_Model):
-    """The one tool of a type the model must call: OpenAI's shell and patch tools."""
+    """A tool the model must call, named by its type: OpenAI's shell and patch tools, and its hosted tools."""
 
-    type: Literal["shell", "local_shell", "apply_patch"]
+    type: Literal[
+        "shell",
+        "local_shell",
+        "apply_patch",
+        "web_search_preview",
+        "web_search_preview_2025_03_11",
+        "file_search",
+        "computer",
+        "computer_use_preview",
+        "computer_use",
+        "image_generation",
+        "code_interpreter",
+    ]
 
-    @property
-    def name(self) -> str:
-        return self.type
+
+class MCPToolChoice(_Model):
+    """A tool of an MCP server the model must call: the server's `name`d tool, or any of its tools."""
+
+    type: Literal["mcp"]
+    server_label: str
+    name: str | None = None
 
 
 class AllowedToolRef(BaseModel):
@@ -255,7 +271,12 @@ class CreateResponseRequest(BaseModel):
     text: TextConfig | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: (
-        Literal["none", "auto", "required"] | NamedFunctionChoice | ToolTypeChoice | AllowedToolsChoice | None
+        Literal["none", "auto", "required"]
+        | NamedFunctionChoice
+        | ToolTypeChoice
+        | MCPToolChoice
+        | AllowedToolsChoice
+        | None
     ) = None
     truncation: Literal["auto", "disabled"] = "disabled"
     reasoning: Reasoning | None = None

@@ -77,6 +77,9 @@ class ServerTool:
     tool_name: str  # the kind's own name for it (an MCP server's name for its tool)
     server_label: str | None = None  # what `allowed_tools` entries of type `mcp` match
     needs_approval: bool = False
+    # The type of the request's tool it comes from (`mcp`, `web_search_preview`): what `allowed_tools`
+    # entries and a `tool_choice` of a tool type match.
+    tool_type: str = ""
 
 
 class ToolKind(ABC):

@@ -123,6 +123,7 @@ class MCPServers(ToolKind):
                         tool_name=listed.name,
                         server_label=server.label,
                         needs_approval=definition.needs_approval(listed.name, listed.read_only),
+                        tool_type="mcp",
                     )
                 )
         return tools

@@ -275,7 +275,13 @@ class WebSearch(ToolKind):
             taken.add(name)
             function["name"] = name
             tools.append(
-                ServerTool(kind=self, name=name, function={"type": "function", "function": function}, tool_name=action)
+                ServerTool(
+                    kind=self,
+                    name=name,
+                    function={"type": "function", "function": function},
+                    tool_name=action,
+                    tool_type=self.named[0].type,
+                )
             )
         return tools
 
