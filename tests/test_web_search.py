@@ -567,3 +567,15 @@ def test_allowed_tools_match_the_web_search_by_type(client: openai.OpenAI, fake_
         tool_choice={"type": "allowed_tools", "mode": "auto", "tools": [{"type": "web_search"}]},
     )
     assert offered(fake_upstream.requests[-1]) == ["web_search"]
+
+
+def test_a_search_named_apart_keeps_its_name_in_later_turns(client: openai.OpenAI, fake_upstream: FakeUpstream) -> None:
+    # The caller's own function has the name: the search is offered as web_search_2, in every turn.
+    own = {"type": "function", "name": "web_search", "parameters": {"type": "object"}}
+    tools = [own, {"type": "web_search", "external_web_access": False}]
+    first = client.responses.create(model=SCRIPT, input='web_search_2 {"query": "parley"}', tools=tools)
+    assert first.output[0].type == "web_search_call"
+    client.responses.create(model="echo", input="and then?", tools=tools, previous_response_id=first.id)
+    assert offered(fake_upstream.requests[-1]) == ["web_search", "web_search_2"]
+    calls = [m for m in fake_upstream.requests[-1]["messages"] if m.get("tool_calls")]
+    assert calls[0]["tool_calls"][0]["function"]["name"] == "web_search_2"

@@ -41,7 +41,8 @@ from pydantic import BaseModel
 if TYPE_CHECKING:
     from parley.config import ToolsSettings
 
-NameOf = Callable[[str, str], str]  # (server label, the server's tool name) -> the name the model knows it by
+# (server label, or None for a kind without servers; the kind's name for the tool) -> the name the model knows it by
+NameOf = Callable[[str | None, str], str]
 
 
 @dataclass(frozen=True, slots=True)

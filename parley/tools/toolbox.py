@@ -112,7 +112,7 @@ class Toolbox:
         tool = self._tools.get(name)
         return tool.server_label if tool is not None else None
 
-    def model_name(self, server_label: str, tool_name: str) -> str:
+    def model_name(self, server_label: str | None, tool_name: str) -> str:
         """The name the model knows a server's tool by (it differs when two tools share a name)."""
         for name, tool in self._tools.items():
             if tool.server_label == server_label and tool.tool_name == tool_name:

@@ -193,6 +193,8 @@ _FUNCTIONS: dict[str, dict[str, Any]] = {
         },
     },
 }
+# The action each function's calls are.
+_ACTION_OF = {function["name"]: action for action, function in _FUNCTIONS.items()}
 # The arguments of each action's function, which its action carries too.
 _ARGUMENTS = {"search": ("query",), "open_page": ("url",), "find_in_page": ("url", "pattern")}
 # How much the model reads, by `search_context_size`: a share of `max_results` and of `fetch.max_chars`.
@@ -279,7 +281,7 @@ class WebSearch(ToolKind):
                     kind=self,
                     name=name,
                     function={"type": "function", "function": function},
-                    tool_name=action,
+                    tool_name=_FUNCTIONS[action]["name"],
                     tool_type=self.named[0].type,
                 )
             )
@@ -288,10 +290,11 @@ class WebSearch(ToolKind):
     def call_item(self, tool: ServerTool) -> dict[str, Any]:
         # The action's fields are known once the model has written its arguments; until then they are
         # empty, in the shape OpenAI's types require (a search's `query`, a find's `url` and `pattern`).
-        action: dict[str, Any] = {"type": tool.tool_name}
-        if tool.tool_name == "search":
+        kind = _ACTION_OF[tool.tool_name]
+        action: dict[str, Any] = {"type": kind}
+        if kind == "search":
             action["query"] = ""
-        elif tool.tool_name == "open_page":
+        elif kind == "open_page":
             action["url"] = None
         else:
             action.update(url="", pattern="")
@@ -402,7 +405,11 @@ class WebSearch(ToolKind):
         action = item.get("action") or {}
         kind = str(action["type"]) if action.get("type") in _ARGUMENTS else "search"
         arguments = {name: action.get(name) or "" for name in _ARGUMENTS[kind]}
-        function = {"name": _FUNCTIONS[kind]["name"], "arguments": json.dumps(arguments, ensure_ascii=False)}
+        # Under the name the model knows it by now (`web_search_2` when the caller's own tool has the name).
+        function = {
+            "name": name_of(None, _FUNCTIONS[kind]["name"]),
+            "arguments": json.dumps(arguments, ensure_ascii=False),
+        }
         return [
             {
                 "role": "assistant",
