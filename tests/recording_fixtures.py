@@ -138,7 +138,16 @@ def recording_config(base_url: str, mode: str, directory: Path, **recording: Any
                     "base_url": base_url,
                     "api_key": API_KEY,
                     "headers": {"X-Fake-Tenant": "parley-tests", "X-Api-Key": HEADER_KEY},
-                    "models": ["fake-echo", "fake-tool", "fake-long", "fake-error-400", EMBEDDING_MODEL],
+                    "models": [
+                        "fake-echo",
+                        "fake-tool",
+                        "fake-long",
+                        "fake-error-400",
+                        "fake-error-429",
+                        "fake-error-500",
+                        "fake-midstream-error",
+                        EMBEDDING_MODEL,
+                    ],
                     "timeout": {"connect": 2, "read": 5},
                 },
                 "discovered": {"type": "openai", "base_url": base_url, "timeout": {"connect": 2, "read": 5}},
@@ -214,4 +223,75 @@ def write_chat_recording(
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2))
+    return path
+
+
+# Failed calls, as llama-stack's recorder (the one that wrote ../shared/recordings) writes them.
+
+
+def serialized_exception(exc: Exception) -> dict[str, Any]:
+    """`exc` as that recorder serializes it into `response.exception_data`.
+
+    An exception with an integer `status_code` (the OpenAI SDK's status errors) is
+    `provider_sdk` and keeps the SDK's `body`; anything else here is `unknown`.
+    """
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        return {
+            "category": "provider_sdk",
+            "provider": "openai",
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "status_code": status,
+            "body": getattr(exc, "body", None),
+        }
+    return {"category": "unknown", "type": type(exc).__name__, "message": str(exc)}
+
+
+def failed_response(exception_data: dict[str, Any] | None, chunks: list[Any] | None = None) -> dict[str, Any]:
+    """A recording's `response` for a call that raised: before streaming (`chunks` None) or while streaming.
+
+    Without `exception_data`, the response is in the recorder's older form: its message only.
+    """
+    response: dict[str, Any] = {"body": chunks, "is_streaming": chunks is not None, "is_exception": True}
+    if exception_data is not None:
+        response["exception_data"] = exception_data
+    response["exception_message"] = (exception_data or {}).get("message", "")
+    return response
+
+
+def record_as_another_server(base_url: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Makes the call `body` with the OpenAI SDK, as that recorder does, and returns the `response` it records.
+
+    The call must fail, before its stream or during it.
+    """
+    import openai  # the SDK the other server records through
+
+    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
+    chunks: list[Any] | None = None
+    try:
+        stream = client.chat.completions.create(**body)
+        chunks = []
+        for item in stream:
+            chunks.append({"__type__": CHUNK_TYPE, "__data__": item.model_dump(mode="json")})
+    except openai.APIError as exc:
+        return failed_response(serialized_exception(exc), chunks)
+    finally:
+        client.close()
+    raise AssertionError(f"the call did not fail: {body}")
+
+
+def write_recording(path: Path, body: dict[str, Any], response: dict[str, Any], test_id: str | None = None) -> Path:
+    """A recording file of the chat completion `body` with the given `response`, in the shared layout."""
+    request = {
+        "method": "POST",
+        "url": "https://api.openai.com/v1/v1/chat/completions",
+        "headers": {},
+        "body": body,
+        "endpoint": "/v1/chat/completions",
+        "model": body.get("model", ""),
+    }
+    data = {"test_id": test_id, "request": request, "response": response, "id_normalization_mapping": {}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
     return path

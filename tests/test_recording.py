@@ -646,3 +646,101 @@ def test_a_failed_write_leaves_no_temporary_file(
     finally:
         directory.chmod(0o755)
         server.stop()
+
+
+WEATHER = [{"role": "user", "content": "Weather in Paris and Rome?"}]
+WEATHER_CHAT_TOOL = {"type": "function", "function": {k: v for k, v in WEATHER_TOOL.items() if k != "type"}}
+
+
+def weather_calls(*cities: str) -> list[dict[str, Any]]:
+    """The chunks of a reply that calls get_weather for each city, in one message."""
+    calls = [
+        chunk(
+            tool_calls=[
+                {
+                    "index": index,
+                    "id": f"call_{city}",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": json.dumps({"city": city})},
+                }
+            ]
+        )
+        for index, city in enumerate(cities)
+    ]
+    return [chunk(role="assistant"), *calls, chunk(finish="tool_calls")]
+
+
+def test_parallel_tool_calls_picks_the_recording_made_with_the_same_setting(tmp_path: Path) -> None:
+    # Both files were recorded at another temperature, so neither is the same request: each
+    # must be found as the same conversation, and parallel_tool_calls is part of it (issue 13:
+    # a request with it false was served the two-call reply, first by file name).
+    directory = tmp_path / "recordings"
+    write_chat_recording(
+        directory / "a-parallel.json",
+        WEATHER,
+        weather_calls("Paris", "Rome"),
+        tools=[WEATHER_CHAT_TOOL],
+        temperature=0.7,
+    )
+    write_chat_recording(
+        directory / "b-one-call.json",
+        WEATHER,
+        weather_calls("Paris"),
+        tools=[WEATHER_CHAT_TOOL],
+        temperature=0.7,
+        parallel_tool_calls=False,
+    )
+    server = ParleyProcess(tmp_path / "parley", replay_config(directory))
+    server.start()
+    try:
+        client = server.client()
+        for parallel, cities in ((None, ["Paris", "Rome"]), (True, ["Paris", "Rome"]), (False, ["Paris"])):
+            setting: dict[str, Any] = {} if parallel is None else {"parallel_tool_calls": parallel}
+            reply = client.chat.completions.create(
+                model="openai/gpt-4o",
+                messages=WEATHER,  # type: ignore[arg-type]
+                tools=[WEATHER_CHAT_TOOL],  # type: ignore[list-item]
+                **setting,
+            )
+            calls = reply.choices[0].message.tool_calls or []
+            assert [json.loads(c.function.arguments)["city"] for c in calls] == cities, parallel  # type: ignore[union-attr]
+            response = client.responses.create(
+                model="openai/gpt-4o",
+                input="Weather in Paris and Rome?",
+                tools=[WEATHER_TOOL],  # type: ignore[list-item]
+                **setting,
+            )
+            items = [item for item in response.output if item.type == "function_call"]
+            assert [json.loads(item.arguments)["city"] for item in items] == cities, parallel  # type: ignore[union-attr]
+    finally:
+        server.stop()
+
+
+def test_a_recording_without_strict_answers_a_strict_response_format(tmp_path: Path) -> None:
+    # A recorder may drop json_schema.strict from what it writes (issue 13): strict or not, the same answer.
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}},
+        "required": ["name"],
+        "additionalProperties": False,
+    }
+    directory = tmp_path / "recordings"
+    reply = [chunk('{"name": "Ada"}', role="assistant"), chunk(finish="stop")]
+    unstrict = {"type": "json_schema", "json_schema": {"name": "person", "schema": schema}}
+    write_chat_recording(directory / "format.json", HELLO, reply, response_format=unstrict)
+    server = ParleyProcess(tmp_path / "parley", replay_config(directory))
+    server.start()
+    try:
+        client = server.client()
+        for strict in (True, False):
+            fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": strict}}
+            answer = client.chat.completions.create(model="openai/gpt-4o", messages=HELLO, response_format=fmt)  # type: ignore[arg-type]
+            assert answer.choices[0].message.content == '{"name": "Ada"}'
+            response = client.responses.create(
+                model="openai/gpt-4o",
+                input="Hello",
+                text={"format": {"type": "json_schema", "name": "person", "schema": schema, "strict": strict}},
+            )
+            assert response.output_text == '{"name": "Ada"}'
+    finally:
+        server.stop()

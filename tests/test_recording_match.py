@@ -74,10 +74,9 @@ def difference(body: dict[str, Any]) -> str | None:
             lambda b: b["tools"][0]["function"]["parameters"]["properties"]["name"].pop("title"), id="schema detail"
         ),
         pytest.param(lambda b: b.update(temperature=0.2, top_p=0.9, seed=3, max_tokens=9), id="sampling"),
-        pytest.param(
-            lambda b: b.update(stream_options={"include_usage": True}, parallel_tool_calls=False), id="stream"
-        ),
+        pytest.param(lambda b: b.update(stream_options={"include_usage": True}, stream=False), id="stream"),
         pytest.param(lambda b: b.update(tool_choice="auto"), id="default tool choice"),
+        pytest.param(lambda b: b.update(parallel_tool_calls=True), id="default parallel tool calls"),
         pytest.param(lambda b: b.update(response_format={"type": "text"}), id="text format"),
         pytest.param(lambda b: b.update(service_tier="default", user="someone"), id="other fields"),
     ],
@@ -106,6 +105,7 @@ def test_what_does_not_change_the_reply_still_matches(edit: Any) -> None:
             "tool parameters",
         ),
         (lambda b: b.update(tool_choice="required"), "tool_choice"),
+        (lambda b: b.update(parallel_tool_calls=False), "parallel_tool_calls"),
         (lambda b: b.update(response_format={"type": "json_object"}), "response_format"),
         (lambda b: b.update(model="gpt-4o-mini"), "model"),
     ],
@@ -127,6 +127,36 @@ def test_descriptions_inside_a_response_format_are_ignored() -> None:
     assert (
         compare(
             signature(CHAT, {**BASE, "response_format": fmt}), signature(CHAT, {**BASE, "response_format": reworded})
+        )
+        is None
+    )
+
+
+def test_parallel_tool_calls_does_not_matter_without_tools() -> None:
+    no_tools = changed(lambda b: b.pop("tools"))
+    assert compare(signature(CHAT, {**no_tools, "parallel_tool_calls": False}), signature(CHAT, no_tools)) is None
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_strict_in_a_response_format_is_ignored(strict: bool) -> None:
+    # A recorder may drop `strict` (issue 13): with it or without it, the same conversation.
+    schema = {"type": "object", "properties": {"x": {"type": "string"}}, "required": ["x"]}
+    recorded = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    sent = copy.deepcopy(recorded)
+    sent["json_schema"]["strict"] = strict
+    text_format: dict[str, Any] = {"type": "json_schema", "name": "x", "schema": schema, "strict": strict}
+    for request, recording in ((sent, recorded), (recorded, sent)):
+        assert (
+            compare(
+                signature(CHAT, {**BASE, "response_format": request}),
+                signature(CHAT, {**BASE, "response_format": recording}),
+            )
+            is None
+        )
+    assert (
+        compare(
+            signature(CHAT, {**BASE, "response_format": text_format}),
+            signature(CHAT, {**BASE, "response_format": {k: v for k, v in text_format.items() if k != "strict"}}),
         )
         is None
     )

@@ -232,8 +232,7 @@ def test_a_tool_step_matches_despite_ids_descriptions_and_result_shapes(client: 
         model="openai/gpt-4o",
         messages=messages,
         tools=tools,
-        temperature=0,
-        parallel_tool_calls=False,  # type: ignore[arg-type]
+        temperature=0,  # type: ignore[arg-type]
     )
     (call,) = completion.choices[0].message.tool_calls or []
     assert call.function.name == "check_file_access"  # type: ignore[union-attr]

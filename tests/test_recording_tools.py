@@ -159,3 +159,25 @@ def test_a_miss_in_the_middle_of_a_flow_fails_the_response_naming_the_closest_fi
         assert 'where the recording has "user_22222"' in message
     finally:
         server.stop()
+
+
+def test_a_flow_recorded_with_parallel_calls_does_not_answer_a_request_without_them(
+    client: openai.OpenAI, mcp_url: str
+) -> None:
+    # The shared files were recorded with parallel tool calls allowed (said or by default): a
+    # reply of theirs may hold several calls, which a request with them off must never get (issue 13).
+    test_id, prompt = PROMPTS["user_file_access_check"]
+    tool: Any = {"type": "mcp", "server_label": "localmcp", "server_url": mcp_url, "require_approval": "never"}
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.responses.create(
+            model="openai/gpt-4o",
+            input=prompt,
+            tools=[tool],
+            parallel_tool_calls=False,
+            extra_headers={"X-Parley-Test-Id": test_id},
+        )
+    assert isinstance(caught.value.body, dict) and caught.value.body["code"] == "recording_not_found"
+    assert (
+        "first difference: parallel_tool_calls: the request has false where the recording has true"
+        in (caught.value.body["message"])
+    )

@@ -10,6 +10,9 @@ their models upstream) are recorded. A chat completion is recorded as the
 OpenAI body it is on the wire (`wire.chat_body`) and the chunks that came back;
 replay parses those chunks with the same code that reads a live stream, and
 yields them through the same interface, so the engine cannot tell the two apart.
+A recorded failure (`is_exception`, as other recorders write them) replays as
+the chunks before it, if any, then the error the provider raises live for it
+(`recording_errors`).
 
 Which test a call belongs to travels in `current_test_id`, set for each HTTP
 request by `parley.api.scoping` from a header. It is written into each file,
@@ -18,7 +21,8 @@ and replay prefers the recordings of the same test.
     ParleyError
     ├── NotFoundError
     │   └── RecordingNotFoundError   404 recording_not_found: replay found no recording
-    └── RecordingFileError           a file that cannot be read (see recording_files)
+    ├── RecordingFileError           a file that cannot be read (see recording_files)
+    └── UpstreamError                a recorded failure, replayed (see recording_errors)
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from parley.config import OpenAIProviderConfig, RecordingSettings
-from parley.errors import NotFoundError
+from parley.errors import NotFoundError, UpstreamError
 from parley.inference.base import ChunkStream, ModelInfo, Provider
 from parley.inference.recording_files import (
     CHAT_ENDPOINT,
@@ -44,6 +48,7 @@ from parley.inference.recording_files import (
     RecordingFileError,
     chat_reply,
     embeddings_reply,
+    failure,
     file_name,
     models_reply,
     public_headers,
@@ -290,6 +295,11 @@ class RecordingProvider(Provider):
                 raise self.store.miss(call)
         return recording
 
+    def _failure(self, recording: Recording) -> UpstreamError:
+        """The error of a recorded failure, as this provider raises it live."""
+        base_url = self._config.base_url if self._config is not None else None
+        return failure(recording).error(self.name, base_url)
+
     async def _record(self, call: Call, response: dict[str, Any]) -> None:
         recording = call.recording(self.store.directory, response)
         await asyncio.to_thread(write_recording, recording)
@@ -306,6 +316,8 @@ class RecordingProvider(Provider):
         if recording is not None:
             async for batch in self._replay(chat_reply(recording)):
                 yield batch
+            if recording.is_exception:
+                raise self._failure(recording)
             return
         chunks: list[ChatChunk] = []
         stream = self.inner.stream_chat(request)
@@ -337,6 +349,8 @@ class RecordingProvider(Provider):
         call = self._call("POST", EMBEDDINGS_ENDPOINT, body, model)
         recording = await self._recorded(call)
         if recording is not None:
+            if recording.is_exception:
+                raise self._failure(recording)
             return embeddings_reply(recording)
         result = await self.inner.embed(model, inputs, **options)
         await self._record(call, {"body": {"__type__": EMBEDDINGS_TYPE, "__data__": result}, "is_streaming": False})
@@ -351,6 +365,8 @@ class RecordingProvider(Provider):
         call = self._call("GET", MODELS_ENDPOINT, {}, "")
         recording = await self._recorded(call)
         if recording is not None:
+            if recording.is_exception:
+                raise self._failure(recording)
             return models_reply(recording)
         models = await self.inner.list_models()
         body = [

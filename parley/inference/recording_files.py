@@ -7,6 +7,10 @@
       "id_normalization_mapping": {}
     }
 
+A call that failed has `"is_exception": true` in its response, with the
+exception as its recorder described it and, when it failed while streaming,
+the chunks that came before (see `recording_errors`).
+
 Each chunk or object is wrapped as `{"__type__": "<python type path>",
 "__data__": <the OpenAI wire object>}`. Parley adds `request.provider`, the
 name of the provider that made the call; readers that do not know it ignore
@@ -31,6 +35,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from parley.errors import ParleyError
 from parley.inference.base import ModelInfo
+from parley.inference.recording_errors import RecordedFailure, RecordedFailureError, recorded_failure
 from parley.inference.types import ChatChunk
 from parley.inference.wire import choice_chunk, completion_chunks, usage_from_wire
 
@@ -82,6 +87,11 @@ class Recording:
     @property
     def is_streaming(self) -> bool:
         return bool(self.response.get("is_streaming"))
+
+    @property
+    def is_exception(self) -> bool:
+        """The call failed: the reply is an error, after the chunks (if any) streamed before it."""
+        return self.response.get("is_exception") is True
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -151,10 +161,14 @@ def check_reply(recording: Recording) -> None:
     if endpoint == CHAT_ENDPOINT:
         _check_chat_request(recording)
         chat_reply(recording)
+    elif recording.is_exception:
+        pass  # no reply but the failure, read below
     elif endpoint == EMBEDDINGS_ENDPOINT:
         embeddings_reply(recording)
     elif endpoint == MODELS_ENDPOINT:
         models_reply(recording)
+    if recording.is_exception:
+        failure(recording)
 
 
 def _check_chat_request(recording: Recording) -> None:
@@ -205,13 +219,30 @@ def _unwrap(item: Any) -> Any:
     return item
 
 
+def failure(recording: Recording) -> RecordedFailure:
+    """The failure of a call recorded with `is_exception`; raises RecordingFileError if it is unreadable."""
+    body = recording.response.get("body")
+    try:
+        return recorded_failure(recording.response, after_chunks=isinstance(body, list) and bool(body))
+    except RecordedFailureError as exc:
+        raise RecordingFileError(recording.path, str(exc)) from exc
+
+
 def chat_reply(recording: Recording) -> list[ChatChunk]:
     """The recorded completion as the typed chunks a live stream would have given.
 
     A reply cut short is refused: every choice must end with a `finish_reason`,
-    or replay would pass a truncated answer off as a completed one.
+    or replay would pass a truncated answer off as a completed one. A call that
+    failed (`is_exception`) has only the chunks that came before its failure,
+    none when it failed before its first (a `null` body).
     """
     body = recording.response["body"]
+    if recording.is_exception and not isinstance(body, list):
+        if body is not None:
+            raise RecordingFileError(
+                recording.path, "'response.body' of a failed call is neither null nor the chunks before the failure"
+            )
+        return []
     if not isinstance(body, list):
         try:
             chunks = completion_chunks(_unwrap(body))
@@ -232,7 +263,8 @@ def chat_reply(recording: Recording) -> list[ChatChunk]:
             raise RecordingFileError(
                 recording.path, f"'response.body[{position}]' is not a chat.completion.chunk object"
             ) from exc
-    _check_finished(recording, chunks, "'response.body'")
+    if not recording.is_exception:
+        _check_finished(recording, chunks, "'response.body'")
     return chunks
 
 

@@ -8,8 +8,10 @@ Two keys are computed for every request and every recording:
   chat completion, the roles, the message texts (whitespace collapsed, a list
   of text parts read as one string), the tool calls' names and arguments
   (compared as parsed JSON), the tool results, the set of tool names and the
-  names of their parameters, `tool_choice`, `response_format` and the model.
-  Descriptions, ids, sampling parameters and stream settings are left out.
+  names of their parameters, `tool_choice`, `parallel_tool_calls` (whether the
+  model may answer with several calls at once), `response_format` and the
+  model. Descriptions, `strict` (which a recorder may drop from a
+  `json_schema` format), ids, sampling parameters and stream settings are left out.
 
 A signature is an ordered list of `(field, value)` pairs, so that a miss can
 say which field differs first, and which recording comes closest.
@@ -75,6 +77,7 @@ def _chat_signature(body: dict[str, Any]) -> Signature:
     sig.append(("tools", sorted(str(f.get("name")) for f in functions)))
     sig.append(("tool parameters", {str(f.get("name")): _parameter_names(f) for f in functions}))
     sig.append(("tool_choice", _tool_choice(body.get("tool_choice"), bool(functions))))
+    sig.append(("parallel_tool_calls", _parallel_tool_calls(body.get("parallel_tool_calls"), bool(functions))))
     sig.append(("response_format", _response_format(body.get("response_format"))))
     sig.append(("model", body.get("model")))
     return sig
@@ -134,18 +137,30 @@ def _tool_choice(choice: Any, has_tools: bool) -> Any:
     return "auto" if choice is None else choice  # the default, sent or not
 
 
+def _parallel_tool_calls(parallel: Any, has_tools: bool) -> Any:
+    # With it false the model makes one call at most: a reply of two calls is not an answer.
+    if not has_tools:
+        return None  # no call is possible either way
+    return True if parallel is None else parallel  # the default, sent or not
+
+
+# Left out of a format: descriptions, and `strict`, which only asks the upstream to enforce the
+# schema; recorders have been seen to drop it, and a file without it would then never match (issue 13).
+_FORMAT_NOTES = ("description", "strict")
+
+
 def _response_format(fmt: Any) -> Any:
-    """The format without its own description or its schema objects' `description` annotations."""
+    """The format without its description, `strict`, or its schema objects' `description` annotations."""
     if fmt is None or (isinstance(fmt, dict) and fmt.get("type") == "text" and len(fmt) == 1):
         return None
     if not isinstance(fmt, dict):
         return fmt
-    fmt = {key: value for key, value in fmt.items() if key != "description"}
+    fmt = {key: value for key, value in fmt.items() if key not in _FORMAT_NOTES}
     if isinstance(fmt.get("schema"), dict):  # the Responses API's `text.format`
         fmt["schema"] = _schema(fmt["schema"])
     inner = fmt.get("json_schema")
     if isinstance(inner, dict):  # chat completions' `response_format`
-        inner = {key: value for key, value in inner.items() if key != "description"}
+        inner = {key: value for key, value in inner.items() if key not in _FORMAT_NOTES}
         if isinstance(inner.get("schema"), dict):
             inner["schema"] = _schema(inner["schema"])
         fmt["json_schema"] = inner

@@ -16,6 +16,7 @@ from parley.inference.recording_files import (
     RecordingFileError,
     chat_reply,
     embeddings_reply,
+    failure,
     models_reply,
     read_recording,
 )
@@ -49,7 +50,11 @@ def summary(recording: Recording) -> str:
     else:
         size = endpoint
     streaming = "streaming" if recording.is_streaming else "not streaming"
-    return "\t".join((recording.path.name, recording.test_id or "-", recording.model or "-", size, streaming))
+    fields = [recording.path.name, recording.test_id or "-", recording.model or "-", size, streaming]
+    if recording.is_exception:
+        status = failure(recording).status_code
+        fields.append("failed" + (f" with status {status}" if status is not None else ""))
+    return "\t".join(fields)
 
 
 def _is_tokens(inputs: list[Any]) -> bool:
@@ -68,6 +73,8 @@ def show(recording: Recording) -> str:
     endpoint = recording.endpoint
     if endpoint == CHAT_ENDPOINT:
         lines += _show_chat(recording)
+    elif recording.is_exception:
+        lines += ["", "-- reply"]
     elif endpoint == EMBEDDINGS_ENDPOINT:
         reply = embeddings_reply(recording)
         lines.append(f"input: {json.dumps(recording.body.get('input'), ensure_ascii=False)}")
@@ -79,6 +86,8 @@ def show(recording: Recording) -> str:
     elif endpoint == MODELS_ENDPOINT:
         lines.append("")
         lines += [f"[model] {model.id}" for model in models_reply(recording)]
+    if recording.is_exception:
+        lines.append(f"failed: {failure(recording).describe()}")
     return "\n".join(lines)
 
 
@@ -99,8 +108,11 @@ def _show_chat(recording: Recording) -> list[str]:
             function = call.get("function") or {}
             lines.append(f"[{role}] calls {function.get('name')}({function.get('arguments')})")
     lines += ["", "-- reply"]
+    chunks = chat_reply(recording)
+    if not chunks:
+        return lines  # a call that failed before its first chunk
     builder = CompletionBuilder()
-    for chunk in chat_reply(recording):
+    for chunk in chunks:
         builder.add(chunk)
     completion = builder.build()
     for choice in completion.choices:
