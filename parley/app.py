@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,6 +11,7 @@ from starlette.types import ASGIApp
 
 from parley import __version__
 from parley.api import install_error_handlers, routers
+from parley.api.auth import Authenticate, KeyRing
 from parley.api.body import install_body_schemas
 from parley.api.chat import create_chat_completion
 from parley.api.fastpath import FastPaths
@@ -20,7 +22,9 @@ from parley.engine import encrypted_reasoning
 from parley.engine.conversations import ConversationService
 from parley.engine.service import ResponseService
 from parley.inference.registry import ModelRegistry
-from parley.store import ConversationStore, Database, ResponseStore
+from parley.store import ConversationStore, Database, KeyStore, ResponseStore
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> ASGIApp:
@@ -28,6 +32,7 @@ def create_app(settings: Settings) -> ASGIApp:
     registry = ModelRegistry.from_settings(settings.inference)
     database = Database(settings.storage_url)
     conversations = ConversationStore(database)
+    keys = KeyRing(settings.auth, KeyStore(database))
     responses = ResponseService(
         registry,
         ResponseStore(database, settings.storage.lease_seconds),
@@ -39,11 +44,14 @@ def create_app(settings: Settings) -> ASGIApp:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await database.migrate()
+        await keys.start()
+        _say_who_may_use_it(keys)
         await registry.start()
         await responses.start()
         try:
             yield
         finally:
+            await keys.close()
             await responses.close()
             await registry.close()
             await database.close()
@@ -65,4 +73,21 @@ def create_app(settings: Settings) -> ASGIApp:
     hot = FastPaths(
         app, {("POST", "/v1/chat/completions"): create_chat_completion, ("POST", "/v1/responses"): create_response}
     )
-    return with_test_scoping(hot, settings.inference.recording)
+    return with_test_scoping(Authenticate(hot, keys), settings.inference.recording)
+
+
+def _say_who_may_use_it(keys: KeyRing) -> None:
+    """Says at start whether requests need a key; with none needed, loudly (`parley serve` bound it to loopback)."""
+    if keys.disabled:
+        log.warning(
+            "Authentication is disabled (auth.disabled): anyone who can reach this server can use it, "
+            "and read, change and delete everything it stores."
+        )
+    elif not keys.required:
+        log.warning(
+            "Authentication is off: there are no API keys (make one with `parley keys create`, or list them in "
+            "auth.keys), so anyone who can reach this loopback address can use the server and read everything "
+            "it stores."
+        )
+    else:
+        log.info("API keys: %s; every request needs one", keys.describe())

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+import re
 import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from parley import __version__
-from parley.config import ConfigError, Settings, load_settings
+from parley.config import OWNER_PATTERN, OWNER_RULE, ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from parley.store import KeyStore
+
+T = TypeVar("T")
 
 _CONFIG_OPTION = click.option(
     "--config",
@@ -60,6 +69,7 @@ def serve(config_file: Path | None, host: str | None, port: int | None, log_leve
         settings.server.port = port
     if log_level is not None:
         settings.logging.level = log_level.lower()  # type: ignore[assignment]
+    _refuse_to_expose_without_keys(settings)
     _load_local_models(settings)
     logging.basicConfig(level=settings.logging.level.upper(), format="%(levelname)s %(name)s: %(message)s")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -85,6 +95,44 @@ def serve(config_file: Path | None, host: str | None, port: int | None, log_leve
     server.run()
     if server.started is False:
         sys.exit(1)
+
+
+def _refuse_to_expose_without_keys(settings: Settings) -> None:
+    """With no API keys, serving anywhere but on a loopback address would let anyone in: refuse, saying why.
+
+    Unless the configuration says `auth: {disabled: true}` in so many words.
+    """
+    from parley.api.auth import is_loopback_host
+
+    host = settings.server.host
+    if settings.auth.disabled or settings.auth.keys or is_loopback_host(host):
+        return
+    if _with_keys(settings, lambda keys: keys.by_hash()):
+        return  # revoked keys count: they keep authentication on (see parley.api.auth)
+    raise click.ClickException(
+        f"refusing to serve on {host}: there are no API keys, so anyone who can reach {host} could use this "
+        "server and read and delete everything it stores. Make a key with `parley keys create --owner NAME` "
+        "(or list keys in auth.keys), serve on 127.0.0.1, or, to serve with no authentication at all, set "
+        "auth: {disabled: true} in the configuration."
+    )
+
+
+def _with_keys(settings: Settings, work: Callable[[KeyStore], Awaitable[T]]) -> T:
+    """`work(keys)` on the configured database's API keys, its schema brought up to date first."""
+    from parley.store import Database, KeyStore
+
+    async def run() -> T:
+        database = Database(settings.storage_url)
+        try:
+            await database.migrate()
+            return await work(KeyStore(database))
+        finally:
+            await database.close()
+
+    try:
+        return asyncio.run(run())
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot open the database {settings.storage_url}: {exc}") from exc
 
 
 def _settle_heap() -> None:
@@ -226,3 +274,70 @@ def recordings_check(directory: Path | None, config_file: Path | None) -> None:
     click.echo(f"{total} recording(s) in {directory}: {total - broken} ok, {broken} broken")
     if broken:
         sys.exit(1)
+
+
+@main.group()
+def keys() -> None:
+    """Make, list and revoke the API keys kept in the database.
+
+    Once any key exists (revoked ones count), every request needs one:
+    `Authorization: Bearer <key>`. Each key acts for its owner, who sees only
+    what that owner's keys made; an admin key sees everything.
+    """
+
+
+def _owner(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not re.fullmatch(OWNER_PATTERN, value):
+        raise click.BadParameter(f"must be {OWNER_RULE}")
+    return value
+
+
+def _time(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@keys.command("create")
+@click.option("--owner", required=True, callback=_owner, help="Whose key: what it makes is theirs.")
+@click.option("--name", help="What the key is for, to tell it from the owner's others.")
+@click.option("--admin", is_flag=True, help="Sees and may delete every owner's responses and conversations.")
+@_CONFIG_OPTION
+def keys_create(owner: str, name: str | None, admin: bool, config_file: Path | None) -> None:
+    """Make a key and print its secret: the only time it is shown (only its hash is kept)."""
+    settings = _load(config_file)
+    key, secret = _with_keys(settings, lambda keys: keys.create(owner, name, admin))
+    kind = "admin key" if admin else "key"
+    # The secret alone on stdout, for `KEY=$(parley keys create ...)`; the rest is for the person.
+    click.echo(f"Made {kind} {key.id} for {owner}. Keep its secret now: it is not shown again.", err=True)
+    click.echo(secret)
+
+
+@keys.command("list")
+@_CONFIG_OPTION
+def keys_list(config_file: Path | None) -> None:
+    """List the keys in the database, without their secrets: id, owner, name, first characters, admin,
+    made, revoked."""
+    settings = _load(config_file)
+    stored = _with_keys(settings, lambda keys: keys.list())
+    click.echo("id\towner\tname\tkey\tadmin\tcreated\trevoked")
+    for key in stored:
+        admin = "admin" if key.admin else "-"
+        click.echo(
+            f"{key.id}\t{key.owner}\t{key.name or '-'}\t{key.prefix}...\t{admin}"
+            f"\t{_time(key.created_at)}\t{_time(key.revoked_at)}"
+        )
+    if settings.auth.keys:
+        click.echo(f"and {len(settings.auth.keys)} key(s) in the configuration (auth.keys)", err=True)
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@_CONFIG_OPTION
+def keys_revoke(key_id: str, config_file: Path | None) -> None:
+    """Revoke a key: within a second, every server on the database refuses it."""
+    settings = _load(config_file)
+    key = _with_keys(settings, lambda keys: keys.revoke(key_id))
+    if key is None:
+        raise click.ClickException(f"there is no key {key_id} (`parley keys list` lists them)")
+    click.echo(f"Revoked {key.id} ({key.owner}{', ' + key.name if key.name else ''}) at {_time(key.revoked_at)}.")

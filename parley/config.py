@@ -38,6 +38,62 @@ class ServerSettings(_Section):
     port: int = Field(8321, ge=0, le=65535)
 
 
+# An owner's name: it is written in the database and in the log, so a plain word.
+OWNER_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.@:-]{0,63}"
+OWNER_RULE = "1 to 64 letters, digits, '_', '.', '@', ':' or '-', starting with a letter or digit"
+
+# The shortest key the configuration may give: a short one could be guessed, one request at a time.
+MIN_KEY_LENGTH = 20
+
+
+class ConfiguredKey(_Section):
+    """An API key given in the configuration or the environment, for deployments."""
+
+    key: SecretStr
+    owner: str
+    name: str | None = None
+    admin: bool = False
+
+    @field_validator("key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < MIN_KEY_LENGTH:
+            raise ValueError(
+                f"must be at least {MIN_KEY_LENGTH} characters (random ones: `openssl rand -base64 32` prints some)"
+            )
+        return value
+
+    @field_validator("owner")
+    @classmethod
+    def _plain_owner(cls, value: str) -> str:
+        if not re.fullmatch(OWNER_PATTERN, value):
+            raise ValueError(f"must be {OWNER_RULE}")
+        return value
+
+
+class AuthSettings(_Section):
+    """Who may use the server: API keys (`Authorization: Bearer <key>`), and their owners (see parley.api.auth).
+
+    Keys come from the database (`parley keys create`) and from here. With none
+    at all, the server serves only on a loopback address, unless `disabled`.
+    """
+
+    keys: list[ConfiguredKey] = []
+    # No authentication at all, on any address: every request may read and delete everything.
+    disabled: bool = False
+
+    @field_validator("keys")
+    @classmethod
+    def _each_key_once(cls, value: list[ConfiguredKey]) -> list[ConfiguredKey]:
+        seen: dict[str, int] = {}
+        for index, entry in enumerate(value):
+            secret = entry.key.get_secret_value()
+            if secret in seen:
+                raise ValueError(f"keys {seen[secret]} and {index} are the same key (a key has one owner)")
+            seen[secret] = index
+        return value
+
+
 class LoggingSettings(_Section):
     level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
@@ -310,6 +366,7 @@ class Settings(BaseSettings):
     )
 
     server: ServerSettings = ServerSettings()
+    auth: AuthSettings = AuthSettings()
     logging: LoggingSettings = LoggingSettings()
     data_dir: Path = Field(default_factory=_default_data_dir)
     storage: StorageSettings = StorageSettings()

@@ -3,6 +3,7 @@
     ParleyError                      500 server_error
     ├── InvalidRequestError          400 invalid_request_error
     │   └── ContextLengthExceededError   code context_length_exceeded
+    ├── AuthenticationError          401 invalid_request_error (code invalid_api_key for a wrong key)
     ├── NotFoundError                404 invalid_request_error
     │   └── ModelNotFoundError           code model_not_found
     └── UpstreamError                a provider failed
@@ -40,6 +41,13 @@ class InvalidRequestError(ParleyError):
 
 class ContextLengthExceededError(InvalidRequestError):
     code = "context_length_exceeded"
+
+
+class AuthenticationError(ParleyError):
+    """A request without a key the server accepts (see parley.api.auth)."""
+
+    status_code = 401
+    error_type = "invalid_request_error"
 
 
 class NotFoundError(ParleyError):

@@ -84,7 +84,7 @@ class ParleyProcess:
         timeout = kwargs.pop("timeout", 60)
         return openai.OpenAI(
             base_url=self.base_url + "/v1",
-            api_key="test-key",
+            api_key=kwargs.pop("api_key", "test-key"),
             max_retries=0,
             http_client=httpx.Client(transport=transport, timeout=timeout),
             **kwargs,
@@ -97,7 +97,7 @@ class ParleyProcess:
         timeout = kwargs.pop("timeout", 60)
         return openai.AsyncOpenAI(
             base_url=self.base_url + "/v1",
-            api_key="test-key",
+            api_key=kwargs.pop("api_key", "test-key"),
             max_retries=0,
             http_client=httpx.AsyncClient(transport=transport, timeout=timeout),
             **kwargs,

@@ -52,6 +52,8 @@ def test_defaults_serve_the_embedded_model_on_localhost_8321(tmp_path: Path) -> 
 
     assert settings.model_dump(mode="json") == {
         "server": {"host": "127.0.0.1", "port": 8321},
+        # No keys: on loopback, no request needs one; elsewhere, `parley serve` refuses (tests/test_auth.py).
+        "auth": {"keys": [], "disabled": False},
         "logging": {"level": "info"},
         "data_dir": str(tmp_path / "xdg" / "parley"),
         "storage": {"url": None, "lease_seconds": 60.0},
@@ -91,6 +93,11 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
         server:
           host: 0.0.0.0
           port: 9000
+        auth:
+          keys:
+            - {key: sk-deploy-0123456789abcdef, owner: deploy, name: ci}
+            - {key: sk-ops-0123456789abcdefgh, owner: ops, admin: true}
+          disabled: false
         logging:
           level: DEBUG
         data_dir: /srv/parley
@@ -158,6 +165,13 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
 
     assert settings.model_dump(mode="json") == {
         "server": {"host": "0.0.0.0", "port": 9000},
+        "auth": {
+            "keys": [
+                {"key": "**********", "owner": "deploy", "name": "ci", "admin": False},
+                {"key": "**********", "owner": "ops", "name": None, "admin": True},
+            ],
+            "disabled": False,
+        },
         "logging": {"level": "debug"},
         "data_dir": "/srv/parley",
         "storage": {"url": "postgresql+asyncpg://parley@db/parley", "lease_seconds": 60.0},
@@ -224,6 +238,7 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
     }
     assert settings.inference.providers["openai"].api_key.get_secret_value() == "sk-example"  # type: ignore[union-attr]
     assert settings.storage_url == "postgresql+asyncpg://parley@db/parley"
+    assert settings.auth.keys[0].key.get_secret_value() == "sk-deploy-0123456789abcdef"
 
 
 # The environment ------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from parley.api.auth import caller_of
 from parley.api.body import documented, read_body
 from parley.api.http import JSONResponse
 from parley.api.params import Include, IncludeBrackets, Limit, Order, check_includes
@@ -25,23 +26,23 @@ def _service(request: Request) -> ConversationService:
 @router.post("/v1/conversations", openapi_extra=documented(CreateConversationRequest))
 async def create_conversation(request: Request) -> JSONResponse:
     body = await read_body(request, CreateConversationRequest, empty_ok=True)
-    return JSONResponse(await _service(request).create(body))
+    return JSONResponse(await _service(request).create(body, caller_of(request)))
 
 
 @router.get("/v1/conversations/{conversation_id}")
 async def retrieve_conversation(request: Request, conversation_id: str) -> JSONResponse:
-    return JSONResponse(await _service(request).retrieve(conversation_id))
+    return JSONResponse(await _service(request).retrieve(conversation_id, caller_of(request)))
 
 
 @router.post("/v1/conversations/{conversation_id}", openapi_extra=documented(UpdateConversationRequest))
 async def update_conversation(request: Request, conversation_id: str) -> JSONResponse:
     body = await read_body(request, UpdateConversationRequest)
-    return JSONResponse(await _service(request).update(conversation_id, body))
+    return JSONResponse(await _service(request).update(conversation_id, body, caller_of(request)))
 
 
 @router.delete("/v1/conversations/{conversation_id}")
 async def delete_conversation(request: Request, conversation_id: str) -> JSONResponse:
-    return JSONResponse(await _service(request).delete(conversation_id))
+    return JSONResponse(await _service(request).delete(conversation_id, caller_of(request)))
 
 
 @router.post("/v1/conversations/{conversation_id}/items", openapi_extra=documented(AddItemsRequest))
@@ -50,7 +51,7 @@ async def add_items(
 ) -> JSONResponse:
     check_includes(include, include_brackets)
     body = await read_body(request, AddItemsRequest)
-    return JSONResponse(await _service(request).add_items(conversation_id, body))
+    return JSONResponse(await _service(request).add_items(conversation_id, body, caller_of(request)))
 
 
 @router.get("/v1/conversations/{conversation_id}/items")
@@ -65,7 +66,7 @@ async def list_items(
 ) -> JSONResponse:
     check_includes(include, include_brackets)
     page = PageRequest(limit=limit, order=order, after=after)
-    return JSONResponse(await _service(request).list_items(conversation_id, page))
+    return JSONResponse(await _service(request).list_items(conversation_id, page, caller_of(request)))
 
 
 @router.get("/v1/conversations/{conversation_id}/items/{item_id}")
@@ -77,9 +78,9 @@ async def retrieve_item(
     include_brackets: IncludeBrackets = None,
 ) -> JSONResponse:
     check_includes(include, include_brackets)
-    return JSONResponse(await _service(request).retrieve_item(conversation_id, item_id))
+    return JSONResponse(await _service(request).retrieve_item(conversation_id, item_id, caller_of(request)))
 
 
 @router.delete("/v1/conversations/{conversation_id}/items/{item_id}")
 async def delete_item(request: Request, conversation_id: str, item_id: str) -> JSONResponse:
-    return JSONResponse(await _service(request).delete_item(conversation_id, item_id))
+    return JSONResponse(await _service(request).delete_item(conversation_id, item_id, caller_of(request)))

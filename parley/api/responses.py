@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request, Response
 
+from parley.api.auth import caller_of
 from parley.api.body import documented, read_body
 from parley.api.http import EventStreamResponse, JSONResponse
 from parley.api.params import Include, IncludeBrackets, Limit, Order, check_includes
@@ -24,7 +25,7 @@ def _service(request: Request) -> ResponseService:
 @router.post("/v1/responses", openapi_extra=documented(CreateResponseRequest))
 async def create_response(request: Request) -> Response:
     body = await read_body(request, CreateResponseRequest)
-    run = await _service(request).create(body)
+    run = await _service(request).create(body, caller_of(request))
     if body.stream:
         # Returned at once, to be waiting when the first event comes; a turn that fails
         # before it is an HTTP error, not a stream (see EventStreamResponse).
@@ -75,7 +76,7 @@ async def list_responses(
     order: Order = "desc",
 ) -> JSONResponse:
     page = PageRequest(limit=limit, order=order, after=after, before=before)
-    return JSONResponse(await _service(request).list(page))
+    return JSONResponse(await _service(request).list(page, caller_of(request)))
 
 
 @router.get("/v1/responses/{response_id}")
@@ -83,12 +84,12 @@ async def retrieve_response(
     request: Request, response_id: str, include: Include = None, include_brackets: IncludeBrackets = None
 ) -> JSONResponse:
     check_includes(include, include_brackets)
-    return JSONResponse(await _service(request).retrieve(response_id))
+    return JSONResponse(await _service(request).retrieve(response_id, caller_of(request)))
 
 
 @router.delete("/v1/responses/{response_id}")
 async def delete_response(request: Request, response_id: str) -> JSONResponse:
-    return JSONResponse(await _service(request).delete(response_id))
+    return JSONResponse(await _service(request).delete(response_id, caller_of(request)))
 
 
 @router.get("/v1/responses/{response_id}/input_items")
@@ -104,4 +105,4 @@ async def list_input_items(
 ) -> JSONResponse:
     check_includes(include, include_brackets)
     page = PageRequest(limit=limit, order=order, after=after, before=before)
-    return JSONResponse(await _service(request).input_items(response_id, page))
+    return JSONResponse(await _service(request).input_items(response_id, page, caller_of(request)))

@@ -13,7 +13,7 @@ from parley.engine.request import check_metadata
 from parley.errors import InvalidRequestError, NotFoundError
 from parley.ids import new_id
 from parley.package_fields import PackageFields, keys_of
-from parley.store import ConversationStore, DuplicateItem, PageRequest
+from parley.store import Caller, ConversationStore, DuplicateItem, PageRequest
 
 MAX_ITEMS_PER_REQUEST = 20
 
@@ -74,33 +74,35 @@ def check_new_ids(items: list[dict[str, Any]], existing: set[str], param: str) -
 
 
 class ConversationService:
+    """Each method acts for a `Caller`: a conversation another owner holds is, to it, not found."""
+
     def __init__(self, store: ConversationStore) -> None:
         self.store = store
 
-    async def create(self, request: CreateConversationRequest) -> dict[str, Any]:
+    async def create(self, request: CreateConversationRequest, caller: Caller) -> dict[str, Any]:
         items = _items(request.items or [])
         check_new_ids(items, set(), "items")
-        return await self.store.create(new_id("conv"), int(time.time()), request.metadata or {}, items)
+        return await self.store.create(new_id("conv"), int(time.time()), request.metadata or {}, items, caller.owner)
 
-    async def retrieve(self, conversation_id: str, *, param: str | None = None) -> dict[str, Any]:
-        conversation = await self.store.get(conversation_id)
+    async def retrieve(self, conversation_id: str, caller: Caller, *, param: str | None = None) -> dict[str, Any]:
+        conversation = await self.store.get(conversation_id, caller)
         if conversation is None:
             raise ConversationNotFoundError(conversation_id, param=param)
         return conversation
 
-    async def update(self, conversation_id: str, request: UpdateConversationRequest) -> dict[str, Any]:
-        conversation = await self.store.update_metadata(conversation_id, request.metadata or {})
+    async def update(self, conversation_id: str, request: UpdateConversationRequest, caller: Caller) -> dict[str, Any]:
+        conversation = await self.store.update_metadata(conversation_id, request.metadata or {}, caller)
         if conversation is None:
             raise ConversationNotFoundError(conversation_id)
         return conversation
 
-    async def delete(self, conversation_id: str) -> dict[str, Any]:
-        if not await self.store.delete(conversation_id):
+    async def delete(self, conversation_id: str, caller: Caller) -> dict[str, Any]:
+        if not await self.store.delete(conversation_id, caller):
             raise ConversationNotFoundError(conversation_id)
         return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
 
-    async def add_items(self, conversation_id: str, request: AddItemsRequest) -> dict[str, Any]:
-        await self.retrieve(conversation_id)
+    async def add_items(self, conversation_id: str, request: AddItemsRequest, caller: Caller) -> dict[str, Any]:
+        await self.retrieve(conversation_id, caller)
         items = _items(request.items)
         check_new_ids(items, await self.store.taken_ids(conversation_id, [item["id"] for item in items]), "items")
         try:
@@ -115,20 +117,20 @@ class ConversationService:
             "has_more": False,
         }
 
-    async def list_items(self, conversation_id: str, page: PageRequest) -> dict[str, Any]:
-        await self.retrieve(conversation_id)
+    async def list_items(self, conversation_id: str, page: PageRequest, caller: Caller) -> dict[str, Any]:
+        await self.retrieve(conversation_id, caller)
         return (await self.store.list_items(conversation_id, page)).as_list()
 
-    async def retrieve_item(self, conversation_id: str, item_id: str) -> dict[str, Any]:
-        await self.retrieve(conversation_id)
+    async def retrieve_item(self, conversation_id: str, item_id: str, caller: Caller) -> dict[str, Any]:
+        await self.retrieve(conversation_id, caller)
         item = await self.store.get_item(conversation_id, item_id)
         if item is None:
             raise NotFoundError(f"Item with id '{item_id}' not found.")
         return item
 
-    async def delete_item(self, conversation_id: str, item_id: str) -> dict[str, Any]:
+    async def delete_item(self, conversation_id: str, item_id: str, caller: Caller) -> dict[str, Any]:
         """Deletes one item; answers with the conversation, as OpenAI does."""
-        conversation = await self.retrieve(conversation_id)
+        conversation = await self.retrieve(conversation_id, caller)
         if not await self.store.delete_item(conversation_id, item_id):
             raise NotFoundError(f"Item with id '{item_id}' not found.")
         return conversation

@@ -3,6 +3,10 @@
 A response is produced by a task of its own, not by the HTTP request that
 asked for it: a client that disconnects mid-stream does not stop it, and it
 is stored when it ends. Its events reach the caller through a queue.
+
+Each method acts for a `Caller` (see parley.store.owners): a response is its
+caller's owner's, and another owner's response, conversation or item is, to
+a caller who does not see that owner, not found, here as in the database.
 """
 
 from __future__ import annotations
@@ -28,7 +32,15 @@ from parley.engine.response import error_object, initial_response, usage_object
 from parley.errors import InvalidRequestError, NotFoundError, ParleyError
 from parley.ids import new_id
 from parley.inference.registry import ModelRegistry, ResolvedModel
-from parley.store import ConversationNotFound, ConversationStore, DuplicateItem, PageRequest, ResponseStore
+from parley.store import (
+    ANYONE,
+    Caller,
+    ConversationNotFound,
+    ConversationStore,
+    DuplicateItem,
+    PageRequest,
+    ResponseStore,
+)
 from parley.tools import ToolServices
 
 log = logging.getLogger(__name__)
@@ -134,23 +146,24 @@ class ResponseService:
         # What the tool kinds keep across responses (MCP sessions, search clients).
         self.tool_services = ToolServices(tools or ToolsSettings())
         self._tasks: set[asyncio.Task[None]] = set()
-        self._producing: dict[str, loop.Turn] = {}  # stored responses this server is producing
+        # The stored responses this server is producing, with their owners.
+        self._producing: dict[str, tuple[loop.Turn, str | None]] = {}
         self._chains = ChainContexts()  # the contexts of the responses it stored lately
         self._keeper: asyncio.Task[None] | None = None
         # Turns on one conversation take turns here, and across servers in the database
         # (ConversationStore.turn_lock).
         self._conversation_locks: dict[str, _ConversationLock] = {}
 
-    async def create(self, request: CreateResponseRequest) -> ResponseRun:
+    async def create(self, request: CreateResponseRequest, caller: Caller) -> ResponseRun:
         """Checks the request, stores the response as started, and starts producing it."""
         if request.background:
             raise InvalidRequestError("Background responses are not supported by this server yet.", param="background")
         model = self.registry.resolve(request.model)
         tools = request.validated_tools()
-        input_items = await self._resolve_references(parse_input(request.input))
-        lock = await self._enter_conversation(request.conversation_id)
+        input_items = await self._resolve_references(parse_input(request.input), caller)
+        lock = await self._enter_conversation(request.conversation_id, caller)
         try:
-            history, previous_tools, keep_context = await self._history(request)
+            history, previous_tools, keep_context = await self._history(request, caller)
             if not history and not input_items:
                 raise InvalidRequestError(
                     "Missing required parameter: 'input'.", param="input", code="missing_required_parameter"
@@ -158,17 +171,19 @@ class ResponseService:
             if request.conversation_id is not None:
                 ids = [item["id"] for item in input_items]
                 check_new_ids(input_items, await self.conversations.taken_ids(request.conversation_id, ids), "input")
-            return await self._start(request, model, tools, input_items, history, previous_tools, lock, keep_context)
+            return await self._start(
+                request, model, tools, input_items, history, previous_tools, lock, keep_context, caller
+            )
         except BaseException:
             if lock is not None:
                 await self._leave_conversation(request.conversation_id or "", lock)
             raise
 
-    async def _enter_conversation(self, conversation_id: str | None) -> asyncio.Lock | None:
+    async def _enter_conversation(self, conversation_id: str | None, caller: Caller) -> asyncio.Lock | None:
         """Waits for the conversation's previous turn to end; the lock is released when this turn ends."""
         if conversation_id is None:
             return None
-        if await self.conversations.get(conversation_id) is None:
+        if await self.conversations.get(conversation_id, caller) is None:
             raise ConversationNotFoundError(conversation_id, param="conversation")
         lock = self._conversation_locks.setdefault(conversation_id, _ConversationLock())
         lock.users += 1
@@ -181,7 +196,7 @@ class ResponseService:
         except BaseException:
             await self._leave_conversation(conversation_id, lock)
             raise
-        if await self.conversations.get(conversation_id) is None:  # deleted while this turn waited
+        if await self.conversations.get(conversation_id, caller) is None:  # deleted while this turn waited
             await self._leave_conversation(conversation_id, lock)
             raise ConversationNotFoundError(conversation_id, param="conversation")
         return lock
@@ -198,20 +213,22 @@ class ResponseService:
             if lock.users == 0:
                 self._conversation_locks.pop(conversation_id, None)
 
-    async def _history(self, request: CreateResponseRequest) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
+    async def _history(
+        self, request: CreateResponseRequest, caller: Caller
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
         """The items the turn continues from, the tools of the turn before (to reuse MCP listings), and
         whether the turn's context may be kept for the next (see ChainContexts)."""
         if request.conversation_id is not None:
             items = await self.conversations.items(request.conversation_id)
             return items, await self.conversations.latest_tools(request.conversation_id), False
         if request.previous_response_id is not None:
-            await self._written(request.previous_response_id)
-            previous = await self.store.body(request.previous_response_id)
+            await self._written(request.previous_response_id, caller)
+            previous = await self.store.body(request.previous_response_id, caller)
             if previous is None:
                 raise ResponseNotFoundError(
                     request.previous_response_id, param="previous_response_id", code="previous_response_not_found"
                 )
-            history = self._chains.get(request.previous_response_id)
+            history = self._chains.get(request.previous_response_id, caller)
             through_conversation = False
             if history is None:
                 history, through_conversation = await self.store.chain_items(request.previous_response_id)
@@ -228,6 +245,7 @@ class ResponseService:
         previous_tools: list[dict[str, Any]],
         lock: asyncio.Lock | None,
         keep_context: bool,
+        caller: Caller,
     ) -> ResponseRun:
         run = ResponseRun(streaming=request.stream)
         response = initial_response(request, new_id("resp"), tools)
@@ -244,23 +262,23 @@ class ResponseService:
             keep_context=keep_context,
         )
         if request.store:
-            turn.begin = functools.partial(self.store.begin, response, input_items)
+            turn.begin = functools.partial(self.store.begin, response, input_items, caller.owner)
             # A server that dies after this still leaves a row that says so (see `_keep_leases`).
             asyncio.get_running_loop().call_later(_FIRST_WRITE_AFTER, turn.ensure_written)
-            self._producing[response["id"]] = turn
-        task = asyncio.create_task(self._produce(turn, run, lock), name=f"response {response['id']}")
+            self._producing[response["id"]] = (turn, caller.owner)
+        task = asyncio.create_task(self._produce(turn, run, lock, caller.owner), name=f"response {response['id']}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return run
 
-    async def _produce(self, turn: loop.Turn, run: ResponseRun, lock: asyncio.Lock | None) -> None:
+    async def _produce(self, turn: loop.Turn, run: ResponseRun, lock: asyncio.Lock | None, owner: str | None) -> None:
         try:
-            await self._produce_and_store(turn, run)
+            await self._produce_and_store(turn, run, owner)
         finally:
             if lock is not None:
                 await self._leave_conversation(turn.request.conversation_id or "", lock)
 
-    async def _produce_and_store(self, turn: loop.Turn, run: ResponseRun) -> None:
+    async def _produce_and_store(self, turn: loop.Turn, run: ResponseRun, owner: str | None) -> None:
         error = await self._produce_output(turn)
         if error is None and turn.request.conversation_id is not None:
             error = await self._append_to_conversation(turn)
@@ -270,7 +288,7 @@ class ResponseService:
             if error is not None and not turn.announced and error.status_code < 500:
                 await self._discard(turn)
             else:
-                await self._store(turn)
+                await self._store(turn, owner)
         except Exception:
             log.exception("cannot store response %s", turn.response["id"])
         finally:
@@ -326,13 +344,13 @@ class ResponseService:
             return ParleyError(f"The server could not add the response to its conversation: {exc.__class__.__name__}")
         return None
 
-    async def _store(self, turn: loop.Turn) -> None:
+    async def _store(self, turn: loop.Turn, owner: str | None) -> None:
         if turn.begin is not None and turn.written is None:
             # It ended before its first row was written (a fast model, a short answer): one
             # write of the whole response, which whoever waits for its row waits for.
             turn.begin = None
             turn.written = asyncio.ensure_future(
-                self.store.insert_finished(turn.response, turn.input_items, turn.emitter.output)
+                self.store.insert_finished(turn.response, turn.input_items, turn.emitter.output, owner)
             )
             await turn.written
         else:
@@ -343,14 +361,14 @@ class ResponseService:
             await self.store.finish(turn.response, turn.emitter.output, turn.input_items)
         if turn.keep_context:
             # What `store.chain_items` would read back for the turn that continues this one.
-            self._chains.keep(turn.response["id"], turn.history + turn.input_items + turn.emitter.output)
+            self._chains.keep(turn.response["id"], owner, turn.history + turn.input_items + turn.emitter.output)
 
     async def _discard(self, turn: loop.Turn) -> None:
         """A request refused before its response was announced: the client never had its id, so no row stays."""
         turn.begin = None  # the write scheduled in `_start` must not happen now
         if turn.written is not None:
             await asyncio.gather(turn.written, return_exceptions=True)
-            await self.store.delete(turn.response["id"])
+            await self.store.delete(turn.response["id"], ANYONE)  # the server's own doing, whoever asked
 
     @staticmethod
     def _fail(turn: loop.Turn, error: ParleyError) -> None:
@@ -371,11 +389,11 @@ class ResponseService:
         response["usage"] = usage_object(turn.usage)
         response["output"] = turn.emitter.output
 
-    async def _resolve_references(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def _resolve_references(self, items: list[dict[str, Any]], caller: Caller) -> list[dict[str, Any]]:
         wanted = [item["id"] for item in items if item["type"] == "item_reference"]
         if not wanted:
             return items
-        found = await self.store.find_items(wanted)
+        found = await self.store.find_items(wanted, caller)
         resolved = []
         for index, item in enumerate(items):
             if item["type"] != "item_reference":
@@ -386,37 +404,44 @@ class ResponseService:
                 raise NotFoundError(f"Item with id '{item['id']}' not found.", param=f"input[{index}].id")
         return resolved
 
-    async def _written(self, response_id: str) -> None:
+    def _produced_for(self, response_id: str, caller: Caller) -> loop.Turn | None:
+        """The turn producing this response on this server, if the caller sees its owner's responses."""
+        producing = self._producing.get(response_id)
+        if producing is None or not caller.sees(producing[1]):
+            return None
+        return producing[0]
+
+    async def _written(self, response_id: str, caller: Caller) -> None:
         """Waits until the row of a response this server has just started is in the database."""
-        turn = self._producing.get(response_id)
+        turn = self._produced_for(response_id, caller)
         written = turn.ensure_written() if turn is not None else None
         if written is not None:
             await asyncio.gather(written, return_exceptions=True)
 
-    async def retrieve(self, response_id: str) -> dict[str, Any]:
-        turn = self._producing.get(response_id)
+    async def retrieve(self, response_id: str, caller: Caller) -> dict[str, Any]:
+        turn = self._produced_for(response_id, caller)
         if turn is not None:
             # Until it is stored, its row may still be on its way to the database (a burst can
             # finish a response before its first row is written): this server knows it as it is now.
             return {**copy.deepcopy(turn.response), "output": turn.emitter.snapshot()}
-        response = await self.store.get(response_id)
+        response = await self.store.get(response_id, caller)
         if response is None:
             raise ResponseNotFoundError(response_id)
         return response
 
-    async def delete(self, response_id: str) -> dict[str, Any]:
-        await self._written(response_id)
-        self._chains.forget(response_id)
-        if not await self.store.delete(response_id):
+    async def delete(self, response_id: str, caller: Caller) -> dict[str, Any]:
+        await self._written(response_id, caller)
+        if not await self.store.delete(response_id, caller):
             raise ResponseNotFoundError(response_id)
+        self._chains.forget(response_id)
         return {"id": response_id, "object": "response.deleted", "deleted": True}
 
-    async def list(self, page: PageRequest) -> dict[str, Any]:
-        return (await self.store.list(page)).as_list()
+    async def list(self, page: PageRequest, caller: Caller) -> dict[str, Any]:
+        return (await self.store.list(page, caller)).as_list()
 
-    async def input_items(self, response_id: str, page: PageRequest) -> dict[str, Any]:
-        await self._written(response_id)
-        if not await self.store.exists(response_id):
+    async def input_items(self, response_id: str, page: PageRequest, caller: Caller) -> dict[str, Any]:
+        await self._written(response_id, caller)
+        if not await self.store.exists(response_id, caller):
             raise ResponseNotFoundError(response_id)
         return (await self.store.input_items(response_id, page)).as_list()
 

@@ -1,4 +1,9 @@
-"""Stored conversations: the rows, their items in order, and appends that never interleave."""
+"""Stored conversations: the rows, their items in order, and appends that never interleave.
+
+A conversation is seen only by its owner's callers (and admins): `get`,
+`update_metadata` and `delete` take the caller; the methods on its items take
+a conversation the caller was shown to see (ConversationService checks first).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from parley.store.database import Database
+from parley.store.owners import Caller, visible_to
 from parley.store.pagination import Page, PageRequest, read_page
 from parley.store.tables import conversation_items, conversations, responses
 
@@ -33,11 +39,16 @@ class ConversationStore:
         self.db = db
 
     async def create(
-        self, conversation_id: str, created_at: int, metadata: dict[str, str], items: list[dict[str, Any]]
+        self,
+        conversation_id: str,
+        created_at: int,
+        metadata: dict[str, str],
+        items: list[dict[str, Any]],
+        owner: str | None,
     ) -> dict[str, Any]:
-        rows = [_row(conversation_id, position, item, None, None) for position, item in enumerate(items)]
+        rows = [_row(conversation_id, position, item, None, None, owner) for position, item in enumerate(items)]
         statement = conversations.insert().values(
-            id=conversation_id, created_at=created_at, metadata=metadata, next_position=len(items)
+            id=conversation_id, created_at=created_at, metadata=metadata, next_position=len(items), owner=owner
         )
 
         def create(connection: sa.Connection) -> None:
@@ -48,25 +59,34 @@ class ConversationStore:
         await self.db.write(create)
         return {"id": conversation_id, "object": "conversation", "created_at": created_at, "metadata": metadata}
 
-    async def get(self, conversation_id: str) -> dict[str, Any] | None:
-        query = sa.select(conversations).where(conversations.c.id == conversation_id)
+    async def get(self, conversation_id: str, caller: Caller) -> dict[str, Any] | None:
+        query = sa.select(conversations).where(
+            conversations.c.id == conversation_id, visible_to(conversations.c.owner, caller)
+        )
         row = await self.db.read(lambda connection: connection.execute(query).first())
         return _object(row) if row is not None else None
 
-    async def update_metadata(self, conversation_id: str, metadata: dict[str, str]) -> dict[str, Any] | None:
+    async def update_metadata(
+        self, conversation_id: str, metadata: dict[str, str], caller: Caller
+    ) -> dict[str, Any] | None:
         statement = (
             conversations.update()
-            .where(conversations.c.id == conversation_id)
+            .where(conversations.c.id == conversation_id, visible_to(conversations.c.owner, caller))
             .values(metadata=metadata)
             .returning(conversations)
         )
         row = await self.db.write(lambda connection: connection.execute(statement).first())
         return _object(row) if row is not None else None
 
-    async def delete(self, conversation_id: str) -> bool:
+    async def delete(self, conversation_id: str, caller: Caller) -> bool:
         """Deletes the conversation with its items; the responses it held go from the API too."""
+        mine = sa.select(conversations.c.id).where(
+            conversations.c.id == conversation_id, visible_to(conversations.c.owner, caller)
+        )
 
         def delete(connection: sa.Connection) -> bool:
+            if connection.execute(mine).first() is None:
+                return False
             connection.execute(
                 conversation_items.delete().where(conversation_items.c.conversation_id == conversation_id)
             )
@@ -100,21 +120,22 @@ class ConversationStore:
             conversations.update()
             .where(conversations.c.id == conversation_id)
             .values(**values)
-            .returning(conversations.c.next_position)
+            .returning(conversations.c.next_position, conversations.c.owner)
         )
-        # Made here, on the event loop; the transaction gives them their positions.
+        # Made here, on the event loop; the transaction gives them their positions and owner.
         rows = [
-            _row(conversation_id, offset, item, response_id, kinds[offset] if kinds else None)
+            _row(conversation_id, offset, item, response_id, kinds[offset] if kinds else None, None)
             for offset, item in enumerate(items)
         ]
 
         def append(connection: sa.Connection) -> None:
-            end = connection.scalar(bump)
-            if end is None:
+            bumped = connection.execute(bump).first()
+            if bumped is None:
                 raise ConversationNotFound(conversation_id)
-            start = end - len(rows)
+            start = bumped.next_position - len(rows)
             for row in rows:
                 row["position"] += start
+                row["owner"] = bumped.owner  # the conversation's, whoever adds (see tables.conversation_items)
             try:
                 connection.execute(conversation_items.insert(), rows)
             except sa.exc.IntegrityError as exc:
@@ -212,7 +233,12 @@ class ConversationStore:
 
 
 def _row(
-    conversation_id: str, position: int, item: dict[str, Any], response_id: str | None, kind: str | None
+    conversation_id: str,
+    position: int,
+    item: dict[str, Any],
+    response_id: str | None,
+    kind: str | None,
+    owner: str | None,
 ) -> dict[str, Any]:
     return {
         "conversation_id": conversation_id,
@@ -222,4 +248,5 @@ def _row(
         "response_id": response_id,
         "kind": kind,
         "data": item,
+        "owner": owner,
     }

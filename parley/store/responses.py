@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from parley.store.database import Database
+from parley.store.owners import Caller, visible_to
 from parley.store.pagination import Page, PageRequest, read_page
 from parley.store.tables import conversation_items, response_items, responses
 
@@ -86,10 +87,11 @@ class ResponseStore:
         self.db = db
         self.lease_seconds = lease_seconds
 
-    async def begin(self, response: dict[str, Any], input_items: list[dict[str, Any]]) -> None:
+    async def begin(self, response: dict[str, Any], input_items: list[dict[str, Any]], owner: str | None) -> None:
         """Writes the response as it starts, with its input, before any model call."""
         rows = [] if response.get("conversation") else _item_rows(response["id"], "input", input_items)
-        await self._insert(response, time.time() + self.lease_seconds, rows)  # a conversation keeps its own items
+        # A conversation keeps its own items.
+        await self._insert(response, time.time() + self.lease_seconds, rows, owner)
 
     async def finish(
         self, response: dict[str, Any], output_items: list[dict[str, Any]], input_items: list[dict[str, Any]]
@@ -113,15 +115,22 @@ class ResponseStore:
         await self.db.write(finish)
 
     async def insert_finished(
-        self, response: dict[str, Any], input_items: list[dict[str, Any]], output_items: list[dict[str, Any]]
+        self,
+        response: dict[str, Any],
+        input_items: list[dict[str, Any]],
+        output_items: list[dict[str, Any]],
+        owner: str | None,
     ) -> None:
         """`begin` and `finish` in one write, for a response that ended before its first row was written."""
         own = not response.get("conversation") or response["status"] == "failed"
-        await self._insert(response, None, _all_rows(response["id"], input_items, output_items) if own else [])
+        rows = _all_rows(response["id"], input_items, output_items) if own else []
+        await self._insert(response, None, rows, owner)
 
-    async def _insert(self, response: dict[str, Any], lease_until: float | None, rows: list[dict[str, Any]]) -> None:
+    async def _insert(
+        self, response: dict[str, Any], lease_until: float | None, rows: list[dict[str, Any]], owner: str | None
+    ) -> None:
         # The rows are made here, on the event loop, which may change the response once it has handed them on.
-        row = _response_row(response, lease_until)
+        row = _response_row(response, lease_until, owner)
 
         def insert(connection: sa.Connection) -> None:
             connection.execute(_INSERT_RESPONSE, row)
@@ -130,8 +139,8 @@ class ResponseStore:
 
         await self.db.write(insert)
 
-    async def get(self, response_id: str) -> dict[str, Any] | None:
-        return await self.db.read(lambda connection: _read_response(connection, response_id))
+    async def get(self, response_id: str, caller: Caller) -> dict[str, Any] | None:
+        return await self.db.read(lambda connection: _read_response(connection, response_id, caller))
 
     async def renew(self, response_ids: list[str]) -> None:
         """Extends the lease of the responses this server is producing."""
@@ -167,18 +176,26 @@ class ResponseStore:
 
         return await self.db.write(fail)
 
-    async def body(self, response_id: str) -> dict[str, Any] | None:
+    async def body(self, response_id: str, caller: Caller) -> dict[str, Any] | None:
         """The stored response without its output (its settings: tools, model, ...)."""
-        query = sa.select(responses.c.body).where(responses.c.id == response_id, _VISIBLE)
+        query = sa.select(responses.c.body).where(
+            responses.c.id == response_id, _VISIBLE, visible_to(responses.c.owner, caller)
+        )
         return await self.db.read(lambda connection: connection.scalar(query))
 
-    async def exists(self, response_id: str) -> bool:
-        query = sa.select(sa.literal(1)).where(responses.c.id == response_id, _VISIBLE)
+    async def exists(self, response_id: str, caller: Caller) -> bool:
+        query = sa.select(sa.literal(1)).where(
+            responses.c.id == response_id, _VISIBLE, visible_to(responses.c.owner, caller)
+        )
         return await self.db.read(lambda connection: connection.scalar(query)) is not None
 
-    async def delete(self, response_id: str) -> bool:
+    async def delete(self, response_id: str, caller: Caller) -> bool:
         """Hides the response; its items stay while later responses of its chain need them."""
-        statement = responses.update().where(responses.c.id == response_id, _VISIBLE).values(deleted=True)
+        statement = (
+            responses.update()
+            .where(responses.c.id == response_id, _VISIBLE, visible_to(responses.c.owner, caller))
+            .values(deleted=True)
+        )
         return await self.db.write(lambda connection: connection.execute(statement).rowcount > 0)
 
     async def chain_items(self, response_id: str) -> tuple[list[dict[str, Any]], bool]:
@@ -204,8 +221,8 @@ class ResponseStore:
 
         return await self.db.read(read)
 
-    async def find_items(self, item_ids: list[str]) -> dict[str, dict[str, Any]]:
-        """Stored items by id (for `item_reference` inputs)."""
+    async def find_items(self, item_ids: list[str], caller: Caller) -> dict[str, dict[str, Any]]:
+        """The caller's stored items by id (for `item_reference` inputs)."""
         if not item_ids:
             return {}
 
@@ -213,13 +230,15 @@ class ResponseStore:
             own = connection.execute(
                 sa.select(response_items.c.item_id, response_items.c.data)
                 .join(responses, responses.c.id == response_items.c.response_id)
-                .where(response_items.c.item_id.in_(item_ids), _VISIBLE)
+                .where(response_items.c.item_id.in_(item_ids), _VISIBLE, visible_to(responses.c.owner, caller))
             )
             found = {row.item_id: row.data for row in own}
             # A conversation's items, whoever added them, go when it or they are deleted.
             in_conversations = connection.execute(
                 sa.select(conversation_items.c.item_id, conversation_items.c.data).where(
-                    conversation_items.c.item_id.in_(item_ids), _IN_CONVERSATIONS.live
+                    conversation_items.c.item_id.in_(item_ids),
+                    _IN_CONVERSATIONS.live,
+                    visible_to(conversation_items.c.owner, caller),
                 )
             )
             found.update({row.item_id: row.data for row in in_conversations})
@@ -227,13 +246,15 @@ class ResponseStore:
 
         return await self.db.read(find)
 
-    async def list(self, page: PageRequest) -> Page:
-        query = sa.select(responses.c.seq, responses.c.id).where(_VISIBLE)
-        cursor_of = lambda item_id: sa.select(responses.c.seq).where(responses.c.id == item_id)  # noqa: E731
+    async def list(self, page: PageRequest, caller: Caller) -> Page:
+        """The caller's responses; a cursor naming another owner's response names nothing in this list."""
+        mine = visible_to(responses.c.owner, caller)
+        query = sa.select(responses.c.seq, responses.c.id).where(_VISIBLE, mine)
+        cursor_of = lambda item_id: sa.select(responses.c.seq).where(responses.c.id == item_id, mine)  # noqa: E731
 
         def read(connection: sa.Connection) -> Page:
             rows, has_more = read_page(connection, query, responses.c.seq, cursor_of, page)
-            bodies = [_read_response(connection, row.id) for row in rows]
+            bodies = [_read_response(connection, row.id, caller) for row in rows]
             return Page(data=[body for body in bodies if body is not None], has_more=has_more)
 
         return await self.db.read(read)
@@ -256,10 +277,10 @@ class ResponseStore:
         return Page(data=[row.data for row in rows], has_more=has_more)
 
 
-def _read_response(connection: sa.Connection, response_id: str) -> dict[str, Any] | None:
+def _read_response(connection: sa.Connection, response_id: str, caller: Caller) -> dict[str, Any] | None:
     row = connection.execute(
         sa.select(responses.c.body, responses.c.conversation_id, responses.c.status).where(
-            responses.c.id == response_id, _VISIBLE
+            responses.c.id == response_id, _VISIBLE, visible_to(responses.c.owner, caller)
         )
     ).first()
     if row is None:
@@ -277,7 +298,7 @@ def _without_output(response: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in response.items() if key != "output"}
 
 
-def _response_row(response: dict[str, Any], lease_until: float | None) -> dict[str, Any]:
+def _response_row(response: dict[str, Any], lease_until: float | None, owner: str | None) -> dict[str, Any]:
     return {
         "id": response["id"],
         "created_at": response["created_at"],
@@ -287,6 +308,7 @@ def _response_row(response: dict[str, Any], lease_until: float | None) -> dict[s
         "conversation_id": (response.get("conversation") or {}).get("id"),
         "body": _without_output(response),
         "lease_until": lease_until,
+        "owner": owner,
     }
 
 

@@ -33,7 +33,11 @@ responses = sa.Table(
     sa.Column("body", JSONType, nullable=False),
     # While in progress: until when the server producing it vouches for it (see ResponseStore.renew).
     sa.Column("lease_until", sa.Float, nullable=True),
+    # The owner of the key that made it; null with authentication off (see parley.store.owners).
+    sa.Column("owner", sa.String(64), nullable=True),
     sa.Index("ix_responses_in_progress", "status", "lease_until"),
+    # A caller's list walks its own rows in insertion order.
+    sa.Index("ix_responses_owner_seq", "owner", "seq"),
 )
 
 response_items = sa.Table(
@@ -60,12 +64,15 @@ conversations = sa.Table(
     sa.Column("next_position", sa.BigInteger, nullable=False, server_default="0"),
     # The `tools` of the last turn that appended (secrets removed): MCP listings are reused while they hold.
     sa.Column("last_tools", JSONType, nullable=True),
+    sa.Column("owner", sa.String(64), nullable=True),
 )
 
 # A conversation's items, in the order of `position`, assigned in the database
 # when they are appended. Items appended by a response name it (`response_id`,
 # `kind` input or output): the conversation is where they are stored. Deleted
 # items leave a row behind so that an `after` cursor naming one still works.
+# An item's owner is its conversation's, whoever added it: an admin who adds to
+# someone's conversation adds to theirs.
 conversation_items = sa.Table(
     "conversation_items",
     metadata,
@@ -79,6 +86,23 @@ conversation_items = sa.Table(
     sa.Column("kind", sa.String(8), nullable=True),
     sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("data", JSONType, nullable=False),
+    sa.Column("owner", sa.String(64), nullable=True),
     sa.Index("ix_conversation_items_item", "conversation_id", "item_id", unique=True),
     sa.Index("ix_conversation_items_response", "response_id"),
+)
+
+# API keys (see parley.store.keys). The secret itself is never stored: only its
+# SHA-256, by which a request's key is looked up, and a few of its first
+# characters, by which a person tells keys apart.
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("secret_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("prefix", sa.String(32), nullable=False),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("name", sa.String(255), nullable=True),
+    sa.Column("admin", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float, nullable=True),
 )
