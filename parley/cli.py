@@ -119,6 +119,8 @@ def _refuse_to_expose_without_keys(settings: Settings) -> None:
 
 def _with_keys(settings: Settings, work: Callable[[KeyStore], Awaitable[T]]) -> T:
     """`work(keys)` on the configured database's API keys, its schema brought up to date first."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from parley.store import Database, KeyStore
 
     async def run() -> T:
@@ -131,8 +133,8 @@ def _with_keys(settings: Settings, work: Callable[[KeyStore], Awaitable[T]]) -> 
 
     try:
         return asyncio.run(run())
-    except (OSError, ValueError) as exc:
-        raise click.ClickException(f"cannot open the database {settings.storage_url}: {exc}") from exc
+    except (OSError, ValueError, SQLAlchemyError) as exc:
+        raise click.ClickException(f"cannot use the database {settings.storage_url}: {exc}") from exc
 
 
 def _settle_heap() -> None:

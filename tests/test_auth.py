@@ -76,7 +76,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 
 @dataclass
 class Ownerless:
-    """What a server with authentication off made in the database, before keys: rows with no owner."""
+    """A response and a conversation from before owners were kept: rows with no owner."""
 
     response_id: str
     conversation_id: str
@@ -96,7 +96,32 @@ def ownerless(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstr
         conversation = client.conversations.create(items=[{"type": "message", "role": "user", "content": "old"}])
     finally:
         server.stop()
+    # Back to the schema before owners: the keyed server migrates these rows as an upgrade would.
+    migrate_to(database_url, "0003")
     return Ownerless(response.id, conversation.id, server.output)
+
+
+def migrate_to(database_url: str, revision: str) -> None:
+    """Alembic down to `revision`, with the migrations Parley runs up at start."""
+    from alembic import command
+    from alembic.config import Config
+
+    from parley.store import Database
+
+    def downgrade(connection: Any) -> None:
+        config = Config()
+        config.set_main_option("script_location", str(ROOT / "parley" / "store" / "migrations"))
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)
+
+    async def run() -> None:
+        database = Database(database_url)
+        try:
+            await database.write(downgrade)
+        finally:
+            await database.close()
+
+    asyncio.run(run())
 
 
 def keyed_config(fake: FakeUpstream, database_url: str) -> dict[str, Any]:
@@ -436,7 +461,7 @@ def test_an_admin_key_sees_every_owners_conversations(alice: openai.OpenAI, ops:
     not_found(lambda: alice.conversations.retrieve(cid))
 
 
-def test_rows_made_with_authentication_off_are_seen_by_admin_keys_only(
+def test_rows_from_before_owners_are_seen_by_admin_keys_only(
     keyed: ParleyProcess, ownerless: Ownerless, alice: openai.OpenAI, ops: openai.OpenAI
 ) -> None:
     not_found(lambda: alice.responses.retrieve(ownerless.response_id))
@@ -445,6 +470,10 @@ def test_rows_made_with_authentication_off_are_seen_by_admin_keys_only(
 
     assert ops.responses.retrieve(ownerless.response_id).output_text == "made with authentication off"
     assert ops.conversations.retrieve(ownerless.conversation_id).id == ownerless.conversation_id
+    # The migration kept every row: the items too.
+    old = ops.conversations.items.list(ownerless.conversation_id)
+    assert [item.content[0].text for item in old] == ["old"]  # type: ignore[union-attr]
+    assert [item.type for item in ops.responses.input_items.list(ownerless.response_id)] == ["message"]
     assert ownerless.response_id in listed_ids(keyed, OPS)
 
 

@@ -40,6 +40,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_responses_owner_seq", "responses")
     for table in ("conversation_items", "conversations", "responses"):
-        with op.batch_alter_table(table) as batch:
-            batch.drop_column("owner")
+        # ALTER TABLE ... DROP COLUMN, which SQLite has had since 3.35, rather than a batch's copy of the
+        # table: dropping the old `responses` would cascade to every row of `response_items`.
+        op.execute(f"ALTER TABLE {table} DROP COLUMN owner")
     op.drop_table("api_keys")
