@@ -677,3 +677,13 @@ def test_a_revoked_key_keeps_authentication_on(tmp_path: Path, fake_upstream: Fa
             server.client(api_key=made.stdout.strip()).models.list()
     finally:
         server.stop()
+
+
+def test_the_keys_commands_say_what_they_do() -> None:
+    result = parley_cli("keys", "--help")
+    assert result.returncode == 0, result.stderr
+    for fragment in ("Make, list and revoke the API keys", "create", "list", "revoke"):
+        assert fragment in result.stdout
+    created = parley_cli("keys", "create", "--help")
+    for fragment in ("--owner", "--name", "--admin", "--config", "the only time it is shown"):
+        assert fragment in created.stdout
