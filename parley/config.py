@@ -13,13 +13,23 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 EMBEDDED_MODEL = "smollm2-135m"
@@ -249,17 +259,74 @@ class InferenceSettings(_Section):
         return self
 
 
-class MCPSettings(_Section):
-    """Limits on the MCP servers that requests name."""
+class OutboundSettings(_Section):
+    """Where Parley may connect on a request's behalf (see parley.tools.outbound): MCP servers, web_search's pages.
+
+    Every address a host resolves to must be allowed; a host that does not
+    resolve is refused. Public addresses are allowed; this machine
+    (`allow_loopback`) and every other address that is not public
+    (`allow_private`: private networks, link-local with the cloud metadata
+    service at 169.254.169.254, unique-local, shared, reserved) are not,
+    unless allowed here.
+    """
+
+    # Host names (or addresses) URLs may name, without regard to case; None allows every host.
+    allowed_hosts: list[str] | None = None
+    # This machine: localhost, 127.0.0.0/8, ::1, 0.0.0.0 and ::, by any name.
+    allow_loopback: bool = False
+    # Every other address that is not public.
+    allow_private: bool = False
+    # Networks reachable whatever kind of address they hold (`10.1.2.0/24`, `fd00:1::/64`, `127.0.0.1/32`).
+    allowed_cidrs: list[str] = []
+
+    @field_validator("allowed_cidrs")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        return [_network(text) for text in value]
+
+
+def _network(text: str) -> str:
+    """A network as written in `allowed_cidrs` (an address alone is a network of one), normalised."""
+    try:
+        return str(ipaddress.ip_network(text.strip()))
+    except ValueError as exc:
+        if "host bits set" in str(exc):
+            loose = ipaddress.ip_network(text.strip(), strict=False)
+            raise ValueError(f"'{text}' has bits set past its prefix: the network is {loose}") from None
+        raise ValueError(f"'{text}' is not an address or a network in CIDR notation (10.1.2.0/24)") from None
+
+
+class OutboundOverrides(_Section):
+    """A tool's own host rules: each key set replaces `outbound`'s, for that tool's connections alone."""
+
+    allowed_hosts: list[str] | None = None
+    allow_loopback: bool | None = None
+    allow_private: bool | None = None
+    allowed_cidrs: list[str] | None = None
+
+    @field_validator("allowed_cidrs")
+    @classmethod
+    def _networks(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [_network(text) for text in value]
+
+    def over(self, outbound: OutboundSettings) -> OutboundSettings:
+        """The rules this tool follows: `outbound`, with the keys set here replaced."""
+        overrides = self.model_dump(include=set(OutboundSettings.model_fields), exclude_none=True)
+        return outbound.model_copy(update=overrides)
+
+
+class MCPSettings(OutboundOverrides):
+    """Limits on the MCP servers that requests name; the host rules, when set here, replace `outbound`'s."""
 
     # Seconds for connecting, listing, and each tool call.
     timeout: float = Field(30.0, gt=0)
-    # Host names (or addresses) requests may name; None allows every host.
-    allowed_hosts: list[str] | None = None
-    # Whether servers on this machine (localhost, 127.0.0.0/8, ::1) may be named.
-    allow_loopback: bool = True
     # A tool's output longer than this is cut, with a note saying so.
     max_output_chars: int = Field(100_000, ge=1)
+    # Sessions kept open across responses (one per server URL and exact headers); the least lately used
+    # idle one is closed to make room.
+    max_sessions: int = Field(64, ge=0)
+    # Seconds an unused session stays open.
+    session_idle_seconds: float = Field(300.0, gt=0)
 
 
 class WebFetchSettings(_Section):
@@ -273,7 +340,7 @@ class WebFetchSettings(_Section):
     max_redirects: int = Field(3, ge=0)
 
 
-class WebSearchSettings(_Section):
+class WebSearchSettings(OutboundOverrides):
     """The search backend behind `{"type": "web_search"}` tools, and the hosts their pages may come from.
 
     With no backend, a request that names web_search still succeeds: the model is not offered it.
@@ -290,13 +357,8 @@ class WebSearchSettings(_Section):
     # Seconds for each search and each page fetched.
     timeout: float = Field(10.0, gt=0)
     fetch: WebFetchSettings = WebFetchSettings()
-    # The rules for the pages the model opens (the backend itself is the operator's choice and exempt):
-    # host names (or addresses) they may come from, None allowing every host; whether hosts on this machine
-    # (localhost, 127.0.0.0/8, ::1) may be reached; whether private, link-local and other non-public
-    # addresses (10.0.0.0/8, 192.168.0.0/16, 169.254.0.0/16, fc00::/7, ...) may.
-    allowed_hosts: list[str] | None = None
-    allow_loopback: bool = False
-    allow_private: bool = False
+    # The host rules of the pages the model opens, when set here, replace `outbound`'s (`allowed_hosts`,
+    # `allow_loopback`, `allow_private`, `allowed_cidrs`). The backend is the operator's choice and exempt.
 
     @field_validator("base_url")
     @classmethod
@@ -317,6 +379,12 @@ class WebSearchSettings(_Section):
 class ToolsSettings(_Section):
     mcp: MCPSettings = MCPSettings()
     web_search: WebSearchSettings = WebSearchSettings()
+    # The `outbound` section, which each tool's host rules fall back on; `Settings` hands it down.
+    _outbound: OutboundSettings = PrivateAttr(default_factory=OutboundSettings)
+
+    @property
+    def outbound(self) -> OutboundSettings:
+        return self._outbound
 
 
 def decode_key(text: str) -> bytes:
@@ -340,6 +408,9 @@ _URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
 class EngineSettings(_Section):
     # Model calls in one response before it ends `incomplete`.
     max_iterations: int = Field(20, ge=1)
+    # The most that the contexts kept for the next turn of a `previous_response_id` chain may hold, in bytes
+    # of their items as stored (see parley.engine.chains); 0 keeps none.
+    kept_context_bytes: int = Field(32 * 1024 * 1024, ge=0)
     # The key that encrypts reasoning items' `encrypted_content` (see parley.engine.encrypted_reasoning):
     # 32 bytes in base64. None keeps a generated one in `data_dir`; servers that read each other's
     # items must share it.
@@ -372,6 +443,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     inference: InferenceSettings = InferenceSettings()
     engine: EngineSettings = EngineSettings()
+    outbound: OutboundSettings = OutboundSettings()
     tools: ToolsSettings = ToolsSettings()
 
     @classmethod
@@ -390,6 +462,11 @@ class Settings(BaseSettings):
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @model_validator(mode="after")
+    def _tools_follow_outbound(self) -> Settings:
+        self.tools._outbound = self.outbound
+        return self
 
     @property
     def storage_url(self) -> str:

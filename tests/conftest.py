@@ -38,6 +38,10 @@ class ParleyProcess:
 
     def __init__(self, workdir: Path, config: dict[str, Any] | None = None, env: dict[str, str] | None = None):
         self.workdir = workdir
+        if config is not None and "outbound" not in config:
+            # The MCP and search servers of the tests listen on loopback, which Parley refuses to reach by
+            # default: a test's configuration allows it, unless the test sets `outbound` itself.
+            config = {**config, "outbound": {"allow_loopback": True}}
         self.config = config
         self.env = env or {}
         self.output: list[str] = []

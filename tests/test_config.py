@@ -62,9 +62,21 @@ def test_defaults_serve_the_embedded_model_on_localhost_8321(tmp_path: Path) -> 
             "aliases": {"smollm2-135m": "local/smollm2-135m"},
             "recording": {"mode": "live", "dir": None, "test_header": "X-Parley-Test-Id", "delay_ms": 0.0},
         },
-        "engine": {"max_iterations": 20, "reasoning_key": None},
+        "engine": {"max_iterations": 20, "kept_context_bytes": 33554432, "reasoning_key": None},
+        # Requests may have Parley connect to public addresses only (tests/test_outbound.py).
+        "outbound": {"allowed_hosts": None, "allow_loopback": False, "allow_private": False, "allowed_cidrs": []},
         "tools": {
-            "mcp": {"timeout": 30.0, "allowed_hosts": None, "allow_loopback": True, "max_output_chars": 100000},
+            # The host rules of each tool: None is `outbound`'s.
+            "mcp": {
+                "timeout": 30.0,
+                "max_output_chars": 100000,
+                "max_sessions": 64,
+                "session_idle_seconds": 300.0,
+                "allowed_hosts": None,
+                "allow_loopback": None,
+                "allow_private": None,
+                "allowed_cidrs": None,
+            },
             # No search backend: a request naming web_search is served without it.
             "web_search": {
                 "backend": None,
@@ -74,8 +86,9 @@ def test_defaults_serve_the_embedded_model_on_localhost_8321(tmp_path: Path) -> 
                 "timeout": 10.0,
                 "fetch": {"max_bytes": 2000000, "max_chars": 20000, "max_redirects": 3},
                 "allowed_hosts": None,
-                "allow_loopback": False,
-                "allow_private": False,
+                "allow_loopback": None,
+                "allow_private": None,
+                "allowed_cidrs": None,
             },
         },
     }
@@ -138,13 +151,22 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
             delay_ms: 5
         engine:
           max_iterations: 8
+          kept_context_bytes: 1000000
           reasoning_key: AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=
+        outbound:
+          allowed_hosts: null
+          allow_loopback: true
+          allow_private: false
+          allowed_cidrs: [10.1.2.0/24, "fd00:1::/64", 192.168.7.9]
         tools:
           mcp:
             timeout: 10
             allowed_hosts: [mcp.internal]
             allow_loopback: false
+            allowed_cidrs: []
             max_output_chars: 5000
+            max_sessions: 8
+            session_idle_seconds: 60
           web_search:
             backend: brave
             base_url: https://search.internal/res/v1/
@@ -215,13 +237,23 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
             "aliases": {"fast": "openai/gpt-4o-mini", "small": "local/qwen"},
             "recording": {"mode": "replay", "dir": "/srv/recordings", "test_header": "X-Test", "delay_ms": 5.0},
         },
-        "engine": {"max_iterations": 8, "reasoning_key": "**********"},
+        "engine": {"max_iterations": 8, "kept_context_bytes": 1000000, "reasoning_key": "**********"},
+        "outbound": {
+            "allowed_hosts": None,
+            "allow_loopback": True,
+            "allow_private": False,
+            "allowed_cidrs": ["10.1.2.0/24", "fd00:1::/64", "192.168.7.9/32"],  # an address alone is a network of one
+        },
         "tools": {
             "mcp": {
                 "timeout": 10.0,
                 "allowed_hosts": ["mcp.internal"],
                 "allow_loopback": False,
+                "allow_private": None,
+                "allowed_cidrs": [],
                 "max_output_chars": 5000,
+                "max_sessions": 8,
+                "session_idle_seconds": 60.0,
             },
             "web_search": {
                 "backend": "brave",
@@ -233,6 +265,7 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
                 "allowed_hosts": ["docs.internal"],
                 "allow_loopback": True,
                 "allow_private": True,
+                "allowed_cidrs": None,
             },
         },
     }

@@ -2,8 +2,8 @@
 
 The `mcp` client follows a redirect only within the server's origin; Parley
 caps how many it follows (`mcp_client.MAX_REDIRECTS`, 3). A redirect to
-another host is never followed, so the host checks (`allowed_hosts`,
-`allow_loopback`) made on the server's URL hold for every request.
+another host is never followed; the outbound guard checks every connection
+anyway (tests/test_outbound.py).
 """
 
 from __future__ import annotations
@@ -89,12 +89,13 @@ def _outward_address() -> str | None:
 def test_a_redirect_to_loopback_is_not_followed_when_loopback_is_refused(
     tmp_path: Path, fake_upstream: FakeUpstream, tool_server: ToolServer
 ) -> None:
-    """The server is named by an outward address of this machine, and redirects to 127.0.0.1."""
+    """The server is named by an outward address of this machine (allowed by CIDR: it is not a public one), and
+    redirects to 127.0.0.1."""
     address = _outward_address()
     if address is None:
         pytest.skip("this machine has no address but loopback")
     config = upstream_config(fake_upstream)
-    config["tools"] = {"mcp": {"allow_loopback": False}}
+    config["tools"] = {"mcp": {"allow_loopback": False, "allowed_cidrs": [address]}}
     parley = ParleyProcess(tmp_path / "parley", config)
     redirecting = RedirectingToolServer(redirect_to=tool_server.url, listen_host="0.0.0.0").start()
     run = uuid.uuid4().hex

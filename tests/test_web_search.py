@@ -460,6 +460,7 @@ def brave(
             "api_key": "${BRAVE_TEST_KEY}",
             # Pages only from these names, and not on this machine (the backend itself, configured, is exempt).
             "allowed_hosts": ["LocalHost", "127.0.0.1"],
+            "allow_loopback": False,
         },
         env={"BRAVE_TEST_KEY": BRAVE_KEY},
     )

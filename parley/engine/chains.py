@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+import orjson
+
 from parley.store import Caller
 
-# How many responses' contexts are kept: the items are shared between the
-# contexts of one chain, so this bounds the lists more than the items.
+# How many responses' contexts are kept at most, whatever their size: each is a list of its own.
 _KEPT = 256
+# The bytes they may hold by default (`engine.kept_context_bytes`).
+DEFAULT_BYTES = 32 * 1024 * 1024
 
 
 class ChainContexts:
@@ -24,16 +27,27 @@ class ChainContexts:
     conversation is not kept, since the conversation's items can be deleted.
 
     The items are shared with the turns that use them, not copied: nothing
-    may change an item of a turn's history.
+    may change an item of a turn's history. The contexts of one chain share
+    most of their items too, so what they hold is counted by item: each item
+    kept is counted once, by its size as stored (its JSON), measured once,
+    when a context first holds it; a context holds the rest of its items by
+    reference, and counting them is a look-up each. At most `max_bytes` are
+    held, and `kept` contexts: the least lately used go first, and a context
+    larger than `max_bytes` on its own is not kept (its next turn reads the
+    database).
 
     Each context is kept with its response's owner, and given only to a caller
     who sees that owner's responses: the cache answers no one the database
     would not.
     """
 
-    def __init__(self, kept: int = _KEPT) -> None:
+    def __init__(self, max_bytes: int = DEFAULT_BYTES, kept: int = _KEPT) -> None:
+        self.max_bytes = max_bytes
         self._kept = kept
         self._contexts: OrderedDict[str, tuple[str | None, list[dict[str, Any]]]] = OrderedDict()
+        # Every item some context holds, by identity: [its size as stored, how many contexts hold it].
+        self._items: dict[int, list[int]] = {}
+        self.bytes = 0  # what the items held measure, together
 
     def get(self, response_id: str, caller: Caller) -> list[dict[str, Any]] | None:
         kept = self._contexts.get(response_id)
@@ -43,10 +57,38 @@ class ChainContexts:
         return kept[1]
 
     def keep(self, response_id: str, owner: str | None, items: list[dict[str, Any]]) -> None:
+        self.forget(response_id)
+        measured: dict[int, int] = {}  # the sizes of the items no context holds yet
+        own, seen = 0, set()
+        for item in items:
+            key = id(item)
+            if key not in seen:
+                seen.add(key)
+                held = self._items.get(key)
+                own += held[0] if held is not None else measured.setdefault(key, len(orjson.dumps(item)))
+        if own > self.max_bytes:
+            return  # larger than all the cache may hold: its next turn reads the database
+        for item in items:
+            held = self._items.get(id(item))
+            if held is None:
+                self._items[id(item)] = [measured[id(item)], 1]
+                self.bytes += measured[id(item)]
+            else:
+                held[1] += 1
         self._contexts[response_id] = (owner, items)
-        self._contexts.move_to_end(response_id)
-        while len(self._contexts) > self._kept:
-            self._contexts.popitem(last=False)
+        # The least lately used go first; this one, the latest, fits on its own.
+        while self.bytes > self.max_bytes or len(self._contexts) > self._kept:
+            self._drop(next(iter(self._contexts)))
 
     def forget(self, response_id: str) -> None:
-        self._contexts.pop(response_id, None)
+        if response_id in self._contexts:
+            self._drop(response_id)
+
+    def _drop(self, response_id: str) -> None:
+        _, items = self._contexts.pop(response_id)
+        for item in items:
+            held = self._items[id(item)]
+            held[1] -= 1
+            if held[1] == 0:
+                del self._items[id(item)]
+                self.bytes -= held[0]

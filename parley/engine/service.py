@@ -148,7 +148,7 @@ class ResponseService:
         self._tasks: set[asyncio.Task[None]] = set()
         # The stored responses this server is producing, with their owners.
         self._producing: dict[str, tuple[loop.Turn, str | None]] = {}
-        self._chains = ChainContexts()  # the contexts of the responses it stored lately
+        self._chains = ChainContexts(self.engine.kept_context_bytes)  # the contexts of the responses it stored lately
         self._keeper: asyncio.Task[None] | None = None
         # Turns on one conversation take turns here, and across servers in the database
         # (ConversationStore.turn_lock).

@@ -61,7 +61,7 @@ class MCPServers(ToolKind):
     @classmethod
     def shared(cls, settings: ToolsSettings) -> MCPSessionPool:
         """Sessions outlive the responses that open them, for the next response to the same server."""
-        return MCPSessionPool(settings.mcp)
+        return MCPSessionPool.of(settings)
 
     @classmethod
     async def close_shared(cls, shared: MCPSessionPool) -> None:

@@ -3,26 +3,28 @@
 One `MCPServerConnection` serves one `{"type": "mcp"}` tool of one response:
 it connects on first use, over streamable HTTP or SSE (chosen from the URL,
 falling back to the other), through a session that the `MCPSessionPool`
-keeps open across responses. A call's failure never raises out of here: it
-is a `CallResult` with an `error`, so that the model can read what went
-wrong. What the items look like is `parley.tools.mcp`'s business.
+keeps open across responses. Every connection goes through the outbound
+guard (`parley.tools.outbound`), redirects included. A call's failure never
+raises out of here: it is a `CallResult` with an `error`, so that the model
+can read what went wrong. What the items look like is `parley.tools.mcp`'s
+business.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
-import socket
 import time
+from collections import OrderedDict
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from parley.config import MCPSettings
+from parley.config import MCPSettings, ToolsSettings
 from parley.tools.definitions import MCPTool
+from parley.tools.outbound import Guard, HostRefused, HostRules
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +74,16 @@ class MCPSession:
     whichever tasks make calls through it, until `close`.
     """
 
-    def __init__(self, url: str, headers: dict[str, str], settings: MCPSettings, label: str) -> None:
+    def __init__(self, url: str, headers: dict[str, str], settings: MCPSettings, guard: Guard, label: str) -> None:
         self.url = url
         self.headers = headers
         self.settings = settings
+        self.guard = guard
         self.label = label
+        self.key = (url, tuple(sorted(headers.items())))
         self.broken = False
         self.last_used = time.monotonic()
+        self.holders = 0  # the responses using it now (see MCPSessionPool)
         self._owner: asyncio.Task[None] | None = None
         self._ready: asyncio.Future[Any] | None = None
         self._closing = asyncio.Event()
@@ -107,7 +112,7 @@ class MCPSession:
             try:
                 async with AsyncExitStack() as stack:
                     async with asyncio.timeout(self.settings.timeout):
-                        client = await stack.enter_async_context(self._client_for(transport))
+                        client = await stack.enter_async_context(self._client_for(transport, stack))
                     ready.set_result(client)
                     await self._closing.wait()
                     return
@@ -119,10 +124,14 @@ class MCPSession:
                 if isinstance(exc, asyncio.CancelledError):
                     ready.set_exception(MCPServerError(f"connecting to MCP server '{self.label}' was cancelled"))
                     raise
+                refused = _refusal(exc)
+                if refused is not None:  # the other transport would be refused the same way
+                    ready.set_exception(MCPServerError(f"MCP server '{self.label}' may not be reached: {refused}"))
+                    return
                 failures.append(f"{transport}: {_describe(exc)}")
         ready.set_exception(MCPServerError(f"cannot connect to MCP server '{self.label}' ({'; '.join(failures)})"))
 
-    def _client_for(self, transport: str) -> Any:
+    def _client_for(self, transport: str, stack: AsyncExitStack) -> Any:
         from mcp import Client
         from mcp.client.sse import sse_client
         from mcp.client.streamable_http import streamable_http_client
@@ -130,13 +139,31 @@ class MCPSession:
         timeout = self.settings.timeout
         if transport == "sse":
             stream = sse_client(
-                self.url, headers=self.headers, timeout=timeout, sse_read_timeout=timeout, httpx_client_factory=_http
+                self.url,
+                headers=self.headers,
+                timeout=timeout,
+                sse_read_timeout=timeout,
+                httpx_client_factory=self._http,
             )
         else:
             import httpx2
 
-            stream = streamable_http_client(self.url, http_client=_http(self.headers, httpx2.Timeout(timeout)))
+            http = self._http(self.headers, httpx2.Timeout(timeout))
+            stack.push_async_callback(http.aclose)  # a client handed to the transport is the caller's to close
+            stream = streamable_http_client(self.url, http_client=http)
         return Client(stream, read_timeout_seconds=timeout)
+
+    def _http(self, headers: dict[str, str] | None = None, timeout: Any = None, auth: Any = None) -> Any:
+        """The session's HTTP client, as the `mcp` package's `create_mcp_http_client` makes it, through the
+        guard, following at most MAX_REDIRECTS redirects."""
+        import httpx2
+        from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TIMEOUT
+
+        if timeout is None:
+            timeout = httpx2.Timeout(MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT)
+        client = self.guard.httpx2_client(headers=headers, timeout=timeout, auth=auth)
+        client.max_redirects = MAX_REDIRECTS
+        return client
 
     async def close(self) -> None:
         if self._owner is None:
@@ -153,51 +180,117 @@ class MCPSession:
 
 
 class MCPSessionPool:
-    """Sessions kept open across responses, one per server URL and headers.
+    """Sessions kept open across responses, one per server URL and headers, at most `max_sessions` of them.
 
     A response reaches a server through the pooled session for its URL and its
     exact headers (credentials included), so sessions are shared only by
-    requests that present themselves the same way. A session that broke, or
-    stayed unused for `idle_seconds`, is closed and replaced.
+    requests that present themselves the same way. A response holds its
+    session from its first use to its end (`acquire`, `release`); a session no
+    response holds is closed once it stays unused for `session_idle_seconds`,
+    on a timer of the pool's own, and when room is needed for another (the
+    least lately used first). When every pooled session is held, a new one is
+    its response's alone, closed as the response ends. A session that broke
+    is closed as soon as no response holds it, and replaced.
     """
 
-    def __init__(self, settings: MCPSettings, idle_seconds: float = 300.0) -> None:
+    def __init__(self, settings: MCPSettings, guard: Guard) -> None:
         self.settings = settings
-        self.idle_seconds = idle_seconds
-        self._sessions: dict[tuple[str, tuple[tuple[str, str], ...]], MCPSession] = {}
+        self.guard = guard
+        self._sessions: OrderedDict[tuple[str, tuple[tuple[str, str], ...]], MCPSession] = OrderedDict()
         self._retiring: set[asyncio.Task[None]] = set()
+        self._expiry: asyncio.Task[None] | None = None
+        self._released = asyncio.Event()
+
+    @classmethod
+    def of(cls, settings: ToolsSettings) -> MCPSessionPool:
+        """The pool of a server: `tools.mcp`'s limits, and its host rules over `outbound`'s."""
+        return cls(settings.mcp, Guard(HostRules.of(settings.mcp.over(settings.outbound))))
+
+    def acquire(self, url: str, headers: dict[str, str], label: str) -> MCPSession:
+        """The session a response reaches `url` with `headers` through, held by it until `release`."""
+        key = (url, tuple(sorted(headers.items())))
+        session = self._sessions.get(key)
+        if session is not None and session.broken:
+            del self._sessions[key]
+            if session.holders == 0:
+                self._retire(session)
+            session = None
+        if session is None:
+            session = MCPSession(url, headers, self.settings, self.guard, label)
+            if self._make_room():
+                self._sessions[key] = session
+        else:
+            self._sessions.move_to_end(key)
+        session.holders += 1
+        if self._expiry is None or self._expiry.done():
+            self._expiry = asyncio.create_task(self._expire(), name="mcp session expiry")
+        return session
+
+    def release(self, session: MCPSession) -> None:
+        """A response is done with `session`: it stays open for the next, unless it is not (or no longer) kept."""
+        session.holders -= 1
+        session.last_used = time.monotonic()
+        if self._sessions.get(session.key) is session:
+            if session.broken and session.holders == 0:
+                del self._sessions[session.key]
+                self._retire(session)
+            else:
+                self._sessions.move_to_end(session.key)
+        elif session.holders == 0:
+            self._retire(session)
+        self._released.set()
+
+    def _make_room(self) -> bool:
+        """Closes the least lately used idle sessions until one more fits; False when every kept one is held."""
+        while len(self._sessions) >= self.settings.max_sessions:
+            idle = next((key for key, session in self._sessions.items() if session.holders == 0), None)
+            if idle is None:
+                return False
+            self._retire(self._sessions.pop(idle))
+        return True
+
+    async def _expire(self) -> None:
+        """Closes each session that no response has used for `session_idle_seconds`, as it reaches that age;
+        ends when no session is kept, to be started again by the next."""
+        idle_seconds = self.settings.session_idle_seconds
+        while self._sessions:
+            self._released.clear()
+            now = time.monotonic()
+            due = None
+            for key, session in list(self._sessions.items()):
+                if session.holders > 0:
+                    continue
+                if now - session.last_used >= idle_seconds:
+                    del self._sessions[key]
+                    self._retire(session)
+                else:
+                    due = min(due or now + idle_seconds, session.last_used + idle_seconds)
+            if not self._sessions:
+                return
+            try:
+                # Until the next session is due, or a session is released (which may make one due sooner).
+                async with asyncio.timeout(None if due is None else max(0.0, due - now)):
+                    await self._released.wait()
+            except TimeoutError:
+                pass
 
     def _retire(self, session: MCPSession) -> None:
         task = asyncio.ensure_future(session.close())
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
-    def session(self, url: str, headers: dict[str, str], label: str) -> MCPSession:
-        self._prune()
-        key = (url, tuple(sorted(headers.items())))
-        session = self._sessions.get(key)
-        if session is None or session.broken:
-            if session is not None:
-                self._retire(session)
-            session = self._sessions[key] = MCPSession(url, headers, self.settings, label)
-        return session
-
-    def _prune(self) -> None:
-        now = time.monotonic()
-        for key, session in list(self._sessions.items()):
-            if session.broken or now - session.last_used > self.idle_seconds:
-                del self._sessions[key]
-                self._retire(session)
-
     async def close(self) -> None:
-        sessions, self._sessions = list(self._sessions.values()), {}
+        if self._expiry is not None:
+            self._expiry.cancel()
+            await asyncio.gather(self._expiry, return_exceptions=True)
+        sessions, self._sessions = list(self._sessions.values()), OrderedDict()
         await asyncio.gather(*(session.close() for session in sessions), *self._retiring, return_exceptions=True)
 
 
 class MCPServerConnection:
-    """One `{"type": "mcp"}` tool of one response, over a session that may outlive it."""
+    """One `{"type": "mcp"}` tool of one response, over a session of the pool that may outlive it."""
 
-    def __init__(self, definition: MCPTool, settings: MCPSettings, pool: MCPSessionPool | None = None) -> None:
+    def __init__(self, definition: MCPTool, settings: MCPSettings, pool: MCPSessionPool) -> None:
         self.definition = definition
         self.settings = settings
         self._pool = pool
@@ -215,22 +308,14 @@ class MCPServerConnection:
 
     async def _connected(self) -> Any:
         if self._session is None:
-            await self._check_host()
-            url, headers = self.definition.server_url or "", self._headers()
-            if self._pool is not None:
-                self._session = self._pool.session(url, headers, self.label)
-            else:
-                self._session = MCPSession(url, headers, self.settings, self.label)
+            url = self.definition.server_url or ""
+            try:
+                # The URL alone, for a refusal worded before any request; the connection checks its addresses.
+                self._pool.guard.check_url(url)
+            except HostRefused as exc:
+                raise MCPServerError(f"MCP server '{self.label}' may not be reached: {exc}") from None
+            self._session = self._pool.acquire(url, self._headers(), self.label)
         return await self._session.client()
-
-    async def _check_host(self) -> None:
-        host = urlsplit(self.definition.server_url or "").hostname or ""
-        allowed = self.settings.allowed_hosts
-        # Host names are case-insensitive; `hostname` is already lower-cased.
-        if allowed is not None and host not in {name.lower() for name in allowed}:
-            raise MCPServerError(f"MCP server host '{host}' is not among the allowed hosts")
-        if not self.settings.allow_loopback and await _is_loopback(host):
-            raise MCPServerError(f"MCP servers on this machine ('{host}') are not allowed")
 
     async def list_tools(self) -> list[ListedTool]:
         """Every tool the server has (all pages); raises MCPServerError."""
@@ -291,9 +376,10 @@ class MCPServerConnection:
         return text[:limit] + f"\n[output truncated: {limit} of {len(text)} characters]"
 
     async def close(self) -> None:
-        """Ends a session of this response's own; a pooled one stays open for the next."""
-        if self._session is not None and self._pool is None:
-            await self._session.close()
+        """Lets go of the session: the pool keeps it open for the next response, or closes it."""
+        if self._session is not None:
+            session, self._session = self._session, None
+            self._pool.release(session)
 
     def _broke(self) -> None:
         if self._session is not None:
@@ -310,18 +396,9 @@ def error_text(error: dict[str, Any]) -> str:
 
 # The most redirects one request to an MCP server follows. The `mcp` client follows a
 # redirect only within the server's origin (same scheme, host and port, or http to https
-# on the same host), so the host checked before connecting is the host every request
-# reaches; this bounds how many it follows there (httpx's default is 20).
+# on the same host), and the guard checks every connection anyway; this bounds how many
+# it follows there (httpx's default is 20).
 MAX_REDIRECTS = 3
-
-
-def _http(headers: dict[str, str] | None = None, timeout: Any = None, auth: Any = None) -> Any:
-    """The HTTP client of a session, as the `mcp` package's `create_mcp_http_client` makes it, with fewer redirects."""
-    from mcp.shared._httpx_utils import create_mcp_http_client
-
-    client = create_mcp_http_client(headers=headers, timeout=timeout, auth=auth)
-    client.max_redirects = MAX_REDIRECTS
-    return client
 
 
 def protocol_error(code: int, message: str) -> dict[str, Any]:
@@ -348,25 +425,18 @@ def _describe(exc: BaseException) -> str:
     return text if len(text) < 300 else text[:300] + "..."
 
 
-async def _is_loopback(host: str) -> bool:
-    """Whether `host` reaches this machine, by name or by address (resolved when it is a name)."""
-    if host in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return _is_local_address(host.strip("[]"))
-    except ValueError:
-        pass
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except OSError:
-        return False
-    return any(_is_local_address(str(info[4][0])) for info in infos)
-
-
-def _is_local_address(text: str) -> bool:
-    """Loopback, and the addresses that reach it too: unspecified (`0.0.0.0`, `::`) and IPv4-mapped loopback."""
-    address = ipaddress.ip_address(text.split("%", 1)[0])  # an IPv6 scope (`fe80::1%eth0`) is no part of it
-    mapped = getattr(address, "ipv4_mapped", None)
-    if mapped is not None:
-        address = mapped
-    return address.is_loopback or address.is_unspecified
+def _refusal(exc: BaseException) -> HostRefused | None:
+    """The guard's refusal inside what the `mcp` client raised (its exception groups, its causes), if any."""
+    seen: set[int] = set()
+    pending = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, HostRefused):
+            return current
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return None

@@ -8,8 +8,11 @@ A backend is one search service behind `SearchBackend.search`, chosen by
 - `brave`: the Brave Search API (`GET {base_url}/web/search`, the key in
   `X-Subscription-Token`).
 
-`PageFetcher` reads a page for `open_page` and `find_in_page`: every URL it
-requests, each redirect included, passes `outbound.check_url` first. Every
+`PageFetcher` reads a page for `open_page` and `find_in_page`, through a
+client of the outbound guard (`parley.tools.outbound`): every URL it requests,
+each redirect included, is checked, and so is every address it connects to.
+The backend, which the operator configured, is reached as configured: no
+request chooses its URL, and it is not followed when it redirects. Every
 failure is a `SearchFailed` whose message the model reads; none names the
 backend's key.
 """
@@ -30,7 +33,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from parley.config import WebSearchSettings
-from parley.tools.outbound import HostRefused, HostRules, check_url
+from parley.tools.outbound import Guard, HostRefused
 
 log = logging.getLogger(__name__)
 
@@ -215,12 +218,16 @@ class Page:
 
 
 class PageFetcher:
-    """Reads web pages as text, within the host rules and the configured limits."""
+    """Reads web pages as text, within the host rules and the configured limits.
 
-    def __init__(self, settings: WebSearchSettings, client: httpx.AsyncClient) -> None:
+    `client` is one of `guard`'s (`Guard.httpx_client`), which checks each connection; the fetcher checks each
+    URL before it asks for it too, for the refusal the model reads.
+    """
+
+    def __init__(self, settings: WebSearchSettings, guard: Guard, client: httpx.AsyncClient) -> None:
         self.settings = settings
+        self.guard = guard
         self.client = client
-        self.rules = HostRules.of(settings.allowed_hosts, settings.allow_loopback, settings.allow_private)
 
     async def fetch(self, url: str, allowed_domains: tuple[str, ...] = ()) -> Page:
         """The page at `url` as text (HTML's visible text), whole; raises SearchFailed.
@@ -232,13 +239,15 @@ class PageFetcher:
                 return await self._fetch(url, allowed_domains)
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise SearchFailed(f"The page did not answer within {self.settings.timeout:g} s.") from exc
+        except HostRefused as exc:  # as the client connected: an address the host resolved to is refused
+            raise SearchFailed(f"The page may not be opened: {exc}.") from exc
         except httpx.HTTPError as exc:
             raise SearchFailed(f"The page cannot be read ({_describe(exc)}).") from exc
 
     async def _fetch(self, url: str, allowed_domains: tuple[str, ...]) -> Page:
         limits = self.settings.fetch
         for _ in range(limits.max_redirects + 1):
-            await self._check(url, allowed_domains)
+            self._check(url, allowed_domains)
             async with self.client.stream("GET", url, follow_redirects=False) as response:
                 location = response.headers.get("location")
                 if response.is_redirect and location:
@@ -250,9 +259,9 @@ class PageFetcher:
                 return _page(url, response.headers.get("content-type", ""), body)
         raise SearchFailed(f"The page redirected more than {limits.max_redirects} times.")
 
-    async def _check(self, url: str, allowed_domains: tuple[str, ...]) -> None:
+    def _check(self, url: str, allowed_domains: tuple[str, ...]) -> None:
         try:
-            await check_url(url, self.rules)
+            self.guard.check_url(url)
         except HostRefused as exc:
             raise SearchFailed(f"The page may not be opened: {exc}.") from exc
         if not on_allowed_domain(url, allowed_domains):

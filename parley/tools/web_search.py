@@ -47,6 +47,7 @@ from parley.config import ToolsSettings, WebSearchSettings
 from parley.ids import new_id
 from parley.package_fields import PackageFields, keys_of
 from parley.tools.base import ItemEvents, NameOf, ServerTool, ToolKind, register
+from parley.tools.outbound import Guard, HostRules
 from parley.tools.search_backends import (
     Page,
     PageFetcher,
@@ -131,16 +132,22 @@ def _domain(text: str) -> str:
 
 
 class WebSearchService:
-    """The backend, the page fetcher and their HTTP client, made once per server (`WebSearch.shared`)."""
+    """The backend, the page fetcher and their HTTP clients, made once per server (`WebSearch.shared`)."""
 
-    def __init__(self, settings: WebSearchSettings) -> None:
+    def __init__(self, settings: WebSearchSettings, guard: Guard) -> None:
         self.settings = settings
-        self.client = httpx.AsyncClient(
-            headers={"User-Agent": f"Parley/{__version__} (web_search)"}, timeout=settings.timeout
-        )
+        headers = {"User-Agent": f"Parley/{__version__} (web_search)"}
+        # The backend is the operator's choice, reached as configured; the pages are the model's, through the guard.
+        self.client = httpx.AsyncClient(headers=headers, timeout=settings.timeout)
+        self.page_client = guard.httpx_client(headers=headers, timeout=settings.timeout)
         self.backend: SearchBackend | None = make_backend(settings, self.client)
-        self.fetcher = PageFetcher(settings, self.client)
+        self.fetcher = PageFetcher(settings, guard, self.page_client)
         self._said_unconfigured = False
+
+    @classmethod
+    def of(cls, settings: ToolsSettings) -> WebSearchService:
+        """The service of a server: `tools.web_search`, and its host rules over `outbound`'s."""
+        return cls(settings.web_search, Guard(HostRules.of(settings.web_search.over(settings.outbound))))
 
     def unconfigured(self) -> None:
         """Notes a request that names web_search on a server with no backend: logged once, not per request."""
@@ -153,6 +160,7 @@ class WebSearchService:
 
     async def close(self) -> None:
         await self.client.aclose()
+        await self.page_client.aclose()
 
 
 # The kind
@@ -243,7 +251,7 @@ class WebSearch(ToolKind):
 
     @classmethod
     def shared(cls, settings: ToolsSettings) -> WebSearchService:
-        return WebSearchService(settings.web_search)
+        return WebSearchService.of(settings)
 
     @classmethod
     async def close_shared(cls, shared: WebSearchService) -> None:
