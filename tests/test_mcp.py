@@ -89,6 +89,41 @@ def test_several_steps_list_once(client: openai.OpenAI, tool_server: ToolServer,
     assert messages[2]["content"] == "2"
 
 
+def test_calls_made_in_one_model_message_go_back_as_one(
+    client: openai.OpenAI, tool_server: ToolServer, fake_upstream: FakeUpstream
+) -> None:
+    """One assistant message with both calls, then their results: in the loop, from storage, and as input again."""
+    tools = [mcp_tool(tool_server)]
+    script = 'add {"a": 1, "b": 2} & echo {"text": "x"}'
+    first = client.responses.create(model=SCRIPT, input=script, tools=tools)
+    assert types(first) == ["mcp_list_tools", "mcp_call", "mcp_call", "message"]
+    add, echo = first.output[1], first.output[2]
+    turn = [
+        {"role": "user", "content": script},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": add.id, "type": "function", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}},
+                {"id": echo.id, "type": "function", "function": {"name": "echo", "arguments": '{"text": "x"}'}},
+            ],
+        },
+        {"role": "tool", "tool_call_id": add.id, "content": "3"},
+        {"role": "tool", "tool_call_id": echo.id, "content": "x"},
+    ]
+    assert fake_upstream.requests[-1]["messages"] == turn
+    after = [{"role": "assistant", "content": "Results: 3; x"}, {"role": "user", "content": "thanks"}]
+
+    client.responses.create(model="fake/fake-echo", input="thanks", tools=tools, previous_response_id=first.id)
+    assert fake_upstream.requests[-1]["messages"] == turn + after
+
+    history = [{"role": "user", "content": script}, *(item.model_dump(exclude_none=True) for item in first.output)]
+    client.responses.create(
+        model="fake/fake-echo", input=[*history, {"role": "user", "content": "thanks"}], tools=tools, store=False
+    )
+    assert fake_upstream.requests[-1]["messages"] == turn + after
+
+
 def test_listing_is_reused_along_the_chain(client: openai.OpenAI, tool_server: ToolServer) -> None:
     tools = [mcp_tool(tool_server)]
     first = client.responses.create(model=SCRIPT, input='add {"a": 1, "b": 2}', tools=tools)
@@ -129,6 +164,33 @@ def test_approval_approved(client: openai.OpenAI, tool_server: ToolServer, strea
     call = second.output[0]
     assert (call.approval_request_id, call.output, call.status) == (request.id, "42", "completed")
     assert second.output_text == "Results: 42"
+
+
+def test_an_approved_call_goes_back_with_the_calls_of_its_model_message(
+    client: openai.OpenAI, tool_server: ToolServer, fake_upstream: FakeUpstream
+) -> None:
+    """The model called add and echo in one message; echo waited for an approval, and ran in the next response."""
+    tools = [mcp_tool(tool_server, require_approval={"never": {"tool_names": ["add"]}})]
+    script = 'add {"a": 1, "b": 2} & echo {"text": "x"}'
+    first = client.responses.create(model=SCRIPT, input=script, tools=tools)
+    assert types(first) == ["mcp_list_tools", "mcp_call", "mcp_approval_request"]
+    add, request = first.output[1], first.output[2]
+    approve = {"type": "mcp_approval_response", "approval_request_id": request.id, "approve": True}
+    second = client.responses.create(model=SCRIPT, input=[approve], tools=tools, previous_response_id=first.id)
+    assert types(second) == ["mcp_call", "message"] and second.output[0].output == "x"
+    assert fake_upstream.requests[-1]["messages"] == [
+        {"role": "user", "content": script},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": add.id, "type": "function", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}},
+                {"id": request.id, "type": "function", "function": {"name": "echo", "arguments": '{"text": "x"}'}},
+            ],
+        },
+        {"role": "tool", "tool_call_id": add.id, "content": "3"},
+        {"role": "tool", "tool_call_id": request.id, "content": "x"},
+    ]
 
 
 def test_approval_denied(client: openai.OpenAI, tool_server: ToolServer, fake_upstream: FakeUpstream) -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import ParleyProcess
 from tests.fake_upstream import FakeUpstream
+from tests.support.tools import CLOCK, WEATHER
 
 SCRIPT = "fake/fake-script"
 
@@ -292,6 +293,65 @@ def test_a_stateless_caller_sends_the_calls_back_as_input(client: openai.OpenAI,
     assert second.status == "completed"
     calls = fake_upstream.requests[-1]["messages"][-3]["tool_calls"]
     assert [call["function"]["name"] for call in calls] == ["run_sql", "shell"]
+
+
+# Where results go
+
+
+def test_a_result_follows_its_call_when_the_caller_repeats_its_message_first(
+    client: openai.OpenAI, fake_upstream: FakeUpstream
+) -> None:
+    """A chat model reads a tool message only right after the call it answers: what the caller sent between
+    (here the user's message again) is read after it."""
+    first = client.responses.create(model="fake/fake-tool", input="weather?", tools=[WEATHER])
+    (call,) = first.output
+    client.responses.create(
+        model="fake/fake-echo",
+        previous_response_id=first.id,
+        tools=[WEATHER],
+        input=[
+            {"role": "user", "content": "weather?"},
+            {"type": "function_call_output", "call_id": call.call_id, "output": "Sunny"},
+        ],
+    )
+    function = {"name": "get_weather", "arguments": call.arguments}
+    assert fake_upstream.requests[-1]["messages"] == [
+        {"role": "user", "content": "weather?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": call.call_id, "type": "function", "function": function}],
+        },
+        {"role": "tool", "tool_call_id": call.call_id, "content": "Sunny"},
+        {"role": "user", "content": "weather?"},
+    ]
+
+
+def test_results_with_a_message_between_them_all_follow_their_calls(
+    client: openai.OpenAI, fake_upstream: FakeUpstream
+) -> None:
+    """Two calls of one model message, answered in the other order with a user message between the answers:
+    both results follow the calls, in the order they came, and the message follows them."""
+    first = client.responses.create(model="fake/fake-tool", input="weather and time?", tools=[WEATHER, CLOCK])
+    weather, clock = first.output
+    client.responses.create(
+        model="fake/fake-echo",
+        previous_response_id=first.id,
+        tools=[WEATHER, CLOCK],
+        input=[
+            {"type": "function_call_output", "call_id": clock.call_id, "output": "noon"},
+            {"role": "user", "content": "and hurry"},
+            {"type": "function_call_output", "call_id": weather.call_id, "output": "Sunny"},
+        ],
+    )
+    messages = fake_upstream.requests[-1]["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "tool", "user"]
+    assert [call["id"] for call in messages[1]["tool_calls"]] == [weather.call_id, clock.call_id]
+    assert messages[2:] == [
+        {"role": "tool", "tool_call_id": clock.call_id, "content": "noon"},
+        {"role": "tool", "tool_call_id": weather.call_id, "content": "Sunny"},
+        {"role": "user", "content": "and hurry"},
+    ]
 
 
 # Which create fields are known

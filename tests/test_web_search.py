@@ -149,6 +149,20 @@ def test_a_search_and_the_answer_that_reads_it(
     assert client.responses.retrieve(response.id).model_dump() == response.model_dump()
 
 
+def test_searches_made_in_one_model_message_go_back_as_one(client: openai.OpenAI, fake_upstream: FakeUpstream) -> None:
+    script = 'web_search {"query": "parley"} & web_search {"query": "searxng"}'
+    response = client.responses.create(model=SCRIPT, input=script, tools=[WEB_SEARCH])
+    first, second = response.output[:2]
+    assert (first.type, second.type) == ("web_search_call", "web_search_call")
+    messages = fake_upstream.requests[-1]["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "tool"]
+    assert [(call["id"], call["function"]["arguments"]) for call in messages[1]["tool_calls"]] == [
+        (first.id, '{"query": "parley"}'),
+        (second.id, '{"query": "searxng"}'),
+    ]
+    assert [m["tool_call_id"] for m in messages[2:]] == [first.id, second.id]
+
+
 def test_the_next_turn_reads_the_search_again_and_cites_it(client: openai.OpenAI, fake_upstream: FakeUpstream) -> None:
     first = client.responses.create(model=SCRIPT, input='web_search {"query": "searxng"}', tools=[WEB_SEARCH])
     second = client.responses.create(

@@ -15,6 +15,7 @@ from parley.engine.request import (
     ToolTypeChoice,
 )
 from parley.errors import InvalidRequestError
+from parley.ids import turn_of
 from parley.inference.base import Provider
 from parley.tools import Toolbox, chat_messages_of
 from parley.tools.caller import OUTPUT_STYLES, STYLES
@@ -38,13 +39,30 @@ def chat_messages(
 ) -> list[dict[str, Any]]:
     """Chat messages for `items`, oldest first, after the instructions.
 
-    Consecutive calls to the caller's tools (one model turn's: function,
-    custom, shell, patch calls) become one assistant message; their results
-    come later, as output items, each a tool message. Server-side tools' items
-    (an MCP call, which carries its result) become the messages their kind
-    gives for them (`ToolKind.chat_messages`, found by item type); an
-    assistant message of tool calls there joins the one before it as function
-    calls do. The `toolbox` gives the names the model knows each tool by.
+    A chat model reads each of its own messages whole: its text and every
+    call it made in it, as one assistant message, and then one tool message
+    per call, right after it. Items come apart: a call's output arrives later
+    (as the caller answers it, perhaps after repeating the user's message);
+    a server-side item (an MCP call, a web search) carries its call and its
+    result together (`ToolKind.chat_messages` gives them as an assistant
+    message of tool calls and the tool messages that answer it). So:
+
+    - **One model message.** An assistant message item, or a call item of any
+      kind, continues the model message before it when nothing stands between
+      them (a user or system message, a call's output, a reasoning item,
+      which begins a model message) and their turn marks agree: the items one
+      model call produces carry one mark in their ids (`parley.ids.turn_of`),
+      so calls of two model calls in a row stay two messages; an id without a
+      mark (a caller's own) agrees with any. Items that the model reads
+      nothing of (MCP listings, pending approvals) stand nowhere.
+    - **Results after their calls.** Every tool message is moved to directly
+      after the assistant message whose call it answers, the tool messages of
+      one assistant message in the order they came; what stood between moves
+      after them, in order.
+
+    A result the caller gave unasked (see `check_calls_answered`) is read
+    after a call made for it, in an assistant message of its own. The
+    `toolbox` gives the names the model knows each tool by.
 
     With a `reasoning_field` (see `reasoning_field_of`), a reasoning item's
     text rides in that field of the assistant message that follows it: the
@@ -52,12 +70,25 @@ def chat_messages(
     there), or an empty one made for it when a user or tool message comes
     first. Without one, reasoning is left out.
     """
+    return _results_after_calls(_model_messages(instructions, items, toolbox, reasoning_field))
+
+
+def _model_messages(
+    instructions: str | None,
+    items: list[dict[str, Any]],
+    toolbox: Toolbox | None,
+    reasoning_field: str | None,
+) -> list[dict[str, Any]]:
+    """The messages of `items` in their order, each model message whole (see `chat_messages`)."""
     messages: list[dict[str, Any]] = []
     if instructions:
         messages.append({"role": "system", "content": instructions})
     name_of = toolbox.model_name if toolbox is not None else (lambda _label, name: name)
     field = reasoning_field
     reasoning: list[str] = []  # the texts of reasoning items not yet attached to a message
+    # The assistant message of the model message still open (that a call may join), and its turn mark.
+    turn: dict[str, Any] | None = None
+    turn_mark: str | None = None
 
     def assistant(message: dict[str, Any]) -> dict[str, Any]:
         """`message` with the reasoning that came before it."""
@@ -69,31 +100,40 @@ def chat_messages(
 
     def other(message: dict[str, Any]) -> None:
         """A user, system or tool message: reasoning before it goes on an assistant message of its own."""
+        nonlocal turn
+        turn = None
         if reasoning and field is not None:
             messages.append(assistant({"role": "assistant", "content": ""}))
         messages.append(message)
 
-    def call(entry: dict[str, Any]) -> None:
-        last = messages[-1] if messages else None
-        if last is not None and last["role"] == "assistant":
-            # Text and calls of one model turn are one message.
-            assistant(last).setdefault("tool_calls", []).append(entry)
+    def model(message: dict[str, Any], mark: str | None) -> None:
+        """An assistant message with the model's text: it begins a model message."""
+        nonlocal turn, turn_mark
+        messages.append(assistant(message))
+        turn, turn_mark = message, mark
+
+    def call(entry: dict[str, Any], mark: str | None) -> None:
+        """A call: it joins the open model message, or begins one."""
+        nonlocal turn, turn_mark
+        if turn is not None and (mark is None or turn_mark is None or mark == turn_mark):
+            turn.setdefault("tool_calls", []).append(entry)
+            turn_mark = turn_mark or mark
         else:
-            messages.append(assistant({"role": "assistant", "content": None, "tool_calls": [entry]}))
+            model({"role": "assistant", "content": None, "tool_calls": [entry]}, mark)
 
     for item in items:
         kind = item["type"]
         if kind == "message":
             message = _message(item)
             if message["role"] == "assistant":
-                messages.append(assistant(message))
+                model(message, turn_of(item.get("id")))
             else:
                 other(message)
         elif kind in STYLES:
             style = STYLES[kind]
             name = toolbox.callers.model_name(item) if toolbox is not None else style.tool_name(item)
             function = {"name": name, "arguments": style.arguments(item)}
-            call({"id": item["call_id"], "type": "function", "function": function})
+            call({"id": item["call_id"], "type": "function", "function": function}, turn_of(item.get("id")))
         elif kind in OUTPUT_STYLES:
             style = OUTPUT_STYLES[kind]
             if kind == "function_call_output":
@@ -102,28 +142,65 @@ def chat_messages(
                 content = style.output_text(item)
             call_id = style.output_call_id(item)
             if call_id is None:
-                # A result the caller gave unasked (see `check_calls_answered`): a chat model reads a
-                # tool message only after the call it answers, so the call is made for it.
+                # A result the caller gave unasked: a chat model reads a tool message only after
+                # the call it answers, so a call is made for it, which is no model message's.
+                turn = None
                 call_id = f"call_{item['id']}"
                 name = item["name"] if not item.get("namespace") else f"{item['namespace']}__{item['name']}"
-                call({"id": call_id, "type": "function", "function": {"name": name[:64], "arguments": "{}"}})
+                call({"id": call_id, "type": "function", "function": {"name": name[:64], "arguments": "{}"}}, None)
             other({"role": "tool", "tool_call_id": call_id, "content": content})
         elif kind == "reasoning":
+            turn = None  # reasoning begins a model message
             text = reasoning_text(item) if field is not None else ""
             if text:
                 reasoning.append(text)
         else:
+            calls: set[str] = set()  # the calls this item makes, whose results it carries too
             for message in chat_messages_of(item, items, name_of) or ():
                 if message["role"] == "assistant" and message.get("tool_calls") and message.get("content") is None:
                     for entry in message["tool_calls"]:
-                        call(entry)
+                        call(entry, turn_of(entry["id"]))
+                        calls.add(entry["id"])
+                elif message["role"] == "tool" and message.get("tool_call_id") in calls:
+                    messages.append(message)
                 elif message["role"] == "assistant":
-                    messages.append(assistant(message))
+                    model(message, turn_of(item.get("id")))
                 else:
                     other(message)
         # Reasoning that nothing follows is left out: an assistant message last would be
         # taken for a reply to continue.
     return messages
+
+
+def _results_after_calls(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`messages` with every tool message directly after the assistant message whose call it answers.
+
+    A tool message goes after the latest assistant message before it that made its call (or, when
+    none did, the first one after it); the tool messages of one assistant message keep their order,
+    and everything else keeps its own. A tool message whose call no message made stays where it is.
+    """
+    placed: list[list[dict[str, Any]]] = [[message] for message in messages]  # what goes at each index
+    waiting: dict[str, int] = {}  # call id -> the index of the assistant message that made it, unanswered
+    early: dict[str, list[int]] = {}  # call id -> the indexes of tool messages that came before their call
+    for index, message in enumerate(messages):
+        if message["role"] == "assistant":
+            for entry in message.get("tool_calls") or ():
+                answers = early.pop(entry["id"], None)
+                if answers:
+                    for answer in answers:
+                        placed[index] += placed[answer]
+                        placed[answer] = []
+                else:
+                    waiting[entry["id"]] = index
+        elif message["role"] == "tool":
+            call_id = str(message.get("tool_call_id"))
+            owner = waiting.pop(call_id, None)
+            if owner is None:
+                early.setdefault(call_id, []).append(index)
+            else:
+                placed[owner] += placed[index]
+                placed[index] = []
+    return [message for group in placed for message in group]
 
 
 def reasoning_text(item: dict[str, Any]) -> str:

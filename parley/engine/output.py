@@ -24,7 +24,7 @@ from typing import Any
 from parley.engine import encrypted_reasoning
 from parley.engine.emitter import EventEmitter
 from parley.errors import UpstreamError
-from parley.ids import new_id
+from parley.ids import in_turn, new_id, new_turn
 from parley.inference.types import ChatChunk, ToolCallDelta, Usage
 from parley.tools import Toolbox
 
@@ -61,6 +61,9 @@ class OutputBuilder:
         self._arguments: dict[int, list[str]] = {}
         self.call_indexes: list[int] = []  # output indexes of this model call's tool calls, of every kind
         self.server_calls: list[int] = []  # those of them that Parley runs, for the loop
+        # The mark every item of this model call carries in its id (see `parley.ids`): the context builder
+        # reads it to send the calls of one model message back as one assistant message.
+        self.turn = new_turn()
 
     def add(self, chunk: ChatChunk) -> None:
         if chunk.usage is not None:
@@ -105,7 +108,13 @@ class OutputBuilder:
     def _open_message(self) -> int:
         if self._message is None:
             self._close_reasoning()
-            item = {"id": new_id("msg"), "type": "message", "status": "in_progress", "role": "assistant", "content": []}
+            item = {
+                "id": new_id("msg", self.turn),
+                "type": "message",
+                "status": "in_progress",
+                "role": "assistant",
+                "content": [],
+            }
             self._message = self.emitter.add_item(item)
             self._parts.clear()
         return self._message
@@ -166,7 +175,13 @@ class OutputBuilder:
     def _reasoning_delta(self, text: str) -> None:
         if self._reasoning is None:
             self._close_message()
-            opened = {"id": new_id("rs"), "type": "reasoning", "status": "in_progress", "summary": [], "content": []}
+            opened = {
+                "id": new_id("rs", self.turn),
+                "type": "reasoning",
+                "status": "in_progress",
+                "summary": [],
+                "content": [],
+            }
             self._reasoning = self.emitter.add_item(opened)
             self.emitter.add_part(self._reasoning, 0, {"type": "reasoning_text", "text": ""})
         item = self.emitter.output[self._reasoning]
@@ -251,6 +266,7 @@ class OutputBuilder:
         else:
             assert tool is not None  # an offered name is a caller's tool or a server-side one
             item = tool.kind.call_item(tool)
+        item["id"] = in_turn(item["id"], self.turn)
         index = self._calls[call.index] = self.emitter.add_item(item)
         if (caller is not None and not caller.style.streams_arguments) or (caller is None and "arguments" not in item):
             self._arguments[index] = []

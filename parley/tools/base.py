@@ -172,9 +172,11 @@ class ToolKind(ABC):
         `items` are all the items being sent, `item` among them (an item may
         depend on a later one: a request on the response that declines it).
         `name_of` gives the name the model knows a server's tool by. An
-        assistant message with `tool_calls` and no content joins the assistant
-        message before it, as one model turn's calls do, and takes the
-        reasoning before it; a tool message follows as it is.
+        assistant message with `tool_calls` and no content holds the item's
+        calls, each by the id of the item that the model's call opened (whose
+        turn mark says which model message made it, see `parley.ids`): they
+        join the other calls of that message, and the tool messages answering
+        them follow it (see `parley.engine.context.chat_messages`).
         """
         return []
 

@@ -202,11 +202,15 @@ class MCPServers(ToolKind):
         """The model's call and the tool message answering it, for a finished call or a declined request.
 
         A request is declined by an `mcp_approval_response` in `items` that does
-        not approve it. Nothing for any other item.
+        not approve it. Nothing for any other item. A call that an approval let
+        run is the call the model asked for in its request, and is read by the
+        request's id: with the calls of the model message that made it.
         """
         kind = item["type"]
+        call_id = item["id"]
         if kind == "mcp_call" and item.get("status") in ("completed", "failed"):
             result = _result(item)
+            call_id = item.get("approval_request_id") or call_id
         elif kind == "mcp_approval_request" and any(
             other["type"] == "mcp_approval_response"
             and other["approval_request_id"] == item["id"]
@@ -221,9 +225,9 @@ class MCPServers(ToolKind):
             {
                 "role": "assistant",
                 "content": None,
-                "tool_calls": [{"id": item["id"], "type": "function", "function": function}],
+                "tool_calls": [{"id": call_id, "type": "function", "function": function}],
             },
-            {"role": "tool", "tool_call_id": item["id"], "content": result},
+            {"role": "tool", "tool_call_id": call_id, "content": result},
         ]
 
 
