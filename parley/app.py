@@ -15,6 +15,7 @@ from parley.api.auth import Authenticate, KeyRing
 from parley.api.body import install_body_schemas
 from parley.api.chat import create_chat_completion
 from parley.api.fastpath import FastPaths
+from parley.api.guard import RequestGuard
 from parley.api.responses import create_response
 from parley.api.scoping import with_test_scoping
 from parley.config import Settings
@@ -73,7 +74,7 @@ def create_app(settings: Settings) -> ASGIApp:
     hot = FastPaths(
         app, {("POST", "/v1/chat/completions"): create_chat_completion, ("POST", "/v1/responses"): create_response}
     )
-    return with_test_scoping(Authenticate(hot, keys), settings.inference.recording)
+    return with_test_scoping(RequestGuard(Authenticate(hot, keys), settings.server), settings.inference.recording)
 
 
 def _say_who_may_use_it(keys: KeyRing) -> None:

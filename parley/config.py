@@ -44,8 +44,51 @@ class _Section(BaseModel):
 
 
 class ServerSettings(_Section):
+    """Where Parley listens, and what it takes from a request before any route sees it (see parley.api.guard)."""
+
     host: str = "127.0.0.1"
     port: int = Field(8321, ge=0, le=65535)
+    # The names a request's Host header may give (`*.example.com` for a domain's, `*` for any): against DNS
+    # rebinding. None means those of `host`: 127.0.0.1, localhost and ::1 on loopback, any on 0.0.0.0 or ::.
+    allowed_hosts: list[str] | None = None
+    # The origins (`https://app.example.com`, or `*`) whose web pages may call the API (CORS); none by default.
+    cors_origins: list[str] = []
+    # The largest request body taken, in bytes; a larger one is a 413.
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        names = []
+        for entry in value:
+            name = entry.strip().lower().removesuffix(".")
+            name = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+            if not name or "/" in name or (":" in name and not _is_ipv6(name)):
+                raise ValueError(f"'{entry}' is not a host name (a name or an address, without scheme or port)")
+            names.append(name)
+        return names
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        origins = []
+        for entry in value:
+            origin = entry.strip().lower().removesuffix("/")
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s?#]+", origin):
+                raise ValueError(
+                    f"'{entry}' is not an origin: a scheme and a host, and a port if any (https://app.example.com)"
+                )
+            origins.append(origin)
+        return origins
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == 6
+    except ValueError:
+        return False
 
 
 # An owner's name: it is written in the database and in the log, so a plain word.

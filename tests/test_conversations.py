@@ -698,11 +698,10 @@ def test_item_reference_to_a_conversation_item(
 
 def test_incomplete_turn_appends(http: httpx.Client, client: openai.OpenAI) -> None:
     conversation = client.conversations.create()
-    response = client.responses.create(
-        model=ECHO, input="one two three four", max_output_tokens=2, conversation=conversation.id
-    )
-    assert response.status == "incomplete" and response.output_text == "one two"
-    assert items(http, conversation.id) == [user("one two three four"), *output(response)]
+    words = " ".join(f"w{i}" for i in range(20))
+    response = client.responses.create(model=ECHO, input=words, max_output_tokens=16, conversation=conversation.id)
+    assert response.status == "incomplete" and response.output_text == words.rsplit(" ", 4)[0]
+    assert items(http, conversation.id) == [user(words), *output(response)]
 
 
 def test_store_false_still_appends(http: httpx.Client, client: openai.OpenAI, fake_upstream: FakeUpstream) -> None:

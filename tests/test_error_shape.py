@@ -52,6 +52,10 @@ def chat(**fields: Any) -> Send:
 
 
 def raw(method: str, path: str, **kwargs: Any) -> Send:
+    """A request through httpx; a body given as bytes is sent as JSON (Content-Type) unless headers say otherwise."""
+    if "content" in kwargs:
+        kwargs["headers"] = {"Content-Type": "application/json", **kwargs.get("headers", {})}
+
     def send(client: openai.OpenAI, http: httpx.Client) -> Any:
         return http.request(method, path, **kwargs)
 
@@ -194,6 +198,28 @@ CASES = [
         "upstream_error",
     ),
     Case("upstream-hang", chat(model="fake/fake-hang"), 504, None, "upstream_timeout", "upstream_error"),
+    # What parley.api.guard refuses before any route.
+    Case(
+        "text-plain-body",
+        raw("POST", "/v1/responses", content=b'{"model": "echo"}', headers={"Content-Type": "text/plain"}),
+        415,
+        None,
+        "unsupported_content_type",
+    ),
+    Case("another-host", raw("GET", "/v1/models", headers={"Host": "rebound.example"}), 400, None, "invalid_host"),
+    Case("nul-in-path", raw("GET", "/v1/responses/resp_%00x"), 404),
+    Case("nul-in-query", raw("GET", "/v1/responses?after=%00"), 400, "after", "invalid_value"),
+    Case(
+        "nested-too-deep",
+        raw(
+            "POST",
+            "/v1/chat/completions",
+            json={"model": "echo", "messages": HELLO, "x": json.loads("[" * 70 + "]" * 70)},
+        ),
+        400,
+        "x" + "[0]" * 63,  # the first array inside 64 others
+        "invalid_value",
+    ),
 ]
 
 PARAMS = [pytest.param(case, id=case.id) for case in CASES] + [
@@ -308,17 +334,35 @@ def test_wrong_method_says_which_methods_are_allowed(http: httpx.Client) -> None
 
 @pytest.mark.parametrize(
     "content_type",
-    ["text/plain", "application/x-www-form-urlencoded", None],
-    ids=["text-plain", "form-urlencoded-as-curl-d-sends", "no-content-type"],
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None],
+    ids=["text-plain", "form-urlencoded-as-curl-d-sends", "multipart", "no-content-type"],
 )
-@pytest.mark.parametrize("stream", [False, True])
-def test_json_body_is_read_whatever_the_content_type(
-    http: httpx.Client, content_type: str | None, stream: bool
-) -> None:
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses", "/v1/conversations"])
+def test_a_body_not_sent_as_json_is_a_415(http: httpx.Client, content_type: str | None, path: str) -> None:
+    # What a web page may send anywhere without a preflight: text/plain, forms and multipart.
     headers = {"Content-Type": content_type} if content_type else {}
+    body = json.dumps({"model": "echo", "messages": HELLO, "input": "hi"})
+
+    response = http.post(path, content=body, headers=headers)
+
+    assert response.status_code == 415
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert list(error) == ["message", "type", "param", "code"]
+    assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", None, "unsupported_content_type")
+    if content_type:
+        media_type = content_type.split(";")[0]
+        assert error["message"].startswith(f"Unsupported content type: '{media_type}'. This API method only accepts")
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8", "Application/JSON"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_json_body_is_read_with_any_spelling_of_its_content_type(
+    http: httpx.Client, content_type: str, stream: bool
+) -> None:
     body = json.dumps({"model": "echo", "messages": [{"role": "user", "content": "plain text body"}], "stream": stream})
 
-    response = http.post("/v1/chat/completions", content=body, headers=headers)
+    response = http.post("/v1/chat/completions", content=body, headers={"Content-Type": content_type})
 
     assert response.status_code == 200
     if stream:

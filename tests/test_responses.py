@@ -361,10 +361,12 @@ def test_logprobs_when_included(client: openai.OpenAI) -> None:
 
 
 def test_max_output_tokens_makes_an_incomplete_response(client: openai.OpenAI) -> None:
-    response = client.responses.create(model=ECHO, input="one two three four five six", max_output_tokens=2)
+    words = [f"w{i}" for i in range(20)]
+    # 16 is the fewest OpenAI takes.
+    response = client.responses.create(model=ECHO, input=" ".join(words), max_output_tokens=16)
     assert response.status == "incomplete"
     assert response.incomplete_details.reason == "max_output_tokens"
-    assert response.output_text == "one two"
+    assert response.output_text == " ".join(words[:16])
 
 
 def test_input_items_pagination(client: openai.OpenAI) -> None:
@@ -969,7 +971,7 @@ def test_include_on_create_is_checked(client: openai.OpenAI) -> None:
     "request_body",
     [
         {"model": TOOL, "input": "Weather?", "tools": [WEATHER]},
-        {"model": ECHO, "input": "one two three", "max_output_tokens": 1},
+        {"model": ECHO, "input": " ".join(f"w{i}" for i in range(20)), "max_output_tokens": 16},
         {"model": ECHO, "input": "x", "prompt_cache_retention": "24h", "include": ["message.output_text.logprobs"]},
     ],
     ids=["function-call", "incomplete", "logprobs"],

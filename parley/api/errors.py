@@ -33,7 +33,9 @@ def body_for(exc: ParleyError) -> dict[str, Any]:
 
 def validation_error(errors: list[dict[str, Any]]) -> dict[str, Any]:
     first = errors[0] if errors else {"type": "value_error", "loc": (), "msg": "Invalid request."}
-    if first["type"] in ("json_invalid", "model_attributes_type") and len(first["loc"]) <= 2:
+    # Only the body itself (`loc` () from a model, ("body",) from FastAPI) is "not JSON"; a field of the
+    # wrong type inside it (`"text": {"format": []}`) is a 400 naming that field.
+    if first["type"] in ("json_invalid", "model_attributes_type") and tuple(first["loc"]) in ((), ("body",)):
         return error_body(
             "We could not parse the JSON body of your request. The body must be a JSON object "
             "sent with Content-Type: application/json."

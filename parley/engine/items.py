@@ -408,10 +408,18 @@ def _parts(item: MessageItem, path: str) -> list[dict[str, Any]]:
 
 
 def _check_part(raw: Any, path: str, allowed: set[str]) -> dict[str, Any]:
-    kind = raw.get("type") if isinstance(raw, dict) else None
+    if not isinstance(raw, dict):
+        raise InvalidRequestError(f"Invalid value for '{path}': expected an object.", param=path)
+    kind = raw.get("type")
+    param = f"{path}.type"
+    expected = ", ".join(sorted(allowed))
+    if kind is not None and not isinstance(kind, str):
+        raise InvalidRequestError(
+            f"Invalid type for '{param}': expected one of {expected}, but got {_json_type(kind)} instead.",
+            param=param,
+            code="invalid_type",
+        )
     if kind not in allowed:
-        param = f"{path}.type"
-        expected = ", ".join(sorted(allowed))
         raise InvalidRequestError(
             f"Invalid value for '{param}': '{kind}' is not allowed here; expected one of {expected}.", param=param
         )
@@ -424,6 +432,17 @@ def _check_part(raw: Any, path: str, allowed: set[str]) -> dict[str, Any]:
     if isinstance(part, OutputText):
         data.setdefault("logprobs", [])
     return data
+
+
+def _json_type(value: Any) -> str:
+    """What a value is, in JSON's words: "an object", "an array", "a number"."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, bool):
+        return "a boolean"
+    return "a number" if isinstance(value, (int, float)) else "a string"
 
 
 def _message(

@@ -88,7 +88,7 @@ def check_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class TextFormatText(_Model):
@@ -245,9 +245,36 @@ def check_fields(data: Any) -> None:
             )
 
 
+# OpenAI's bounds on `max_output_tokens`: it refuses fewer than 16; the most is what a 32-bit count holds.
+MIN_OUTPUT_TOKENS = 16
+MAX_OUTPUT_TOKENS = 2**31 - 1
+
+
+def check_max_output_tokens(value: int | None) -> int | None:
+    """`max_output_tokens` within OpenAI's bounds, refused in OpenAI's words."""
+    if value is None:
+        return value
+    if value < MIN_OUTPUT_TOKENS:
+        raise InvalidRequestError(
+            "Invalid 'max_output_tokens': integer below minimum value. "
+            f"Expected a value >= {MIN_OUTPUT_TOKENS}, but got {value} instead.",
+            param="max_output_tokens",
+            code="integer_below_min_value",
+        )
+    if value > MAX_OUTPUT_TOKENS:
+        raise InvalidRequestError(
+            "Invalid 'max_output_tokens': integer above maximum value. "
+            f"Expected a value <= {MAX_OUTPUT_TOKENS}, but got {value} instead.",
+            param="max_output_tokens",
+            code="integer_above_max_value",
+        )
+    return value
+
+
 class CreateResponseRequest(BaseModel):
-    # Which names may appear is `check_fields`'s: the package's, and those it lags behind on.
-    model_config = ConfigDict(extra="allow")
+    # Which names may appear is `check_fields`'s: the package's, and those it lags behind on. Declared
+    # fields are strict, as OpenAI's are: `"stream": "yes"` is a 400 naming the field, not a value coerced.
+    model_config = ConfigDict(extra="allow", strict=True)
 
     model: str
     input: str | list[dict[str, Any]] | None = None
@@ -264,7 +291,7 @@ class CreateResponseRequest(BaseModel):
     top_p: float | None = Field(None, ge=0, le=1)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    max_output_tokens: int | None = Field(None, ge=1)
+    max_output_tokens: int | None = None
     max_tool_calls: int | None = Field(None, ge=1)
     top_logprobs: int | None = Field(None, ge=0, le=20)
     parallel_tool_calls: bool = True
@@ -292,6 +319,7 @@ class CreateResponseRequest(BaseModel):
     context_management: Any = None
 
     _metadata_limits = field_validator("metadata")(lambda cls, value: check_metadata(value))
+    _output_tokens = field_validator("max_output_tokens")(lambda cls, value: check_max_output_tokens(value))
     _include_values = field_validator("include")(lambda cls, value: check_include(value))
     _no_compaction = field_validator("context_management")(lambda cls, value: check_context_management(value))
 
@@ -324,11 +352,11 @@ class CreateResponseRequest(BaseModel):
         text = data.get("text") if isinstance(data, dict) else None
         fmt = text.get("format") if isinstance(text, dict) else None
         if isinstance(fmt, dict):
-            model = _TEXT_FORMATS.get(fmt.get("type"))
+            kind = fmt.get("type")
+            model = _TEXT_FORMATS.get(kind) if isinstance(kind, str) else None
             if model is None:
                 raise InvalidRequestError(
-                    f"Invalid value for 'text.format.type': {fmt.get('type')!r}; "
-                    f"expected one of {', '.join(_TEXT_FORMATS)}.",
+                    f"Invalid value for 'text.format.type': {kind!r}; expected one of {', '.join(_TEXT_FORMATS)}.",
                     param="text.format.type",
                     code="invalid_value",
                 )
@@ -367,11 +395,12 @@ class CreateResponseRequest(BaseModel):
             kind = raw.get("type") if isinstance(raw, dict) else None
             model = _definition_model(kind)
             if model is None:
-                known = "is not supported by this server yet" if kind in KNOWN_TOOL_TYPES else "is not a tool type"
+                known = isinstance(kind, str) and kind in KNOWN_TOOL_TYPES
                 raise InvalidRequestError(
-                    f"Invalid value for 'tools[{index}].type': tool type '{kind}' {known}.",
+                    f"Invalid value for 'tools[{index}].type': tool type {kind!r} "
+                    + ("is not supported by this server yet." if known else "is not a tool type."),
                     param=f"tools[{index}].type",
-                    code="unsupported_tool_type" if kind in KNOWN_TOOL_TYPES else "invalid_value",
+                    code="unsupported_tool_type" if known else "invalid_value",
                 )
             tool = _validated(model, raw, f"tools[{index}]")
             if isinstance(tool, MCPTool):
