@@ -63,14 +63,26 @@ def build_server() -> MCPServer:
 
 
 class _HeaderRecorder:
-    def __init__(self, app: Any, seen: list[dict[str, str]]) -> None:
+    """Keeps the headers of every request, and counts the SSE streams open at `sse_path`."""
+
+    def __init__(self, app: Any, seen: list[dict[str, str]], sse_path: str = "") -> None:
         self.app = app
         self.seen = seen
+        self.sse_path = sse_path
+        self.streams = 0  # open now
+        self.opened = 0  # ever
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            self.seen.append({k.decode(): v.decode() for k, v in scope["headers"]})
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        self.seen.append({k.decode(): v.decode() for k, v in scope["headers"]})
+        stream = scope["method"] == "GET" and scope["path"] == self.sse_path
+        self.streams += stream
+        self.opened += stream
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.streams -= stream
 
 
 def _free_port() -> int:
@@ -87,6 +99,7 @@ class ToolServer:
         self.headers: list[dict[str, str]] = []
         self._thread: threading.Thread | None = None
         self._server: uvicorn.Server | None = None
+        self._recorder: _HeaderRecorder | None = None
 
     @property
     def url(self) -> str:
@@ -100,6 +113,19 @@ class ToolServer:
     sse_path = "/sse"
     listen_host = "127.0.0.1"
 
+    @property
+    def open_sessions(self) -> int:
+        """The SSE sessions open now: each is a stream (`GET /sse`) that lasts as long as its client keeps it.
+
+        (The `mcp` package's streamable-HTTP sessions keep nothing open on the server between requests.)
+        """
+        return self._recorder.streams if self._recorder is not None else 0
+
+    @property
+    def sessions_opened(self) -> int:
+        """The SSE sessions opened since the server started."""
+        return self._recorder.opened if self._recorder is not None else 0
+
     def start(self) -> Self:
         mcp = build_server()
         # The host decides the DNS-rebinding protection: on for loopback, which only loopback names may reach.
@@ -112,7 +138,7 @@ class ToolServer:
                 yield
 
         app = Starlette(routes=[*streamable.routes, *sse.routes, *self.extra_routes()], lifespan=lifespan)
-        recorder = _HeaderRecorder(app, self.headers)
+        recorder = self._recorder = _HeaderRecorder(app, self.headers, self.sse_path)
         config = uvicorn.Config(recorder, host=self.listen_host, port=self.port, log_level="error")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)

@@ -11,7 +11,9 @@ A document matches a query when any of the query's words (`site:` terms
 aside) is in its title or snippet. `mode` breaks both search APIs on demand:
 `error` answers 500, `drop` cuts the connection mid-answer, `slow` answers after
 `SLOW_SECONDS`. Every search request's query parameters and headers are kept
-in `searches`, and the name of every page read in `pages_read`.
+in `searches`, the name of every page read in `pages_read`, and the `Host`
+header it was asked with in `page_hosts`. It listens on 127.0.0.1, or on
+every address of this machine with `listen_host="0.0.0.0"`.
 """
 
 from __future__ import annotations
@@ -54,11 +56,13 @@ class Document:
 class SearchServer:
     """The corpus and its two search APIs, served by uvicorn in a daemon thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, listen_host: str = "127.0.0.1") -> None:
         self.port = _free_port()
+        self.listen_host = listen_host
         self.mode = "ok"
         self.searches: list[dict[str, Any]] = []
         self.pages_read: list[str] = []
+        self.page_hosts: list[str] = []
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -159,6 +163,7 @@ class SearchServer:
     async def pages(self, request: Request) -> Response:
         name = request.path_params["name"]
         self.pages_read.append(name)
+        self.page_hosts.append(request.headers.get("host", ""))
         if name == "parley":
             return Response(PARLEY_PAGE, media_type="text/html; charset=utf-8")
         if name == "plain":
@@ -198,7 +203,7 @@ class SearchServer:
             exception_handlers={_Failure: _server_error},
         )
         config = uvicorn.Config(
-            self._dropping(app), host="127.0.0.1", port=self.port, log_level="critical", lifespan="off"
+            self._dropping(app), host=self.listen_host, port=self.port, log_level="critical", lifespan="off"
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True, name="search-server")

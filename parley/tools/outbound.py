@@ -53,10 +53,6 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # A host name's addresses, as the system's resolver gives them; raises OSError when it has none.
 Resolver = Callable[[str], Awaitable[Sequence[IPAddress]]]
 
-# Names that always reach this machine, whatever the resolver says (RFC 6761 gives `*.localhost` to it too).
-_LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
-_LOOPBACK_ADDRESSES = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
-
 # IPv6 ranges whose addresses carry an IPv4 address in their last 32 bits, which is the one they reach:
 # NAT64's well-known prefix, and the IPv4-compatible addresses (deprecated, still routed by some stacks).
 _CARRYING_IPV4 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("::/96"))
@@ -110,12 +106,16 @@ class HostRules:
             return
         kind = address_kind(reached)
         if kind == "loopback" and not self.allow_loopback:
-            raise HostRefused(f"the host '{host}' is on this machine ({address}): not allowed by the server's rules")
+            raise HostRefused(
+                f"the host '{host}' is on this machine ({address}): not allowed by the server's rules"
+                " (outbound.allow_loopback)"
+            )
         if kind not in ("loopback", "public") and not self.allow_private:
             # `private` as `allow_private` says it, which allows them all; the kind is for the reader.
             where = ", where cloud metadata services answer" if reached == _METADATA else ""
             raise HostRefused(
                 f"the host '{host}' has a private address ({address}: {kind}{where}): not allowed by the server's rules"
+                " (outbound.allow_private, outbound.allowed_cidrs)"
             )
 
 
@@ -200,8 +200,6 @@ class Guard:
         address = _literal(host)
         if address is not None:
             found: Sequence[IPAddress] = [address]
-        elif host in _LOOPBACK_NAMES or host.endswith(".localhost"):
-            found = _LOOPBACK_ADDRESSES
         else:
             seconds = timeout or _RESOLVE_SECONDS
             try:
