@@ -13,7 +13,11 @@ own, in process: the system's resolver cannot be made to change its answer.
 
 from __future__ import annotations
 
+import datetime
+import http.server
 import ipaddress
+import ssl
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -297,3 +301,105 @@ async def test_every_address_a_name_resolves_to_must_be_allowed() -> None:
 
     with pytest.raises(HostRefused, match=r"the host 'mixed.test' has a private address \(192\.168\.0\.10"):
         await Guard(ONLY_127_0_0_1, both).addresses("mixed.test")
+
+
+class TLSServer:
+    """An HTTPS server on 127.0.0.1 whose certificate (from a CA of its own) names `rebinding.test` only.
+
+    It keeps the name each client asked for in its TLS handshake (SNI), and the `Host` of each request.
+    """
+
+    NAME = "rebinding.test"
+
+    def __init__(self, directory: Path) -> None:
+        key, certificate, self.ca_file = _certificates(directory, self.NAME)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(certificate, key)
+        self.names: list[str | None] = []
+        self.hosts: list[str | None] = []
+        context.sni_callback = lambda _socket, name, _context: self.names.append(name)
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.hosts.append(self.headers.get("Host"))
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client's TLS settings that trust the server's CA alone, verifying names as usual."""
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+
+def _certificates(directory: Path, name: str) -> tuple[Path, Path, Path]:
+    """A CA, and a key and certificate it signed for `name`: their files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def certificate(subject: str, key: Any, issuer: str, signer: Any, ca: bool) -> Any:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if ca:
+            builder = builder.add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            )
+        else:
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = certificate("Parley test CA", ca_key, "Parley test CA", ca_key, ca=True)
+    leaf = certificate(name, leaf_key, "Parley test CA", ca_key, ca=False)
+    files = directory / "key.pem", directory / "certificate.pem", directory / "ca.pem"
+    files[0].write_bytes(
+        leaf_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    files[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    files[2].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    return files
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSServer]:
+    server = TLSServer(tmp_path_factory.mktemp("tls"))
+    yield server
+    server.httpd.shutdown()
+
+
+@pytest.mark.parametrize("library", ["httpx", "httpx2"])
+async def test_tls_names_and_verifies_the_host_not_the_address(tls_server: TLSServer, library: str) -> None:
+    """Connected to 127.0.0.1, the handshake still asks for the name (SNI) and checks the certificate against it;
+    the same server named by its address fails that check."""
+    guard = Guard(ONLY_127_0_0_1, ChangingResolver("127.0.0.1"))
+    client = guard.httpx_client if library == "httpx" else guard.httpx2_client
+    async with client(verify=tls_server.client_context(), timeout=5) as session:
+        response = await session.get(f"https://rebinding.test:{tls_server.port}/")
+        assert response.status_code == 200 and response.text == "ok"
+        assert tls_server.names[-1] == "rebinding.test"
+        assert tls_server.hosts[-1] == f"rebinding.test:{tls_server.port}"
+        with pytest.raises(Exception, match="certificate verify failed"):
+            await session.get(f"https://127.0.0.1:{tls_server.port}/")

@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -216,24 +217,25 @@ class Guard:
             self.rules.check_address(host, candidate)
         return unique
 
-    def httpx_client(self, **kwargs: Any) -> Any:
-        """An `httpx.AsyncClient` (keyword arguments as its own) whose connections go through this guard."""
+    def httpx_client(self, verify: ssl.SSLContext | bool = True, **kwargs: Any) -> Any:
+        """An `httpx.AsyncClient` (`verify` and keyword arguments as its own) whose connections go through
+        this guard."""
         import httpcore
         import httpx
 
-        return httpx.AsyncClient(transport=self._transport(httpx, httpcore), trust_env=False, **kwargs)
+        return httpx.AsyncClient(transport=self._transport(httpx, httpcore, verify), trust_env=False, **kwargs)
 
-    def httpx2_client(self, **kwargs: Any) -> Any:
+    def httpx2_client(self, verify: ssl.SSLContext | bool = True, **kwargs: Any) -> Any:
         """An `httpx2.AsyncClient`, as `httpx_client` (the `mcp` package's clients are httpx2's)."""
         import httpcore2
         import httpx2
 
-        return httpx2.AsyncClient(transport=self._transport(httpx2, httpcore2), trust_env=False, **kwargs)
+        return httpx2.AsyncClient(transport=self._transport(httpx2, httpcore2, verify), trust_env=False, **kwargs)
 
-    def _transport(self, http: Any, core: Any) -> Any:
+    def _transport(self, http: Any, core: Any, verify: ssl.SSLContext | bool) -> Any:
         # httpx's transport takes no network backend, so the connection pool it makes is replaced by one made
         # as it makes it (the default limits, TLS verified as httpx verifies it) whose connections are pinned.
-        context = http.create_ssl_context()
+        context = http.create_ssl_context(verify=verify)
         limits = http.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0)
         transport = http.AsyncHTTPTransport(verify=context, limits=limits)
         transport._pool = core.AsyncConnectionPool(
