@@ -160,8 +160,9 @@ class StorageSettings(_Section):
     # SQLAlchemy URL; None means a SQLite file in `data_dir`.
     url: str | None = None
     # A response in progress whose server has not vouched for it this long is
-    # marked failed (its server stopped); servers renew every third of it.
-    lease_seconds: float = Field(60.0, gt=0)
+    # marked failed (its server stopped), with the output it had kept; servers renew
+    # every third of it, and keep the output of their responses so far as they do.
+    lease_seconds: float = Field(15.0, gt=0)
 
     @field_validator("url")
     @classmethod

@@ -19,6 +19,8 @@ The request's `model` picks the behaviour:
     fake-midstream-error  3 chunks, then an error frame, no [DONE]
     fake-malformed        2 chunks, then a frame that is not JSON
     fake-drop             2 chunks, then the connection is cut
+    fake-stall            3 chunks, then nothing more (60 s, or until the client goes away)
+    fake-slow-error-400   a 400, after 0.3 s
 
 In a test:
 
@@ -69,6 +71,8 @@ MODELS = (
     "fake-midstream-error",
     "fake-malformed",
     "fake-drop",
+    "fake-stall",
+    "fake-slow-error-400",
 )
 LONG_DEFAULT_TOKENS = 1000
 HANG_SECONDS = 60.0
@@ -157,7 +161,11 @@ class FakeApp:
         if model in _ERRORS:
             status, payload = _ERRORS[model]
             await _respond(send, status, payload)
-        elif model == "fake-hang":
+        elif model == "fake-slow-error-400":
+            await asyncio.sleep(0.3)
+            status, payload = _ERRORS["fake-error-400"]
+            await _respond(send, status, payload)
+        elif model == "fake-hang" or (model == "fake-stall" and not stream):
             await self._hang(receive, send)
         elif model == "fake-long" and stream and not body.get("logprobs"):
             await self._stream_long(body, receive, send)
@@ -265,7 +273,7 @@ class FakeApp:
             frames.append(b'data: {"error":{"message":"fake mid-stream failure","type":"server_error"}}\n\n')
         elif model == "fake-malformed":
             frames.append(b"data: {not json\n\n")
-        elif model != "fake-drop":  # which is cut off after its pieces, below
+        elif model not in ("fake-drop", "fake-stall"):  # which are cut off or stall after their pieces, below
             frames.append(chunk({}, reply.finish_reason))
             options = body.get("stream_options") or {}
             if options.get("include_usage"):
@@ -285,6 +293,10 @@ class FakeApp:
                 await send({"type": "http.response.body", "body": data, "more_body": True})
             if model == "fake-drop":
                 raise _Dropped("fake-drop")
+            if model == "fake-stall":
+                deadline = asyncio.get_running_loop().time() + HANG_SECONDS
+                while not (watch.gone or self.closing) and asyncio.get_running_loop().time() < deadline:
+                    await asyncio.sleep(0.05)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _stream_long(self, body: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -353,6 +365,7 @@ _FAILING_PIECES = {
     "fake-midstream-error": ["one", " two", " three"],
     "fake-malformed": ["one", " two"],
     "fake-drop": ["one", " two"],
+    "fake-stall": ["one", " two", " three"],
 }
 # The arguments `{"city": "Paris"}`, in the uneven pieces a real model streams them in.
 _ARGUMENT_PIECES = ['{"ci', 'ty": "Pa', 'ris"}']

@@ -56,7 +56,7 @@ def test_defaults_serve_the_embedded_model_on_localhost_8321(tmp_path: Path) -> 
         "auth": {"keys": [], "disabled": False},
         "logging": {"level": "info"},
         "data_dir": str(tmp_path / "xdg" / "parley"),
-        "storage": {"url": None, "lease_seconds": 60.0},
+        "storage": {"url": None, "lease_seconds": 15.0},
         "inference": {
             "providers": {"local": {"type": "local", "models": {"smollm2-135m": EMBEDDED_MODEL_CONFIG}}},
             "aliases": {"smollm2-135m": "local/smollm2-135m"},
@@ -196,7 +196,7 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
         },
         "logging": {"level": "debug"},
         "data_dir": "/srv/parley",
-        "storage": {"url": "postgresql+asyncpg://parley@db/parley", "lease_seconds": 60.0},
+        "storage": {"url": "postgresql+asyncpg://parley@db/parley", "lease_seconds": 15.0},
         "inference": {
             "providers": {
                 "openai": {

@@ -23,6 +23,9 @@ class EventEmitter:
     def __init__(self, sink: Sink | None = None) -> None:
         self._sink = sink
         self._sequence = 0
+        # Every event counts, sent or not (a response that is not streamed has none sent): whoever keeps
+        # the output so far knows by it whether the output changed since.
+        self.changes = 0
         # Output items in output order; open ones are still being written.
         self.output: list[dict[str, Any]] = []
         self._open_items: dict[int, dict[str, Any]] = {}
@@ -38,6 +41,7 @@ class EventEmitter:
         return self._sink is not None
 
     def emit(self, event_type: str, **fields: Any) -> None:
+        self.changes += 1
         if self._sink is None:
             return
         event = {"type": event_type, "sequence_number": self._sequence, **fields}

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,25 +49,11 @@ class Turn:
     emitter: EventEmitter
     settings: EngineSettings = field(default_factory=EngineSettings)
     previous_tools: list[dict[str, Any]] = field(default_factory=list)  # the `tools` of the previous response
-    # Whether its context, once stored, may be kept for the turn that continues it (see
-    # engine.chains): not when a conversation's items, which can be deleted, are in it.
-    keep_context: bool = True
     usage: Usage = field(default_factory=Usage)
     announced: bool = False
     dropped_items: int = 0  # oldest context items left out by `truncation: auto`
-    # Writes the stored response's first row, shortly after the start (see
-    # ResponseService._start), or at once when something needs the row; this server
-    # answers for the response until the row is there.
-    begin: Callable[[], Awaitable[None]] | None = None
-    written: asyncio.Future[None] | None = None
     server_calls: int = 0  # server-side calls run so far
     model_calls: int = 0
-
-    def ensure_written(self) -> asyncio.Future[None] | None:
-        """Starts writing the response's first row, once; the write, or None when it is not stored."""
-        if self.begin is not None and self.written is None:
-            self.written = asyncio.ensure_future(self.begin())
-        return self.written
 
     def context_items(self) -> list[dict[str, Any]]:
         return (self.history + self.input_items + self.emitter.output)[self.dropped_items :]

@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import functools
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
@@ -27,13 +27,13 @@ from parley.engine.chains import ChainContexts
 from parley.engine.conversations import ConversationNotFoundError, check_new_ids
 from parley.engine.emitter import EventEmitter
 from parley.engine.items import parse_input
+from parley.engine.record import ResponseRecord
 from parley.engine.request import CreateResponseRequest
 from parley.engine.response import error_object, initial_response, usage_object
 from parley.errors import InvalidRequestError, NotFoundError, ParleyError
 from parley.ids import new_id
 from parley.inference.registry import ModelRegistry, ResolvedModel
 from parley.store import (
-    ANYONE,
     Caller,
     ConversationNotFound,
     ConversationStore,
@@ -110,12 +110,16 @@ class ResponseRun:
             yield batch
 
 
-# How long after its start a stored response's first row is written. Not at once: the
-# write would compete for the CPU with the first token, or, written before the model
-# call, delay it; a model that answers this fast has its response written once, whole,
-# when it ends. Whatever needs the row before (a retrieval, a `previous_response_id`)
-# has it written then.
-_FIRST_WRITE_AFTER = 0.05  # seconds
+@dataclass(slots=True)
+class _Producing:
+    """A response this server produces: its turn, and, when it is stored, its record and owner."""
+
+    turn: loop.Turn
+    record: ResponseRecord | None
+    owner: str | None
+    # Whether its context, once stored, may be kept for the turn that continues it (see
+    # engine.chains): not when a conversation's items, which can be deleted, are in it.
+    keep_context: bool
 
 
 class _ConversationLock(asyncio.Lock):
@@ -146,8 +150,8 @@ class ResponseService:
         # What the tool kinds keep across responses (MCP sessions, search clients).
         self.tool_services = ToolServices(tools or ToolsSettings())
         self._tasks: set[asyncio.Task[None]] = set()
-        # The stored responses this server is producing, with their owners.
-        self._producing: dict[str, tuple[loop.Turn, str | None]] = {}
+        # The stored responses this server is producing.
+        self._producing: dict[str, _Producing] = {}
         self._chains = ChainContexts(self.engine.kept_context_bytes)  # the contexts of the responses it stored lately
         self._keeper: asyncio.Task[None] | None = None
         # Turns on one conversation take turns here, and across servers in the database
@@ -259,36 +263,36 @@ class ResponseService:
             emitter=EventEmitter(run.sink if request.stream else None),
             settings=self.engine,
             previous_tools=previous_tools,
-            keep_context=keep_context,
         )
-        if request.store:
-            turn.begin = functools.partial(self.store.begin, response, input_items, caller.owner)
+        record = ResponseRecord(self.store, response, input_items, caller.owner) if request.store else None
+        producing = _Producing(turn, record, caller.owner, keep_context)
+        if record is not None:
             # A server that dies after this still leaves a row that says so (see `_keep_leases`).
-            asyncio.get_running_loop().call_later(_FIRST_WRITE_AFTER, turn.ensure_written)
-            self._producing[response["id"]] = (turn, caller.owner)
-        task = asyncio.create_task(self._produce(turn, run, lock, caller.owner), name=f"response {response['id']}")
+            record.start_soon()
+            self._producing[response["id"]] = producing
+        task = asyncio.create_task(self._produce(producing, run, lock), name=f"response {response['id']}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return run
 
-    async def _produce(self, turn: loop.Turn, run: ResponseRun, lock: asyncio.Lock | None, owner: str | None) -> None:
-        try:
-            await self._produce_and_store(turn, run, owner)
-        finally:
-            if lock is not None:
-                await self._leave_conversation(turn.request.conversation_id or "", lock)
-
-    async def _produce_and_store(self, turn: loop.Turn, run: ResponseRun, owner: str | None) -> None:
+    async def _produce(self, producing: _Producing, run: ResponseRun, lock: asyncio.Lock | None) -> None:
+        """A turn's whole life, and its one ending: produced, appended to its conversation, stored, told."""
+        turn, record = producing.turn, producing.record
         error = await self._produce_output(turn)
         if error is None and turn.request.conversation_id is not None:
             error = await self._append_to_conversation(turn)
+        if error is not None:
+            self._fail(turn, error)
         try:
-            if error is not None:
-                self._fail(turn, error)
-            if error is not None and not turn.announced and error.status_code < 500:
-                await self._discard(turn)
-            else:
-                await self._store(turn, owner)
+            if record is not None and not turn.announced:
+                # Refused before its first event: the client never had its id, so nothing of it stays.
+                await record.discard()
+            elif record is not None:
+                await record.end(turn.emitter.output)
+                if producing.keep_context:
+                    # What `store.chain_items` would read back for the turn that continues this one.
+                    context = turn.history + turn.input_items + turn.emitter.output
+                    self._chains.keep(turn.response["id"], producing.owner, context)
         except Exception:
             log.exception("cannot store response %s", turn.response["id"])
         finally:
@@ -298,6 +302,8 @@ class ResponseService:
                 loop.end(turn)
             # Whatever happened above, the caller hears how the turn ended: never a hang.
             run.end(turn.response if turn.announced else None, error)
+            if lock is not None:
+                await self._leave_conversation(turn.request.conversation_id or "", lock)
 
     @staticmethod
     async def _produce_output(turn: loop.Turn) -> ParleyError | None:
@@ -344,32 +350,6 @@ class ResponseService:
             return ParleyError(f"The server could not add the response to its conversation: {exc.__class__.__name__}")
         return None
 
-    async def _store(self, turn: loop.Turn, owner: str | None) -> None:
-        if turn.begin is not None and turn.written is None:
-            # It ended before its first row was written (a fast model, a short answer): one
-            # write of the whole response, which whoever waits for its row waits for.
-            turn.begin = None
-            turn.written = asyncio.ensure_future(
-                self.store.insert_finished(turn.response, turn.input_items, turn.emitter.output, owner)
-            )
-            await turn.written
-        else:
-            written = turn.ensure_written()
-            if written is None:
-                return
-            await written
-            await self.store.finish(turn.response, turn.emitter.output, turn.input_items)
-        if turn.keep_context:
-            # What `store.chain_items` would read back for the turn that continues this one.
-            self._chains.keep(turn.response["id"], owner, turn.history + turn.input_items + turn.emitter.output)
-
-    async def _discard(self, turn: loop.Turn) -> None:
-        """A request refused before its response was announced: the client never had its id, so no row stays."""
-        turn.begin = None  # the write scheduled in `_start` must not happen now
-        if turn.written is not None:
-            await asyncio.gather(turn.written, return_exceptions=True)
-            await self.store.delete(turn.response["id"], ANYONE)  # the server's own doing, whoever asked
-
     @staticmethod
     def _fail(turn: loop.Turn, error: ParleyError) -> None:
         """Marks the turn failed; a started stream hears why in an `error` event, after its open items close.
@@ -404,25 +384,26 @@ class ResponseService:
                 raise NotFoundError(f"Item with id '{item['id']}' not found.", param=f"input[{index}].id")
         return resolved
 
-    def _produced_for(self, response_id: str, caller: Caller) -> loop.Turn | None:
-        """The turn producing this response on this server, if the caller sees its owner's responses."""
+    def _produced_for(self, response_id: str, caller: Caller) -> _Producing | None:
+        """The response this server is producing, if the caller sees its owner's responses."""
         producing = self._producing.get(response_id)
-        if producing is None or not caller.sees(producing[1]):
+        if producing is None or not caller.sees(producing.owner):
             return None
-        return producing[0]
+        return producing
 
     async def _written(self, response_id: str, caller: Caller) -> None:
         """Waits until the row of a response this server has just started is in the database."""
-        turn = self._produced_for(response_id, caller)
-        written = turn.ensure_written() if turn is not None else None
+        producing = self._produced_for(response_id, caller)
+        written = producing.record.written() if producing is not None and producing.record is not None else None
         if written is not None:
             await asyncio.gather(written, return_exceptions=True)
 
     async def retrieve(self, response_id: str, caller: Caller) -> dict[str, Any]:
-        turn = self._produced_for(response_id, caller)
-        if turn is not None:
+        producing = self._produced_for(response_id, caller)
+        if producing is not None:
             # Until it is stored, its row may still be on its way to the database (a burst can
             # finish a response before its first row is written): this server knows it as it is now.
+            turn = producing.turn
             return {**copy.deepcopy(turn.response), "output": turn.emitter.snapshot()}
         response = await self.store.get(response_id, caller)
         if response is None:
@@ -450,12 +431,17 @@ class ResponseService:
         self._keeper = asyncio.create_task(self._keep_leases(), name="response leases")
 
     async def _keep_leases(self) -> None:
-        """Renews this server's leases, and fails the responses whose server stopped renewing theirs."""
+        """The heartbeat: renews this server's leases and keeps the output of its responses so far, and fails
+        the responses whose server stopped renewing theirs (keeping what it had kept of them)."""
         error = {"code": "server_error", "message": "The server producing this response stopped."}
         interval = self.store.lease_seconds / 3
         while True:
             try:
                 await self.store.renew(sorted(self._producing))
+                for producing in list(self._producing.values()):
+                    if producing.record is not None:
+                        emitter = producing.turn.emitter
+                        await producing.record.keep(emitter.snapshot, emitter.changes)
                 for response_id in await self.store.fail_abandoned(error):
                     log.warning("response %s was left in progress by a server that stopped; now failed", response_id)
             except Exception:

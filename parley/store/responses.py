@@ -83,7 +83,7 @@ def _source(conversation_id: str | None, status: str) -> _ItemSource:
 class ResponseStore:
     """`lease_seconds`: how long a response in progress stays vouched for without a renewal."""
 
-    def __init__(self, db: Database, lease_seconds: float = 60.0) -> None:
+    def __init__(self, db: Database, lease_seconds: float = 15.0) -> None:
         self.db = db
         self.lease_seconds = lease_seconds
 
@@ -94,9 +94,15 @@ class ResponseStore:
         await self._insert(response, time.time() + self.lease_seconds, rows, owner)
 
     async def finish(
-        self, response: dict[str, Any], output_items: list[dict[str, Any]], input_items: list[dict[str, Any]]
+        self,
+        response: dict[str, Any],
+        output_items: list[dict[str, Any]],
+        input_items: list[dict[str, Any]],
+        *,
+        replace: bool = False,
     ) -> None:
-        """Records the final state and the output, in one transaction.
+        """Records the final state and the output, in one transaction; `replace`, in place of the output kept
+        while it was produced (`keep_output`).
 
         A failed turn of a conversation appended nothing to it, so its items are kept here.
         """
@@ -106,13 +112,45 @@ class ResponseStore:
         elif response["status"] == "failed":
             rows = _all_rows(response["id"], input_items, output_items)
         values = {"response_id": response["id"], "status": response["status"], "body": _without_output(response)}
+        kept = _kept_rows(response) if replace else None
 
         def finish(connection: sa.Connection) -> None:
             connection.execute(_FINISH_RESPONSE, values)
+            if kept is not None:
+                connection.execute(kept)
             if rows:
                 connection.execute(_INSERT_ITEMS, rows)
 
         await self.db.write(finish)
+
+    async def keep_output(
+        self, response: dict[str, Any], input_items: list[dict[str, Any]], output_items: list[dict[str, Any]]
+    ) -> None:
+        """Keeps the output produced so far, in place of what was kept before, while the response is in progress.
+
+        So a server that dies mid-response leaves it, under the `failed` status that `fail_abandoned` gives.
+        A conversation's turn keeps its input here too: a turn that fails appends nothing to its conversation.
+        """
+        if response.get("conversation"):
+            rows = _all_rows(response["id"], input_items, output_items)
+        else:
+            rows = _item_rows(response["id"], "output", output_items, start=len(input_items))
+        kept = _kept_rows(response)
+
+        def keep(connection: sa.Connection) -> None:
+            connection.execute(kept)
+            connection.execute(_INSERT_ITEMS, rows)
+
+        await self.db.write(keep)
+
+    async def discard(self, response_id: str) -> None:
+        """Removes a response and its own items: one whose client never had its id."""
+
+        def discard(connection: sa.Connection) -> None:
+            connection.execute(response_items.delete().where(response_items.c.response_id == response_id))
+            connection.execute(responses.delete().where(responses.c.id == response_id))
+
+        await self.db.write(discard)
 
     async def insert_finished(
         self,
@@ -292,6 +330,14 @@ def _read_response(connection: sa.Connection, response_id: str, caller: Caller) 
         .order_by(items.c.position)
     ).scalars()
     return {**row.body, "output": list(output)}
+
+
+def _kept_rows(response: dict[str, Any]) -> sa.Delete:
+    """Deletes what `keep_output` kept of a response: its output, and a conversation's turn's input too."""
+    statement = response_items.delete().where(response_items.c.response_id == response["id"])
+    if not response.get("conversation"):
+        statement = statement.where(response_items.c.kind == "output")
+    return statement
 
 
 def _without_output(response: dict[str, Any]) -> dict[str, Any]:
