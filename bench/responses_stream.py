@@ -202,8 +202,9 @@ def figures(direct: Side, parley: Side) -> dict[str, Any]:
     return result
 
 
-# Scenario A': sequential again, against the paced upstream, with responses this short.
-PACED_SEQUENTIAL_TOKENS = 5
+# Scenario A': sequential again, against the paced upstream, with responses this short (the fewest
+# `max_output_tokens` takes, as OpenAI's minimum).
+PACED_SEQUENTIAL_TOKENS = 16
 
 
 def print_report(report: dict[str, Any]) -> None:

@@ -30,6 +30,13 @@ Body = TypeVar("Body", bound=BaseModel)
 _DOCUMENTED: dict[str, type[BaseModel]] = {}
 
 
+# How deep a body may nest: an object or an array inside MAX_DEPTH others is a 400 that names it.
+MAX_DEPTH = 64
+# orjson indents each level by two spaces: a line indented this far is MAX_DEPTH levels in.
+_DEEP_LINE = b"\n" + b"  " * MAX_DEPTH
+_ALL_BUT_OPENINGS = bytes(byte for byte in range(256) if byte not in b"[{")
+
+
 class InvalidBodyError(InvalidRequestError):
     def __init__(self, body: dict[str, Any]) -> None:
         error = body["error"]
@@ -59,18 +66,13 @@ def parse_body(raw: bytes, *, empty_ok: bool = False) -> dict[str, Any]:
         data = None
     if not isinstance(data, dict):
         raise InvalidBodyError(validation_error([{"type": "json_invalid", "loc": ("body",), "msg": ""}]))
-    # Nesting deeper than MAX_DEPTH takes more brackets than that: most bodies are never looked at again.
-    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH:
+    # Nesting deeper than MAX_DEPTH takes more opening brackets than that (counted in one pass, in C):
+    # most bodies are never looked at again.
+    if len(raw.translate(None, _ALL_BUT_OPENINGS)) > MAX_DEPTH:
         _refuse_deep(data)
     if b"\\u0000" in raw:  # JSON can carry a NUL only escaped, so most bodies skip the walk
         _refuse_nul(data, "")
     return data
-
-
-# How deep a body may nest: an object or an array inside MAX_DEPTH others is a 400 that names it.
-MAX_DEPTH = 64
-# orjson indents each level by two spaces: a line indented this far is MAX_DEPTH levels in.
-_DEEP_LINE = b"\n" + b"  " * MAX_DEPTH
 
 
 def _refuse_deep(data: dict[str, Any]) -> None:
