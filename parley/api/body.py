@@ -177,10 +177,19 @@ _ERRORS = {
     "401": "No API key, or one this server does not take",
     "404": "No such object, route or model",
 }
-_BODY_ERRORS = {
-    "413": "The body is larger than server.max_body_bytes",
-    "415": "The body is not sent as Content-Type: application/json",
-}
+_TOO_LARGE = "The body is larger than this operation takes (server.max_body_bytes for JSON)"
+_FROM_A_PAGE = "A form sent by a web page whose origin server.cors_origins does not list"
+
+
+def _body_errors(operation: dict[str, Any]) -> dict[str, str]:
+    """The errors of an operation's body: too large, of another media type, a form from a web page."""
+    media_types = list(operation.get("requestBody", {}).get("content", {}))
+    if not media_types:
+        return {}
+    errors = {"413": _TOO_LARGE, "415": f"The body is not sent as Content-Type: {' or '.join(media_types)}"}
+    if "multipart/form-data" in media_types:
+        errors["403"] = _FROM_A_PAGE
+    return errors
 
 
 def install_body_schemas(app: FastAPI) -> None:
@@ -197,7 +206,7 @@ def install_body_schemas(app: FastAPI) -> None:
                 responses = operation.setdefault("responses", {})
                 # Parley answers a bad request with a 400 in OpenAI's shape, never FastAPI's 422.
                 responses.pop("422", None)
-                errors = {**_ERRORS, **(_BODY_ERRORS if "requestBody" in operation else {})}
+                errors = {**_ERRORS, **_body_errors(operation)}
                 if path in OPEN_PATHS:
                     errors.pop("401")
                 for status, description in errors.items():
