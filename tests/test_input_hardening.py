@@ -15,6 +15,7 @@ import json
 import select
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -559,3 +560,25 @@ def test_openapi_documents_the_errors_with_their_schema(http: httpx.Client) -> N
             for status in expected:
                 assert responses[status]["content"]["application/json"]["schema"] == error, f"{method} {path}"
     assert "413" in document["paths"]["/v1/responses"]["post"]["responses"]
+
+
+# -- Configuration ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("server", "named"),
+    [
+        ({"cors_origins": ["app.example.test"]}, "server.cors_origins"),
+        ({"cors_origins": ["https://app.example.test/path"]}, "server.cors_origins"),
+        ({"allowed_hosts": ["http://parley.internal"]}, "server.allowed_hosts"),
+        ({"allowed_hosts": ["parley.internal:8321"]}, "server.allowed_hosts"),
+        ({"max_body_bytes": 10}, "server.max_body_bytes"),
+    ],
+)
+def test_a_bad_server_setting_is_refused_at_start(tmp_path: Path, server: dict[str, Any], named: str) -> None:
+    process = ParleyProcess(tmp_path, {"server": server})
+
+    with pytest.raises(RuntimeError, match="did not start") as refused:
+        process.start()
+
+    assert named in str(refused.value)
