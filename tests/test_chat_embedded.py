@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import threading
 import time
@@ -11,6 +12,7 @@ import httpx
 import openai
 import pytest
 
+from parley.config import LocalGenerationDefaults
 from tests.conftest import ParleyProcess
 
 MODEL = "smollm2-135m"
@@ -33,6 +35,85 @@ WEATHER_QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}
 @pytest.fixture(scope="module")
 def client(embedded: ParleyProcess) -> openai.OpenAI:
     return embedded.client(timeout=120)
+
+
+# The embedded model as a newcomer meets it ---------------------------------------------------------
+
+HAIKU = "Write a haiku about the sea."
+DEFAULT_CAP = LocalGenerationDefaults().max_tokens
+
+
+@pytest.fixture(scope="module")
+def newcomer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ParleyProcess]:
+    """Parley as `make serve` starts it, for itself: the tests below make its first requests.
+
+    llama.cpp draws each completion's seed from the one before, so a fresh
+    server samples its first answers as a newcomer's fresh server does. With
+    llama.cpp's sampling defaults and no repetition penalty, its first haiku
+    repeated lines until the 8,192-token context was full (4 minutes 45 s).
+    """
+    server = ParleyProcess(tmp_path_factory.mktemp("newcomer"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def most_repeated_line(text: str) -> int:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return max(collections.Counter(lines).values(), default=0)
+
+
+def test_the_readme_haiku_ends_by_itself_in_a_few_lines_through_chat_completions(newcomer: ParleyProcess) -> None:
+    # The client's timeout ends the test in seconds if the answer runs on.
+    completion = newcomer.client(timeout=30).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": HAIKU}]
+    )
+
+    text = completion.choices[0].message.content or ""
+    assert completion.choices[0].finish_reason == "stop", text
+    assert text.strip()
+    assert completion.usage is not None and completion.usage.completion_tokens < DEFAULT_CAP
+    assert most_repeated_line(text) < 3, text
+
+
+def test_the_readme_haiku_ends_by_itself_in_a_few_lines_through_responses(newcomer: ParleyProcess) -> None:
+    response = newcomer.client(timeout=30).responses.create(model=MODEL, input=HAIKU)
+
+    assert response.status == "completed", response.output_text
+    assert response.output_text.strip()
+    assert response.usage is not None and response.usage.output_tokens < DEFAULT_CAP
+    assert most_repeated_line(response.output_text) < 3, response.output_text
+
+
+def test_the_readme_first_request_is_answered_in_a_sentence(newcomer: ParleyProcess) -> None:
+    completion = newcomer.client(timeout=30).chat.completions.create(model=MODEL, messages=QUESTION)
+
+    assert completion.choices[0].finish_reason == "stop"
+    assert "Paris" in (completion.choices[0].message.content or "")
+    assert completion.usage is not None and completion.usage.completion_tokens < 50
+
+
+REPEAT_ME = [{"role": "user", "content": "Say the word 'sea' ten times."}]
+
+
+def test_a_repetition_penalty_applies_unless_the_request_sets_its_own(client: openai.OpenAI) -> None:
+    def answer(**extra: object) -> str:
+        completion = client.chat.completions.create(
+            model=MODEL, messages=REPEAT_ME, temperature=0, max_tokens=12, extra_body=extra
+        )
+        return completion.choices[0].message.content or ""
+
+    default = answer()
+    # Greedy decoding with no penalty counts "1. 1. 1. 2. 3."; the default penalty changes that.
+    assert answer(repeat_penalty=1.0) != default
+    assert answer(repeat_penalty=LocalGenerationDefaults().repeat_penalty) == default
+
+
+@pytest.mark.parametrize("value", [0, -1, "high", True], ids=["zero", "negative", "string", "boolean"])
+def test_a_repetition_penalty_that_is_not_a_positive_number_is_a_400(client: openai.OpenAI, value: object) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model=MODEL, messages=QUESTION, extra_body={"repeat_penalty": value})
+    assert raised.value.param == "repeat_penalty"
 
 
 def test_plain_completion_at_temperature_zero_is_deterministic(client: openai.OpenAI) -> None:
@@ -208,6 +289,21 @@ def test_logprobs(client: openai.OpenAI) -> None:
         assert bytes(entry.bytes).decode() == entry.token
 
 
+def test_logprobs_of_a_prompt_the_model_has_just_read_without_them(client: openai.OpenAI) -> None:
+    """Logits are kept only for a request that asks: a prompt the model holds without them is read again."""
+    colour = [{"role": "user", "content": "Name a colour."}]
+    options = {"model": MODEL, "messages": colour, "temperature": 0, "max_tokens": 1}
+    client.chat.completions.create(**{**options, "messages": QUESTION})  # type: ignore[call-overload]
+    fresh = client.chat.completions.create(**options, logprobs=True, top_logprobs=3)  # type: ignore[call-overload]
+    # One token generated and not read back: the model holds exactly the prompt, without its logits.
+    client.chat.completions.create(**options)  # type: ignore[call-overload]
+    held = client.chat.completions.create(**options, logprobs=True, top_logprobs=3)  # type: ignore[call-overload]
+
+    assert held.choices[0].logprobs.content == fresh.choices[0].logprobs.content
+    [entry] = held.choices[0].logprobs.content
+    assert entry.top_logprobs[0].token == entry.token and entry.logprob > -5
+
+
 def test_streamed_logprobs(client: openai.OpenAI) -> None:
     chunks = list(
         client.chat.completions.create(
@@ -347,15 +443,23 @@ def test_concurrent_requests_queue_and_all_complete(embedded: ParleyProcess) -> 
     assert len(set(results.values())) == 1 and len(results) == 4
 
 
+# At temperature 0 and with no repetition penalty, this repeats itself to its 2,000 tokens: about
+# 30 s on two shared cores, long enough to hold the model while a test queues requests behind it.
+ENDLESS = {
+    "model": MODEL,
+    "messages": [
+        {"role": "user", "content": "Write a very long essay about the history of Europe, with many chapters."}
+    ],
+    "temperature": 0,
+    "repeat_penalty": 1.0,
+    "max_tokens": 2000,
+    "stream": True,
+}
+
+
 def test_disconnect_mid_generation_frees_the_model(embedded: ParleyProcess) -> None:
     with httpx.Client(base_url=embedded.base_url, timeout=60) as http:
-        body = {
-            "model": MODEL,
-            "messages": [{"role": "user", "content": "Write a long story about a dragon."}],
-            "max_tokens": 2000,
-            "stream": True,
-        }
-        with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        with http.stream("POST", "/v1/chat/completions", json=ENDLESS) as response:
             for line in response.iter_lines():
                 if line.startswith("data:"):
                     break
@@ -369,10 +473,14 @@ def test_disconnect_mid_generation_frees_the_model(embedded: ParleyProcess) -> N
 
 
 def test_client_leaving_a_non_streamed_request_frees_the_model(embedded: ParleyProcess) -> None:
-    # At temperature 0 this runs to its 1500 tokens: about 20 s on two shared cores.
-    essay = [{"role": "user", "content": "Write a very long essay about the history of Europe, with many chapters."}]
     with pytest.raises(openai.APITimeoutError):
-        embedded.client(timeout=2).chat.completions.create(model=MODEL, messages=essay, temperature=0, max_tokens=1500)
+        embedded.client(timeout=2).chat.completions.create(
+            model=MODEL,
+            messages=ENDLESS["messages"],  # type: ignore[arg-type]
+            temperature=0,
+            max_tokens=2000,
+            extra_body={"repeat_penalty": 1.0},
+        )
 
     started = time.monotonic()
     completion = embedded.client(timeout=60).chat.completions.create(
@@ -383,13 +491,82 @@ def test_client_leaving_a_non_streamed_request_frees_the_model(embedded: ParleyP
     assert time.monotonic() - started < 10
 
 
+# The worker's own log line for a request it skips: the only trace of a request that was never generated.
+DROPPED = "dropped a queued request whose caller stopped waiting"
+
+
+def _dropped(server: ParleyProcess) -> int:
+    return "".join(server.output).count(DROPPED)
+
+
+def _dropped_once_more(server: ParleyProcess, before: int) -> bool:
+    """Whether the server logged one more dropped request; waits a little for its log to be read."""
+    deadline = time.monotonic() + 5
+    while _dropped(server) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _dropped(server) == before + 1
+
+
+def _leave_while_queued(server: ParleyProcess, path: str, body: dict[str, object]) -> None:
+    """Sends a request while an endless generation holds the model, and leaves before its turn comes.
+
+    The model serves one request at a time, in order: this one waits until
+    the generation ahead of it ends, which is when the client of that one
+    leaves, after this one's client has given up.
+    """
+    with httpx.Client(base_url=server.base_url, timeout=60) as http:
+        with http.stream("POST", "/v1/chat/completions", json=ENDLESS) as running:
+            # Kept: a line iterator let go closes the response, and the client of the generation leaves.
+            lines = running.iter_lines()
+            while not next(lines).startswith("data:"):
+                pass
+            with httpx.Client(base_url=server.base_url, timeout=httpx.Timeout(60, read=1)) as leaving:
+                with pytest.raises(httpx.ReadTimeout):
+                    if body.get("stream"):
+                        with leaving.stream("POST", path, json=body) as response:
+                            response.read()
+                    else:
+                        leaving.post(path, json=body)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_queued_request_whose_client_leaves_is_dropped_not_generated(embedded: ParleyProcess, stream: bool) -> None:
+    before = _dropped(embedded)
+    _leave_while_queued(
+        embedded, "/v1/chat/completions", {"model": MODEL, "messages": QUESTION, "max_tokens": 20, "stream": stream}
+    )
+
+    # The next request is served once the worker has passed the one that left.
+    completion = embedded.client().chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=5)
+    assert completion.choices[0].message.content
+    assert _dropped_once_more(embedded, before)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="parley/engine/service.py produces a response to its end whoever waits for it, even with store: false",
+)
+def test_a_queued_response_whose_client_leaves_is_dropped_not_generated(embedded: ParleyProcess) -> None:
+    before = _dropped(embedded)
+    _leave_while_queued(
+        embedded, "/v1/responses", {"model": MODEL, "input": "Hello!", "max_output_tokens": 16, "store": False}
+    )
+
+    completion = embedded.client().chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=5)
+    assert completion.choices[0].message.content
+    assert _dropped_once_more(embedded, before)
+
+
 # llama.cpp's own chat formats ------------------------------------------------------------------
+
+
+PLAIN = {"chat_format": "chatml", "n_ctx": 2048}
 
 
 @pytest.fixture(scope="module")
 def chatml(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ParleyProcess]:
     """The embedded file through llama.cpp's `chatml` format rather than Parley's function-calling one."""
-    providers = {"local": {"type": "local", "models": {"plain": {"chat_format": "chatml", "n_ctx": 2048}}}}
+    providers = {"local": {"type": "local", "models": {"plain": PLAIN}}}
     server = ParleyProcess(tmp_path_factory.mktemp("chatml"), {"inference": {"providers": providers}})
     server.start()
     yield server
@@ -423,14 +600,15 @@ def test_template_chat_format_reports_usage_streamed_and_not(chatml: ParleyProce
 def reference() -> object:
     """The same file and chat format, run by llama-cpp-python itself in this process.
 
-    Its `Llama` class as Parley subclasses it, which changes nothing of the
-    usage it reports, only how a prompt is split for evaluation (its last token
-    alone), so that both generate the same text.
+    Loaded as Parley loads it: its `Llama` class as Parley subclasses it, which
+    changes nothing of the usage it reports, only how a prompt is split for
+    evaluation (its last token alone), and with the same settings, so that
+    both generate the same text.
     """
-    from parley.inference.local_loading import embedded_model_path, llama_class
+    from parley.config import LocalModelConfig
+    from parley.inference.local_loading import embedded_model_path, load
 
-    llama = llama_class()
-    return llama(model_path=str(embedded_model_path()), n_ctx=2048, chat_format="chatml", verbose=False)
+    return load(embedded_model_path(), LocalModelConfig(**PLAIN))
 
 
 @pytest.mark.parametrize(
@@ -447,7 +625,9 @@ def reference() -> object:
 def test_template_chat_format_usage_is_llama_cpps_own(
     chatml: ParleyProcess, reference: object, messages: list[dict[str, str]], options: dict[str, object]
 ) -> None:
-    expected = reference.create_chat_completion(messages=messages, temperature=0, **options)  # type: ignore[attr-defined]
+    # Sampled as Parley samples a request that sets no repetition penalty of its own.
+    penalty = LocalGenerationDefaults().repeat_penalty
+    expected = reference.create_chat_completion(messages=messages, temperature=0, repeat_penalty=penalty, **options)  # type: ignore[attr-defined]
     client = chatml.client(timeout=120)
     whole = client.chat.completions.create(model="local/plain", messages=messages, temperature=0, **options)  # type: ignore[call-overload]
     chunks = list(
@@ -474,16 +654,61 @@ def test_template_chat_format_usage_is_llama_cpps_own(
     assert chunks[-1].usage == usage
 
 
-# A context that a tool call fills ----------------------------------------------------------------
+# Models with settings of their own: a small context, a small default cap ------------------------
 
 
 @pytest.fixture(scope="module")
-def small_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ParleyProcess]:
-    providers = {"local": {"type": "local", "models": {"tiny": {"n_ctx": 256}}}}
-    server = ParleyProcess(tmp_path_factory.mktemp("small-context"), {"inference": {"providers": providers}})
+def small_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ParleyProcess]:
+    models = {"tiny": {"n_ctx": 256}, "capped": {"n_ctx": 512, "defaults": {"max_tokens": 6, "temperature": 0}}}
+    providers = {"local": {"type": "local", "models": models}}
+    server = ParleyProcess(tmp_path_factory.mktemp("small-models"), {"inference": {"providers": providers}})
     server.start()
     yield server
     server.stop()
+
+
+STORY = [{"role": "user", "content": "Write a long story about a dragon."}]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_the_model_default_cap_ends_a_request_that_sets_no_limit(small_models: ParleyProcess, stream: bool) -> None:
+    client = small_models.client(timeout=60)
+    if stream:
+        chunks = list(
+            client.chat.completions.create(
+                model="local/capped", messages=STORY, stream=True, stream_options={"include_usage": True}
+            )
+        )
+        finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        usage = chunks[-1].usage
+    else:
+        completion = client.chat.completions.create(model="local/capped", messages=STORY)
+        finish, usage = [completion.choices[0].finish_reason], completion.usage
+
+    assert finish == ["length"]
+    assert usage is not None and usage.completion_tokens == 6
+
+
+def test_a_request_limit_wins_over_the_model_default_cap(small_models: ParleyProcess) -> None:
+    client = small_models.client(timeout=60)
+    completion = client.chat.completions.create(model="local/capped", messages=STORY, max_tokens=9)
+    response = client.responses.create(model="local/capped", input=STORY[0]["content"], max_output_tokens=16)
+
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage is not None and completion.usage.completion_tokens == 9
+    assert response.status == "incomplete" and response.usage is not None and response.usage.output_tokens == 16
+
+
+def test_the_model_default_temperature_applies_to_a_request_that_sets_none(small_models: ParleyProcess) -> None:
+    client = small_models.client(timeout=60)
+    # The model's default is 0: greedy, the same answer whatever the seed.
+    answers = {
+        client.chat.completions.create(model="local/capped", messages=STORY, seed=seed).choices[0].message.content
+        for seed in range(3)
+    }
+    greedy = client.chat.completions.create(model="local/capped", messages=STORY, temperature=0)
+
+    assert answers == {greedy.choices[0].message.content}
 
 
 # Padded so that the prompt (241 tokens with the tools) and the call's arguments fill the
@@ -492,8 +717,8 @@ FILLING_QUESTION = [{"role": "user", "content": "Paris " * 40 + "What is the wea
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
-def test_a_call_filling_the_context_ends_the_turn_not_the_request(small_context: ParleyProcess, stream: bool) -> None:
-    client = small_context.client(timeout=120)
+def test_a_call_filling_the_context_ends_the_turn_not_the_request(small_models: ParleyProcess, stream: bool) -> None:
+    client = small_models.client(timeout=120)
     options = {"model": "local/tiny", "messages": FILLING_QUESTION, "tools": [WEATHER_TOOL], "tool_choice": "required"}
     if stream:
         chunks = list(client.chat.completions.create(**options, temperature=0, stream=True))  # type: ignore[call-overload]

@@ -27,6 +27,8 @@ EMBEDDED_MODEL_CONFIG = {
     "n_ctx": 8192,
     "n_threads": None,
     "n_batch": 512,
+    "flash_attn": True,
+    "defaults": {"max_tokens": 512, "temperature": 0.2, "top_p": 0.9, "repeat_penalty": 1.1},
     "logprobs": True,
 }
 
@@ -140,6 +142,8 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
                   n_ctx: 4096
                   n_threads: 2
                   n_batch: 256
+                  flash_attn: false
+                  defaults: {max_tokens: null, temperature: 0.7, top_p: 0.8, repeat_penalty: 1.0}
                   logprobs: false
           aliases:
             fast: openai/gpt-4o-mini
@@ -228,6 +232,8 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
                             "n_ctx": 4096,
                             "n_threads": 2,
                             "n_batch": 256,
+                            "flash_attn": False,
+                            "defaults": {"max_tokens": None, "temperature": 0.7, "top_p": 0.8, "repeat_penalty": 1.0},
                             "logprobs": False,
                         }
                     },
@@ -483,6 +489,12 @@ BAD_FILES = [
         "local-without-models",
         "inference:\n  providers:\n    l:\n      type: local\n      models: {}\n",
         ["inference.providers.l.models", "at least 1 item"],
+    ),
+    (
+        "local-repeat-penalty-zero",
+        "inference:\n  providers:\n    l:\n      type: local\n      models:\n"
+        "        m: {defaults: {repeat_penalty: 0}}\n",
+        ["inference.providers.l.models.m.defaults.repeat_penalty", "greater than 0"],
     ),
     ("invalid-yaml", "server: [8000\n", ["not valid YAML"]),
     ("yaml-list", "- server\n- inference\n", ["must hold a mapping", "list"]),

@@ -4,7 +4,8 @@ Each model owns one worker thread: generation never blocks the event loop,
 one model serves one generation at a time, and waiting requests are served
 in the order they came (the worker's queue is FIFO). Tokens cross to the
 event loop as they are produced. A consumer that goes away (a client that
-disconnects) sets a flag that stops the generation at the next token.
+disconnects) sets a flag that stops the generation at the next token, or,
+while the request still waits its turn, drops it: the worker skips it.
 
 Loading a model is in `local_loading`; generating from it, in `local_generation`.
 """
@@ -68,8 +69,14 @@ class LocalProvider(Provider):
 
     async def stream_chat(self, request: ChatRequest) -> ChunkStream:
         model = self._models[request.model]
+        # Checked on arrival: a request refused by the worker would wait for every one queued before it.
         if request.n not in (None, 1):
             raise InvalidRequestError("The local provider generates one choice per request (n=1).", param="n")
+        repeat_penalty = request.extra.get("repeat_penalty")
+        if repeat_penalty is not None and (
+            isinstance(repeat_penalty, bool) or not isinstance(repeat_penalty, int | float) or repeat_penalty <= 0
+        ):
+            raise InvalidRequestError("'repeat_penalty' must be a number above 0.", param="repeat_penalty")
         async for batch in model.stream(request):
             yield batch
 
@@ -157,6 +164,9 @@ class LocalModel:
 
     def _generate(self, request: ChatRequest, emit: Callable[[Any], None], cancelled: threading.Event) -> None:
         if cancelled.is_set():
+            # Its caller stopped waiting while it was queued (a client that left, mostly): said
+            # at warning level, since clients that give up waiting are a sign of a busy model.
+            log.warning("local model %r: dropped a queued request whose caller stopped waiting", self.name)
             emit(_END)
             return
         try:
@@ -168,7 +178,7 @@ class LocalModel:
             if self.config.chat_format == "chatml-function-calling":
                 ChatmlGeneration(llama, self.config, request, emit, cancelled).run()
             else:
-                TemplateGeneration(llama, request, emit, cancelled).run()
+                TemplateGeneration(llama, self.config, request, emit, cancelled).run()
         except ParleyError as exc:
             emit(exc)
         except ValueError as exc:

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from parley.config import LocalModelConfig
+from parley.config import LocalGenerationDefaults, LocalModelConfig
 from parley.errors import ContextLengthExceededError, InvalidRequestError
 from parley.inference import chatml_tools as protocol
 from parley.inference.local_loading import tallied
@@ -25,19 +25,32 @@ from parley.inference.wire import choice_chunk
 
 log = logging.getLogger(__name__)
 
-# Sampling defaults where the request names none (llama.cpp's own).
-_DEFAULT_TEMPERATURE = 0.8
-_DEFAULT_TOP_P = 0.95
 
+def _sampling(request: ChatRequest, defaults: LocalGenerationDefaults, *, free_text: bool) -> dict[str, Any]:
+    """llama.cpp's sampling settings for a request: its own, else the model's defaults.
 
-def _sampling(request: ChatRequest) -> dict[str, Any]:
+    The repetition penalty applies to free text only: in JSON (a format, or
+    a call's arguments) a repeated key, quote or value is the data itself.
+    """
+    repeat_penalty = request.extra.get("repeat_penalty", defaults.repeat_penalty) if free_text else 1.0
     return {
-        "temperature": _DEFAULT_TEMPERATURE if request.temperature is None else request.temperature,
-        "top_p": _DEFAULT_TOP_P if request.top_p is None else request.top_p,
+        "temperature": defaults.temperature if request.temperature is None else request.temperature,
+        "top_p": defaults.top_p if request.top_p is None else request.top_p,
         "presence_penalty": request.presence_penalty or 0.0,
         "frequency_penalty": request.frequency_penalty or 0.0,
+        "repeat_penalty": repeat_penalty,
         "seed": request.seed,
     }
+
+
+def _token_limit(request: ChatRequest, defaults: LocalGenerationDefaults) -> int | None:
+    """The request's own limit, else the model's default cap (which llama.cpp lowers to what the context holds)."""
+    return request.token_limit if request.token_limit is not None else defaults.max_tokens
+
+
+def _logits_for(llama: Any, wanted: bool) -> contextlib.AbstractContextManager[None]:
+    """The model's logits kept while the block runs, if the request wants logprobs (see `llama_class`)."""
+    return llama.logits_kept() if wanted else contextlib.nullcontext()
 
 
 def _stops(request: ChatRequest) -> list[str]:
@@ -91,7 +104,7 @@ class ChatmlGeneration:
         self.prompt = protocol.render_prompt(request.messages, self.tools)
         self.prompt_tokens = self._count(self.prompt, special=True)
         self.generated = ""
-        self.remaining = request.token_limit
+        self.remaining = _token_limit(request, config.defaults)
 
     def run(self) -> None:
         limit = self.llama.n_ctx()
@@ -203,30 +216,31 @@ class ChatmlGeneration:
             return
         want_logprobs = logprobs and bool(self.request.logprobs)
         top = self.request.top_logprobs or 0
-        stream = self.llama.create_completion(
-            prompt=self.prompt,
-            grammar=grammar,
-            stop=stop,
-            max_tokens=self.remaining if self.remaining is not None else -1,
-            stream=True,
-            logprobs=max(top, 1) if want_logprobs else None,
-            **_sampling(self.request),
-        )
-        produced = ""
-        try:
-            for chunk in stream:
-                if self.cancelled.is_set():
-                    return
-                choice = chunk["choices"][0]
-                text = choice.get("text") or ""
-                produced += text
-                logprobs_entries = _chat_logprobs(choice.get("logprobs"), top) if want_logprobs else None
-                yield text, logprobs_entries, choice.get("finish_reason")
-        finally:
-            stream.close()
-            self.generated += produced
-            if self.remaining is not None:
-                self.remaining -= self._count(produced, special=False)
+        with _logits_for(self.llama, want_logprobs):
+            stream = self.llama.create_completion(
+                prompt=self.prompt,
+                grammar=grammar,
+                stop=stop,
+                max_tokens=self.remaining if self.remaining is not None else -1,
+                stream=True,
+                logprobs=max(top, 1) if want_logprobs else None,
+                **_sampling(self.request, self.config.defaults, free_text=grammar is None),
+            )
+            produced = ""
+            try:
+                for chunk in stream:
+                    if self.cancelled.is_set():
+                        return
+                    choice = chunk["choices"][0]
+                    text = choice.get("text") or ""
+                    produced += text
+                    logprobs_entries = _chat_logprobs(choice.get("logprobs"), top) if want_logprobs else None
+                    yield text, logprobs_entries, choice.get("finish_reason")
+            finally:
+                stream.close()
+                self.generated += produced
+                if self.remaining is not None:
+                    self.remaining -= self._count(produced, special=False)
 
     def _format_grammar(self) -> Any:
         response_format = self.request.response_format or {}
@@ -270,27 +284,39 @@ class ChatmlGeneration:
 class TemplateGeneration:
     """A completion through one of llama.cpp's own chat formats (`chat_format` other than chatml-function-calling)."""
 
-    def __init__(self, llama: Any, request: ChatRequest, emit: Callable[[Any], None], cancelled: threading.Event):
+    def __init__(
+        self,
+        llama: Any,
+        config: LocalModelConfig,
+        request: ChatRequest,
+        emit: Callable[[Any], None],
+        cancelled: threading.Event,
+    ) -> None:
         self.llama = llama
+        self.config = config
         self.request = request
         self.emit = emit
         self.cancelled = cancelled
 
     def run(self) -> None:
         request = self.request
+        # A format or a tool call is JSON, which the chat format's grammar constrains (see `_sampling`).
+        constrained = (request.response_format or {}).get("type") in ("json_object", "json_schema") or (
+            bool(request.tools) and request.tool_choice != "none"
+        )
         # llama.cpp's streamed chat completions carry no usage: the tally counts it (see `llama_class`).
-        with tallied() as tally:
+        with tallied() as tally, _logits_for(self.llama, bool(request.logprobs)):
             stream = self.llama.create_chat_completion(
                 messages=request.messages,
                 tools=request.tools,
                 tool_choice=request.tool_choice,
                 response_format=request.response_format,
                 stop=request.stop,
-                max_tokens=request.token_limit,
+                max_tokens=_token_limit(request, self.config.defaults),
                 logprobs=request.logprobs,
                 top_logprobs=request.top_logprobs,
                 stream=True,
-                **_sampling(request),
+                **_sampling(request, self.config.defaults, free_text=not constrained),
             )
             with contextlib.closing(stream):
                 for raw in stream:

@@ -4,7 +4,9 @@
 that cannot load as a bad config file is refused, saying why in llama.cpp's
 own words (read from its log, which llama-cpp-python's exception leaves out).
 A model loads as llama-cpp-python's `Llama`, made to count a completion's
-tokens inside `tallied()`, since its streamed chat completions carry no usage.
+tokens inside `tallied()`, since its streamed chat completions carry no usage,
+and to keep logits only inside `logits_kept()`, for a request that asks for
+logprobs.
 """
 
 from __future__ import annotations
@@ -101,7 +103,9 @@ def load(path: Path, config: LocalModelConfig) -> Any:
                 n_ctx=config.n_ctx,
                 n_threads=config.n_threads,
                 n_batch=config.n_batch,
-                logits_all=config.logprobs,
+                flash_attn=config.flash_attn,
+                # Logits are kept per request, for those that ask for logprobs (see `llama_class`).
+                logits_all=False,
                 chat_format=None if config.chat_format == "chatml-function-calling" else config.chat_format,
                 verbose=False,
             )
@@ -215,7 +219,7 @@ def tallied() -> Iterator[_Tally]:
 
 @functools.cache
 def llama_class() -> type:
-    """llama-cpp-python's `Llama`, counting tokens inside `tallied()`.
+    """llama-cpp-python's `Llama`, counting tokens inside `tallied()` and keeping logits inside `logits_kept()`.
 
     llama-cpp-python reports usage only on non-streamed completions, and its
     chat handlers render and tokenize the prompt out of sight. Every
@@ -224,7 +228,16 @@ def llama_class() -> type:
     non-streamed usage (the prompt's tokens; the sampled tokens but the
     end-of-generation one, which ends a completion without being part of
     it), with nothing patched and nothing shared between generations.
+
+    Logprobs need the logits of the positions that sample a token: the last
+    prompt token's and each generated token's. A `Llama` made with
+    `logits_all=True` keeps every position's, for every request, in an array
+    of n_ctx rows of n_vocab floats (1.6 GB for SmolLM2 at 8,192 tokens), and
+    asks llama.cpp for a prompt's logits in batches of n_batch rows: a server
+    whose first answers ran long went from 411 MB to 2 GB. This one is made
+    without, and keeps the sampling positions' rows only inside `logits_kept()`.
     """
+    import numpy as np
     from llama_cpp import Llama, llama_model_get_vocab, llama_vocab_is_eog
 
     class CountingLlama(Llama):
@@ -233,11 +246,37 @@ def llama_class() -> type:
             # repeats a cached prompt (llama-cpp-python then evaluates only that token):
             # CPU kernels round differently for a batch than for one token, and the
             # first logits must not depend on what the cache held, or a seed would not
-            # repeat its sample and temperature 0 not its answer.
+            # repeat its sample and temperature 0 not its answer. Only that token's
+            # logits are needed: the tokens before it are evaluated without keeping any.
             if len(tokens) > 1:
-                super().eval(tokens[:-1])
+                keeping, self._logits_all = self._logits_all, False
+                try:
+                    super().eval(tokens[:-1])
+                finally:
+                    self._logits_all = keeping
                 tokens = tokens[-1:]
             super().eval(tokens)
+
+        @contextlib.contextmanager
+        def logits_kept(self) -> Iterator[None]:
+            """Keeps the logits of the positions evaluated inside the block, so completions may ask for logprobs.
+
+            They are kept in an array of n_ctx rows, whose memory is taken
+            only as rows are written (a zeroed allocation that large is mapped
+            fresh): one row per sampled token. It is let go after the block.
+            """
+            if self.n_tokens > 0:
+                # The last position evaluated before the block has no kept logits. Dropped from
+                # the cache, it is evaluated again (with them) if the next prompt starts with it.
+                self.n_tokens -= 1
+            unkept = self.scores
+            self.scores = np.zeros((self._n_ctx, self._n_vocab), dtype=np.single)
+            self._logits_all = True
+            try:
+                yield
+            finally:
+                self._logits_all = False
+                self.scores = unkept
 
         def generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any) -> Generator[int, Any, None]:
             tally: _Tally | None = getattr(_tallies, "current", None)
