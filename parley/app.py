@@ -15,6 +15,7 @@ from parley.api.auth import Authenticate, KeyRing
 from parley.api.body import install_body_schemas
 from parley.api.chat import create_chat_completion
 from parley.api.fastpath import FastPaths
+from parley.api.files import upload_body_limit
 from parley.api.guard import RequestGuard
 from parley.api.responses import create_response
 from parley.api.scoping import with_test_scoping
@@ -23,7 +24,7 @@ from parley.engine import encrypted_reasoning
 from parley.engine.conversations import ConversationService
 from parley.engine.service import ResponseService
 from parley.inference.registry import ModelRegistry
-from parley.store import ConversationStore, Database, KeyStore, ResponseStore
+from parley.store import ConversationStore, Database, DirectoryBlobStore, FileStore, KeyStore, ResponseStore
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ def create_app(settings: Settings) -> ASGIApp:
     database = Database(settings.storage_url)
     conversations = ConversationStore(database)
     keys = KeyRing(settings.auth, KeyStore(database))
+    files = FileStore(database, DirectoryBlobStore(settings.data_dir / "files"), settings.files.expiry_sweep_seconds)
     responses = ResponseService(
         registry,
         ResponseStore(database, settings.storage.lease_seconds),
@@ -49,10 +51,12 @@ def create_app(settings: Settings) -> ASGIApp:
         _say_who_may_use_it(keys)
         await registry.start()
         await responses.start()
+        await files.start()
         try:
             yield
         finally:
             await keys.close()
+            await files.close()
             await responses.close()
             await registry.close()
             await database.close()
@@ -67,6 +71,7 @@ def create_app(settings: Settings) -> ASGIApp:
     app.state.registry = registry
     app.state.responses = responses
     app.state.conversations = ConversationService(conversations)
+    app.state.files = files
     install_error_handlers(app)
     for router in routers:
         app.include_router(router)
@@ -74,7 +79,14 @@ def create_app(settings: Settings) -> ASGIApp:
     hot = FastPaths(
         app, {("POST", "/v1/chat/completions"): create_chat_completion, ("POST", "/v1/responses"): create_response}
     )
-    return with_test_scoping(RequestGuard(Authenticate(hot, keys), settings.server), settings.inference.recording)
+    return with_test_scoping(
+        RequestGuard(
+            Authenticate(hot, keys),
+            settings.server,
+            uploads={"/v1/files": upload_body_limit(settings.files)},
+        ),
+        settings.inference.recording,
+    )
 
 
 def _say_who_may_use_it(keys: KeyRing) -> None:

@@ -24,13 +24,19 @@ place decides for every route. In order:
 - **Size.** A body larger than `server.max_body_bytes` is a 413: at once when
   its Content-Length says so, else as soon as the bytes read pass the limit,
   so that no large body is held whole.
+- **Uploads, the one exception.** A route listed in `uploads` (only
+  `POST /v1/files`) takes a `multipart/form-data` body instead, up to a limit
+  of its own (`files.max_bytes` and the form's other fields). A web page may
+  send such a body without asking first, so one that comes from a page (an
+  `Origin` that CORS does not allow) is refused with a 403: SDKs and curl
+  send no `Origin`.
 
 For a streamed request all of this is one pass over its headers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -107,11 +113,13 @@ def host_name(value: bytes) -> str:
 class RequestGuard:
     """Pure ASGI: a request passes with one look at its headers, and a body is only counted when it is chunked."""
 
-    def __init__(self, app: ASGIApp, settings: ServerSettings) -> None:
+    def __init__(self, app: ASGIApp, settings: ServerSettings, uploads: Mapping[str, int] | None = None) -> None:
         self.app = app
         self.hosts = HostNames.of(settings)
         self.origins = frozenset(settings.cors_origins)
         self.max_body_bytes = settings.max_body_bytes
+        # The paths that take a multipart upload (POST only), each with its body limit.
+        self.uploads = dict(uploads or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -136,7 +144,8 @@ class RequestGuard:
             if not self.hosts.allow(name):
                 await _refuse(_invalid_host(name, self.hosts), scope, receive, send)
                 return
-        if origin is not None and self.origins and ("*" in self.origins or origin.decode("latin-1") in self.origins):
+        allowed_origin = origin is not None and ("*" in self.origins or origin.decode("latin-1") in self.origins)
+        if origin is not None and allowed_origin:
             if scope["method"] == "OPTIONS" and _header(scope, b"access-control-request-method") is not None:
                 await _answer_preflight(scope, origin, send)
                 return
@@ -147,13 +156,20 @@ class RequestGuard:
                 await _refuse(error, scope, receive, send)
                 return
         if scope["method"] in _BODY_METHODS and (chunked or (length is not None and length != b"0")):
-            if not _is_json(content_type):
+            limit = self.max_body_bytes
+            upload_limit = self.uploads.get(scope["path"]) if scope["method"] == "POST" else None
+            if upload_limit is not None and _is_multipart(content_type):
+                if origin is not None and not allowed_origin:
+                    await _refuse(_upload_from_page(origin), scope, receive, send)
+                    return
+                limit = upload_limit
+            elif not _is_json(content_type):
                 await _refuse(_unsupported(content_type), scope, receive, send)
                 return
             if chunked:
-                receive = _bounded(receive, self.max_body_bytes)
-            elif int(length or 0) > self.max_body_bytes:  # uvicorn has checked that it is a number
-                await _refuse(too_large(self.max_body_bytes), scope, receive, send)
+                receive = _bounded(receive, limit)
+            elif int(length or 0) > limit:  # uvicorn has checked that it is a number
+                await _refuse(too_large(limit, upload=limit != self.max_body_bytes), scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -178,6 +194,20 @@ def _is_json(content_type: bytes | None) -> bool:
     return content_type is not None and content_type.partition(b";")[0].strip().lower() == b"application/json"
 
 
+def _is_multipart(content_type: bytes | None) -> bool:
+    return content_type is not None and content_type.partition(b";")[0].strip().lower() == b"multipart/form-data"
+
+
+def _upload_from_page(origin: bytes) -> ParleyError:
+    error = InvalidRequestError(
+        f"Uploads from web pages of origin '{origin.decode('latin-1')}' are not allowed "
+        "(server.cors_origins in this server's configuration).",
+        code="origin_not_allowed",
+    )
+    error.status_code = 403
+    return error
+
+
 def _unsupported(content_type: bytes | None) -> UnsupportedContentTypeError:
     if content_type is None:
         return UnsupportedContentTypeError(
@@ -193,10 +223,11 @@ def _unsupported(content_type: bytes | None) -> UnsupportedContentTypeError:
     )
 
 
-def too_large(limit: int) -> RequestTooLargeError:
+def too_large(limit: int, upload: bool = False) -> RequestTooLargeError:
+    setting = "files.max_bytes, and the form's other fields" if upload else "server.max_body_bytes"
     return RequestTooLargeError(
         f"The request body is too large: this server accepts bodies of at most {limit} bytes "
-        "(server.max_body_bytes in its configuration)."
+        f"({setting} in its configuration)."
     )
 
 

@@ -106,3 +106,20 @@ api_keys = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("revoked_at", sa.Float, nullable=True),
 )
+
+# Uploaded files (see parley.store.files): one row each, the bytes in the blob store under `blob_key`.
+# A file past its `expires_at` is gone to the API at once, and its row and bytes are removed by a sweep.
+files = sa.Table(
+    "files",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", sa.Integer, nullable=False),
+    sa.Column("expires_at", sa.Integer, nullable=True, index=True),
+    sa.Column("filename", sa.String(1024), nullable=False),
+    sa.Column("purpose", sa.String(32), nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("blob_key", sa.String(255), nullable=False),
+    sa.Column("owner", sa.String(64), nullable=True),
+    sa.Index("ix_files_owner_seq", "owner", "seq"),
+)
