@@ -212,6 +212,25 @@ class OpenAIProviderConfig(_Section):
         return value.rstrip("/")
 
 
+class LocalGenerationDefaults(_Section):
+    """What a request to a local model gets for the sampling settings it leaves out; its own values win.
+
+    The values are those that make the bundled SmolLM2-135M-Instruct end its
+    answers: its model card's temperature and top_p, and a repetition penalty,
+    without which it repeats a line until the context is full (at llama.cpp's
+    0.8 and no penalty, 5 haiku requests in 60 ran to a 512-token cap).
+    Another model may want its own.
+    """
+
+    # The most tokens a completion generates when the request sets no limit; None: until the context is full.
+    max_tokens: int | None = Field(512, ge=1)
+    temperature: float = Field(0.2, ge=0, le=2)
+    top_p: float = Field(0.9, gt=0, le=1)
+    # llama.cpp's repetition penalty over the last 64 tokens generated (1 is none; a request may send its own
+    # `repeat_penalty`). It applies to free text only: JSON formats and tool-call arguments are data.
+    repeat_penalty: float = Field(1.1, gt=0)
+
+
 class LocalModelConfig(_Section):
     """A GGUF file run in-process by llama.cpp."""
 
@@ -221,13 +240,18 @@ class LocalModelConfig(_Section):
     n_ctx: int = Field(8192, ge=256)
     n_threads: int | None = Field(None, ge=1)
     n_batch: int = Field(512, ge=1)
+    # llama.cpp's flash attention: a long prompt's attention is computed without holding its
+    # whole score matrix (n_ctx x n_batch x heads floats, 150 MB for SmolLM2 at 8,192 tokens).
+    flash_attn: bool = True
+    defaults: LocalGenerationDefaults = LocalGenerationDefaults()
 
     @field_validator("path", mode="after")
     @classmethod
     def _expand_home(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
 
-    # Keep every token's logits, so requests may ask for logprobs (costs some prompt speed).
+    # Whether requests may ask for logprobs. Only a request that asks keeps its tokens' logits
+    # (a row of n_vocab floats per token), and only while it runs.
     logprobs: bool = True
 
 
