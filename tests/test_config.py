@@ -60,15 +60,8 @@ def test_defaults_serve_the_embedded_model_on_localhost_8321(tmp_path: Path) -> 
         "data_dir": str(tmp_path / "xdg" / "parley"),
         "storage": {"url": None, "lease_seconds": 15.0},
         "inference": {
-            "providers": {
-                "local": {"type": "local", "models": {"smollm2-135m": EMBEDDED_MODEL_CONFIG}},
-                # all-MiniLM-L6-v2 for /v1/embeddings (tests/test_embeddings_local.py).
-                "local-embeddings": {
-                    "type": "local-embeddings",
-                    "models": {"all-minilm-l6-v2": {"path": None, "max_tokens": None, "batch_size": 32}},
-                },
-            },
-            "aliases": {"smollm2-135m": "local/smollm2-135m", "all-minilm-l6-v2": "local-embeddings/all-minilm-l6-v2"},
+            "providers": {"local": {"type": "local", "models": {"smollm2-135m": EMBEDDED_MODEL_CONFIG}}},
+            "aliases": {"smollm2-135m": "local/smollm2-135m"},
             "recording": {"mode": "live", "dir": None, "test_header": "X-Parley-Test-Id", "delay_ms": 0.0},
         },
         "engine": {"max_iterations": 20, "kept_context_bytes": 33554432, "reasoning_key": None},
@@ -469,7 +462,7 @@ BAD_FILES = [
     (
         "bad-provider-type",
         "inference:\n  providers:\n    x:\n      type: magic\n      base_url: http://a/v1\n",
-        ["inference.providers.x", "'magic'", "'openai', 'local' or 'local-embeddings'"],
+        ["inference.providers.x", "'magic'", "'openai', 'local'"],
     ),
     (
         "provider-without-type",
