@@ -6,7 +6,8 @@
     ├── AuthenticationError          401 invalid_request_error (code invalid_api_key for a wrong key)
     ├── NotFoundError                404 invalid_request_error
     │   └── ModelNotFoundError           code model_not_found
-    └── UpstreamError                a provider failed
+    ├── FailedDependencyError        424 external_connector_error: a server the request's tools name failed
+    └── UpstreamError                a provider failed (with its Retry-After, if it sent one)
         ├── UpstreamUnavailableError     502: unreachable, or answered 5xx
         ├── UpstreamTimeoutError         504: did not answer in time
         ├── UpstreamProtocolError        502: answered something that is not the protocol
@@ -62,11 +63,22 @@ class ModelNotFoundError(NotFoundError):
         super().__init__(f"The model `{model}` does not exist.", param="model")
 
 
+class FailedDependencyError(ParleyError):
+    """A server that the request's tools name failed it (an MCP server that would not list its tools), as
+    OpenAI answers: 424, `external_connector_error`."""
+
+    status_code = 424
+    error_type = "external_connector_error"
+
+
 class UpstreamError(ParleyError):
     """A provider could not produce a completion."""
 
     status_code = 502
     error_type = "upstream_error"
+    # The provider's `Retry-After` and `retry-after-ms`, as it sent them, for the client: the OpenAI SDKs
+    # wait that long before they try again.
+    retry_headers: dict[str, str] | None = None
 
 
 class UpstreamUnavailableError(UpstreamError):

@@ -14,7 +14,8 @@ The request's `model` picks the behaviour:
     fake-tool             a call to the chosen tool (two calls when parallel),
                           or "The tool said: ..." after a tool message
     fake-json             {"answer": 42}
-    fake-error-400/429/500  that status with an OpenAI error body
+    fake-error-400/429/500  that status with an OpenAI error body (the 429 with OpenAI's
+                          `retry-after: 2` and `retry-after-ms: 1500`)
     fake-hang             never answers (60 s, or until the client goes away)
     fake-midstream-error  3 chunks, then an error frame, no [DONE]
     fake-malformed        2 chunks, then a frame that is not JSON
@@ -106,6 +107,8 @@ _ERRORS = {
     "fake-error-429": (429, _error("fake rate limit", "rate_limit_exceeded", None, "rate_limit_exceeded")),
     "fake-error-500": (500, _error("fake upstream crash", "server_error")),
 }
+# What the 429 says of when to try again, as OpenAI says it.
+RETRY_AFTER = [(b"retry-after", b"2"), (b"retry-after-ms", b"1500")]
 _MODEL_LIST = orjson.dumps(
     {
         "object": "list",
@@ -160,7 +163,7 @@ class FakeApp:
 
         if model in _ERRORS:
             status, payload = _ERRORS[model]
-            await _respond(send, status, payload)
+            await _respond(send, status, payload, RETRY_AFTER if status == 429 else [])
         elif model == "fake-slow-error-400":
             await asyncio.sleep(0.3)
             status, payload = _ERRORS["fake-error-400"]
@@ -511,8 +514,8 @@ def _with_length(payload: bytes) -> list[tuple[bytes, bytes]]:
     return [*_JSON_HEADERS, (b"content-length", str(len(payload)).encode())]
 
 
-async def _respond(send: Send, status: int, payload: bytes) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": _with_length(payload)})
+async def _respond(send: Send, status: int, payload: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": _with_length(payload) + (headers or [])})
     await send({"type": "http.response.body", "body": payload})
 
 

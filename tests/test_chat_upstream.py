@@ -776,6 +776,9 @@ def test_upstream_429_is_a_rate_limit_error_with_the_upstream_message(client: op
     assert isinstance(info.value.body, dict)
     assert info.value.body["message"] == "fake rate limit"
     assert info.value.code == "rate_limit_exceeded"
+    # When to try again, as the upstream said it: the OpenAI SDKs wait that long.
+    headers = info.value.response.headers
+    assert (headers["retry-after"], headers["retry-after-ms"]) == ("2", "1500")
 
 
 @pytest.mark.parametrize("stream", [False, True])

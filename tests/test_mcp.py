@@ -8,6 +8,8 @@ loop is known in advance; one test runs the embedded model live.
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from typing import Any
 
 import openai
 import pytest
+import uvicorn
 
 from tests.conftest import ParleyProcess, parley_config
 from tests.fake_upstream import FakeUpstream
@@ -356,30 +359,83 @@ def test_tool_that_raises_streamed(client: openai.OpenAI, tool_server: ToolServe
     assert response.status == "completed" and response.output_text.startswith("Results: Error: ")
 
 
-def test_approved_call_to_a_server_now_down_streamed(client: openai.OpenAI, tool_server: ToolServer) -> None:
-    first = client.responses.create(
-        model=SCRIPT, input='add {"a": 1, "b": 1}', tools=[mcp_tool(tool_server, require_approval="always")]
-    )
-    gone = mcp_tool(tool_server, require_approval="always", server_url="http://127.0.0.1:9/mcp")
+def test_approved_call_to_a_server_now_down_streamed(client: openai.OpenAI) -> None:
+    """The server went away after the model asked for the call: its listing is the earlier turn's, and the call
+    fails for the model to read."""
+    server = ToolServer().start()
+    tools = [mcp_tool(server, require_approval="always")]
+    try:
+        first = client.responses.create(model=SCRIPT, input='add {"a": 1, "b": 1}', tools=tools)
+    finally:
+        server.stop()
     approve = {"type": "mcp_approval_response", "approval_request_id": first.output[1].id, "approve": True}
-    names, response = streamed(client, model=SCRIPT, previous_response_id=first.id, input=[approve], tools=[gone])
-    assert types(response) == ["mcp_list_tools", "mcp_call", "message"]
-    assert "response.mcp_list_tools.failed" in names
-    call = response.output[1]
+    names, response = streamed(client, model=SCRIPT, previous_response_id=first.id, input=[approve], tools=tools)
+    assert types(response) == ["mcp_call", "message"]
+    call = response.output[0]
     assert_call_failed_in_stream(names, call)
-    assert call.error.type == "mcp_protocol_error" and "cannot connect" in call.error.message
+    assert call.error.type == "mcp_protocol_error"
     assert response.output_text.startswith("Results: Error: ")
 
 
-def test_server_that_is_down_streamed(client: openai.OpenAI) -> None:
-    down = {"type": "mcp", "server_label": "gone", "server_url": "http://127.0.0.1:9/mcp", "require_approval": "never"}
-    names, response = streamed(client, model="fake/fake-echo", input="still here", tools=[down])
-    assert names.index("response.mcp_list_tools.in_progress") < names.index("response.mcp_list_tools.failed")
-    assert "response.mcp_list_tools.completed" not in names
-    listing = response.output[0]
-    assert (listing.type, listing.status, listing.tools) == ("mcp_list_tools", "failed", [])
-    assert listing.error and "gone" in listing.error
-    assert response.output_text == "still here"
+DOWN = {"type": "mcp", "server_label": "gone", "server_url": "http://127.0.0.1:9/mcp", "require_approval": "never"}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_server_that_cannot_list_its_tools_fails_the_request(
+    client: openai.OpenAI, fake_upstream: FakeUpstream, stream: bool
+) -> None:
+    """As OpenAI's: a 424 before the response starts, not a model that runs without the tools."""
+    asked = len(fake_upstream.requests)
+    with pytest.raises(openai.APIStatusError) as raised:
+        client.responses.create(model="fake/fake-echo", input="still here", tools=[DOWN], stream=stream)
+    assert raised.value.status_code == 424
+    error = raised.value.body
+    assert isinstance(error, dict)
+    assert error["message"].startswith("Error retrieving tool list from MCP server: 'gone'. Cannot connect")
+    assert (error["type"], error["param"], error["code"]) == ("external_connector_error", "tools", None)
+    assert len(fake_upstream.requests) == asked  # the model was never called
+
+
+@pytest.fixture(scope="module")
+def refusing_server() -> Iterator[str]:
+    """An MCP server that wants a token this test never has: every request is a 401."""
+
+    async def refuse(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        headers = [(b"content-type", b"application/json"), (b"www-authenticate", b'Bearer realm="mcp"')]
+        await send({"type": "http.response.start", "status": 401, "headers": headers})
+        await send({"type": "http.response.body", "body": b'{"error": "invalid_token"}'})
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(refuse, host="127.0.0.1", port=port, log_level="error", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.mark.parametrize("path", ["/mcp", "/sse"])
+def test_a_server_that_refuses_the_listing_is_a_424_in_openais_words(
+    client: openai.OpenAI, refusing_server: str, path: str
+) -> None:
+    tool = {"type": "mcp", "server_label": "guarded", "server_url": refusing_server + path, "require_approval": "never"}
+    with pytest.raises(openai.APIStatusError) as raised:
+        client.responses.create(model="fake/fake-echo", input="hi", tools=[tool])
+    assert raised.value.status_code == 424
+    assert raised.value.response.json() == {
+        "error": {
+            "message": "Error retrieving tool list from MCP server: 'guarded'. Http status code: 401 (Unauthorized)",
+            "type": "external_connector_error",
+            "param": "tools",
+            "code": "http_error",
+        }
+    }
 
 
 def test_each_transport_is_found_at_the_other_ones_path(client: openai.OpenAI) -> None:
@@ -393,15 +449,6 @@ def test_each_transport_is_found_at_the_other_ones_path(client: openai.OpenAI) -
             assert response.output[1].output == "found", url
     finally:
         swapped.stop()
-
-
-def test_server_that_is_down(client: openai.OpenAI) -> None:
-    down = {"type": "mcp", "server_label": "gone", "server_url": "http://127.0.0.1:9/mcp", "require_approval": "never"}
-    response = client.responses.create(model="fake/fake-echo", input="still here", tools=[down])
-    assert types(response) == ["mcp_list_tools", "message"]
-    listing = response.output[0]
-    assert listing.error and "gone" in listing.error
-    assert response.output_text == "still here"
 
 
 def test_tool_that_raises(client: openai.OpenAI, tool_server: ToolServer) -> None:
@@ -527,9 +574,10 @@ def listed(client: openai.OpenAI, tool: dict[str, Any]) -> str:
     machine can miss; they are not what these tests are about, so they are tried again.
     """
     for _ in range(5):
-        response = client.responses.create(model="fake/fake-echo", input="list", tools=[tool])
-        if response.output[0].status == "completed":
-            return response.id
+        try:
+            return client.responses.create(model="fake/fake-echo", input="list", tools=[tool]).id
+        except openai.APIStatusError as exc:
+            assert exc.status_code == 424, exc  # a listing that failed
     pytest.fail("the tool server could not be listed within the timeout, five times in a row")
 
 
@@ -598,13 +646,16 @@ def test_loopback_can_be_refused(tmp_path: Path, fake_upstream: FakeUpstream, to
         mcp_tool(tool_server, server_label=f"host{i}", server_url=f"http://{host}:{port}/mcp")
         for i, host in enumerate(hosts)
     ]
+    refusals = []
     try:
-        response = server.client().responses.create(model="fake/fake-echo", input="hi", tools=tools)
+        for tool in tools:
+            with pytest.raises(openai.APIStatusError) as raised:
+                server.client().responses.create(model="fake/fake-echo", input="hi", tools=[tool])
+            refusals.append((raised.value.status_code, raised.value.message))
     finally:
         server.stop()
-    assert types(response) == ["mcp_list_tools"] * len(hosts) + ["message"]
-    for host, listing in zip(hosts, response.output[:-1], strict=True):
-        assert listing.status == "failed" and "not allowed" in listing.error, host
+    for host, (status, message) in zip(hosts, refusals, strict=True):
+        assert status == 424 and "may not be reached" in message, (host, message)
 
 
 def test_allowed_hosts_ignore_case(tmp_path: Path, fake_upstream: FakeUpstream, tool_server: ToolServer) -> None:
@@ -615,13 +666,16 @@ def test_allowed_hosts_ignore_case(tmp_path: Path, fake_upstream: FakeUpstream, 
     named = mcp_tool(tool_server, server_label="named", server_url=f"http://LOCALHOST:{tool_server.port}/mcp")
     other = mcp_tool(tool_server, server_label="other")  # 127.0.0.1: the same server, not an allowed host
     try:
-        response = server.client().responses.create(model="fake/fake-echo", input="hi", tools=[named, other])
+        response = server.client().responses.create(model="fake/fake-echo", input="hi", tools=[named])
+        with pytest.raises(openai.APIStatusError) as refused:
+            server.client().responses.create(model="fake/fake-echo", input="hi", tools=[named, other])
     finally:
         server.stop()
-    allowed, refused = response.output[0], response.output[1]
+    allowed = response.output[0]
     assert (allowed.server_label, allowed.status, allowed.error) == ("named", "completed", None)
     assert "peek" in {tool.name for tool in allowed.tools}
-    assert refused.server_label == "other" and "not among the allowed hosts" in refused.error
+    assert refused.value.status_code == 424
+    assert "'other'" in refused.value.message and "not among the allowed hosts" in refused.value.message
 
 
 def test_embedded_model_calls_an_mcp_tool(strict: ParleyProcess, tool_server: ToolServer) -> None:

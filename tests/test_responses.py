@@ -524,6 +524,15 @@ def test_upstream_failure_before_the_first_event_is_an_http_error(client: openai
         client.responses.create(model="fake/fake-error-400", input="x", stream=stream)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstream_429_passes_on_when_to_try_again(client: openai.OpenAI, stream: bool) -> None:
+    with pytest.raises(openai.RateLimitError) as raised:
+        client.responses.create(model="fake/fake-error-429", input="x", stream=stream)
+    assert raised.value.code == "rate_limit_exceeded"
+    headers = raised.value.response.headers
+    assert (headers["retry-after"], headers["retry-after-ms"]) == ("2", "1500")
+
+
 def test_failure_before_the_first_event_leaves_no_response(parley: ParleyProcess, client: openai.OpenAI) -> None:
     # Its client never had its id (see also tests/test_crash_recovery.py, with a row already written).
     with parley.http() as http:
@@ -534,13 +543,22 @@ def test_failure_before_the_first_event_leaves_no_response(parley: ParleyProcess
         assert http.get("/v1/responses", params={"limit": 1}).json()["data"] == before
 
 
-@pytest.mark.parametrize("model", ["fake/fake-midstream-error", "fake/fake-malformed", "fake/fake-drop"])
-def test_upstream_failure_mid_stream_ends_in_response_failed(client: openai.OpenAI, model: str) -> None:
+@pytest.mark.parametrize(
+    ("model", "code"),
+    [
+        ("fake/fake-midstream-error", "upstream_error"),
+        ("fake/fake-malformed", "upstream_protocol_error"),
+        ("fake/fake-drop", "upstream_unavailable"),
+        ("fake/fake-stall", "upstream_timeout"),
+    ],
+)
+def test_upstream_failure_mid_stream_ends_in_response_failed(client: openai.OpenAI, model: str, code: str) -> None:
     events = list(client.responses.create(model=model, input="x", stream=True))
     assert [event.type for event in events[-2:]] == ["error", "response.failed"]
     failed = events[-1].response
-    assert (events[-2].code, events[-2].message) == (failed.error.code, failed.error.message)
-    assert failed.status == "failed" and failed.error is not None
+    # The event says what happened; the response's code is on OpenAI's fixed list, its type the HTTP error's.
+    assert (events[-2].code, events[-2].message) == (code, failed.error.message)
+    assert failed.status == "failed" and (failed.error.code, failed.error.type) == ("server_error", "upstream_error")
     assert failed.output[0].status == "incomplete"
     stored = client.responses.retrieve(failed.id)
     assert stored.status == "failed" and stored.error.message == failed.error.message
@@ -686,7 +704,12 @@ def test_a_call_outside_allowed_tools_never_reaches_a_stream(client: openai.Open
     assert not any(t.startswith(("response.output_item", "response.function_call")) for t in types)
     assert types[-2:] == ["error", "response.failed"]
     error, failed = events[-2], events[-1].response
-    assert "get_time" in error.message and error.code == failed.error.code == "server_error"
+    assert "get_time" in error.message and error.code == "tool_not_offered"
+    assert (failed.error.code, failed.error.type, failed.error.message) == (
+        "server_error",
+        "upstream_error",
+        error.message,
+    )
     assert failed.status == "failed" and failed.output == []
     assert client.responses.retrieve(failed.id).status == "failed"
 

@@ -36,17 +36,18 @@ def redirecting(tool_server: ToolServer) -> Iterator[RedirectingToolServer]:
 def test_three_redirects_are_followed_and_four_are_not(
     upstream: ParleyProcess, redirecting: RedirectingToolServer, sse: bool
 ) -> None:
-    tools = [
-        mcp_tool(redirecting, server_label="three", server_url=redirecting.hops_url(3, sse=sse)),
-        mcp_tool(redirecting, server_label="four", server_url=redirecting.hops_url(4, sse=sse)),
-    ]
-    response = upstream.client().responses.create(model=SCRIPT, input='echo {"text": "via redirects"}', tools=tools)
-    assert [item.type for item in response.output] == ["mcp_list_tools", "mcp_list_tools", "mcp_call", "message"]
-    three, four, call, _ = response.output
-    assert (three.server_label, three.status, three.error) == ("three", "completed", None)
-    assert (four.server_label, four.status, four.tools) == ("four", "failed", [])
-    assert "cannot connect" in four.error
+    three = mcp_tool(redirecting, server_label="three", server_url=redirecting.hops_url(3, sse=sse))
+    four = mcp_tool(redirecting, server_label="four", server_url=redirecting.hops_url(4, sse=sse))
+    client = upstream.client()
+    response = client.responses.create(model=SCRIPT, input='echo {"text": "via redirects"}', tools=[three])
+    assert [item.type for item in response.output] == ["mcp_list_tools", "mcp_call", "message"]
+    listing, call, _ = response.output
+    assert (listing.server_label, listing.status, listing.error) == ("three", "completed", None)
     assert (call.server_label, call.output, call.status) == ("three", "via redirects", "completed")
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.responses.create(model=SCRIPT, input='echo {"text": "via redirects"}', tools=[three, four])
+    assert refused.value.status_code == 424
+    assert "'four'" in refused.value.message and "cannot connect" in refused.value.message.lower()
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +68,11 @@ def test_a_redirect_to_a_host_not_allowed_is_not_followed(
     allowed = f"http://localhost:{redirecting.port}/away"
     tools = [mcp_tool(redirecting, server_url=allowed, headers={"X-Test-Run": run})]
     client: openai.OpenAI = only_localhost.client()
-    response = client.responses.create(model="fake/fake-echo", input="hi", tools=tools)
-    listing = response.output[0]
-    assert (listing.type, listing.status, listing.tools) == ("mcp_list_tools", "failed", [])
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.responses.create(model="fake/fake-echo", input="hi", tools=tools)
+    assert refused.value.status_code == 424  # its listing failed
     assert any(h.get("x-test-run") == run for h in redirecting.headers)  # it was asked, and redirected
     assert not any(h.get("x-test-run") == run for h in tool_server.headers)  # the redirect was not followed
-    assert response.output_text == "hi"
 
 
 def _outward_address() -> str | None:
@@ -106,12 +106,14 @@ def test_a_redirect_to_loopback_is_not_followed_when_loopback_is_refused(
             mcp_tool(redirecting, server_label="direct", server_url=f"{outward}/mcp"),
             mcp_tool(redirecting, server_label="away", server_url=f"{outward}/away", headers={"X-Test-Run": run}),
         ]
-        response = parley.client().responses.create(model="fake/fake-echo", input="hi", tools=tools)
+        response = parley.client().responses.create(model="fake/fake-echo", input="hi", tools=tools[:1])
+        with pytest.raises(openai.APIStatusError) as refused:
+            parley.client().responses.create(model="fake/fake-echo", input="hi", tools=tools)
     finally:
         parley.stop()
         redirecting.stop()
-    direct, away = response.output[:2]
+    direct = response.output[0]
     assert (direct.server_label, direct.status, direct.error) == ("direct", "completed", None)  # allowed as named
-    assert (away.server_label, away.status, away.tools) == ("away", "failed", [])
+    assert refused.value.status_code == 424 and "'away'" in refused.value.message
     assert any(h.get("x-test-run") == run for h in redirecting.headers)
     assert not any(h.get("x-test-run") == run for h in tool_server.headers)

@@ -91,8 +91,9 @@ def test_a_name_that_only_begins_like_an_offered_one_is_refused(
     events = list(client.responses.create(**request, stream=True))
     assert [event.type for event in events[-2:]] == ["error", "response.failed"]
     error, failed = events[-2:]
-    # A response's error codes are OpenAI's fixed list: a 502 is a `server_error`.
-    assert error.code == "server_error" and "'get_weather_now', which is not among the tools" in error.message
+    # The event says why; the response's error codes are OpenAI's fixed list: a 502 is a `server_error`.
+    assert error.code == "tool_not_offered" and "'get_weather_now', which is not among the tools" in error.message
+    assert (failed.response.error.code, failed.response.error.type) == ("server_error", "upstream_error")
     assert added(events) == [] and failed.response.output == []
     stored = client.responses.retrieve(failed.response.id)
     assert (stored.status, stored.output) == ("failed", [])

@@ -1,9 +1,10 @@
 """The OpenAI error body, and the handlers that put every failure into it.
 
 Every error leaves as `{"error": {"message", "type", "param", "code"}}`:
-Parley's own exceptions with their status, request validation as a 400 that
-names the field, unknown routes as a 404, and anything unexpected as a 500
-whose body says nothing of the traceback.
+Parley's own exceptions with their status (and an upstream's `Retry-After`),
+request validation as a 400 that names the field, unknown routes as a 404,
+and anything unexpected as a 500 whose body says nothing of the traceback.
+A client that leaves before its body is read is logged in one line.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from parley.api.http import JSONResponse
-from parley.errors import ParleyError, invalid_parameter, most_specific
+from parley.errors import ParleyError, UpstreamError, invalid_parameter, most_specific
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,15 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _parley_error(request: Request, exc: ParleyError) -> JSONResponse:
         if exc.status_code >= 500:
             log.warning("%s %s failed: %s", request.method, request.url.path, exc.message)
-        return JSONResponse(body_for(exc), status_code=exc.status_code)
+        # An upstream's Retry-After (a 429's, mostly) is the client's to honour: the OpenAI SDKs wait for it.
+        headers = exc.retry_headers if isinstance(exc, UpstreamError) else None
+        return JSONResponse(body_for(exc), status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_left(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # Clients give up: nothing went wrong here, and nobody reads this answer.
+        log.info("%s %s: the client left before its request was read", request.method, request.url.path)
+        return JSONResponse(error_body("The client closed the connection before its request was read."), 400)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, get_args
 
+from openai.types.responses import ResponseError
 from pydantic import BaseModel
 
 from parley.engine.request import CreateResponseRequest
-from parley.errors import ParleyError, UpstreamStatusError
+from parley.errors import ParleyError
 from parley.inference.types import Usage
 
 
@@ -101,12 +102,36 @@ def add_usage(total: Usage, more: Usage) -> None:
     total.reasoning_tokens += more.reasoning_tokens
 
 
+# The codes a response's `error` may have: OpenAI's fixed list, as the installed openai package's
+# `ResponseError.code` has it (clients that check it refuse any other).
+RESPONSE_ERROR_CODES: frozenset[str] = frozenset(get_args(ResponseError.model_fields["code"].annotation))
+
+
 def error_object(exc: ParleyError) -> dict[str, Any]:
-    """A failure as the response's `error` (whose codes are OpenAI's fixed list)."""
-    if isinstance(exc, UpstreamStatusError) and exc.status_code == 429:
+    """A failure as the response's `error`.
+
+    Its `code` is on OpenAI's list (`RESPONSE_ERROR_CODES`): the failure's own
+    code when it is there (an upstream's `rate_limit_exceeded` or
+    `invalid_image_url`), else the nearest one: `rate_limit_exceeded` for a
+    429, `invalid_prompt` for another fault of the request (a 4xx), and
+    `server_error` for the rest (an upstream that timed out, a model that
+    called a tool it was not offered). `type` and `param` are those of the
+    HTTP error it would have been (the package's `ResponseError` has both),
+    and the stream's `error` event says the failure's own code
+    (`error_event`): `upstream_timeout`, `tool_not_offered`.
+    """
+    if exc.code in RESPONSE_ERROR_CODES:
+        code = exc.code
+    elif exc.status_code == 429:
         code = "rate_limit_exceeded"
     elif 400 <= exc.status_code < 500:
         code = "invalid_prompt"
     else:
         code = "server_error"
-    return {"code": code, "message": exc.message}
+    return {"code": code, "message": exc.message, "param": exc.param, "type": exc.error_type}
+
+
+def error_event(exc: ParleyError) -> dict[str, Any]:
+    """The fields of the stream's `error` event for a failure: its own code (the event's `code` is any string),
+    or the response's where it has none."""
+    return {"code": exc.code or error_object(exc)["code"], "message": exc.message, "param": exc.param}

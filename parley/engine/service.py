@@ -29,7 +29,7 @@ from parley.engine.emitter import EventEmitter
 from parley.engine.items import parse_input
 from parley.engine.record import ResponseRecord
 from parley.engine.request import CreateResponseRequest
-from parley.engine.response import error_object, initial_response, usage_object
+from parley.engine.response import error_event, error_object, initial_response, usage_object
 from parley.errors import InvalidRequestError, NotFoundError, ParleyError
 from parley.ids import new_id
 from parley.inference.registry import ModelRegistry, ResolvedModel
@@ -363,9 +363,7 @@ class ResponseService:
         response["completed_at"] = response["incomplete_details"] = None
         response["error"] = error_object(error)
         if turn.announced:
-            turn.emitter.emit(
-                "error", code=response["error"]["code"], message=response["error"]["message"], param=error.param
-            )
+            turn.emitter.emit("error", **error_event(error))
         response["usage"] = usage_object(turn.usage)
         response["output"] = turn.emitter.output
 

@@ -8,7 +8,7 @@ httpx's exceptions are translated here, once, into Parley's Upstream* errors.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, Literal
 
 import httpx
@@ -28,6 +28,8 @@ from parley.inference.types import ChatChunk, ChatRequest
 from parley.inference.wire import chat_body, choice_chunk, completion_chunks, usage_from_wire
 
 _MODEL_LIST_TTL = 60.0
+# The headers of a refusal that say when to try again, as they are passed on.
+_RETRY_HEADERS = {"retry-after": "Retry-After", "retry-after-ms": "retry-after-ms"}
 
 
 class OpenAICompatibleProvider(Provider):
@@ -94,7 +96,7 @@ class OpenAICompatibleProvider(Provider):
         with self._translate_errors():
             response = await self.client.get("/models")
             if response.status_code >= 400:
-                raise self._status_error(response.status_code, response.content)
+                raise self._status_error(response.status_code, response.content, response.headers.items())
         try:
             entries = orjson.loads(response.content)["data"]
             return [
@@ -109,7 +111,7 @@ class OpenAICompatibleProvider(Provider):
         with self._translate_errors():
             response = await self.client.post("/embeddings", content=orjson.dumps(body))
             if response.status_code >= 400:
-                raise self._status_error(response.status_code, response.content)
+                raise self._status_error(response.status_code, response.content, response.headers.items())
         try:
             result = orjson.loads(response.content)
             if not isinstance(result, dict) or not isinstance(result["data"], list):
@@ -151,7 +153,8 @@ class OpenAICompatibleProvider(Provider):
         with self._translate_errors():
             async with self.pool.stream(self._chat_target, self._stream_head, self._body(request)) as response:
                 if response.status >= 400:
-                    raise self._status_error(response.status, await response.aread())
+                    headers = ((key.decode("latin-1"), value.decode("latin-1")) for key, value in response.headers)
+                    raise self._status_error(response.status, await response.aread(), headers)
                 if response.header(b"content-type").startswith(b"application/json"):
                     # An upstream that ignored `stream: true`: its whole completion, as chunks.
                     yield self._completion_chunks(await response.aread())
@@ -214,19 +217,27 @@ class OpenAICompatibleProvider(Provider):
             del batch[start:]  # none of a malformed chunk
             raise UpstreamProtocolError(f"Provider '{self.name}' sent a malformed stream chunk.") from exc
 
-    def _status_error(self, status: int, content: bytes) -> UpstreamError:
+    def _status_error(self, status: int, content: bytes, headers: Iterable[tuple[str, str]] = ()) -> UpstreamError:
+        """The error for an upstream's refusal: its status (a 5xx is a 502), its error's fields, and the
+        `Retry-After` and `retry-after-ms` it sent, which the client is told in turn."""
         message, error_type, param, code = _upstream_error_fields(content)
+        error: UpstreamError
         if status >= 500:
-            return UpstreamUnavailableError(
+            error = UpstreamUnavailableError(
                 f"Provider '{self.name}' failed with status {status}: {message or 'no message'}"
             )
-        return UpstreamStatusError(
-            message or f"Provider '{self.name}' refused the request with status {status}.",
-            status_code=status,
-            error_type=error_type,
-            param=param,
-            code=code,
-        )
+        else:
+            error = UpstreamStatusError(
+                message or f"Provider '{self.name}' refused the request with status {status}.",
+                status_code=status,
+                error_type=error_type,
+                param=param,
+                code=code,
+            )
+        retry = {name: value for key, value in headers if (name := _RETRY_HEADERS.get(key.lower())) and value.strip()}
+        if retry:
+            error.retry_headers = retry
+        return error
 
     def _translate_errors(self) -> _ErrorTranslation:
         return _ErrorTranslation(self.name, self.config.base_url)

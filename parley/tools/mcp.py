@@ -4,7 +4,9 @@ The `{"type": "mcp"}` tools of one response are one `MCPServers`:
 
 - before the first model call, each server's tools are listed in an
   `mcp_list_tools` item, or the listing is taken from the history while the
-  server's label and URL have not changed;
+  server's label and URL have not changed; a server whose listing fails
+  fails the request, as OpenAI's does: a 424 before the response starts
+  (`listing_failed`), rather than a model that runs without its tools;
 - a model's call to one of them becomes an `mcp_call` item, which Parley runs,
   or, when `require_approval` asks for it, an `mcp_approval_request`, which
   ends the response;
@@ -23,10 +25,11 @@ Connecting and calling are `mcp_client`'s.
 from __future__ import annotations
 
 import asyncio
+from http import HTTPStatus
 from typing import Any
 
 from parley.config import ToolsSettings
-from parley.errors import InvalidRequestError
+from parley.errors import FailedDependencyError, InvalidRequestError
 from parley.ids import new_id
 from parley.tools.base import ItemEvents, NameOf, ServerTool, ToolKind, register
 from parley.tools.definitions import MCPTool
@@ -70,7 +73,10 @@ class MCPServers(ToolKind):
     async def prepare(
         self, history: list[dict[str, Any]], previous_tools: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
-        """Lists every server's tools; returns the new `mcp_list_tools` items (reused listings make none)."""
+        """Lists every server's tools; returns the new `mcp_list_tools` items (reused listings make none).
+
+        Raises FailedDependencyError for the first server, in the request's order, that could not list them.
+        """
         reusable = _reusable_listings(history, previous_tools)
         to_list = []
         for server in self.servers:
@@ -80,25 +86,25 @@ class MCPServers(ToolKind):
             else:
                 to_list.append(server)
         results = await asyncio.gather(*(server.list_tools() for server in to_list), return_exceptions=True)
+        for server, result in zip(to_list, results, strict=True):
+            if isinstance(result, MCPServerError):
+                raise listing_failed(server.label, result)
+            if isinstance(result, BaseException):
+                raise result
         items = []
         for server, result in zip(to_list, results, strict=True):
-            item: dict[str, Any] = {
-                "id": new_id("mcpl"),
-                "type": "mcp_list_tools",
-                "server_label": server.label,
-                "tools": [],
-                "error": None,
-                "status": "completed",
-            }
-            if isinstance(result, MCPServerError):
-                item["error"] = str(result)
-                item["status"] = "failed"
-            elif isinstance(result, BaseException):
-                raise result
-            else:
-                self.listings[server.label] = result
-                item["tools"] = [tool.as_item_entry() for tool in result]
-            items.append(item)
+            assert not isinstance(result, BaseException)
+            self.listings[server.label] = result
+            items.append(
+                {
+                    "id": new_id("mcpl"),
+                    "type": "mcp_list_tools",
+                    "server_label": server.label,
+                    "tools": [tool.as_item_entry() for tool in result],
+                    "error": None,
+                    "status": "completed",
+                }
+            )
         return items
 
     def tools(self, taken: set[str]) -> list[ServerTool]:
@@ -232,6 +238,26 @@ class MCPServers(ToolKind):
 
 
 DECLINED = "The user declined to run this tool call."
+
+
+def listing_failed(label: str, error: MCPServerError) -> FailedDependencyError:
+    """The request's error for a server that could not list its tools, in OpenAI's words where it has them.
+
+    OpenAI: 424, `Error retrieving tool list from MCP server: 'label'. Http status code: 401 (Unauthorized)`,
+    type `external_connector_error`, param `tools`, code `http_error`. A server that answered no HTTP status
+    (it cannot be reached, or may not be: see `parley.tools.outbound`) is named with what went wrong instead,
+    and no code.
+    """
+    prefix = f"Error retrieving tool list from MCP server: '{label}'."
+    if error.status is not None:
+        try:
+            phrase = f" ({HTTPStatus(error.status).phrase})"
+        except ValueError:
+            phrase = ""
+        return FailedDependencyError(
+            f"{prefix} Http status code: {error.status}{phrase}", param="tools", code="http_error"
+        )
+    return FailedDependencyError(f"{prefix} {str(error)[:1].upper()}{str(error)[1:]}", param="tools")
 
 
 def _result(item: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ import logging
 import time
 from collections import OrderedDict
 from contextlib import AsyncExitStack
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,6 +31,36 @@ log = logging.getLogger(__name__)
 
 # The `mcp` client logs every HTTP request it makes at INFO.
 logging.getLogger("httpx2").setLevel(logging.WARNING)
+
+# The server a session's task and the `mcp` client's tasks under it talk to, for their log lines.
+_SERVER: ContextVar[str] = ContextVar("mcp_server", default="")
+
+
+class _OneLine(logging.Filter):
+    """The `mcp` client logs a connection that ends (an MCP server that goes away, or cannot be reached) at
+    ERROR with its whole traceback, once for each session. It is an event to expect, not a bug: one warning
+    line, naming the server and the cause, instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is None or not _is_connection_error(error):
+            return True
+        what = record.getMessage()
+        record.msg, record.args = (
+            "MCP server %s: the connection ended: %s (%s)",
+            (
+                _SERVER.get() or "(unknown)",
+                _describe(error),
+                what,
+            ),
+        )
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info = record.exc_text = record.stack_info = None
+        return True
+
+
+for _name in ("mcp.client.sse", "mcp.client.streamable_http"):
+    logging.getLogger(_name).addFilter(_OneLine())
 
 
 @dataclass(slots=True, frozen=True)
@@ -63,7 +94,12 @@ class CallResult:
 
 
 class MCPServerError(Exception):
-    """The server could not be reached or did not speak MCP."""
+    """The server could not be reached or did not speak MCP; `status` is the HTTP status it refused with, if
+    it answered one (401 for a missing or wrong token)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class MCPSession:
@@ -88,6 +124,8 @@ class MCPSession:
         self._ready: asyncio.Future[Any] | None = None
         self._closing = asyncio.Event()
         self._lock = asyncio.Lock()
+        # The first HTTP status >= 400 the server answered since this was last cleared (see `_http`).
+        self.refused_with: int | None = None
 
     async def client(self) -> Any:
         """The connected `mcp` client, connecting on first use; raises MCPServerError."""
@@ -105,10 +143,13 @@ class MCPSession:
             raise
 
     async def _hold(self, ready: asyncio.Future[Any]) -> None:
+        _SERVER.set(f"'{self.label}' ({urlsplit(self.url).netloc})")
         path = urlsplit(self.url).path.rstrip("/")
         order = ["sse", "streamable"] if path.endswith("/sse") else ["streamable", "sse"]
         failures = []
+        status = None  # of the first transport the server refused with one: the one its URL suggests
         for transport in order:
+            self.refused_with = None
             try:
                 async with AsyncExitStack() as stack:
                     async with asyncio.timeout(self.settings.timeout):
@@ -129,7 +170,11 @@ class MCPSession:
                     ready.set_exception(MCPServerError(f"MCP server '{self.label}' may not be reached: {refused}"))
                     return
                 failures.append(f"{transport}: {_describe(exc)}")
-        ready.set_exception(MCPServerError(f"cannot connect to MCP server '{self.label}' ({'; '.join(failures)})"))
+                if not isinstance(exc, TimeoutError):  # what it refused after the time ran out is no cause
+                    status = status or self.refused_with
+        ready.set_exception(
+            MCPServerError(f"cannot connect to MCP server '{self.label}' ({'; '.join(failures)})", status)
+        )
 
     def _client_for(self, transport: str, stack: AsyncExitStack) -> Any:
         from mcp import Client
@@ -163,6 +208,14 @@ class MCPSession:
             timeout = httpx2.Timeout(MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT)
         client = self.guard.httpx2_client(headers=headers, timeout=timeout, auth=auth)
         client.max_redirects = MAX_REDIRECTS
+
+        async def note_refusal(response: Any) -> None:
+            # The `mcp` client makes a refused request a JSON-RPC error that no longer says its status. A GET
+            # answered 405 is a server that offers no stream of its own on streamable HTTP, which is allowed.
+            if response.status_code >= 400 and not (response.status_code == 405 and response.request.method == "GET"):
+                self.refused_with = self.refused_with or response.status_code
+
+        client.event_hooks["response"].append(note_refusal)
         return client
 
     async def close(self) -> None:
@@ -320,6 +373,8 @@ class MCPServerConnection:
     async def list_tools(self) -> list[ListedTool]:
         """Every tool the server has (all pages); raises MCPServerError."""
         client = await self._connected()
+        assert self._session is not None
+        self._session.refused_with = None
         tools: list[ListedTool] = []
         cursor = None
         try:
@@ -338,8 +393,11 @@ class MCPServerConnection:
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError) and not isinstance(exc, TimeoutError):
                 raise
+            status = None if isinstance(exc, TimeoutError) else self._session.refused_with
             self._broke()
-            raise MCPServerError(f"MCP server '{self.label}' could not list its tools: {_describe(exc)}") from exc
+            raise MCPServerError(
+                f"MCP server '{self.label}' could not list its tools: {_describe(exc)}", status
+            ) from exc
 
     async def call(self, name: str, arguments: str) -> CallResult:
         try:
@@ -423,6 +481,27 @@ def _describe(exc: BaseException) -> str:
         exc = exc.exceptions[0]
     text = str(exc) or exc.__class__.__name__
     return text if len(text) < 300 else text[:300] + "..."
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """Whether `exc` (or what it wraps) is a connection that failed or ended, rather than a bug."""
+    import anyio
+    import httpx2
+
+    kinds = (httpx2.TransportError, OSError, anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream)
+    seen: set[int] = set()
+    pending = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, kinds):
+            return True
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return False
 
 
 def _refusal(exc: BaseException) -> HostRefused | None:
