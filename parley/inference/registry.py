@@ -6,7 +6,12 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from parley.config import InferenceSettings, LocalProviderConfig, OpenAIProviderConfig
+from parley.config import (
+    InferenceSettings,
+    LocalEmbeddingsProviderConfig,
+    LocalProviderConfig,
+    OpenAIProviderConfig,
+)
 from parley.errors import ModelNotFoundError, UpstreamError
 from parley.inference.base import Provider
 
@@ -44,6 +49,10 @@ class ModelRegistry:
                 from parley.inference.local import LocalProvider
 
                 providers[name] = LocalProvider(name, config)
+            elif isinstance(config, LocalEmbeddingsProviderConfig):
+                from parley.inference.embeddings import LocalEmbeddingsProvider
+
+                providers[name] = LocalEmbeddingsProvider(name, config)
         if settings.recording.mode != "live":
             from parley.inference.recording import RecordingProvider, RecordingStore
 

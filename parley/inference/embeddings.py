@@ -1,0 +1,210 @@
+"""Embeddings: the local provider that computes them in-process, and one interface over every provider.
+
+`LocalEmbeddingsProvider` serves the models of a `local-embeddings` provider
+(parley.inference.sentence_embeddings) as OpenAI's `POST /v1/embeddings`
+does. `embed_texts` is what the rest of Parley calls for vectors, whatever
+the model: a local one directly, an `openai` provider's through its
+`/embeddings`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from parley.config import LocalEmbeddingModelConfig, LocalEmbeddingsProviderConfig
+from parley.errors import ContextLengthExceededError, InvalidRequestError, UpstreamUnavailableError
+from parley.inference.base import ChunkStream, ModelInfo, Provider
+from parley.inference.types import ChatRequest
+
+if TYPE_CHECKING:
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+# OpenAI's limit on the inputs of one request.
+MAX_INPUTS = 2048
+
+
+@dataclass(slots=True, frozen=True)
+class Embeddings:
+    """Unit vectors, one row per input, and the tokens the model read."""
+
+    vectors: np.ndarray[Any, np.dtype[np.float32]]
+    tokens: int
+
+
+class LocalEmbeddingModel:
+    """One sentence encoder, loaded once, run on a thread of its own (numpy's BLAS releases the GIL)."""
+
+    def __init__(self, provider: str, name: str, config: LocalEmbeddingModelConfig) -> None:
+        self.provider = provider
+        self.name = name
+        self.config = config
+        self._encoder: Any = None
+        self._error: str | None = None
+        # One thread: the encoder is not thread-safe, and a forward pass already uses BLAS's threads.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embed-{name}")
+        self._lock = asyncio.Lock()
+
+    async def load(self) -> Any:
+        async with self._lock:
+            if self._encoder is None and self._error is None:
+                from parley.inference.sentence_embeddings import ModelFilesError, load_encoder
+
+                loop = asyncio.get_running_loop()
+                try:
+                    self._encoder = await loop.run_in_executor(
+                        self._executor, load_encoder, self.config.path, self.config.max_tokens
+                    )
+                except (ModelFilesError, ImportError) as exc:
+                    self._error = str(exc)
+                    log.error("cannot load embedding model %s/%s: %s", self.provider, self.name, exc)
+        if self._encoder is None:
+            raise UpstreamUnavailableError(f"The embedding model '{self.provider}/{self.name}' is not available.")
+        return self._encoder
+
+    async def embed(self, inputs: list[str] | list[list[int]], *, truncate: bool) -> Embeddings:
+        """Vectors for texts or token-id arrays (the model's own ids); an input over max_tokens is refused
+        unless `truncate`."""
+        encoder = await self.load()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._embed, encoder, inputs, truncate)
+
+    def _embed(self, encoder: Any, inputs: list[str] | list[list[int]], truncate: bool) -> Embeddings:
+        limit = encoder.max_tokens
+        if inputs and isinstance(inputs[0], list):
+            arrays: list[list[int]] = inputs
+            vocab = encoder.vocab_size
+            if any(not 0 <= token < vocab for array in arrays for token in array):
+                raise InvalidRequestError(
+                    f"Invalid value for 'input': token ids must be within 0..{vocab - 1} for this model.",
+                    param="input",
+                    code="invalid_value",
+                )
+            counts = [len(array) + 2 for array in arrays]  # with [CLS] and [SEP]
+            self._check_lengths(counts, limit, truncate)
+            return Embeddings(encoder.encode_ids(arrays), sum(min(n, limit) for n in counts))
+        texts: list[str] = inputs  # type: ignore[assignment]
+        if not truncate:
+            self._check_lengths(encoder.count_tokens(texts), limit, truncate)
+        vectors, tokens = encoder.encode(texts, batch_size=self.config.batch_size)
+        return Embeddings(vectors, tokens)
+
+    @staticmethod
+    def _check_lengths(counts: list[int], limit: int, truncate: bool) -> None:
+        longest = max(counts, default=0)
+        if longest > limit and not truncate:
+            # OpenAI's words for an input past an embedding model's context.
+            raise ContextLengthExceededError(
+                f"This model's maximum context length is {limit} tokens, however you requested "
+                f"{longest} tokens ({longest} in your prompt; 0 for the completion). "
+                "Please reduce your prompt; or completion length.",
+                param="input",
+            )
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._encoder = None
+
+
+class LocalEmbeddingsProvider(Provider):
+    """The models of a `local-embeddings` provider: embeddings only, computed in-process."""
+
+    def __init__(self, name: str, config: LocalEmbeddingsProviderConfig) -> None:
+        self.name = name
+        self.models = {model: LocalEmbeddingModel(name, model, cfg) for model, cfg in config.models.items()}
+
+    def serves(self, model: str) -> bool:
+        return model in self.models
+
+    async def list_models(self) -> list[ModelInfo]:
+        return [ModelInfo(id=model, owned_by="parley") for model in self.models]
+
+    async def start(self) -> None:
+        # Loaded now (a tenth of a second, 90 MB), so the first request does not wait; one that
+        # cannot load is logged and its requests get a 503, while the chat models go on serving.
+        await asyncio.gather(*(m.load() for m in self.models.values()), return_exceptions=True)
+
+    async def close(self) -> None:
+        for model in self.models.values():
+            model.close()
+
+    async def stream_chat(self, request: ChatRequest) -> ChunkStream:
+        raise InvalidRequestError(
+            f"The model '{self.name}/{request.model}' is an embedding model: it does not chat.", param="model"
+        )
+        yield []  # unreachable: it makes this an async generator, as the interface's callers expect
+
+    async def embed(self, model: str, inputs: Any, **options: Any) -> dict[str, Any]:
+        """OpenAI's `list` of embeddings for a string, strings, token array or token arrays."""
+        local = self.models[model]
+        items = _as_list(inputs)
+        if len(items) > MAX_INPUTS:
+            raise InvalidRequestError(
+                f"Invalid 'input': an array may have at most {MAX_INPUTS} items, but it has {len(items)}.",
+                param="input",
+                code="array_above_max_length",
+            )
+        encoder = await local.load()
+        dimensions = options.get("dimensions")
+        # A model with fixed dimensions refuses the parameter, as OpenAI's text-embedding-ada-002 does;
+        # its own size is accepted, since that is what the caller gets.
+        if dimensions is not None and dimensions != encoder.dimensions:
+            raise InvalidRequestError(
+                f"This model does not support specifying dimensions (it has {encoder.dimensions}).",
+                param="dimensions",
+            )
+        result = await local.embed(items, truncate=False)
+        base64_format = options.get("encoding_format") == "base64"
+        data = [
+            {"object": "embedding", "index": i, "embedding": _encode(vector, base64_format)}
+            for i, vector in enumerate(result.vectors)
+        ]
+        usage = {"prompt_tokens": result.tokens, "total_tokens": result.tokens}
+        return {"object": "list", "data": data, "model": model, "usage": usage}
+
+
+def _as_list(inputs: Any) -> list[str] | list[list[int]]:
+    if isinstance(inputs, str):
+        return [inputs]
+    if inputs and all(isinstance(item, int) for item in inputs):
+        return [list(inputs)]  # one token array
+    return list(inputs)
+
+
+def _encode(vector: np.ndarray[Any, np.dtype[np.float32]], base64_format: bool) -> list[float] | str:
+    if base64_format:
+        # OpenAI's base64: the little-endian float32 bytes, as openai-python decodes them.
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    return [float(x) for x in vector]
+
+
+async def embed_texts(provider: Provider, model: str, texts: list[str], *, truncate: bool = True) -> Embeddings:
+    """Unit-length vectors of `texts` from any provider's model: in-process for a local model, else its
+    `/embeddings` (batched at OpenAI's 2,048 inputs a request). With `truncate`, a local model reads the
+    start of a text longer than it takes, as sentence-transformers does; an upstream refuses as it will."""
+    import numpy as np  # installed with the `local` extra, as the local models are
+
+    if isinstance(provider, LocalEmbeddingsProvider):
+        return await provider.models[model].embed(texts, truncate=truncate)
+    rows: list[np.ndarray[Any, np.dtype[np.float32]]] = []
+    tokens = 0
+    for start in range(0, len(texts), MAX_INPUTS):
+        reply = await provider.embed(model, texts[start : start + MAX_INPUTS], encoding_format="base64")
+        for item in sorted(reply["data"], key=lambda d: d["index"]):
+            embedding = item["embedding"]
+            if isinstance(embedding, str):
+                rows.append(np.frombuffer(base64.b64decode(embedding), dtype="<f4").astype(np.float32))
+            else:
+                rows.append(np.asarray(embedding, dtype=np.float32))
+        tokens += int((reply.get("usage") or {}).get("prompt_tokens") or 0)
+    if not rows:
+        return Embeddings(np.empty((0, 0), dtype=np.float32), 0)
+    vectors = np.vstack(rows)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return Embeddings((vectors / np.maximum(norms, 1e-12)).astype(np.float32), tokens)
