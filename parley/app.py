@@ -24,7 +24,8 @@ from parley.engine import encrypted_reasoning
 from parley.engine.conversations import ConversationService
 from parley.engine.service import ResponseService
 from parley.inference.registry import ModelRegistry
-from parley.store import ConversationStore, Database, DirectoryBlobStore, FileStore, KeyStore, ResponseStore
+from parley.store import ConversationStore, Database, FileStore, KeyStore, ResponseStore
+from parley.store.blobs import blob_store
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def create_app(settings: Settings) -> ASGIApp:
     database = Database(settings.storage_url)
     conversations = ConversationStore(database)
     keys = KeyRing(settings.auth, KeyStore(database))
-    files = FileStore(database, DirectoryBlobStore(settings.data_dir / "files"), settings.files.expiry_sweep_seconds)
+    files = FileStore(database, blob_store(settings.files, settings.data_dir), settings.files.expiry_sweep_seconds)
     responses = ResponseService(
         registry,
         ResponseStore(database, settings.storage.lease_seconds),

@@ -531,6 +531,23 @@ class EngineSettings(_Section):
         return value
 
 
+class S3BlobSettings(_Section):
+    """An S3-compatible bucket for uploaded files' bytes (parley.store.blobs.S3BlobStore)."""
+
+    bucket: str = Field(min_length=1)
+    # Put before each object's name (`parley/files/`), to share a bucket.
+    prefix: str = ""
+    # None: AWS's own; else any S3-compatible service (MinIO, Ceph, R2 ...).
+    endpoint_url: str | None = None
+    region: str | None = None
+    # None: boto3's own chain (environment, profile, instance role).
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    # A larger file goes up in parts of this size (S3's smallest part is 5 MiB); memory holds one part.
+    part_bytes: int = Field(8 * 1024 * 1024, ge=5 * 1024 * 1024)
+
+
 class FilesSettings(_Section):
     """Uploaded files (`/v1/files`, see parley.api.files): how large one may be, and how often expired ones go."""
 
@@ -538,6 +555,8 @@ class FilesSettings(_Section):
     max_bytes: int = Field(512 * 1024 * 1024, ge=1)
     # How often files past their `expires_at` are removed, rows and bytes; they are hidden from the moment they expire.
     expiry_sweep_seconds: float = Field(60.0, gt=0)
+    # Where the bytes live: None, a directory under data_dir (`files`); else an S3-compatible bucket.
+    s3: S3BlobSettings | None = None
 
 
 def _default_data_dir() -> Path:

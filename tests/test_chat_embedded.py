@@ -659,7 +659,8 @@ def test_template_chat_format_usage_is_llama_cpps_own(
 
 @pytest.fixture(scope="module")
 def small_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ParleyProcess]:
-    models = {"tiny": {"n_ctx": 256}, "capped": {"n_ctx": 512, "defaults": {"max_tokens": 6, "temperature": 0}}}
+    capped = {"n_ctx": 512, "defaults": {"max_tokens": 6, "temperature": 0}, "logprobs": False}
+    models = {"tiny": {"n_ctx": 256}, "capped": capped}
     providers = {"local": {"type": "local", "models": models}}
     server = ParleyProcess(tmp_path_factory.mktemp("small-models"), {"inference": {"providers": providers}})
     server.start()
@@ -697,6 +698,12 @@ def test_a_request_limit_wins_over_the_model_default_cap(small_models: ParleyPro
     assert completion.choices[0].finish_reason == "length"
     assert completion.usage is not None and completion.usage.completion_tokens == 9
     assert response.status == "incomplete" and response.usage is not None and response.usage.output_tokens == 16
+
+
+def test_logprobs_from_a_model_configured_without_them_are_a_400(small_models: ParleyProcess) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        small_models.client().chat.completions.create(model="local/capped", messages=QUESTION, logprobs=True)
+    assert raised.value.param == "logprobs"
 
 
 def test_the_model_default_temperature_applies_to_a_request_that_sets_none(small_models: ParleyProcess) -> None:

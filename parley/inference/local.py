@@ -72,6 +72,8 @@ class LocalProvider(Provider):
         # Checked on arrival: a request refused by the worker would wait for every one queued before it.
         if request.n not in (None, 1):
             raise InvalidRequestError("The local provider generates one choice per request (n=1).", param="n")
+        if request.logprobs and not model.config.logprobs:
+            raise InvalidRequestError(f"Local model '{model.name}' is configured without logprobs.", param="logprobs")
         repeat_penalty = request.extra.get("repeat_penalty")
         if repeat_penalty is not None and (
             isinstance(repeat_penalty, bool) or not isinstance(repeat_penalty, int | float) or repeat_penalty <= 0
@@ -171,10 +173,6 @@ class LocalModel:
             return
         try:
             llama = self._loaded()
-            if request.logprobs and not self.config.logprobs:
-                raise InvalidRequestError(
-                    f"Local model '{self.name}' is configured without logprobs.", param="logprobs"
-                )
             if self.config.chat_format == "chatml-function-calling":
                 ChatmlGeneration(llama, self.config, request, emit, cancelled).run()
             else:

@@ -1,7 +1,8 @@
 """Where uploaded files' bytes live: a blob store, behind a small interface.
 
     BlobStore            put (streamed in), open (streamed out), delete
-    └── DirectoryBlobStore   files in a directory (by default `data_dir/files`)
+    ├── DirectoryBlobStore   files in a directory (by default `data_dir/files`)
+    └── S3BlobStore          objects in an S3-compatible bucket (`files.s3`)
 
 A blob is written whole or not at all: `put` writes to a temporary name and
 renames it into place only once the last chunk is in, and removes what it
@@ -16,7 +17,11 @@ import asyncio
 import os
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+from pydantic import SecretStr
+
+from parley.config import FilesSettings, S3BlobSettings
 
 # What `open` reads at a time.
 CHUNK_BYTES = 256 * 1024
@@ -88,3 +93,122 @@ class DirectoryBlobStore:
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self._path(key).unlink, missing_ok=True)
+
+
+class S3BlobStore:
+    """Blobs as objects in an S3-compatible bucket, for replicas that share their files.
+
+    An object appears whole or not at all: a blob smaller than one part is one
+    `PutObject`; a larger one is a multipart upload, its parts sent as they
+    fill (so memory holds at most one part, `part_bytes`) and completed after
+    the last chunk, or aborted if the chunks fail. boto3 is synchronous: each
+    call runs on a thread.
+    """
+
+    def __init__(self, client: Any, bucket: str, prefix: str = "", part_bytes: int = 8 * 1024 * 1024) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+        self.part_bytes = part_bytes
+
+    @classmethod
+    def from_settings(cls, settings: S3BlobSettings) -> S3BlobStore:
+        import boto3
+        from botocore.config import Config
+
+        def secret(value: SecretStr | None) -> str | None:
+            return value.get_secret_value() if value is not None else None
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=settings.endpoint_url,
+            region_name=settings.region,
+            aws_access_key_id=secret(settings.access_key_id),
+            aws_secret_access_key=secret(settings.secret_access_key),
+            config=Config(s3={"addressing_style": settings.addressing_style}),
+        )
+        return cls(client, settings.bucket, settings.prefix, settings.part_bytes)
+
+    def _key(self, key: str) -> str:
+        if not key or not key.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"not a blob key: {key!r}")
+        return self.prefix + key
+
+    async def put(self, key: str, chunks: AsyncIterable[bytes]) -> int:
+        name = self._key(key)
+        buffer = bytearray()
+        size = 0
+        upload_id: str | None = None
+        parts: list[dict[str, Any]] = []
+
+        async def send_part() -> None:
+            nonlocal upload_id
+            if upload_id is None:
+                started = await asyncio.to_thread(self.client.create_multipart_upload, Bucket=self.bucket, Key=name)
+                upload_id = started["UploadId"]
+            number = len(parts) + 1
+            sent = await asyncio.to_thread(
+                self.client.upload_part,
+                Bucket=self.bucket,
+                Key=name,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=bytes(buffer),
+            )
+            parts.append({"PartNumber": number, "ETag": sent["ETag"]})
+            buffer.clear()
+
+        try:
+            async for chunk in chunks:
+                buffer += chunk
+                size += len(chunk)
+                if len(buffer) >= self.part_bytes:
+                    await send_part()
+            if upload_id is None:
+                await asyncio.to_thread(self.client.put_object, Bucket=self.bucket, Key=name, Body=bytes(buffer))
+            else:
+                if buffer:
+                    await send_part()
+                await asyncio.to_thread(
+                    self.client.complete_multipart_upload,
+                    Bucket=self.bucket,
+                    Key=name,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                )
+        except BaseException:
+            if upload_id is not None:
+                # Cancelled included: the parts sent are dropped, and no object was made.
+                await asyncio.shield(
+                    asyncio.to_thread(
+                        self.client.abort_multipart_upload, Bucket=self.bucket, Key=name, UploadId=upload_id
+                    )
+                )
+            raise
+        return size
+
+    async def open(self, key: str) -> AsyncIterator[bytes]:
+        from botocore.exceptions import ClientError
+
+        try:
+            got = await asyncio.to_thread(self.client.get_object, Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise BlobNotFound(key) from exc
+            raise
+        body = got["Body"]
+        try:
+            while chunk := await asyncio.to_thread(body.read, CHUNK_BYTES):
+                yield chunk
+        finally:
+            body.close()
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
+
+
+def blob_store(settings: FilesSettings, data_dir: Path) -> BlobStore:
+    """The blob store the configuration names: S3 when `files.s3` is set, else `data_dir/files`."""
+    if settings.s3 is not None:
+        return S3BlobStore.from_settings(settings.s3)
+    return DirectoryBlobStore(data_dir / "files")
