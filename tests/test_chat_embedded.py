@@ -501,7 +501,7 @@ def _dropped(server: ParleyProcess) -> int:
 
 def _dropped_once_more(server: ParleyProcess, before: int) -> bool:
     """Whether the server logged one more dropped request; waits a little for its log to be read."""
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 3
     while _dropped(server) == before and time.monotonic() < deadline:
         time.sleep(0.05)
     return _dropped(server) == before + 1
@@ -520,7 +520,7 @@ def _leave_while_queued(server: ParleyProcess, path: str, body: dict[str, object
             lines = running.iter_lines()
             while not next(lines).startswith("data:"):
                 pass
-            with httpx.Client(base_url=server.base_url, timeout=httpx.Timeout(60, read=1)) as leaving:
+            with httpx.Client(base_url=server.base_url, timeout=httpx.Timeout(60, read=2)) as leaving:
                 with pytest.raises(httpx.ReadTimeout):
                     if body.get("stream"):
                         with leaving.stream("POST", path, json=body) as response:
