@@ -6,12 +6,18 @@ of one response share theirs with the response's id. The context builder
 reads it back (`turn_of`) to know which calls a model made in one message,
 whatever the items went through since: storage, a conversation, or a
 stateless caller that sends them back as input.
+
+An id that a request names must have the form of its kind's ids
+(`check_id`): one that no response or conversation could have is a 400, as
+OpenAI answers it, rather than a 404.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
+
+from parley.errors import InvalidRequestError
 
 _MARKED = re.compile(r"[a-z]+_[0-9a-f]{32}([0-9a-f]{16})")
 
@@ -44,3 +50,23 @@ def turn_of(item_id: object) -> str | None:
         return None
     match = _MARKED.fullmatch(item_id)
     return match.group(1) if match else None
+
+
+# What follows an id's prefix: Parley's 48 hex digits, and whatever else letters, digits, `_` and `-` can spell.
+_ID_TAIL = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def check_id(value: str, prefix: str, param: str) -> str:
+    """`value`, when it has the form of an id that begins with `prefix` (`resp_`, `conv_`, `file-`).
+
+    Otherwise a 400 in OpenAI's words (`Invalid 'conversation': 'abc'. Expected an ID that begins with
+    'conv'.`), naming `param`: no such id can exist, which a 404 would leave the caller to wonder about.
+    """
+    if value.startswith(prefix) and _ID_TAIL.fullmatch(value[len(prefix) :]):
+        return value
+    shown = value if len(value) <= 80 else value[:80] + "..."
+    raise InvalidRequestError(
+        f"Invalid '{param}': '{shown}'. Expected an ID that begins with '{prefix[:-1]}'.",
+        param=param,
+        code="invalid_value",
+    )

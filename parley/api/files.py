@@ -27,6 +27,7 @@ from starlette.responses import Response, StreamingResponse
 from parley.api.auth import caller_of
 from parley.api.guard import RequestTooLargeError, UnsupportedContentTypeError
 from parley.api.http import JSONResponse
+from parley.api.ids import FileId
 from parley.api.params import Order
 from parley.config import FilesSettings
 from parley.errors import InvalidRequestError, NotFoundError
@@ -303,7 +304,7 @@ async def list_files(
 
 
 @router.get("/v1/files/{file_id}")
-async def retrieve_file(request: Request, file_id: str) -> JSONResponse:
+async def retrieve_file(request: Request, file_id: FileId) -> JSONResponse:
     found = await _files(request).get(file_id, caller_of(request))
     if found is None:
         raise _not_found(file_id)
@@ -315,7 +316,7 @@ async def retrieve_file(request: Request, file_id: str) -> JSONResponse:
     response_class=Response,
     responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
 )
-async def retrieve_file_content(request: Request, file_id: str) -> Response:
+async def retrieve_file_content(request: Request, file_id: FileId) -> Response:
     opened = await _files(request).open(file_id, caller_of(request))
     if opened is None:
         raise _not_found(file_id)
@@ -335,7 +336,7 @@ async def retrieve_file_content(request: Request, file_id: str) -> Response:
 
 
 @router.delete("/v1/files/{file_id}")
-async def delete_file(request: Request, file_id: str) -> JSONResponse:
+async def delete_file(request: Request, file_id: FileId) -> JSONResponse:
     if not await _files(request).delete(file_id, caller_of(request)):
         raise _not_found(file_id)
     return JSONResponse({"id": file_id, "object": "file", "deleted": True})

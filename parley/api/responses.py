@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 from parley.api.auth import caller_of
 from parley.api.body import documented, read_body
 from parley.api.http import EventStreamResponse, JSONResponse
+from parley.api.ids import ResponseId
 from parley.api.params import Include, IncludeBrackets, Limit, Order, check_includes
 from parley.api.sse import DONE
 from parley.engine.request import CreateResponseRequest
@@ -81,21 +82,21 @@ async def list_responses(
 
 @router.get("/v1/responses/{response_id}")
 async def retrieve_response(
-    request: Request, response_id: str, include: Include = None, include_brackets: IncludeBrackets = None
+    request: Request, response_id: ResponseId, include: Include = None, include_brackets: IncludeBrackets = None
 ) -> JSONResponse:
     check_includes(include, include_brackets)
     return JSONResponse(await _service(request).retrieve(response_id, caller_of(request)))
 
 
 @router.delete("/v1/responses/{response_id}")
-async def delete_response(request: Request, response_id: str) -> JSONResponse:
+async def delete_response(request: Request, response_id: ResponseId) -> JSONResponse:
     return JSONResponse(await _service(request).delete(response_id, caller_of(request)))
 
 
 @router.get("/v1/responses/{response_id}/input_items")
 async def list_input_items(
     request: Request,
-    response_id: str,
+    response_id: ResponseId,
     after: str | None = None,
     before: str | None = None,
     limit: Limit = 20,

@@ -31,7 +31,7 @@ from parley.engine.record import ResponseRecord
 from parley.engine.request import CreateResponseRequest
 from parley.engine.response import error_event, error_object, initial_response, usage_object
 from parley.errors import InvalidRequestError, NotFoundError, ParleyError
-from parley.ids import new_id
+from parley.ids import check_id, new_id
 from parley.inference.registry import ModelRegistry, ResolvedModel
 from parley.store import (
     Caller,
@@ -162,6 +162,10 @@ class ResponseService:
         """Checks the request, stores the response as started, and starts producing it."""
         if request.background:
             raise InvalidRequestError("Background responses are not supported by this server yet.", param="background")
+        if request.previous_response_id is not None:
+            check_id(request.previous_response_id, "resp_", "previous_response_id")
+        if request.conversation_id is not None:
+            check_id(request.conversation_id, "conv_", "conversation")
         model = self.registry.resolve(request.model)
         tools = request.validated_tools()
         input_items = await self._resolve_references(parse_input(request.input), caller)
