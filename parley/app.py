@@ -36,7 +36,12 @@ def create_app(settings: Settings) -> ASGIApp:
     database = Database(settings.storage_url)
     conversations = ConversationStore(database)
     keys = KeyRing(settings.auth, KeyStore(database))
-    files = FileStore(database, blob_store(settings.files, settings.data_dir), settings.files.expiry_sweep_seconds)
+    files = FileStore(
+        database,
+        blob_store(settings.files, settings.data_dir),
+        settings.files.expiry_sweep_seconds,
+        settings.files.stale_upload_seconds,
+    )
     responses = ResponseService(
         registry,
         ResponseStore(database, settings.storage.lease_seconds),

@@ -555,6 +555,9 @@ class FilesSettings(_Section):
     max_bytes: int = Field(512 * 1024 * 1024, ge=1)
     # How often files past their `expires_at` are removed, rows and bytes; they are hidden from the moment they expire.
     expiry_sweep_seconds: float = Field(60.0, gt=0)
+    # What an upload cut off by a server's end left (a partial file, an unfinished multipart upload) is removed
+    # by the sweep once untouched this long.
+    stale_upload_seconds: float = Field(3600.0, gt=0)
     # Where the bytes live: None, a directory under data_dir (`files`); else an S3-compatible bucket.
     s3: S3BlobSettings | None = None
 

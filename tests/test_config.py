@@ -101,7 +101,7 @@ def test_defaults_serve_the_embedded_model_on_localhost_8321(tmp_path: Path) -> 
             },
         },
         # Uploads up to OpenAI's 512 MB (tests/test_files.py).
-        "files": {"max_bytes": 536870912, "expiry_sweep_seconds": 60.0, "s3": None},
+        "files": {"max_bytes": 536870912, "expiry_sweep_seconds": 60.0, "stale_upload_seconds": 3600.0, "s3": None},
     }
     assert settings.storage_url == f"sqlite:///{tmp_path / 'xdg' / 'parley' / 'parley.db'}"
 
@@ -283,7 +283,7 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
                 "allowed_cidrs": None,
             },
         },
-        "files": {"max_bytes": 536870912, "expiry_sweep_seconds": 60.0, "s3": None},
+        "files": {"max_bytes": 536870912, "expiry_sweep_seconds": 60.0, "stale_upload_seconds": 3600.0, "s3": None},
     }
     assert settings.inference.providers["openai"].api_key.get_secret_value() == "sk-example"  # type: ignore[union-attr]
     assert settings.storage_url == "postgresql+asyncpg://parley@db/parley"

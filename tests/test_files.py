@@ -391,3 +391,19 @@ def test_an_expired_file_is_gone_at_once_and_its_bytes_soon_after(
 
 def test_the_blob_directory_is_under_data_dir(server: ParleyProcess) -> None:
     assert Path(server.workdir / "data" / "files").is_dir()
+
+
+def test_a_partial_upload_a_stopped_server_left_is_removed_once_stale(server: ParleyProcess) -> None:
+    directory = server.workdir / "data" / "files"
+    stale, fresh = directory / ".file-stale0.partial", directory / ".file-fresh0.partial"
+    stale.write_bytes(b"left by a server killed mid-upload")
+    fresh.write_bytes(b"an upload under way")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    deadline = time.monotonic() + 10 * SWEEP_SECONDS + 5
+    while stale.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not stale.exists()
+    # Written within files.stale_upload_seconds (an hour): it may be an upload in progress.
+    assert fresh.exists()
+    fresh.unlink()

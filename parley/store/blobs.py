@@ -14,7 +14,10 @@ and comes out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
+import time
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +25,8 @@ from typing import Any, Protocol
 from pydantic import SecretStr
 
 from parley.config import FilesSettings, S3BlobSettings
+
+log = logging.getLogger(__name__)
 
 # What `open` reads at a time.
 CHUNK_BYTES = 256 * 1024
@@ -44,6 +49,10 @@ class BlobStore(Protocol):
 
     async def delete(self, key: str) -> None:
         """Removes the bytes under `key`, if any."""
+        ...
+
+    async def remove_stale(self, older_than: float) -> int:
+        """Removes what uploads left unfinished, untouched for `older_than` seconds (a server killed mid-upload)."""
         ...
 
 
@@ -93,6 +102,20 @@ class DirectoryBlobStore:
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self._path(key).unlink, missing_ok=True)
+
+    async def remove_stale(self, older_than: float) -> int:
+        def remove() -> int:
+            # A partial file's time is that of its last write: one untouched this long has no upload behind it.
+            cutoff = time.time() - older_than
+            removed = 0
+            for path in self.directory.glob(".*.partial"):
+                with contextlib.suppress(FileNotFoundError):
+                    if path.stat().st_mtime < cutoff:
+                        path.unlink()
+                        removed += 1
+            return removed
+
+        return await asyncio.to_thread(remove)
 
 
 class S3BlobStore:
@@ -179,13 +202,18 @@ class S3BlobStore:
         except BaseException:
             if upload_id is not None:
                 # Cancelled included: the parts sent are dropped, and no object was made.
-                await asyncio.shield(
-                    asyncio.to_thread(
-                        self.client.abort_multipart_upload, Bucket=self.bucket, Key=name, UploadId=upload_id
-                    )
-                )
+                await asyncio.shield(self._abort(name, upload_id))
             raise
         return size
+
+    async def _abort(self, name: str, upload_id: str) -> None:
+        try:
+            await asyncio.to_thread(
+                self.client.abort_multipart_upload, Bucket=self.bucket, Key=name, UploadId=upload_id
+            )
+        except Exception as exc:
+            # The upload's own failure is what the caller hears of; the sweep aborts this one later.
+            log.warning("Could not abort the multipart upload of %s: %s", name, exc)
 
     async def open(self, key: str) -> AsyncIterator[bytes]:
         from botocore.exceptions import ClientError
@@ -205,6 +233,24 @@ class S3BlobStore:
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
+
+    async def remove_stale(self, older_than: float) -> int:
+        def remove() -> int:
+            # An unfinished multipart upload is billed for its parts until it is aborted; one started this long
+            # ago has no upload behind it (a bucket's lifecycle rule may do the same).
+            cutoff = time.time() - older_than
+            removed = 0
+            paginator = self.client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"].timestamp() < cutoff:
+                        self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
+                        removed += 1
+            return removed
+
+        return await asyncio.to_thread(remove)
 
 
 def blob_store(settings: FilesSettings, data_dir: Path) -> BlobStore:

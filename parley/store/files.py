@@ -64,10 +64,13 @@ def _blob_key(file_id: str) -> str:
 class FileStore:
     """Files' rows in the database and their bytes in `blobs`; `start` runs the sweep of expired files."""
 
-    def __init__(self, db: Database, blobs: BlobStore, sweep_seconds: float = 60.0) -> None:
+    def __init__(
+        self, db: Database, blobs: BlobStore, sweep_seconds: float = 60.0, stale_upload_seconds: float = 3600.0
+    ) -> None:
         self.db = db
         self.blobs = blobs
         self.sweep_seconds = sweep_seconds
+        self.stale_upload_seconds = stale_upload_seconds
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -84,8 +87,11 @@ class FileStore:
         while True:
             try:
                 await self.remove_expired()
+                stale = await self.blobs.remove_stale(self.stale_upload_seconds)
+                if stale:
+                    log.info("Removed %d upload(s) left unfinished", stale)
             except Exception:
-                # A database that is away for a moment: the next sweep tries again.
+                # A database or bucket that is away for a moment: the next sweep tries again.
                 log.warning("Removing expired files failed", exc_info=True)
             await asyncio.sleep(self.sweep_seconds)
 
