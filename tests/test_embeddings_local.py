@@ -228,3 +228,35 @@ def test_embeddings_work_with_no_network(tmp_path: Path) -> None:
     offline = np.array(json.loads(result.stdout.strip().splitlines()[-1]), dtype=np.float32)
     assert offline.shape == (384,)
     assert np.linalg.norm(offline) == pytest.approx(1.0, abs=1e-5)
+
+
+async def test_embed_texts_gives_unit_vectors_from_the_local_model_and_from_an_upstream() -> None:
+    # The interface the rest of Parley calls (file_search's ingestion and queries), in-process.
+    from parley.config import InferenceSettings
+    from parley.errors import ContextLengthExceededError
+    from parley.inference.embeddings import embed_texts
+    from parley.inference.registry import ModelRegistry
+    from tests.recording_fixtures import EMBEDDING_MODEL, EmbeddingUpstream, embedding
+
+    with EmbeddingUpstream() as upstream:
+        providers = {**CONFIG["inference"]["providers"], "up": {"type": "openai", "base_url": upstream.base_url}}
+        registry = ModelRegistry.from_settings(InferenceSettings.model_validate({"providers": providers}))
+        try:
+            local = registry.resolve(MODEL)
+            long_text = "word " * 600  # past the model's 256 tokens: read up to them, as sentence-transformers does
+            result = await embed_texts(local.provider, local.name, ["a cat", long_text, "word " * 254])
+            assert result.vectors.shape == (3, 384)
+            assert np.allclose(np.linalg.norm(result.vectors, axis=1), 1.0, atol=1e-5)
+            assert np.allclose(result.vectors[1], result.vectors[2], atol=1e-5)  # both cut to the same 256 tokens
+            with pytest.raises(ContextLengthExceededError, match="maximum context length"):
+                await embed_texts(local.provider, local.name, [long_text], truncate=False)
+
+            remote = registry.resolve(f"up/{EMBEDDING_MODEL}")
+            texts = [f"text {i}" for i in range(2050)]  # more than one request's 2,048
+            result = await embed_texts(remote.provider, remote.name, texts)
+            assert result.vectors.shape == (2050, 8)
+            expected = np.array(embedding("text 2049"), dtype=np.float32)
+            assert np.allclose(result.vectors[2049], expected / np.linalg.norm(expected), atol=1e-6)
+            assert [len(r["input"]) for r in upstream.app.embedding_requests] == [2048, 2]
+        finally:
+            await registry.close()
