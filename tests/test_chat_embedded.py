@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import threading
 import time
@@ -359,8 +360,25 @@ def test_several_choices_are_refused(client: openai.OpenAI) -> None:
     assert raised.value.param == "n"
 
 
-def test_images_are_refused_clearly(client: openai.OpenAI) -> None:
-    with pytest.raises(openai.BadRequestError) as raised:
+@contextlib.contextmanager
+def _model_busy(server: ParleyProcess) -> Iterator[None]:
+    """While an endless generation holds the model (its worker serves one request at a time, in order)."""
+    with httpx.Client(base_url=server.base_url, timeout=60) as http:
+        with http.stream("POST", "/v1/chat/completions", json=ENDLESS) as running:
+            lines = running.iter_lines()  # kept: let go, it closes the response, and the generation stops
+            while not next(lines).startswith("data:"):
+                pass
+            yield
+
+
+IMAGE = "data:image/png;base64,AAAA"
+
+
+def test_images_are_refused_on_arrival_naming_their_place(embedded: ParleyProcess) -> None:
+    """Not once the worker takes the request, after every one queued before it."""
+    client = embedded.client(timeout=60)
+    with _model_busy(embedded), pytest.raises(openai.BadRequestError) as raised:
+        started = time.monotonic()
         client.chat.completions.create(
             model=MODEL,
             messages=[
@@ -368,12 +386,26 @@ def test_images_are_refused_clearly(client: openai.OpenAI) -> None:
                     "role": "user",
                     "content": [
                         {"type": "text", "text": "What is this?"},
-                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                        {"type": "image_url", "image_url": {"url": IMAGE}},
                     ],
                 }
             ],
         )
-    assert raised.value.param == "messages[0].content"
+    assert time.monotonic() - started < 2
+    assert (raised.value.param, raised.value.code) == ("messages[0].content[1]", "unsupported_value")
+    assert "'image_url'" in raised.value.message and "reads text only" in raised.value.message
+
+
+def test_a_responses_image_is_refused_on_arrival_naming_its_input_place(embedded: ParleyProcess) -> None:
+    """The place is the request's (`input[0].content[1]`, an `input_image`), not that of Parley's chat request."""
+    client = embedded.client(timeout=60)
+    content = [{"type": "input_text", "text": "What is this?"}, {"type": "input_image", "image_url": IMAGE}]
+    with _model_busy(embedded), pytest.raises(openai.BadRequestError) as raised:
+        started = time.monotonic()
+        client.responses.create(model=MODEL, input=[{"role": "user", "content": content}], store=False)
+    assert time.monotonic() - started < 2
+    assert (raised.value.param, raised.value.code) == ("input[0].content[1]", "unsupported_value")
+    assert "'input_image'" in raised.value.message and "reads text only" in raised.value.message
 
 
 @pytest.mark.parametrize(

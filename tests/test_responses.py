@@ -841,6 +841,18 @@ def test_images_files_and_roles_reach_the_upstream(client: openai.OpenAI, fake_u
     ]
 
 
+def test_an_earlier_image_for_a_model_that_reads_text_only_is_refused_naming_where_it_is(
+    client: openai.OpenAI,
+) -> None:
+    """The embedded model reads text only: an image in the turns before is refused as the request arrives."""
+    content = [{"type": "input_text", "text": "look"}, {"type": "input_image", "image_url": "data:image/png;base64,AA"}]
+    first = client.responses.create(model=ECHO, input=[{"role": "user", "content": content}])
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.responses.create(model="smollm2-135m", input="and now?", previous_response_id=first.id)
+    assert (raised.value.param, raised.value.code) == ("previous_response_id", "unsupported_value")
+    assert "'input_image'" in raised.value.message and "reads text only" in raised.value.message
+
+
 # Settings that reach the upstream
 
 

@@ -17,6 +17,7 @@ from parley.engine.request import (
 from parley.errors import InvalidRequestError
 from parley.ids import turn_of
 from parley.inference.base import Provider
+from parley.inference.registry import ResolvedModel
 from parley.tools import Toolbox, chat_messages_of
 from parley.tools.caller import OUTPUT_STYLES, STYLES
 
@@ -268,6 +269,51 @@ def check_input(items: list[dict[str, Any]]) -> None:
                         param=param,
                         code="unsupported_value",
                     )
+
+
+def text_only(model: ResolvedModel) -> bool:
+    """Whether `model` reads text alone (the embedded model): see `check_text_only`."""
+    runs = getattr(model.provider, "inner", model.provider)  # a recording provider wraps the one that runs
+    return bool(runs.text_only(model.name))
+
+
+def check_text_only(
+    items: list[dict[str, Any]], history: list[dict[str, Any]], model: str, history_param: str | None
+) -> None:
+    """For a model that reads text only: refuses, as the request arrives, the images and files it would be sent.
+
+    One in this request's input is named at its place (`input[0].content[1]`);
+    one in the turns before it, by where they come from (`history_param`:
+    `previous_response_id` or `conversation`), and by its item.
+    """
+    for index, item in enumerate(items):
+        for part_index, kind in _unreadable(item):
+            param = f"input[{index}].content[{part_index}]"
+            raise InvalidRequestError(
+                f"Invalid value for '{param}': the model '{model}' reads text only; content parts of type "
+                f"'{kind}' are not supported.",
+                param=param,
+                code="unsupported_value",
+            )
+    for item in history:
+        for _, kind in _unreadable(item):
+            raise InvalidRequestError(
+                f"The model '{model}' reads text only, and the turns before this one hold content parts of type "
+                f"'{kind}' (in item '{item.get('id')}'), which it cannot be sent.",
+                param=history_param,
+                code="unsupported_value",
+            )
+
+
+def _unreadable(item: dict[str, Any]) -> list[tuple[int, str]]:
+    """The content parts of a message item that are neither text nor a refusal, with their indexes and types."""
+    if item["type"] != "message" or not isinstance(item.get("content"), list):
+        return []
+    return [
+        (index, str(part.get("type")))
+        for index, part in enumerate(item["content"])
+        if part.get("type") not in ("input_text", "output_text", "refusal")
+    ]
 
 
 def check_calls_answered(history: list[dict[str, Any]], items: list[dict[str, Any]]) -> None:

@@ -62,6 +62,12 @@ class Turn:
 async def run(turn: Turn) -> None:
     """Produces the turn's output; raises ParleyError on failure (see `service`)."""
     context.check_input(turn.input_items)
+    if context.text_only(turn.model):
+        # Here, as the request arrives: the model's worker would refuse it only once every request
+        # queued before it has had its turn.
+        request = turn.request
+        source = "conversation" if request.conversation_id else "previous_response_id"
+        context.check_text_only(turn.input_items, turn.history, request.model, source)
     context.check_calls_answered(turn.history, turn.input_items)
     await _produce(turn)
 

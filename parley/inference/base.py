@@ -54,6 +54,12 @@ class Provider(abc.ABC):
         """Whether a request for `model` can be sent here without listing first."""
         return True
 
+    def text_only(self, model: str) -> bool:
+        """Whether `model` reads text alone: images and files in its messages are refused as a request arrives,
+        by the provider (naming `messages[i].content[j]`) and, for the Responses API, by the engine (naming the
+        input's own place)."""
+        return False
+
     async def start(self) -> None:
         """Acquire what the provider needs (clients, loaded weights); idempotent."""
 

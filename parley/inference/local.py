@@ -52,6 +52,9 @@ class LocalProvider(Provider):
     def serves(self, model: str) -> bool:
         return model in self._models
 
+    def text_only(self, model: str) -> bool:
+        return True  # its chat formats have no place for an image or a file
+
     async def list_models(self) -> list[ModelInfo]:
         return [ModelInfo(id=model, owned_by="parley") for model in self._models]
 
@@ -72,6 +75,7 @@ class LocalProvider(Provider):
         # Checked on arrival: a request refused by the worker would wait for every one queued before it.
         if request.n not in (None, 1):
             raise InvalidRequestError("The local provider generates one choice per request (n=1).", param="n")
+        _check_text_only(model.name, request.messages)
         if request.logprobs and not model.config.logprobs:
             raise InvalidRequestError(f"Local model '{model.name}' is configured without logprobs.", param="logprobs")
         repeat_penalty = request.extra.get("repeat_penalty")
@@ -186,6 +190,22 @@ class LocalModel:
             emit(UpstreamError(f"Local model '{self.name}' failed: {exc}"))
         finally:
             emit(_END)
+
+
+def _check_text_only(model: str, messages: list[dict[str, Any]]) -> None:
+    """Refuses a content part that is not text (an image, a file, audio), naming its place."""
+    for index, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        for part_index, part in enumerate(content if isinstance(content, list) else ()):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind not in ("text", "input_text", "output_text", "refusal"):
+                param = f"messages[{index}].content[{part_index}]"
+                raise InvalidRequestError(
+                    f"Invalid value for '{param}': the local model '{model}' reads text only; content parts of "
+                    f"type '{kind}' are not supported.",
+                    param=param,
+                    code="unsupported_value",
+                )
 
 
 def _translate_value_error(exc: ValueError, n_ctx: int) -> ParleyError:
