@@ -53,7 +53,14 @@ def test_defaults_serve_the_embedded_model_on_localhost_8321(tmp_path: Path) -> 
     settings = load_settings()
 
     assert settings.model_dump(mode="json") == {
-        "server": {"host": "127.0.0.1", "port": 8321},
+        # Host names of the bind address, no CORS, 32 MiB bodies (tests/test_input_hardening.py).
+        "server": {
+            "host": "127.0.0.1",
+            "port": 8321,
+            "allowed_hosts": None,
+            "cors_origins": [],
+            "max_body_bytes": 33554432,
+        },
         # No keys: on loopback, no request needs one; elsewhere, `parley serve` refuses (tests/test_auth.py).
         "auth": {"keys": [], "disabled": False},
         "logging": {"level": "info"},
@@ -117,6 +124,9 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
         server:
           host: 0.0.0.0
           port: 9000
+          allowed_hosts: [api.example.com, "*.internal"]
+          cors_origins: [https://app.example.com]
+          max_body_bytes: 1048576
         auth:
           keys:
             - {key: sk-deploy-0123456789abcdef, owner: deploy, name: ci}
@@ -199,7 +209,13 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
     settings = load_settings(config)
 
     assert settings.model_dump(mode="json") == {
-        "server": {"host": "0.0.0.0", "port": 9000},
+        "server": {
+            "host": "0.0.0.0",
+            "port": 9000,
+            "allowed_hosts": ["api.example.com", "*.internal"],
+            "cors_origins": ["https://app.example.com"],
+            "max_body_bytes": 1048576,
+        },
         "auth": {
             "keys": [
                 {"key": "**********", "owner": "deploy", "name": "ci", "admin": False},
