@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
@@ -15,7 +14,7 @@ from fastapi import APIRouter, Request, Response
 from parley.api.body import documented, read_body
 from parley.api.chat_request import ChatCompletionBody
 from parley.api.errors import body_for, error_body
-from parley.api.http import DisconnectWatcher, EventStreamResponse, JSONResponse
+from parley.api.http import CLIENT_CLOSED_REQUEST, ClientGone, EventStreamResponse, JSONResponse, unless_client_leaves
 from parley.api.sse import DONE, frame
 from parley.errors import ParleyError
 from parley.inference.base import ChunkStream, prepend
@@ -29,15 +28,6 @@ log = logging.getLogger(__name__)
 
 router = APIRouter()
 
-T = TypeVar("T")
-
-# nginx's status for a request whose client went away before the answer.
-_CLIENT_CLOSED_REQUEST = 499
-
-
-class _ClientGone(Exception):
-    """The client disconnected while Parley waited for the model."""
-
 
 @router.post("/v1/chat/completions", openapi_extra=documented(ChatCompletionBody))
 async def create_chat_completion(request: Request) -> Any:
@@ -50,44 +40,24 @@ async def create_chat_completion(request: Request) -> Any:
     stream = resolved.provider.stream_chat(chat_request)
     try:
         if not body.stream:
-            completion = await _unless_client_leaves(request, collect(stream))
+            completion = await unless_client_leaves(request, collect(stream))
             return JSONResponse(_completion_object(completion, completion_id, created, body.model))
         # Wait for the first chunk, so that a request the provider refuses gets its
         # own status instead of a 200 whose stream says the error.
         try:
-            first = await _unless_client_leaves(request, anext(stream))
+            first = await unless_client_leaves(request, anext(stream))
         except StopAsyncIteration:
             first = []
-    except _ClientGone:
+    except ClientGone:
         # Closing the stream stops the generation, so the next request does not wait behind it.
         await stream.aclose()
-        return Response(status_code=_CLIENT_CLOSED_REQUEST)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     except BaseException:
         await stream.aclose()
         raise
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     encoder = _ChunkEncoder(completion_id, created, body.model, include_usage)
     return EventStreamResponse(_event_stream(first, stream, encoder))
-
-
-async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
-    """The result of `work`, or _ClientGone (with `work` cancelled) if the client disconnects first.
-
-    Starlette does not cancel a handler whose client has gone; only a streamed
-    response notices, when it next writes. `work` runs in the handler's own
-    task, which a watcher cancels if the client leaves.
-    """
-    handler = asyncio.current_task()
-    assert handler is not None
-    watcher = DisconnectWatcher(request.receive, handler)
-    try:
-        return await work  # its cancellation reaches the provider's stream before it is closed
-    except asyncio.CancelledError:
-        if watcher.client_left and handler.uncancel() == 0:
-            raise _ClientGone from None
-        raise
-    finally:
-        watcher.stop()
 
 
 async def _event_stream(first: list[ChatChunk], rest: ChunkStream, encoder: _ChunkEncoder) -> AsyncIterator[bytes]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 import orjson
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -100,3 +101,33 @@ class DisconnectWatcher:
 
     def stop(self) -> None:
         self._task.cancel()
+
+
+T = TypeVar("T")
+
+# nginx's status for a request whose client went away before the answer.
+CLIENT_CLOSED_REQUEST = 499
+
+
+class ClientGone(Exception):
+    """The client disconnected while Parley worked on its answer."""
+
+
+async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """The result of `work`, or ClientGone (with `work` cancelled) if the client disconnects first.
+
+    Starlette does not cancel a handler whose client has gone; only a streamed
+    response notices, when it next writes. `work` runs in the handler's own
+    task, which a watcher cancels if the client leaves.
+    """
+    handler = asyncio.current_task()
+    assert handler is not None
+    watcher = DisconnectWatcher(request.receive, handler)
+    try:
+        return await work  # its cancellation reaches the provider's stream before it is closed
+    except asyncio.CancelledError:
+        if watcher.client_left and handler.uncancel() == 0:
+            raise ClientGone from None
+        raise
+    finally:
+        watcher.stop()

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 
 from parley.api.auth import caller_of
 from parley.api.body import documented, read_body
-from parley.api.http import EventStreamResponse, JSONResponse
+from parley.api.http import CLIENT_CLOSED_REQUEST, ClientGone, EventStreamResponse, JSONResponse, unless_client_leaves
 from parley.api.ids import ResponseId
 from parley.api.params import Include, IncludeBrackets, Limit, Order, check_includes
 from parley.api.sse import DONE
@@ -31,7 +31,11 @@ async def create_response(request: Request) -> Response:
         # Returned at once, to be waiting when the first event comes; a turn that fails
         # before it is an HTTP error, not a stream (see EventStreamResponse).
         return EventStreamResponse(_frames(run))
-    response = await run.result()
+    try:
+        response = await unless_client_leaves(request, run.result())
+    except ClientGone:
+        run.abandon()
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     if run.error is not None:
         raise run.error
     return JSONResponse(response)
@@ -50,18 +54,24 @@ async def _frames(run: ResponseRun) -> AsyncIterator[bytes]:
     client is woken once, for its first token, rather than first for events that
     say nothing yet; the headers leave with them.
     """
-    await run.started()  # raises what failed the turn before its first event
-    held: list[Event] | None = []  # None once the opening has left
-    async for batch in run.events():
-        if held is not None:
-            held += batch
-            if all(kind in _OPENING for kind, _ in batch):
-                continue
-            batch, held = held, None
-        yield _encode(batch)
-    if held:
-        yield _encode(held)
-    yield DONE
+    finished = False
+    try:
+        await run.started()  # raises what failed the turn before its first event
+        held: list[Event] | None = []  # None once the opening has left
+        async for batch in run.events():
+            if held is not None:
+                held += batch
+                if all(kind in _OPENING for kind, _ in batch):
+                    continue
+                batch, held = held, None
+            yield _encode(batch)
+        if held:
+            yield _encode(held)
+        yield DONE
+        finished = True
+    finally:
+        if not finished:
+            run.abandon()  # the client left (or the turn failed before its first event: then it has ended)
 
 
 def _encode(batch: list[Event]) -> bytes:

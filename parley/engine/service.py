@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import copy
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +61,8 @@ class ResponseRun:
         self._started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._result: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.error: ParleyError | None = None
+        # Ends the turn, when nobody could ever read it once its client has left (see `abandon`).
+        self.on_abandon: Callable[[], object] | None = None
 
     def sink(self, event_type: str, data: bytes) -> None:
         assert self._queue is not None
@@ -90,7 +92,14 @@ class ResponseRun:
         await self._started
 
     async def result(self) -> dict[str, Any]:
-        return await self._result
+        # Shielded: a caller that stops waiting (its client left) must not cancel the result the turn will give.
+        return await asyncio.shield(self._result)
+
+    def abandon(self) -> None:
+        """Says that the client left before the end: a response that nobody could read then (not stored, in no
+        conversation) is not produced further, and a request still queued for its model is dropped."""
+        if self.on_abandon is not None and not self._result.done():
+            self.on_abandon()
 
     async def events(self) -> AsyncIterator[list[Event]]:
         """The events in order, in batches of what has arrived since the last one."""
@@ -275,6 +284,8 @@ class ResponseService:
             record.start_soon()
             self._producing[response["id"]] = producing
         task = asyncio.create_task(self._produce(producing, run, lock), name=f"response {response['id']}")
+        if not request.store and request.conversation_id is None:
+            run.on_abandon = task.cancel
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return run
