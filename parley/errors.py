@@ -111,6 +111,27 @@ class UpstreamStatusError(UpstreamError):
         self.error_type = error_type or "invalid_request_error"
 
 
+def refusal_of(
+    provider: str,
+    status: int,
+    message: str | None,
+    error_type: str | None = None,
+    param: str | None = None,
+    code: str | None = None,
+) -> UpstreamError:
+    """The error for a provider's answer with an error status: a 5xx is this server's 502, naming the provider;
+    any other keeps its status and the upstream's own fields. Live calls and replayed recordings alike."""
+    if status >= 500:
+        return UpstreamUnavailableError(f"Provider '{provider}' failed with status {status}: {message or 'no message'}")
+    return UpstreamStatusError(
+        message or f"Provider '{provider}' refused the request with status {status}.",
+        status_code=status,
+        error_type=error_type,
+        param=param,
+        code=code,
+    )
+
+
 def param_path(loc: tuple[Any, ...] | list[Any]) -> str:
     """A pydantic error location as a request parameter: `("messages", 0, "role")` -> `messages[0].role`."""
     path = ""

@@ -18,9 +18,9 @@ from parley.config import OpenAIProviderConfig
 from parley.errors import (
     UpstreamError,
     UpstreamProtocolError,
-    UpstreamStatusError,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
+    refusal_of,
 )
 from parley.inference import http1
 from parley.inference.base import ChunkStream, ModelInfo, Provider
@@ -220,20 +220,7 @@ class OpenAICompatibleProvider(Provider):
     def _status_error(self, status: int, content: bytes, headers: Iterable[tuple[str, str]] = ()) -> UpstreamError:
         """The error for an upstream's refusal: its status (a 5xx is a 502), its error's fields, and the
         `Retry-After` and `retry-after-ms` it sent, which the client is told in turn."""
-        message, error_type, param, code = _upstream_error_fields(content)
-        error: UpstreamError
-        if status >= 500:
-            error = UpstreamUnavailableError(
-                f"Provider '{self.name}' failed with status {status}: {message or 'no message'}"
-            )
-        else:
-            error = UpstreamStatusError(
-                message or f"Provider '{self.name}' refused the request with status {status}.",
-                status_code=status,
-                error_type=error_type,
-                param=param,
-                code=code,
-            )
+        error = refusal_of(self.name, status, *_upstream_error_fields(content))
         retry = {name: value for key, value in headers if (name := _RETRY_HEADERS.get(key.lower())) and value.strip()}
         if retry:
             error.retry_headers = retry

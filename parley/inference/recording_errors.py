@@ -23,7 +23,7 @@ object of a JSON body, the text of any other, or null. Older files have no
 (`Error code: 400 - {'error': {...}}`, or `Error code: 400 - <message>`).
 
 `RecordedFailure.error` builds the error the OpenAI-compatible provider raises
-for the same answer live (`openai_compat._status_error` and its transport
+for the same answer live (`parley.errors.refusal_of`, which the live path calls too, and its transport
 translation), so a replayed failure reaches the client exactly as a live one:
 
     a status of 500 or more        UpstreamUnavailableError (502)
@@ -44,9 +44,9 @@ from typing import Any
 
 from parley.errors import (
     UpstreamError,
-    UpstreamStatusError,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
+    refusal_of,
 )
 
 # The OpenAI SDK's message for a status error: "Error code: 400" and, when the body had one, " - <rest>".
@@ -73,17 +73,7 @@ class RecordedFailure:
         """The error the provider named `provider` raises live for this failure."""
         where = f"Provider '{provider}'" + (f" ({base_url})" if base_url else "")
         if self.status_code is not None:
-            if self.status_code >= 500:
-                return UpstreamUnavailableError(
-                    f"Provider '{provider}' failed with status {self.status_code}: {self.message or 'no message'}"
-                )
-            return UpstreamStatusError(
-                self.message or f"Provider '{provider}' refused the request with status {self.status_code}.",
-                status_code=self.status_code,
-                error_type=self.error_type,
-                param=self.param,
-                code=self.code,
-            )
+            return refusal_of(provider, self.status_code, self.message, self.error_type, self.param, self.code)
         kind = (self.exception_type or "").lower()
         if "timeout" in kind or "timedout" in kind:
             return UpstreamTimeoutError(f"{where} did not answer in time.")
