@@ -126,8 +126,12 @@ class ToolServer:
         """The SSE sessions opened since the server started."""
         return self._recorder.opened if self._recorder is not None else 0
 
+    def build(self) -> MCPServer:
+        """The MCP server this one serves."""
+        return build_server()
+
     def start(self) -> Self:
-        mcp = build_server()
+        mcp = self.build()
         # The host decides the DNS-rebinding protection: on for loopback, which only loopback names may reach.
         streamable = mcp.streamable_http_app(streamable_http_path=self.streamable_path, host=self.listen_host)
         sse = mcp.sse_app(sse_path=self.sse_path, host=self.listen_host)
@@ -158,6 +162,24 @@ class ToolServer:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(10)
+
+
+class DeepSchemaToolServer(ToolServer):
+    """The test tools, and `deep`, whose input schema nests 80 levels: deeper than Parley keeps."""
+
+    def build(self) -> MCPServer:
+        server = build_server()
+
+        @server.tool()
+        def deep(value: dict[str, Any]) -> str:
+            """Takes a deeply nested value."""
+            return "deep"
+
+        nested: dict[str, Any] = {"type": "object"}
+        for _ in range(40):  # each level is two: `properties`, then `inner`
+            nested = {"type": "object", "properties": {"inner": nested}}
+        server._tool_manager._tools["deep"].parameters = nested
+        return server
 
 
 class SwappedToolServer(ToolServer):

@@ -22,7 +22,7 @@ import uvicorn
 
 from tests.conftest import ParleyProcess, parley_config
 from tests.fake_upstream import FakeUpstream
-from tests.mcp_servers import SwappedToolServer, ToolServer
+from tests.mcp_servers import DeepSchemaToolServer, SwappedToolServer, ToolServer
 from tests.support.tools import mcp_tool
 
 SCRIPT = "fake/fake-script"
@@ -759,3 +759,19 @@ def test_a_tool_choice_of_an_mcp_server_forces_its_tool(
         model=SCRIPT, input='add {"a": 1, "b": 2}', tools=tools, tool_choice={"type": "mcp", "server_label": label}
     )
     assert fake_upstream.requests[-2]["tool_choice"] == "required"
+
+
+def test_a_tool_whose_schema_nests_too_deep_is_left_out(client: openai.OpenAI, parley: ParleyProcess) -> None:
+    """Stored in the listing, it could not be read back: the rest of the server's tools are listed."""
+    server = DeepSchemaToolServer().start()
+    try:
+        response = client.responses.create(model="fake/fake-echo", input="list", tools=[mcp_tool(server)])
+        (listing, _message) = response.output
+        names = {tool.name for tool in listing.tools}
+        assert "deep" not in names and {"add", "echo"} <= names
+        # And the listing reads back, as every list of responses that includes it must.
+        assert client.responses.retrieve(response.id).output[0].type == "mcp_list_tools"
+        with parley.http() as http:
+            assert http.get("/v1/responses", params={"limit": 1}).json()["data"][0]["id"] == response.id
+    finally:
+        server.stop()

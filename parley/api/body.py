@@ -24,14 +24,14 @@ from pydantic import BaseModel, ValidationError
 from parley.api.auth import OPEN_PATHS
 from parley.api.errors import validation_error
 from parley.errors import InvalidRequestError
+from parley.limits import MAX_DEPTH
 
 Body = TypeVar("Body", bound=BaseModel)
 
 _DOCUMENTED: dict[str, type[BaseModel]] = {}
 
 
-# How deep a body may nest: an object or an array inside MAX_DEPTH others is a 400 that names it.
-MAX_DEPTH = 64
+# How deep a body may nest (parley.limits): an object or an array inside MAX_DEPTH others is a 400 that names it.
 # orjson indents each level by two spaces: a line indented this far is MAX_DEPTH levels in.
 _DEEP_LINE = b"\n" + b"  " * MAX_DEPTH
 _ALL_BUT_OPENINGS = bytes(byte for byte in range(256) if byte not in b"[{")

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from parley.config import MCPSettings, ToolsSettings
+from parley.limits import MAX_DEPTH, nested_deeper_than
 from parley.tools.definitions import MCPTool
 from parley.tools.outbound import Guard, HostRefused, HostRules
 
@@ -382,6 +383,15 @@ class MCPServerConnection:
                 while True:
                     page = await client.list_tools(cursor=cursor)
                     for tool in page.tools:
+                        if nested_deeper_than(tool.input_schema):
+                            # Stored in the listing, it could not be read back (see parley.limits).
+                            log.warning(
+                                "MCP server '%s': tool '%s' is left out, its input schema nested deeper than %d levels",
+                                self.label,
+                                tool.name,
+                                MAX_DEPTH,
+                            )
+                            continue
                         # By alias: the listing shows MCP's own keys (`readOnlyHint`), which `read_only` reads.
                         annotations = (
                             tool.annotations.model_dump(exclude_none=True, by_alias=True) if tool.annotations else None
