@@ -582,3 +582,11 @@ def test_a_bad_server_setting_is_refused_at_start(tmp_path: Path, server: dict[s
         process.start()
 
     assert named in str(refused.value)
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_a_chat_token_limit_past_32_bits_is_a_400(http: httpx.Client, field: str) -> None:
+    body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}], field: 2**63}
+    reply = http.post("/v1/chat/completions", json=body)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["param"] == field
