@@ -17,6 +17,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -493,39 +494,30 @@ def _describe(exc: BaseException) -> str:
     return text if len(text) < 300 else text[:300] + "..."
 
 
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and every exception inside it: the `mcp` client's exception groups, causes and contexts, once each."""
+    seen: set[int] = set()
+    pending = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+
+
 def _is_connection_error(exc: BaseException) -> bool:
     """Whether `exc` (or what it wraps) is a connection that failed or ended, rather than a bug."""
     import anyio
     import httpx2
 
     kinds = (httpx2.TransportError, OSError, anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream)
-    seen: set[int] = set()
-    pending = [exc]
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, kinds):
-            return True
-        if isinstance(current, BaseExceptionGroup):
-            pending.extend(current.exceptions)
-        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-    return False
+    return any(isinstance(current, kinds) for current in _chain(exc))
 
 
 def _refusal(exc: BaseException) -> HostRefused | None:
     """The guard's refusal inside what the `mcp` client raised (its exception groups, its causes), if any."""
-    seen: set[int] = set()
-    pending = [exc]
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, HostRefused):
-            return current
-        if isinstance(current, BaseExceptionGroup):
-            pending.extend(current.exceptions)
-        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-    return None
+    return next((current for current in _chain(exc) if isinstance(current, HostRefused)), None)
