@@ -157,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     def start(children: Children) -> Any:
         upstream = start_fake(children, "fake", delay_ms=0)
         mcp_url = start_tool_server(children)
-        parley, _ = start_parley(children, parley_config({"fake": (upstream, ["fake-script"])}))
+        config = parley_config({"fake": (upstream, ["fake-script"])})
+        # The benchmark's MCP server is on this machine, which Parley refuses to reach by default.
+        config += "tools:\n  mcp:\n    allow_loopback: true\n"
+        parley, _ = start_parley(children, config)
         return scenario(upstream, parley, mcp_url, args)
 
     report = run_benchmark(start, args.max_seconds)
