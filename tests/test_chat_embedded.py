@@ -770,3 +770,12 @@ def test_a_call_filling_the_context_ends_the_turn_not_the_request(small_models: 
 
     assert finish == ["tool_calls"]
     assert [(name, json.loads(arguments)) for name, arguments in calls] == [("get_weather", {"city": "Paris"})]
+
+
+def test_a_response_echoes_the_sampling_the_model_used(embedded: ParleyProcess) -> None:
+    # The embedded model's own defaults, not OpenAI's 1, when the request sets none; the request's own else.
+    client = embedded.client()
+    default = client.responses.create(model=MODEL, input="Hi!", max_output_tokens=16)
+    assert (default.temperature, default.top_p) == (0.2, 0.9)
+    chosen = client.responses.create(model=MODEL, input="Hi!", max_output_tokens=16, temperature=0.7, top_p=0.5)
+    assert (chosen.temperature, chosen.top_p) == (0.7, 0.5)

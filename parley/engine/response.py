@@ -13,7 +13,12 @@ from parley.errors import ParleyError
 from parley.inference.types import Usage
 
 
-def initial_response(request: CreateResponseRequest, response_id: str, tools: list[BaseModel]) -> dict[str, Any]:
+def initial_response(
+    request: CreateResponseRequest,
+    response_id: str,
+    tools: list[BaseModel],
+    sampling: dict[str, float] | None = None,
+) -> dict[str, Any]:
     """Every field of OpenAI's `Response`, as it stands when the turn starts.
 
     Where Open Responses requires a value, the default that was applied is echoed.
@@ -48,8 +53,10 @@ def initial_response(request: CreateResponseRequest, response_id: str, tools: li
         "safety_identifier": request.safety_identifier,
         "service_tier": request.service_tier or "default",
         "store": request.store,
-        "temperature": 1.0 if request.temperature is None else request.temperature,
-        "top_p": 1.0 if request.top_p is None else request.top_p,
+        # What the model samples with: the request's, else the model's own default (the embedded model's
+        # are lower than OpenAI's 1: see `Provider.sampling_defaults`).
+        "temperature": (sampling or {}).get("temperature", 1.0) if request.temperature is None else request.temperature,
+        "top_p": (sampling or {}).get("top_p", 1.0) if request.top_p is None else request.top_p,
         "presence_penalty": request.presence_penalty or 0.0,
         "frequency_penalty": request.frequency_penalty or 0.0,
         "top_logprobs": request.top_logprobs or 0,

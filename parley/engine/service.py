@@ -265,7 +265,8 @@ class ResponseService:
         caller: Caller,
     ) -> ResponseRun:
         run = ResponseRun(streaming=request.stream)
-        response = initial_response(request, new_id("resp"), tools)
+        sampling = model.provider.sampling_defaults(model.name)
+        response = initial_response(request, new_id("resp"), tools, sampling)
         turn = loop.Turn(
             request=request,
             model=model,

@@ -54,6 +54,11 @@ class Provider(abc.ABC):
         """Whether a request for `model` can be sent here without listing first."""
         return True
 
+    def sampling_defaults(self, model: str) -> dict[str, float]:
+        """The `temperature` and `top_p` that `model` samples with when a request sets none, for the response to
+        echo; none for an upstream, whose defaults are its own (OpenAI's are 1)."""
+        return {}
+
     def text_only(self, model: str) -> bool:
         """Whether `model` reads text alone: images and files in its messages are refused as a request arrives,
         by the provider (naming `messages[i].content[j]`) and, for the Responses API, by the engine (naming the

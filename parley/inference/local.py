@@ -55,6 +55,13 @@ class LocalProvider(Provider):
     def text_only(self, model: str) -> bool:
         return True  # its chat formats have no place for an image or a file
 
+    def sampling_defaults(self, model: str) -> dict[str, float]:
+        found = self._models.get(model)
+        if found is None:
+            return {}
+        defaults = found.config.defaults
+        return {"temperature": defaults.temperature, "top_p": defaults.top_p}
+
     async def list_models(self) -> list[ModelInfo]:
         return [ModelInfo(id=model, owned_by="parley") for model in self._models]
 

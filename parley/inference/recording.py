@@ -265,6 +265,12 @@ class RecordingProvider(Provider):
     def serves(self, model: str) -> bool:
         return self.inner.serves(model)
 
+    def text_only(self, model: str) -> bool:
+        return self.inner.text_only(model)
+
+    def sampling_defaults(self, model: str) -> dict[str, float]:
+        return self.inner.sampling_defaults(model)
+
     async def start(self) -> None:
         await self.store.refresh()
         if self.mode != "replay":  # replay never calls the provider, so need not load it
