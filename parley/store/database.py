@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 import orjson
 import sqlalchemy as sa
+import sqlean  # type: ignore[import-untyped]
+import sqlite_vec  # type: ignore[import-untyped]
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
@@ -91,8 +93,12 @@ class Database:
                 raise ValueError("Parley stores in a SQLite file: a database in memory would be one per thread.")
             Path(database).parent.mkdir(parents=True, exist_ok=True)
             # `sqlite+aiosqlite://`, the URL earlier versions documented, names the same file.
+            # The driver is sqlean (SQLite 3.50 with its own copy of the library), not the standard
+            # library's sqlite3: most Pythons' sqlite3 (pyenv's, macOS's) cannot load extensions, and
+            # vector stores need sqlite-vec (see parley.vectors.index).
             self._sqlite = sa.create_engine(
                 self.url.set(drivername="sqlite"),
+                module=sqlean,
                 connect_args={"timeout": 30},
                 pool_size=_SQLITE_READERS + 1,
                 max_overflow=0,
@@ -156,6 +162,10 @@ class Database:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # sqlite-vec's vec0 tables hold vector stores' embeddings; loading it is the only extension loaded.
+    dbapi_connection.enable_load_extension(True)
+    sqlite_vec.load(dbapi_connection)
+    dbapi_connection.enable_load_extension(False)
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
