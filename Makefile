@@ -36,7 +36,8 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 serve: $(VENV)/.installed-local
 	$(BIN)/parley serve --host $(HOST) --port $(PORT)
 
-# The storage tests start their own throwaway PostgreSQL server from Debian's binaries;
+# The storage tests start their own throwaway PostgreSQL server from Debian's binaries, with pgvector
+# (scripts/install-pgvector);
 # the client tests drive the Node clients of tests/clients.
 test: $(VENV)/.installed-dev postgresql node-clients
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -45,6 +46,7 @@ postgresql:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 		$(SUDO) apt-get update && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends postgresql; }
+	@scripts/install-pgvector
 
 # The Codex CLI and openai-node, at the versions tests/clients/package-lock.json pins
 # (Codex's Linux binary comes inside its npm package). Node.js and npm come from
