@@ -123,3 +123,72 @@ files = sa.Table(
     sa.Column("owner", sa.String(64), nullable=True),
     sa.Index("ix_files_owner_seq", "owner", "seq"),
 )
+
+# Vector stores (see parley.store.vector_stores): a store's row, a row per file it holds, a row per file batch.
+# A store's file counts and usage are counted from its files' rows when read, never kept beside them.
+# Its chunks live in parley.vectors.index's tables, which join `vector_store_files` on (vector_store_id, file_id).
+vector_stores = sa.Table(
+    "vector_stores",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("owner", sa.String(64), nullable=True),
+    sa.Column("name", sa.Text, nullable=True),
+    sa.Column("description", sa.Text, nullable=True),
+    sa.Column("created_at", sa.Integer, nullable=False),
+    sa.Column("last_active_at", sa.Integer, nullable=False),
+    sa.Column("metadata", JSONType, nullable=False),
+    # OpenAI's `expires_after` is {"anchor": "last_active_at", "days": n}: `expires_at` follows `last_active_at`.
+    sa.Column("expires_after_days", sa.Integer, nullable=True),
+    sa.Column("expires_at", sa.Integer, nullable=True, index=True),
+    # Set by the expiry sweep once it has removed the store's chunks; the row stays, `expired`.
+    sa.Column("expired", sa.Boolean, nullable=False, server_default=sa.false()),
+    # The model the store's vectors come from ("provider/model"), for its files and its queries alike,
+    # and their size, known from the first file embedded.
+    sa.Column("embedding_model", sa.String(255), nullable=False),
+    sa.Column("embedding_dimensions", sa.Integer, nullable=True),
+    sa.Index("ix_vector_stores_owner_seq", "owner", "seq"),
+)
+
+vector_store_file_batches = sa.Table(
+    "vector_store_file_batches",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("vector_store_id", sa.String(64), sa.ForeignKey("vector_stores.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("owner", sa.String(64), nullable=True),
+    sa.Column("created_at", sa.Integer, nullable=False),
+    # A batch's status follows its files' until it is cancelled.
+    sa.Column("cancelled", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Index("ix_vector_store_file_batches_store", "vector_store_id"),
+)
+
+# A file in a store, and its ingestion: `in_progress` until a server claims it (`claim`, a token of its own,
+# `claimed_until` the lease it renews), reads, parses, chunks and embeds it, and marks it `completed` or
+# `failed`. A claim whose lease lapsed (its server died) is taken over by any server; `attempts` counts claims.
+vector_store_files = sa.Table(
+    "vector_store_files",
+    metadata,
+    # Insertion order, for listing.
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("vector_store_id", sa.String(64), sa.ForeignKey("vector_stores.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("file_id", sa.String(64), nullable=False),
+    sa.Column("owner", sa.String(64), nullable=True),
+    sa.Column("created_at", sa.Integer, nullable=False),
+    # in_progress, completed, failed, cancelled
+    sa.Column("status", sa.String(16), nullable=False),
+    # {"code": server_error | unsupported_file | invalid_file, "message": ...}
+    sa.Column("last_error", JSONType, nullable=True),
+    sa.Column("attributes", JSONType, nullable=True),
+    # OpenAI's static strategy object, normalized ({"type": "static", "static": {...}}).
+    sa.Column("chunking_strategy", JSONType, nullable=False),
+    sa.Column("usage_bytes", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("batch_id", sa.String(64), nullable=True),
+    sa.Column("claim", sa.String(64), nullable=True),
+    sa.Column("claimed_until", sa.Float, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Index("ix_vector_store_files_store_file", "vector_store_id", "file_id", unique=True),
+    sa.Index("ix_vector_store_files_pending", "status", "claimed_until"),
+    sa.Index("ix_vector_store_files_file", "file_id"),
+    sa.Index("ix_vector_store_files_batch", "batch_id"),
+)
