@@ -22,10 +22,12 @@ from parley.api.scoping import with_test_scoping
 from parley.config import Settings
 from parley.engine import encrypted_reasoning
 from parley.engine.conversations import ConversationService
+from parley.engine.files import InputFiles
 from parley.engine.service import ResponseService
 from parley.inference.registry import ModelRegistry
 from parley.store import ConversationStore, Database, FileStore, KeyStore, ResponseStore
 from parley.store.blobs import blob_store
+from parley.tools.outbound import Guard, HostRules
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +44,15 @@ def create_app(settings: Settings) -> ASGIApp:
         settings.files.expiry_sweep_seconds,
         settings.files.stale_upload_seconds,
     )
+    # The files that input parts name: the caller's uploads, and URLs through the outbound guard.
+    input_files = InputFiles(files, Guard(HostRules.of(settings.outbound)))
     responses = ResponseService(
         registry,
         ResponseStore(database, settings.storage.lease_seconds),
         conversations,
         settings.engine,
         settings.tools,
+        files=input_files,
     )
 
     @asynccontextmanager
@@ -78,6 +83,7 @@ def create_app(settings: Settings) -> ASGIApp:
     app.state.responses = responses
     app.state.conversations = ConversationService(conversations)
     app.state.files = files
+    app.state.input_files = input_files
     install_error_handlers(app)
     for router in routers:
         app.include_router(router)

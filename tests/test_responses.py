@@ -754,27 +754,6 @@ def test_a_tool_choice_that_cannot_be_met_is_a_400(
     [
         (
             [
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "input_text", "text": "read"},
-                        {"type": "input_file", "file_url": "https://x/a.pdf"},
-                    ],
-                }
-            ],
-            "input[0].content[1].file_url",
-        ),
-        (
-            [
-                {
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": "see"}, {"type": "input_image", "file_id": "file_1"}],
-                }
-            ],
-            "input[0].content[1].file_id",
-        ),
-        (
-            [
                 {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{}"},
                 {
                     "type": "function_call_output",
@@ -796,7 +775,7 @@ def test_a_tool_choice_that_cannot_be_met_is_a_400(
             "input[1].output[1]",
         ),
     ],
-    ids=["file-url", "image-file-id", "tool-output-image", "tool-output-file"],
+    ids=["tool-output-image", "tool-output-file"],
 )
 def test_input_the_upstream_cannot_carry_is_a_400_naming_it(
     client: openai.OpenAI, fake_upstream: FakeUpstream, items: list[dict[str, object]], param: str
@@ -820,8 +799,7 @@ def test_images_files_and_roles_reach_the_upstream(client: openai.OpenAI, fake_u
                 "content": [
                     {"type": "input_text", "text": "look"},
                     {"type": "input_image", "image_url": image, "detail": "low"},
-                    {"type": "input_file", "file_data": "data:application/pdf;base64,JVBERi0=", "filename": "a.pdf"},
-                    {"type": "input_file", "file_id": "file_abc"},
+                    {"type": "input_file", "file_data": "data:text/plain;base64,UnVsZXMu", "filename": "a.txt"},
                 ],
             },
         ],
@@ -834,8 +812,8 @@ def test_images_files_and_roles_reach_the_upstream(client: openai.OpenAI, fake_u
             "content": [
                 {"type": "text", "text": "look"},
                 {"type": "image_url", "image_url": {"url": image, "detail": "low"}},
-                {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0=", "filename": "a.pdf"}},
-                {"type": "file", "file": {"file_id": "file_abc"}},
+                # A file is its text (tests/test_input_files.py).
+                {"type": "text", "text": '<file name="a.txt">\nRules.\n</file>'},
             ],
         },
     ]

@@ -11,11 +11,13 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 
+from parley.api.auth import caller_of
 from parley.api.body import documented, read_body
 from parley.api.chat_request import ChatCompletionBody
 from parley.api.errors import body_for, error_body
 from parley.api.http import CLIENT_CLOSED_REQUEST, ClientGone, EventStreamResponse, JSONResponse, unless_client_leaves
 from parley.api.sse import DONE, frame
+from parley.engine.files import InputFiles, has_file_parts
 from parley.errors import ParleyError
 from parley.inference.base import ChunkStream, prepend
 from parley.inference.collect import Completion, collect
@@ -35,6 +37,10 @@ async def create_chat_completion(request: Request) -> Any:
     registry: ModelRegistry = request.app.state.registry
     resolved = registry.resolve(body.model)
     chat_request = body.to_chat_request(resolved.name)
+    if has_file_parts(chat_request.messages):
+        # A file part's text is what the model reads, whatever the model (see parley.engine.files).
+        input_files: InputFiles = request.app.state.input_files
+        await input_files.read_chat(caller_of(request), chat_request.messages)
     completion_id = "chatcmpl-" + secrets.token_hex(12)
     created = int(time.time())
     stream = resolved.provider.stream_chat(chat_request)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from parley.config import OpenAIProviderConfig
+from parley.engine.files import FileRead, PartKey, chat_part, part_key
 from parley.engine.request import (
     AllowedToolRef,
     AllowedToolsChoice,
@@ -15,7 +17,7 @@ from parley.engine.request import (
     ToolTypeChoice,
 )
 from parley.errors import InvalidRequestError
-from parley.ids import turn_of
+from parley.ids import check_id, turn_of
 from parley.inference.base import Provider
 from parley.inference.registry import ResolvedModel
 from parley.tools import Toolbox, chat_messages_of
@@ -37,6 +39,7 @@ def chat_messages(
     items: list[dict[str, Any]],
     toolbox: Toolbox | None = None,
     reasoning_field: str | None = None,
+    files: Mapping[PartKey, FileRead] | None = None,
 ) -> list[dict[str, Any]]:
     """Chat messages for `items`, oldest first, after the instructions.
 
@@ -70,8 +73,12 @@ def chat_messages(
     one with the turn's text or tool calls (DeepSeek's tool loop needs it
     there), or an empty one made for it when a user or tool message comes
     first. Without one, reasoning is left out.
+
+    `files` holds what the items' files gave (`InputFiles.read`): an
+    `input_file` part is its text, set apart from the parts beside it by a
+    blank line, and an `input_image` by file_id its image (see parley.engine.files).
     """
-    return _results_after_calls(_model_messages(instructions, items, toolbox, reasoning_field))
+    return _results_after_calls(_model_messages(instructions, items, toolbox, reasoning_field, files or {}))
 
 
 def _model_messages(
@@ -79,6 +86,7 @@ def _model_messages(
     items: list[dict[str, Any]],
     toolbox: Toolbox | None,
     reasoning_field: str | None,
+    files: Mapping[PartKey, FileRead],
 ) -> list[dict[str, Any]]:
     """The messages of `items` in their order, each model message whole (see `chat_messages`)."""
     messages: list[dict[str, Any]] = []
@@ -125,7 +133,7 @@ def _model_messages(
     for item in items:
         kind = item["type"]
         if kind == "message":
-            message = _message(item)
+            message = _message(item, files)
             if message["role"] == "assistant":
                 model(message, turn_of(item.get("id")))
             else:
@@ -218,42 +226,54 @@ def _texts(parts: list[dict[str, Any]] | None, kind: str) -> list[str]:
     ]
 
 
-def _message(item: dict[str, Any]) -> dict[str, Any]:
+def _message(item: dict[str, Any], files: Mapping[PartKey, FileRead]) -> dict[str, Any]:
     role = item["role"]
     if role == "assistant":
         text = "".join(p.get("text") or p.get("refusal") or "" for p in item["content"])
         return {"role": "assistant", "content": text}
-    parts = [_chat_part(part) for part in item["content"]]
+    parts = [_chat_part(part, files) for part in item["content"]]
     if all(part["type"] == "text" for part in parts):
-        content: str | list[dict[str, Any]] = "".join(part["text"] for part in parts)
+        content: str | list[dict[str, Any]] = _joined(item["content"], parts)
     else:
         content = parts
     return {"role": "system" if role == "system" else role, "content": content}
 
 
-def _chat_part(part: dict[str, Any]) -> dict[str, Any]:
+def _joined(parts: list[dict[str, Any]], texts: list[dict[str, Any]]) -> str:
+    """The texts of a message's parts as one: run together, as OpenAI joins text parts, but a file's apart from
+    its neighbours by a blank line."""
+    joined = ""
+    after_file = False
+    for part, text in zip(parts, texts, strict=True):
+        is_file = part["type"] == "input_file"
+        if joined and (is_file or after_file):
+            joined += "\n\n"
+        joined += text["text"]
+        after_file = is_file
+    return joined
+
+
+def _chat_part(part: dict[str, Any], files: Mapping[PartKey, FileRead]) -> dict[str, Any]:
     kind = part["type"]
     if kind in ("input_text", "output_text"):
         return {"type": "text", "text": part["text"]}
-    # This request's input was checked by `check_input`; an earlier response's, stored before that
-    # check existed, may still hold what cannot be sent.
-    if kind == "input_image":
-        if not part.get("image_url"):
-            raise InvalidRequestError("An earlier input holds an image by file_id, which is not supported.")
+    if kind == "input_image" and part.get("image_url"):
         return {"type": "image_url", "image_url": {"url": part["image_url"], "detail": part.get("detail", "auto")}}
-    if kind == "input_file":
-        file = {key: part[key] for key in ("file_id", "file_data", "filename") if part.get(key)}
-        if part.get("file_url") or not (part.get("file_id") or part.get("file_data")):
-            raise InvalidRequestError("An earlier input holds a file by URL, which is not supported.")
-        return {"type": "file", "file": file}
+    if kind in ("input_image", "input_file"):
+        key = part_key(part)
+        read = files.get(key) if key is not None else None
+        if read is None:  # not read by `InputFiles.read`: a server with no files to read them from
+            raise InvalidRequestError(f"A content part of type '{kind}' holds a file this server cannot read.")
+        return chat_part(part, read)
     return {"type": "text", "text": part.get("refusal", "")}
 
 
 def check_input(items: list[dict[str, Any]]) -> None:
     """Refuses, naming its place, what a chat-completions model cannot be sent, rather than drop it.
 
-    A chat message carries images and files, but a tool message only text;
-    images have no `file_id` there, and files no URL.
+    A chat message carries images and files (files as their text, see
+    parley.engine.files), but a tool message only text. A file part names its
+    file once: by `file_id`, `file_data` or `file_url`.
     """
     for index, item in enumerate(items):
         if item["type"] == "message" and item["role"] != "assistant":
@@ -280,7 +300,8 @@ def text_only(model: ResolvedModel) -> bool:
 def check_text_only(
     items: list[dict[str, Any]], history: list[dict[str, Any]], model: str, history_param: str | None
 ) -> None:
-    """For a model that reads text only: refuses, as the request arrives, the images and files it would be sent.
+    """For a model that reads text only: refuses, as the request arrives, the images it would be sent (a file it
+    reads as its text).
 
     One in this request's input is named at its place (`input[0].content[1]`);
     one in the turns before it, by where they come from (`history_param`:
@@ -306,13 +327,14 @@ def check_text_only(
 
 
 def _unreadable(item: dict[str, Any]) -> list[tuple[int, str]]:
-    """The content parts of a message item that are neither text nor a refusal, with their indexes and types."""
+    """The content parts of a message item that are not text, with their indexes and types: images (a file
+    is its text, see parley.engine.files)."""
     if item["type"] != "message" or not isinstance(item.get("content"), list):
         return []
     return [
         (index, str(part.get("type")))
         for index, part in enumerate(item["content"])
-        if part.get("type") not in ("input_text", "output_text", "refusal")
+        if part.get("type") not in ("input_text", "output_text", "refusal", "input_file")
     ]
 
 
@@ -373,25 +395,25 @@ def _pair_by_name(output: dict[str, Any], calls: list[dict[str, Any]], answered:
 
 
 def _check_part(part: dict[str, Any], path: str) -> None:
-    if part["type"] == "input_image" and not part.get("image_url"):
-        raise InvalidRequestError(
-            f"Invalid value for '{path}.file_id': images by file_id are not supported yet; send an image_url.",
-            param=f"{path}.file_id",
-            code="unsupported_value",
-        )
+    if part["type"] == "input_image" and part.get("file_id") and not part.get("image_url"):
+        check_id(part["file_id"], "file-", f"{path}.file_id")
     if part["type"] == "input_file":
-        if part.get("file_url"):
+        given = [field for field in ("file_id", "file_data", "file_url") if part.get(field)]
+        if not given:
             raise InvalidRequestError(
-                f"Invalid value for '{path}.file_url': files by URL are not supported; send file_data or file_id.",
-                param=f"{path}.file_url",
-                code="unsupported_value",
-            )
-        if not (part.get("file_id") or part.get("file_data")):
-            raise InvalidRequestError(
-                f"Missing required parameter: '{path}.file_data' (or 'file_id').",
-                param=f"{path}.file_data",
+                f"Missing required parameter: '{path}.file_id' (or 'file_data', or 'file_url').",
+                param=f"{path}.file_id",
                 code="missing_required_parameter",
             )
+        if len(given) > 1:
+            raise InvalidRequestError(
+                f"Invalid value for '{path}': give one of 'file_id', 'file_data' and 'file_url', not "
+                f"{' and '.join(repr(field) for field in given)}.",
+                param=f"{path}.{given[1]}",
+                code="invalid_value",
+            )
+        if part.get("file_id"):
+            check_id(part["file_id"], "file-", f"{path}.file_id")
 
 
 def _tool_output(output: str | list[dict[str, Any]]) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 from parley.config import EngineSettings
 from parley.engine import context
 from parley.engine.emitter import EventEmitter
+from parley.engine.files import FileRead, InputFiles, PartKey
 from parley.engine.output import OutputBuilder
 from parley.engine.request import CreateResponseRequest
 from parley.engine.response import add_usage, usage_object
@@ -31,6 +32,7 @@ from parley.inference.base import ChunkStream, prepend
 from parley.inference.registry import ResolvedModel
 from parley.inference.types import ChatChunk, ChatRequest, Usage
 from parley.scheduling import first_token_sent
+from parley.store import Caller
 from parley.tools import Toolbox
 
 _LIMIT_REACHED = "max_tool_calls reached; the call was not run."
@@ -54,6 +56,10 @@ class Turn:
     dropped_items: int = 0  # oldest context items left out by `truncation: auto`
     server_calls: int = 0  # server-side calls run so far
     model_calls: int = 0
+    # Who the turn is for, and what reads its input's files as theirs (see parley.engine.files).
+    caller: Caller | None = None
+    files: InputFiles | None = None
+    file_reads: dict[PartKey, FileRead] = field(default_factory=dict)  # what they gave, read once a turn
 
     def context_items(self) -> list[dict[str, Any]]:
         return (self.history + self.input_items + self.emitter.output)[self.dropped_items :]
@@ -69,6 +75,9 @@ async def run(turn: Turn) -> None:
         source = "conversation" if request.conversation_id else "previous_response_id"
         context.check_text_only(turn.input_items, turn.history, request.model, source)
     context.check_calls_answered(turn.history, turn.input_items)
+    if turn.files is not None and turn.caller is not None:
+        source = "conversation" if turn.request.conversation_id else "previous_response_id"
+        turn.file_reads = await turn.files.read(turn.caller, turn.input_items, turn.history, source)
     await _produce(turn)
 
 
@@ -276,6 +285,7 @@ def _chat_request(turn: Turn, items: list[dict[str, Any]], offer: ToolOffer) -> 
             items,
             turn.toolbox,
             reasoning_field=context.reasoning_field_of(turn.model.provider),
+            files=turn.file_reads,
         ),
         tools=tools,
         tool_choice=tool_choice,

@@ -26,6 +26,7 @@ from parley.engine import loop
 from parley.engine.chains import ChainContexts
 from parley.engine.conversations import ConversationNotFoundError, check_new_ids
 from parley.engine.emitter import EventEmitter
+from parley.engine.files import InputFiles
 from parley.engine.items import parse_input
 from parley.engine.record import ResponseRecord
 from parley.engine.request import CreateResponseRequest
@@ -151,6 +152,7 @@ class ResponseService:
         conversations: ConversationStore,
         engine: EngineSettings | None = None,
         tools: ToolsSettings | None = None,
+        files: InputFiles | None = None,
     ) -> None:
         self.registry = registry
         self.store = store
@@ -158,6 +160,8 @@ class ResponseService:
         self.engine = engine or EngineSettings()
         # What the tool kinds keep across responses (MCP sessions, search clients).
         self.tool_services = ToolServices(tools or ToolsSettings())
+        # Reads the files that input parts name (uploads, URLs), for the model.
+        self.files = files or InputFiles(None, None)
         self._tasks: set[asyncio.Task[None]] = set()
         # The stored responses this server is producing.
         self._producing: dict[str, _Producing] = {}
@@ -277,6 +281,8 @@ class ResponseService:
             emitter=EventEmitter(run.sink if request.stream else None),
             settings=self.engine,
             previous_tools=previous_tools,
+            caller=caller,
+            files=self.files,
         )
         record = ResponseRecord(self.store, response, input_items, caller.owner) if request.store else None
         producing = _Producing(turn, record, caller.owner, keep_context)
@@ -472,3 +478,4 @@ class ResponseService:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.tool_services.close()
+        await self.files.close()
