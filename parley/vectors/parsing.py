@@ -25,6 +25,7 @@ from __future__ import annotations
 import codecs
 import io
 import json
+import logging
 import re
 import time
 import zipfile
@@ -224,10 +225,11 @@ def file_kind(filename: str, content_type: str | None = None) -> str:
         raise ParseError(
             "unsupported_file", "Legacy Word documents (.doc) are not supported: save the file as .docx or .pdf."
         )
-    shown = f"'.{extension}'" if dot and stem else "without an extension"
+    # OpenAI's words, which clients match ("Files with extensions [.csv] are not supported for retrieval.").
+    shown = f"Files with extensions [.{extension}]" if dot and stem else "Files without an extension"
     raise ParseError(
         "unsupported_file",
-        f"Files {shown} are not supported. Supported extensions: {', '.join(SUPPORTED_EXTENSIONS)}.",
+        f"{shown} are not supported for retrieval. Supported extensions: {', '.join(SUPPORTED_EXTENSIONS)}.",
     )
 
 
@@ -244,15 +246,23 @@ _MAX_LEGACY_HIGH_SHARE = 0.25
 
 
 def decode_text(data: bytes) -> str:
-    """Bytes as text: UTF-8 (with or without a BOM), UTF-16 with a BOM, else mostly-ASCII Windows-1252;
-    line ends as `\\n`, without control characters. ParseError (`invalid_file`) for bytes that are not text."""
-    text = _decode(data)
-    controls = len(_CONTROL.findall(text))
+    """Bytes as text: UTF-8 (with or without a BOM), UTF-16 (with a BOM, or without one where every other byte
+    is NUL), else mostly-ASCII Windows-1252; line ends as `\\n`, without control characters. ParseError
+    (`invalid_file`) for bytes that are not text."""
+    text, controls = _CONTROL.subn("", _decode(data))
     if controls > max(2, len(text) * _MAX_CONTROL_SHARE):
         raise ParseError("invalid_file", "The file is not text: it holds binary data.")
-    if controls:
-        text = _CONTROL.sub("", text)
     return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def clean_text(text: str) -> str:
+    """Text from a document's structure (a PDF's pages, a .docx's runs) as the index keeps it: line ends as
+    `\\n`, no control characters, no lone surrogates (which neither database can store)."""
+    text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+    return _SURROGATE.sub("\ufffd", text)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _decode(data: bytes) -> str:
@@ -261,10 +271,10 @@ def _decode(data: bytes) -> str:
             return data[len(codecs.BOM_UTF8) :].decode("utf-8")
         if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) and not data.startswith(codecs.BOM_UTF32_LE):
             return data.decode("utf-16")
+        if b"\x00" in data and (encoding := _bomless_utf16(data)):
+            return data.decode(encoding)
     except UnicodeDecodeError as exc:
-        raise ParseError(
-            "invalid_file", f"The file is not valid text in the encoding its BOM names: {exc.reason}."
-        ) from None
+        raise ParseError("invalid_file", f"The file is not valid UTF-8 or UTF-16 text: {exc.reason}.") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -276,6 +286,22 @@ def _decode(data: bytes) -> str:
         except UnicodeDecodeError:
             pass
     raise ParseError("invalid_file", "The file is not text in a supported encoding (UTF-8 or UTF-16).")
+
+
+def _bomless_utf16(data: bytes) -> str | None:
+    """'utf-16-le' or 'utf-16-be' for bytes that look like mostly-Latin UTF-16 without a BOM: NUL in nearly
+    every high byte of a pair and in almost no low byte."""
+    if len(data) % 2 or len(data) < 4:
+        return None
+    sample = data[:65536]
+    half = len(sample) // 2
+    even = sample[0::2].count(0)
+    odd = sample[1::2].count(0)
+    if odd >= half * 0.7 and even <= half * 0.05:
+        return "utf-16-le"
+    if even >= half * 0.7 and odd <= half * 0.05:
+        return "utf-16-be"
+    return None
 
 
 # --- HTML ---------------------------------------------------------------------------------------------------
@@ -307,6 +333,7 @@ class _VisibleText(HTMLParser):
         # The strongest break the elements since the last text asked for (a cell's tab, a line, a paragraph):
         # written once before the next text, so nested and empty blocks add no blank lines.
         self.pending = 0
+        self.last_pre = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "body" and "head" in self.hidden:
@@ -353,9 +380,12 @@ class _VisibleText(HTMLParser):
             return
         if self.pending:
             if self.parts:
+                if not self.last_pre:
+                    self.parts[-1] = self.parts[-1].rstrip(" ")  # markup's space before a break
                 self.parts.append(_BREAKS[self.pending])
             self.pending = 0
         self.parts.append(text)
+        self.last_pre = bool(self.pre)
 
     def _break(self, tag: str) -> None:
         if tag in _PARAGRAPHS:
@@ -372,10 +402,7 @@ def html_text(html: str) -> str:
     parser = _VisibleText()
     parser.feed(html)
     parser.close()
-    body = "".join(parser.parts)
-    # Spaces around line breaks and runs of blank lines are markup's, not the text's.
-    body = re.sub(r"[ \t]*\n[ \t]*", "\n", body)
-    body = re.sub(r"\n{3,}", "\n\n", body).strip()
+    body = "".join(parser.parts).strip()
     title = re.sub(r"\s+", " ", "".join(parser.title)).strip()
     if title and not body.startswith(title):
         return f"{title}\n\n{body}" if body else title
@@ -413,8 +440,11 @@ def _pdf_text(data: bytes) -> str:
     from pypdf import PdfReader
     from pypdf.errors import FileNotDecryptedError
 
-    if not data.lstrip()[:5].startswith(b"%PDF"):
+    if b"%PDF-" not in data[:1024]:  # where the PDF standard lets its header be
         raise ParseError("invalid_file", "The file is not a PDF.")
+    # pypdf warns through logging of every flaw it works around in a broken file: the uploader's problem, which
+    # the file's last_error tells, not the operator's.
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
     try:
         reader = PdfReader(io.BytesIO(data), strict=False)
         if reader.is_encrypted and not reader.decrypt(""):
@@ -432,22 +462,26 @@ def _pdf_text(data: bytes) -> str:
     deadline = time.monotonic() + PDF_TIME_LIMIT_SECONDS
     texts: list[str] = []
     size = 0
+    failure: str | None = None
     for number in range(count):
         try:
-            text = pages[number].extract_text()
+            text = clean_text(pages[number].extract_text()).strip()
         except Exception as exc:
-            raise ParseError("invalid_file", f"Page {number + 1} of the PDF cannot be read: {_reason(exc)}.") from None
-        text = decode_text(text.encode("utf-8", "surrogatepass")) if _CONTROL.search(text) else text
-        texts.append(text.strip())
+            # A damaged page loses its own text, not the document's (as a PDF viewer still shows the others).
+            failure = failure or f"Page {number + 1} of the PDF cannot be read: {_reason(exc)}."
+            text = ""
+        if text:
+            texts.append(text)
         size += len(text)
         if size > MAX_TEXT_CHARS:
             raise ParseError("invalid_file", f"The file's text is longer than {MAX_TEXT_CHARS:,} characters.")
         if time.monotonic() > deadline:
             raise ParseError("invalid_file", f"The PDF took longer than {PDF_TIME_LIMIT_SECONDS:.0f} s to read.")
-    text = "\n\n".join(t for t in texts if t)
-    if not text:
-        raise ParseError("invalid_file", "The PDF has no text (a scanned document needs text recognition first).")
-    return text
+    if not texts:
+        raise ParseError(
+            "invalid_file", failure or "The PDF has no text (a scanned document needs text recognition first)."
+        )
+    return "\n\n".join(texts)
 
 
 def _reason(exc: BaseException) -> str:
@@ -487,17 +521,26 @@ def _read_xml(archive: zipfile.ZipFile, name: str, what: str) -> ElementTree.Ele
 
 
 def _paragraphs(root: ElementTree.Element, ns: str) -> list[str]:
+    """The text of each paragraph (`p`) under `root`, in document order; a paragraph nested in another (a text
+    box) is its own, not part of its container's."""
+    paragraph_tag, text_tag, tab_tag, breaks = ns + "p", ns + "t", ns + "tab", (ns + "br", ns + "cr")
     lines = []
-    for paragraph in root.iter(ns + "p"):
+    for paragraph in root.iter(paragraph_tag):
         pieces = []
-        for node in paragraph.iter():
-            if node.tag == ns + "t" and node.text:
+        # Depth-first through the paragraph's own content, without recursion (the XML may nest deep).
+        stack = list(reversed(paragraph))
+        while stack:
+            node = stack.pop()
+            if node.tag == paragraph_tag:
+                continue
+            if node.tag == text_tag and node.text:
                 pieces.append(node.text)
-            elif node.tag == ns + "tab":
+            elif node.tag == tab_tag:
                 pieces.append("\t")
-            elif node.tag in (ns + "br", ns + "cr"):
+            elif node.tag in breaks:
                 pieces.append("\n")
-        lines.append("".join(pieces).strip())
+            stack.extend(reversed(node))
+        lines.append(clean_text("".join(pieces)).strip())
     return lines
 
 
