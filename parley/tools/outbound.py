@@ -1,8 +1,8 @@
 """The guard of every connection Parley makes on a request's behalf: to the hosts a caller or a model names.
 
 MCP servers (the caller names them), the pages web_search opens (the model
-names them, from results anyone on the web writes), and later file URLs all
-connect through an HTTP client this module makes (`Guard.httpx_client`,
+names them, from results anyone on the web writes), and the file URLs of
+input parts (parley.engine.files) all connect through an HTTP client this module makes (`Guard.httpx_client`,
 `Guard.httpx2_client`: the `mcp` package speaks httpx2). For each connection
 the client opens, for the first request and for every redirect followed:
 
