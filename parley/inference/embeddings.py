@@ -39,7 +39,8 @@ class Embeddings:
 
 
 class LocalEmbeddingModel:
-    """One sentence encoder, loaded once, run on a thread of its own (numpy's BLAS releases the GIL)."""
+    """One embedding model, loaded once, run on a thread of its own: an encoder's numpy products and a static
+    model's tokenizer and lookups release the GIL, so the event loop goes on serving while it works."""
 
     def __init__(self, provider: str, name: str, config: LocalEmbeddingModelConfig) -> None:
         self.provider = provider
@@ -47,35 +48,56 @@ class LocalEmbeddingModel:
         self.config = config
         self._encoder: Any = None
         self._error: str | None = None
-        # One thread: the encoder is not thread-safe, and a forward pass already uses BLAS's threads.
+        # One thread: the encoders are not thread-safe, and a forward pass already uses BLAS's threads.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embed-{name}")
         self._lock = asyncio.Lock()
 
     async def load(self) -> Any:
         async with self._lock:
             if self._encoder is None and self._error is None:
-                from parley.inference.sentence_embeddings import ModelFilesError, load_encoder
+                from parley.inference.sentence_embeddings import ModelFilesError
 
                 loop = asyncio.get_running_loop()
                 try:
-                    self._encoder = await loop.run_in_executor(
-                        self._executor, load_encoder, self.config.path, self.config.max_tokens
-                    )
-                except (ModelFilesError, ImportError) as exc:
+                    self._encoder = await loop.run_in_executor(self._executor, self._load)
+                except (ModelFilesError, ImportError, OSError) as exc:
                     self._error = str(exc)
                     log.error("cannot load embedding model %s/%s: %s", self.provider, self.name, exc)
         if self._encoder is None:
             raise UpstreamUnavailableError(f"The embedding model '{self.provider}/{self.name}' is not available.")
         return self._encoder
 
+    def _load(self) -> Any:
+        config = self.config
+        if config.kind == "static":
+            from parley.inference.static_embeddings import load_static_encoder
+
+            return load_static_encoder(config.path, config.max_tokens, config.dimensions, config.cache_dir)
+        from parley.inference.sentence_embeddings import load_encoder
+
+        return load_encoder(config.path, config.max_tokens)
+
     async def embed(self, inputs: list[str] | list[list[int]], *, truncate: bool) -> Embeddings:
         """Vectors for texts or token-id arrays (the model's own ids); an input over max_tokens is refused
-        unless `truncate`."""
+        unless `truncate`.
+
+        The inputs are embedded `batch_size` at a time, each batch a job of its own on the model's thread,
+        so that a long ingestion does not hold up a search's query behind it for more than one batch."""
+        import numpy as np
+
         encoder = await self.load()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._embed, encoder, inputs, truncate)
+        await loop.run_in_executor(self._executor, self._check, encoder, inputs, truncate)
+        step = self.config.batch_size
+        parts = [
+            await loop.run_in_executor(self._executor, self._embed, encoder, inputs[start : start + step])
+            for start in range(0, len(inputs), step)
+        ]
+        if not parts:
+            return Embeddings(np.empty((0, encoder.dimensions), dtype=np.float32), 0)
+        return Embeddings(np.vstack([p.vectors for p in parts]), sum(p.tokens for p in parts))
 
-    def _embed(self, encoder: Any, inputs: list[str] | list[list[int]], truncate: bool) -> Embeddings:
+    def _check(self, encoder: Any, inputs: list[str] | list[list[int]], truncate: bool) -> None:
         limit = encoder.max_tokens
         if inputs and isinstance(inputs[0], list):
             arrays: list[list[int]] = inputs
@@ -86,13 +108,18 @@ class LocalEmbeddingModel:
                     param="input",
                     code="invalid_value",
                 )
-            counts = [len(array) + 2 for array in arrays]  # with [CLS] and [SEP]
-            self._check_lengths(counts, limit, truncate)
-            return Embeddings(encoder.encode_ids(arrays), sum(min(n, limit) for n in counts))
-        texts: list[str] = inputs  # type: ignore[assignment]
-        if not truncate:
-            self._check_lengths(encoder.count_tokens(texts), limit, truncate)
-        vectors, tokens = encoder.encode(texts, batch_size=self.config.batch_size)
+            self._check_lengths([len(array) + encoder.special_tokens for array in arrays], limit, truncate)
+        elif not truncate:
+            self._check_lengths(encoder.count_tokens(inputs), limit, truncate)
+
+    @staticmethod
+    def _embed(encoder: Any, inputs: list[str] | list[list[int]]) -> Embeddings:
+        if inputs and isinstance(inputs[0], list):
+            arrays: list[list[int]] = inputs
+            limit = encoder.max_tokens
+            tokens = sum(min(len(array) + encoder.special_tokens, limit) for array in arrays)
+            return Embeddings(encoder.encode_ids(arrays), tokens)
+        vectors, tokens = encoder.encode(inputs, batch_size=len(inputs))
         return Embeddings(vectors, tokens)
 
     @staticmethod

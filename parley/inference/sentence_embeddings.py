@@ -30,6 +30,7 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -110,6 +111,9 @@ def _layer_norm(x: Array, weight: Array, bias: Array, eps: float) -> Array:
 class SentenceEncoder:
     """A BERT sentence-transformers model: texts in, unit vectors out. Not thread-safe; one caller at a time."""
 
+    # Each input is read as [CLS] tokens [SEP].
+    special_tokens = 2
+
     def __init__(self, model_dir: Path, max_tokens: int | None = None) -> None:
         from tokenizers import Tokenizer
 
@@ -163,6 +167,11 @@ class SentenceEncoder:
             ln2_b=w[f"{p}output.LayerNorm.bias"],
         )
 
+    @property
+    def tokenizer(self) -> Any:
+        """The model's `tokenizers.Tokenizer` (truncating to max_tokens, adding [CLS] and [SEP])."""
+        return self._tokenizer
+
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Each text's length in the model's tokens, [CLS] and [SEP] included, before truncation."""
         self._tokenizer.no_truncation()
@@ -189,7 +198,12 @@ class SentenceEncoder:
             out[chunk] = self._encode([encodings[i] for i in chunk])
         return out, sum(len(e) for e in encodings)
 
-    def _encode(self, sequences: list[list[int]]) -> Array:
+    def pooled(self, sequences: list[list[int]]) -> Array:
+        """The mean of the encoder's output states over each sequence of token ids (taken as given: no
+        [CLS] or [SEP] added, no truncation), not normalised: what a static model is distilled from."""
+        return self._encode(sequences, normalize=False)
+
+    def _encode(self, sequences: list[list[int]], normalize: bool = True) -> Array:
         if not sequences:
             return np.empty((0, self.dimensions), dtype=np.float32)
         batch, length = len(sequences), max(len(s) for s in sequences)
@@ -221,6 +235,8 @@ class SentenceEncoder:
         x = x.reshape(batch, length, self.dimensions)
         # Mean pooling over the real tokens, then unit length (the model's 1_Pooling and 2_Normalize).
         pooled = (x * mask[:, :, None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
+        if not normalize:
+            return pooled.astype(np.float32)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         result: Array = (pooled / np.maximum(norms, np.float32(1e-12))).astype(np.float32)
         return result

@@ -1,0 +1,264 @@
+"""Static sentence embeddings distilled from the embedded encoder (Model2Vec's method), for ingestion at speed.
+
+What it is: one vector per token of all-MiniLM-L6-v2's vocabulary, computed once from the encoder itself;
+a text's embedding is the normalised mean of its tokens' vectors. No transformer runs per text, so it
+embeds thousands of chunks a second where the encoder does about ten.
+
+Why, measured on this project's machine (2 cores, AVX2; bench/embeddings_local.py and bench/README.md):
+- the encoder costs about 21 MFLOP per token (6 layers of 384 x 384 and 384 x 1536 products), 24 with
+  attention at 256 tokens. Ingestion's target, 200 chunks a second of up to 256 tokens, needs over
+  1 TFLOP/s; this machine's float32 BLAS peaks near 165 GFLOP/s (one plain product of the encoder's
+  largest shape), and the whole forward pass reaches about 50. No runtime closes a gap of 7 to 20 times:
+  int8 on AVX2 (no VNNI) is at most a few times float32. Ingestion with the encoder stays near 10
+  chunks a second;
+- the static model costs a tokenizer pass and a table lookup per token: its throughput is the tokenizer's
+  (thousands of chunks a second), and a query embeds in well under a millisecond;
+- quality, on the labelled set the repo ships (tests/data/retrieval, bench/retrieval_quality.py: 52 short
+  documents, 104 questions, half of them paraphrases sharing few words with their answer): hit@5 is
+  within a question or two of the encoder's and hit@1 a few points below it (the numbers are in
+  bench/README.md). Retrieval in vector stores is hybrid (vectors fused with full-text rank), which
+  makes up much of the rest. Hence the vector stores' default embedding model is this one; the encoder
+  stays the better choice for a few texts at a time (queries against a store built with it, /v1/embeddings).
+
+The method (Model2Vec, https://github.com/MinishLab/model2vec, `distill` with its defaults, reimplemented
+here on the numpy encoder because the package's distillation needs torch):
+1. every token of the vocabulary goes through the encoder once, as the sequence `[SEP] token [CLS]`
+   (Model2Vec's order), and its vector is the mean of the three output states, not normalised;
+2. BERT's `[unusedN]` placeholders are left out; PCA (centred, components by decreasing variance, each
+   component's sign fixed so that its largest coordinate is positive) keeps 256 dimensions;
+3. each token's vector is weighted by SIF, a / (a + p) with a = 1e-4, where p is a Zipf estimate of the
+   token's frequency from its rank in the vocabulary (BERT's uncased WordPiece vocabulary is ordered
+   roughly by frequency), so frequent words weigh little in a mean;
+4. a text is tokenized without [CLS] and [SEP]; unknown tokens are skipped; its vector is the mean of its
+   tokens' vectors, normalised to unit length. A text with no known token gets the [UNK] token's vector.
+
+The table (vocab x 256 float32, 31 MB) takes about 30 s to compute on 2 cores, deterministically from the
+installed weights; it is cached under the user's cache directory, keyed by the SHA-256 of the weights and
+the tokenizer and by the method's parameters, so a different model or method never reads a stale table.
+`python -m parley.inference.static_embeddings` builds it ahead of time (the Makefile does, at install).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from parley.inference.sentence_embeddings import Array, ModelFilesError, SentenceEncoder, default_model_dir
+
+log = logging.getLogger(__name__)
+
+# Bumped whenever the distillation changes, so that tables built the old way are not read.
+METHOD_VERSION = 1
+DEFAULT_DIMENSIONS = 256
+SIF_COEFFICIENT = 1e-4
+# Far past any chunk (at most 4,096 tokens): the cost per token is a lookup, so a text is read whole,
+# up to OpenAI's limit for its embedding models.
+DEFAULT_MAX_TOKENS = 8192
+# Vocabulary entries with no meaning of their own, left out of the PCA and of every mean.
+_UNUSED_TOKEN = re.compile(r"\[unused\d+\]")
+# Sequences of three tokens per forward pass while distilling: large products keep BLAS busy.
+_DISTILL_BATCH = 1024
+# Tokens whose rows are gathered at once when embedding (256 float32 each: 64 MB).
+_GATHER_TOKENS = 1 << 16
+
+
+def default_cache_dir() -> Path:
+    """Where distilled tables are kept: `$XDG_CACHE_HOME/parley/embeddings`, else `~/.cache/parley/embeddings`."""
+    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(base).expanduser() / "parley" / "embeddings"
+
+
+def distill(encoder: SentenceEncoder, dimensions: int = DEFAULT_DIMENSIONS) -> Array:
+    """The static table of `encoder`'s vocabulary: one row per token id, `dimensions` wide (see the module
+    docstring for the steps). Rows of tokens left out are zero."""
+    tokenizer = encoder.tokenizer
+    vocab_size = encoder.vocab_size
+    if not 1 <= dimensions <= encoder.dimensions:
+        raise ValueError(f"dimensions must be within 1..{encoder.dimensions}, not {dimensions}")
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    if cls_id is None or sep_id is None:
+        raise ModelFilesError("the tokenizer has no [CLS] or [SEP] token")
+    states = np.empty((vocab_size, encoder.dimensions), dtype=np.float32)
+    for start in range(0, vocab_size, _DISTILL_BATCH):
+        ids = range(start, min(start + _DISTILL_BATCH, vocab_size))
+        states[start : start + len(ids)] = encoder.pooled([[sep_id, i, cls_id] for i in ids])
+    kept = np.array([not _UNUSED_TOKEN.fullmatch(tokenizer.id_to_token(i) or "") for i in range(vocab_size)])
+
+    # PCA in float64: a 384 x 384 covariance, whose eigenvectors are the principal axes.
+    x = states[kept].astype(np.float64)
+    x -= x.mean(axis=0)
+    eigenvalues, eigenvectors = np.linalg.eigh(x.T @ x)
+    axes = eigenvectors[:, np.argsort(eigenvalues)[::-1][:dimensions]]
+    # An eigenvector's sign is arbitrary (it can differ between BLAS builds): fixing it makes the table,
+    # and so every stored vector, the same wherever it is built.
+    signs = np.sign(axes[np.abs(axes).argmax(axis=0), np.arange(dimensions)])
+    projected = x @ (axes * signs)
+
+    # SIF weights from a Zipf prior over the kept tokens' ranks.
+    inverse_rank = 1.0 / np.arange(2, projected.shape[0] + 2)
+    probability = inverse_rank / inverse_rank.sum()
+    projected *= (SIF_COEFFICIENT / (SIF_COEFFICIENT + probability))[:, None]
+
+    table = np.zeros((vocab_size, dimensions), dtype=np.float32)
+    table[kept] = projected
+    return table
+
+
+class StaticEncoder:
+    """A static embedding model: texts in, unit vectors out, at the tokenizer's speed. One caller at a time
+    (count_tokens changes the tokenizer's truncation while it runs)."""
+
+    # Token arrays are read as given: no [CLS] or [SEP] is added.
+    special_tokens = 0
+
+    def __init__(self, table: Array, model_dir: Path, max_tokens: int | None = None) -> None:
+        from tokenizers import Tokenizer
+
+        try:
+            self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        except (OSError, ValueError) as exc:
+            raise ModelFilesError(f"cannot read the tokenizer in {model_dir}: {exc}") from exc
+        self.max_tokens: int = max_tokens or DEFAULT_MAX_TOKENS
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(self.max_tokens)
+        self._table = table
+        self.vocab_size: int = table.shape[0]
+        self.dimensions: int = table.shape[1]
+        # Tokens that carry nothing: [UNK] and the zero rows of the placeholders.
+        self._skip: npt.NDArray[np.bool_] = np.logical_not(table.any(axis=1))
+        unk = self._tokenizer.token_to_id("[UNK]")
+        if unk is not None:
+            self._skip[unk] = True
+        fallback = table[unk] if unk is not None and table[unk].any() else np.ones(self.dimensions, np.float32)
+        self._fallback = (fallback / np.linalg.norm(fallback)).astype(np.float32)
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Each text's length in the model's tokens, before truncation."""
+        self._tokenizer.no_truncation()
+        try:
+            return [len(e.ids) for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
+        finally:
+            self._tokenizer.enable_truncation(self.max_tokens)
+
+    def encode(self, texts: list[str], batch_size: int = 0) -> tuple[Array, int]:
+        """Unit vectors for `texts` (one row each) and the number of tokens read, each truncated to max_tokens.
+        (`batch_size` is the encoder's parameter; a static model needs none.)"""
+        # encode_batch tokenizes on every core, without the GIL.
+        ids = [e.ids for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
+        return self._mean(ids), sum(len(i) for i in ids)
+
+    def encode_ids(self, ids: list[list[int]]) -> Array:
+        """Unit vectors for texts already tokenized; each truncated to max_tokens."""
+        return self._mean([seq[: self.max_tokens] for seq in ids])
+
+    def _mean(self, sequences: list[list[int]]) -> Array:
+        out = np.empty((len(sequences), self.dimensions), dtype=np.float32)
+        # Texts in groups of at most _GATHER_TOKENS tokens: the rows gathered for a group are the memory used.
+        start, tokens = 0, 0
+        for end, seq in enumerate(sequences, 1):
+            tokens += len(seq)
+            if tokens >= _GATHER_TOKENS or end == len(sequences):
+                out[start:end] = self._mean_group(sequences[start:end])
+                start, tokens = end, 0
+        return out
+
+    def _mean_group(self, sequences: list[list[int]]) -> Array:
+        out = np.empty((len(sequences), self.dimensions), dtype=np.float32)
+        lengths = [len(seq) for seq in sequences]
+        flat = np.fromiter((t for seq in sequences for t in seq), dtype=np.int64, count=sum(lengths))
+        owner = np.repeat(np.arange(len(sequences)), lengths)
+        useful = ~self._skip[flat]
+        flat, owner = flat[useful], owner[useful]
+        counts = np.bincount(owner, minlength=len(sequences))
+        present = counts > 0
+        if flat.size:
+            # Each text's rows are contiguous (owner is sorted): reduceat sums them from each text's first row.
+            starts = np.concatenate(([0], np.cumsum(counts)[:-1]))[present]
+            sums = np.add.reduceat(self._table[flat], starts, axis=0)
+            out[present] = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), np.float32(1e-12))
+        out[~present] = self._fallback
+        return out
+
+
+def source_digest(model_dir: Path) -> str:
+    """The SHA-256 of the files a table is computed from: the weights, then the tokenizer."""
+    digest = hashlib.sha256()
+    for name in ("model.safetensors", "tokenizer.json"):
+        with open(model_dir / name, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def table_path(model_dir: Path, dimensions: int, cache_dir: Path | None = None) -> Path:
+    """The cache file of the table of the model in `model_dir` at `dimensions`."""
+    key = f"{source_digest(model_dir)[:32]}-d{dimensions}-sif{SIF_COEFFICIENT:g}-v{METHOD_VERSION}"
+    return (cache_dir or default_cache_dir()) / f"static-{key}.npy"
+
+
+def load_table(model_dir: Path, dimensions: int, cache_dir: Path | None = None) -> Array:
+    """The table of the model in `model_dir`: read from the cache, else distilled now (about 30 s) and cached.
+
+    A cache that cannot be written is logged, and the table is used from memory."""
+    try:
+        path = table_path(model_dir, dimensions, cache_dir)
+    except OSError as exc:
+        raise ModelFilesError(f"cannot read the embedding model in {model_dir}: {exc}") from exc
+    try:
+        table: Array = np.load(path, allow_pickle=False)
+        if table.dtype == np.float32 and table.ndim == 2 and table.shape[1] == dimensions:
+            return table
+        log.warning("ignoring %s: not a table of %d float32 columns", path, dimensions)
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring the cached table %s: %s", path, exc)
+    log.info("distilling the static embedding model from %s (once; cached in %s)", model_dir, path.parent)
+    started = time.perf_counter()
+    table = distill(SentenceEncoder(model_dir), dimensions)
+    log.info("distilled %d token vectors in %.1f s", table.shape[0], time.perf_counter() - started)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Written aside and renamed: servers starting together each write a whole file, and none reads half.
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as f:
+            np.save(f, table, allow_pickle=False)
+        os.replace(f.name, path)
+    except OSError as exc:
+        log.warning("cannot cache the static embedding model in %s: %s", path.parent, exc)
+    return table
+
+
+def load_static_encoder(
+    path: Path | None,
+    max_tokens: int | None = None,
+    dimensions: int | None = None,
+    cache_dir: Path | None = None,
+) -> StaticEncoder:
+    """The static model distilled from the encoder in `path` (the default model's package when None)."""
+    model_dir = path if path is not None else default_model_dir()
+    table = load_table(model_dir, dimensions or DEFAULT_DIMENSIONS, cache_dir)
+    return StaticEncoder(table, model_dir, max_tokens)
+
+
+def main() -> None:
+    """Build the default static model's table into the cache (`make install` runs this)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    started = time.perf_counter()
+    encoder = load_static_encoder(None)
+    model_dir = default_model_dir()
+    print(
+        f"static embeddings: {encoder.vocab_size} x {encoder.dimensions} in "
+        f"{table_path(model_dir, encoder.dimensions)} ({time.perf_counter() - started:.1f} s)"
+    )
+
+
+if __name__ == "__main__":
+    main()
