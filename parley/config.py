@@ -588,6 +588,28 @@ class FilesSettings(_Section):
     s3: S3BlobSettings | None = None
 
 
+class VectorStoreSettings(_Section):
+    """Vector stores (`/v1/vector_stores`, see parley.vectors.ingest): their embedding model and how their files
+    are ingested in the background."""
+
+    # The embedding model of new vector stores (a model id: an alias or "provider/model"); each store keeps the
+    # model it was made with, for its files and its queries alike.
+    embedding_model: str = EMBEDDED_EMBEDDING_MODEL
+    # Files ingested at once by this server (read, parsed, chunked, embedded), taken fairly across stores.
+    ingest_workers: int = Field(2, ge=1, le=64)
+    # Chunks embedded in one call; between calls the other files' ingestion gets its turn.
+    embed_batch_size: int = Field(32, ge=1, le=2048)
+    # A file being ingested whose server has not vouched for it this long is taken over by another server
+    # (or by this one after a restart); servers renew every third of it.
+    lease_seconds: float = Field(30.0, gt=0)
+    # A file whose ingestion was taken over this many times (its servers kept stopping) fails.
+    max_attempts: int = Field(3, ge=1)
+    # How often a server looks for files that others added, or left behind; a file added here starts at once.
+    poll_seconds: float = Field(2.0, gt=0)
+    # How often stores past their `expires_at` are expired (their chunks removed).
+    expiry_sweep_seconds: float = Field(60.0, gt=0)
+
+
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
     return Path(base) / "parley"
@@ -610,6 +632,7 @@ class Settings(BaseSettings):
     outbound: OutboundSettings = OutboundSettings()
     tools: ToolsSettings = ToolsSettings()
     files: FilesSettings = FilesSettings()
+    vector_stores: VectorStoreSettings = VectorStoreSettings()
 
     @classmethod
     def settings_customise_sources(

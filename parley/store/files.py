@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -72,6 +72,9 @@ class FileStore:
         self.sweep_seconds = sweep_seconds
         self.stale_upload_seconds = stale_upload_seconds
         self._sweeper: asyncio.Task[None] | None = None
+        # Told the ids of files deleted or expired, once they are gone: vector stores let them go too
+        # (parley.vectors.ingest). If it fails, the vector stores' own sweep finds them.
+        self.on_removed: Callable[[Sequence[str]], Awaitable[None]] | None = None
 
     async def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep(), name="files-expiry-sweep")
@@ -161,20 +164,32 @@ class FileStore:
         if key is None:
             return False
         await self.blobs.delete(key)
+        await self._removed([file_id])
         return True
 
     async def remove_expired(self) -> int:
         """Removes every file past its `expires_at`, rows and bytes; returns how many went."""
         now = int(time.time())
         statement = (
-            files.delete().where(files.c.expires_at.is_not(None), files.c.expires_at <= now).returning(files.c.blob_key)
+            files.delete()
+            .where(files.c.expires_at.is_not(None), files.c.expires_at <= now)
+            .returning(files.c.id, files.c.blob_key)
         )
-        keys = await self.db.write(lambda connection: list(connection.execute(statement).scalars()))
-        for key in keys:
-            await self.blobs.delete(key)
-        if keys:
-            log.info("Removed %d expired file(s)", len(keys))
-        return len(keys)
+        rows = await self.db.write(lambda connection: list(connection.execute(statement)))
+        for row in rows:
+            await self.blobs.delete(row.blob_key)
+        if rows:
+            log.info("Removed %d expired file(s)", len(rows))
+            await self._removed([row.id for row in rows])
+        return len(rows)
+
+    async def _removed(self, file_ids: Sequence[str]) -> None:
+        if self.on_removed is None:
+            return
+        try:
+            await self.on_removed(file_ids)
+        except Exception:
+            log.warning("Taking %d deleted file(s) out of vector stores failed", len(file_ids), exc_info=True)
 
     async def _row(self, file_id: str, caller: Caller) -> Any:
         now = int(time.time())

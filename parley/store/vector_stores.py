@@ -15,7 +15,7 @@ over by whichever server claims next; a file claimed `max_attempts` times withou
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -451,7 +451,8 @@ class VectorStoreRepository:
                 values["name"] = name
             if metadata is not UNSET:
                 values["metadata"] = metadata if metadata is not None else {}
-            if expires_after_days is not UNSET and not row.expired:
+            # An expired store stays expired: its chunks are gone, or going.
+            if expires_after_days is not UNSET and not _expired(row, time.time()):
                 values["expires_after_days"] = expires_after_days
                 values["expires_at"] = (
                     None if expires_after_days is None else row.last_active_at + expires_after_days * DAY
@@ -565,13 +566,13 @@ class VectorStoreRepository:
 
         await self.db.write(remove)
 
-    async def forget_files(self, file_ids: list[str]) -> list[tuple[str, str]]:
+    async def forget_files(self, file_ids: Sequence[str]) -> list[tuple[str, str]]:
         """Takes deleted Files out of every store that held them; returns the (store, file) pairs that went."""
         if not file_ids:
             return []
         statement = (
             vector_store_files.delete()
-            .where(_files.file_id.in_(file_ids))
+            .where(_files.file_id.in_(list(file_ids)))
             .returning(_files.vector_store_id, _files.file_id)
         )
         return await self.db.write(lambda connection: [tuple(row) for row in connection.execute(statement)])
@@ -662,12 +663,19 @@ class VectorStoreRepository:
         return await self.db.read(read)
 
     async def claim(
-        self, slots: int, token: str, lease_seconds: float, busy: Mapping[str, int], max_attempts: int
+        self,
+        slots: int,
+        token: str,
+        lease_seconds: float,
+        max_attempts: int,
+        busy: Mapping[str, int],
+        served: Mapping[str, float],
     ) -> tuple[list[Claim], list[Claim]]:
-        """Claims up to `slots` files waiting for a server, fairly across stores: each store's oldest first,
-        and stores this server is already busy with (`busy`: files in progress here, by store) after the others.
+        """Claims up to `slots` files waiting for a server, fairly across stores: each store's oldest first; of
+        stores with as many files waiting, the one this server is busy with least (`busy`: its files in
+        progress here, by store), then the one it served longest ago (`served`: when, by store) goes first.
 
-        Returns the claims to work on, and those given up: files claimed `max_attempts` times already
+        Returns the claims to work on, and those given up: files claimed more than `max_attempts` times
         (their servers died under them), which are failed here.
         """
         now = time.time()
@@ -683,7 +691,13 @@ class VectorStoreRepository:
                     .limit(slots * 8)
                 )
             )
-            candidates.sort(key=lambda row: (row.rank + busy.get(row.vector_store_id, 0), row.seq))
+            candidates.sort(
+                key=lambda row: (
+                    row.rank + busy.get(row.vector_store_id, 0),
+                    served.get(row.vector_store_id, 0.0),
+                    row.seq,
+                )
+            )
             taken: list[Claim] = []
             given_up: list[Claim] = []
             for candidate in candidates:

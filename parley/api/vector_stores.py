@@ -1,0 +1,390 @@
+"""`/v1/vector_stores`: vector stores, their files and file batches, as OpenAI's Vector Stores API.
+
+Adding files returns at once, the files `in_progress`: they are ingested in the background
+(parley.vectors.ingest), and a client polls them (openai-python's `create_and_poll`, `upload_and_poll`),
+told by `openai-poll-after-ms` how soon to ask again. Taking a file out of a store, cancelling a batch or
+deleting a store removes the chunks too. Another owner's store is, to the caller, a store that does not exist.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from openai.types import vector_store_create_params, vector_store_update_params
+from openai.types.vector_stores import file_batch_create_params, file_create_params, file_update_params
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator
+
+from parley.api.auth import caller_of
+from parley.api.body import documented, read_body
+from parley.api.http import JSONResponse
+from parley.api.params import Limit, Order
+from parley.config import VectorStoreSettings
+from parley.engine.request import check_metadata
+from parley.errors import InvalidRequestError, ModelNotFoundError, ParleyError
+from parley.ids import check_id, new_id
+from parley.inference.registry import ModelRegistry
+from parley.package_fields import PackageFields, keys_of
+from parley.store.pagination import PageRequest
+from parley.store.vector_stores import UNSET, NewFile, VectorStoreRepository
+from parley.vectors.chunking import parse_chunking_strategy
+from parley.vectors.ingest import Ingestion
+
+router = APIRouter()
+
+# OpenAI's limits: files named at a store's creation, and in one batch.
+MAX_CREATE_FILES = 500
+MAX_BATCH_FILES = 2000
+# How soon a client polling a file or batch in progress asks again (openai-python reads this header).
+POLL_AFTER_MS = 250
+
+
+# Path parameters: an id that no such object could have is a 400 (parley.ids.check_id) -------------------
+
+
+def _vector_store_id(vector_store_id: str) -> str:
+    return check_id(vector_store_id, "vs_", "vector_store_id")
+
+
+def _file_id(file_id: str) -> str:
+    return check_id(file_id, "file-", "file_id")
+
+
+def _batch_id(batch_id: str) -> str:
+    return check_id(batch_id, "vsfb_", "batch_id")
+
+
+VectorStoreId = Annotated[str, Depends(_vector_store_id)]
+FileId = Annotated[str, Depends(_file_id)]
+BatchId = Annotated[str, Depends(_batch_id)]
+StatusFilter = Annotated[Literal["in_progress", "completed", "failed", "cancelled"] | None, Query()]
+
+
+# Bodies -----------------------------------------------------------------------------------------------
+
+AttributeValue = StrictStr | StrictBool | StrictInt | StrictFloat
+
+
+def check_attributes(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """OpenAI's limits on a vector store file's `attributes`: 16 pairs, 64-character keys, 512-character strings."""
+    if value is None:
+        return value
+    if len(value) > 16:
+        raise ValueError("at most 16 key-value pairs")
+    for key, item in value.items():
+        if len(key) > 64:
+            raise ValueError(f"key '{key[:20]}...' is longer than 64 characters")
+        if isinstance(item, str) and len(item) > 512:
+            raise ValueError(f"the value of '{key}' is longer than 512 characters")
+    return value
+
+
+def _file_ids(value: list[str] | None, param: str) -> list[str] | None:
+    for index, file_id in enumerate(value or ()):
+        check_id(file_id, "file-", f"{param}[{index}]")
+    return value
+
+
+class ExpiresAfter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    anchor: Literal["last_active_at"]
+    days: StrictInt = Field(ge=1, le=365)
+
+
+class CreateVectorStoreRequest(PackageFields):
+    known = keys_of(vector_store_create_params.VectorStoreCreateParams)
+
+    name: StrictStr | None = None
+    description: StrictStr | None = Field(None, max_length=512)
+    file_ids: list[StrictStr] | None = Field(None, max_length=MAX_CREATE_FILES)
+    chunking_strategy: dict[str, Any] | None = None
+    expires_after: ExpiresAfter | None = None
+    metadata: dict[str, StrictStr] | None = None
+
+    _metadata_limits = field_validator("metadata")(lambda cls, value: check_metadata(value))
+    _file_id_forms = field_validator("file_ids")(lambda cls, value: _file_ids(value, "file_ids"))
+
+
+class UpdateVectorStoreRequest(PackageFields):
+    known = keys_of(vector_store_update_params.VectorStoreUpdateParams)
+
+    name: StrictStr | None = None
+    expires_after: ExpiresAfter | None = None
+    metadata: dict[str, StrictStr] | None = None
+
+    _metadata_limits = field_validator("metadata")(lambda cls, value: check_metadata(value))
+
+
+class CreateFileRequest(PackageFields):
+    known = keys_of(file_create_params.FileCreateParams)
+
+    file_id: StrictStr
+    attributes: dict[str, AttributeValue] | None = None
+    chunking_strategy: dict[str, Any] | None = None
+
+    _attribute_limits = field_validator("attributes")(lambda cls, value: check_attributes(value))
+    _file_id_form = field_validator("file_id")(lambda cls, value: check_id(value, "file-", "file_id"))
+
+
+class UpdateFileRequest(PackageFields):
+    # `vector_store_id` is the path's.
+    known = keys_of(file_update_params.FileUpdateParams) - {"vector_store_id"}
+
+    attributes: dict[str, AttributeValue] | None
+
+    _attribute_limits = field_validator("attributes")(lambda cls, value: check_attributes(value))
+
+
+class BatchFile(PackageFields):
+    known = keys_of(file_batch_create_params.File)
+
+    file_id: StrictStr
+    attributes: dict[str, AttributeValue] | None = None
+    chunking_strategy: dict[str, Any] | None = None
+
+    _attribute_limits = field_validator("attributes")(lambda cls, value: check_attributes(value))
+
+
+def _batch_files(value: list[BatchFile] | None) -> list[BatchFile] | None:
+    for index, file in enumerate(value or ()):
+        check_id(file.file_id, "file-", f"files[{index}].file_id")
+    return value
+
+
+class CreateBatchRequest(PackageFields):
+    known = keys_of(file_batch_create_params.FileBatchCreateParams)
+
+    file_ids: list[StrictStr] | None = Field(None, min_length=1, max_length=MAX_BATCH_FILES)
+    files: list[BatchFile] | None = Field(None, min_length=1, max_length=MAX_BATCH_FILES)
+    attributes: dict[str, AttributeValue] | None = None
+    chunking_strategy: dict[str, Any] | None = None
+
+    _attribute_limits = field_validator("attributes")(lambda cls, value: check_attributes(value))
+    _file_id_forms = field_validator("file_ids")(lambda cls, value: _file_ids(value, "file_ids"))
+    _file_forms = field_validator("files")(lambda cls, value: _batch_files(value))
+
+
+# Services ---------------------------------------------------------------------------------------------
+
+
+def _repository(request: Request) -> VectorStoreRepository:
+    return request.app.state.vector_stores
+
+
+def _ingestion(request: Request) -> Ingestion:
+    return request.app.state.ingestion
+
+
+def _embedding_model(request: Request) -> str:
+    """The embedding model of new stores, as "provider/model" (the configured alias resolved)."""
+    settings: VectorStoreSettings = request.app.state.settings.vector_stores
+    registry: ModelRegistry = request.app.state.registry
+    model = settings.embedding_model
+    try:
+        registry.resolve(model)
+    except ModelNotFoundError as exc:
+        raise ParleyError(
+            f"This server's embedding model for vector stores, '{model}' (vector_stores.embedding_model), is not a "
+            "configured model.",
+        ) from exc
+    return registry.aliases.get(model, model)
+
+
+def _polled(body: dict[str, Any], in_progress: bool) -> JSONResponse:
+    headers = {"openai-poll-after-ms": str(POLL_AFTER_MS)} if in_progress else None
+    return JSONResponse(body, headers=headers)
+
+
+# Vector stores ----------------------------------------------------------------------------------------
+
+
+@router.post("/v1/vector_stores", openapi_extra=documented(CreateVectorStoreRequest))
+async def create_vector_store(request: Request) -> JSONResponse:
+    body = await read_body(request, CreateVectorStoreRequest, empty_ok=True)
+    strategy = parse_chunking_strategy(body.chunking_strategy)
+    new_files = [NewFile(file_id, None, strategy) for file_id in dict.fromkeys(body.file_ids or ())]
+    values = {
+        "id": new_id("vs"),
+        "name": body.name,
+        "description": body.description,
+        "metadata": body.metadata or {},
+        "expires_after_days": body.expires_after.days if body.expires_after else None,
+        "embedding_model": _embedding_model(request),
+    }
+    created = await _repository(request).create_store(values, new_files, caller_of(request))
+    if new_files:
+        _ingestion(request).wake()
+    return JSONResponse(created)
+
+
+@router.get("/v1/vector_stores")
+async def list_vector_stores(
+    request: Request, limit: Limit = 20, order: Order = "desc", after: str | None = None, before: str | None = None
+) -> JSONResponse:
+    page = PageRequest(limit=limit, order=order, after=after, before=before)
+    listed = await _repository(request).list_stores(page, caller_of(request))
+    return JSONResponse(listed.as_list())
+
+
+@router.get("/v1/vector_stores/{vector_store_id}")
+async def retrieve_vector_store(request: Request, vector_store_id: VectorStoreId) -> JSONResponse:
+    found = await _repository(request).get_store(vector_store_id, caller_of(request))
+    return _polled(found, found["status"] == "in_progress")
+
+
+@router.post("/v1/vector_stores/{vector_store_id}", openapi_extra=documented(UpdateVectorStoreRequest))
+async def update_vector_store(request: Request, vector_store_id: VectorStoreId) -> JSONResponse:
+    body = await read_body(request, UpdateVectorStoreRequest, empty_ok=True)
+    given = body.model_fields_set
+    changes: dict[str, Any] = {
+        "name": body.name if "name" in given else UNSET,
+        "metadata": body.metadata if "metadata" in given else UNSET,
+        "expires_after_days": (
+            (body.expires_after.days if body.expires_after else None) if "expires_after" in given else UNSET
+        ),
+    }
+    return JSONResponse(await _repository(request).update_store(vector_store_id, caller_of(request), **changes))
+
+
+@router.delete("/v1/vector_stores/{vector_store_id}")
+async def delete_vector_store(request: Request, vector_store_id: VectorStoreId) -> JSONResponse:
+    await _repository(request).delete_store(vector_store_id, caller_of(request))
+    await _ingestion(request).store_removed(vector_store_id)
+    return JSONResponse({"id": vector_store_id, "object": "vector_store.deleted", "deleted": True})
+
+
+# A store's files --------------------------------------------------------------------------------------
+
+
+@router.post("/v1/vector_stores/{vector_store_id}/files", openapi_extra=documented(CreateFileRequest))
+async def create_vector_store_file(request: Request, vector_store_id: VectorStoreId) -> JSONResponse:
+    body = await read_body(request, CreateFileRequest)
+    new = NewFile(body.file_id, body.attributes, parse_chunking_strategy(body.chunking_strategy))
+    [added] = await _repository(request).add_files(vector_store_id, [new], caller_of(request))
+    _ingestion(request).wake()
+    return JSONResponse(added)
+
+
+@router.get("/v1/vector_stores/{vector_store_id}/files")
+async def list_vector_store_files(
+    request: Request,
+    vector_store_id: VectorStoreId,
+    limit: Limit = 20,
+    order: Order = "desc",
+    after: str | None = None,
+    before: str | None = None,
+    filter: StatusFilter = None,  # OpenAI's name for it
+) -> JSONResponse:
+    page = PageRequest(limit=limit, order=order, after=after, before=before)
+    listed = await _repository(request).list_files(vector_store_id, page, caller_of(request), status=filter)
+    return JSONResponse(listed.as_list())
+
+
+@router.get("/v1/vector_stores/{vector_store_id}/files/{file_id}")
+async def retrieve_vector_store_file(request: Request, vector_store_id: VectorStoreId, file_id: FileId) -> JSONResponse:
+    found = await _repository(request).get_file(vector_store_id, file_id, caller_of(request))
+    return _polled(found, found["status"] == "in_progress")
+
+
+@router.post("/v1/vector_stores/{vector_store_id}/files/{file_id}", openapi_extra=documented(UpdateFileRequest))
+async def update_vector_store_file(request: Request, vector_store_id: VectorStoreId, file_id: FileId) -> JSONResponse:
+    body = await read_body(request, UpdateFileRequest)
+    return JSONResponse(
+        await _repository(request).update_file(vector_store_id, file_id, body.attributes, caller_of(request))
+    )
+
+
+@router.delete("/v1/vector_stores/{vector_store_id}/files/{file_id}")
+async def delete_vector_store_file(request: Request, vector_store_id: VectorStoreId, file_id: FileId) -> JSONResponse:
+    await _repository(request).remove_file(vector_store_id, file_id, caller_of(request))
+    await _ingestion(request).files_removed(vector_store_id, [file_id])
+    return JSONResponse({"id": file_id, "object": "vector_store.file.deleted", "deleted": True})
+
+
+@router.get("/v1/vector_stores/{vector_store_id}/files/{file_id}/content")
+async def retrieve_vector_store_file_content(
+    request: Request, vector_store_id: VectorStoreId, file_id: FileId
+) -> JSONResponse:
+    """The file's text as the store holds it: its chunks, in order (none until it is `completed`)."""
+    found = await _repository(request).get_file(vector_store_id, file_id, caller_of(request))
+    texts = await request.app.state.chunk_index.file_chunks(vector_store_id, file_id)
+    if found["status"] != "completed":
+        texts = []
+    return JSONResponse(
+        {
+            "object": "vector_store.file_content.page",
+            "data": [{"type": "text", "text": text} for text in texts],
+            "has_more": False,
+            "next_page": None,
+        }
+    )
+
+
+# File batches -----------------------------------------------------------------------------------------
+
+
+@router.post("/v1/vector_stores/{vector_store_id}/file_batches", openapi_extra=documented(CreateBatchRequest))
+async def create_file_batch(request: Request, vector_store_id: VectorStoreId) -> JSONResponse:
+    body = await read_body(request, CreateBatchRequest)
+    if body.file_ids is not None and body.files is not None:
+        raise InvalidRequestError(
+            "'file_ids' and 'files' are mutually exclusive: give one of them.", param="files", code="invalid_value"
+        )
+    if body.files is not None:
+        # Each file says its own attributes and strategy; the batch's own are not used, as at OpenAI.
+        new_files = [
+            NewFile(
+                file.file_id,
+                file.attributes,
+                parse_chunking_strategy(file.chunking_strategy, f"files[{index}].chunking_strategy"),
+            )
+            for index, file in enumerate(body.files)
+        ]
+        param = "files"
+    elif body.file_ids is not None:
+        strategy = parse_chunking_strategy(body.chunking_strategy)
+        new_files = [NewFile(file_id, body.attributes, strategy) for file_id in body.file_ids]
+        param = "file_ids"
+    else:
+        raise InvalidRequestError(
+            "Missing required parameter: 'file_ids' (or 'files').",
+            param="file_ids",
+            code="missing_required_parameter",
+        )
+    # A file named twice is added once, as its last mention says.
+    unique = list({new.file_id: new for new in new_files}.values())
+    batch = await _repository(request).create_batch(vector_store_id, new_id("vsfb"), unique, caller_of(request), param)
+    _ingestion(request).wake()
+    return JSONResponse(batch)
+
+
+@router.get("/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}")
+async def retrieve_file_batch(request: Request, vector_store_id: VectorStoreId, batch_id: BatchId) -> JSONResponse:
+    found = await _repository(request).get_batch(vector_store_id, batch_id, caller_of(request))
+    return _polled(found, found["status"] == "in_progress")
+
+
+@router.post("/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}/cancel")
+async def cancel_file_batch(request: Request, vector_store_id: VectorStoreId, batch_id: BatchId) -> JSONResponse:
+    batch, cancelled = await _repository(request).cancel_batch(vector_store_id, batch_id, caller_of(request))
+    await _ingestion(request).files_removed(vector_store_id, cancelled)
+    return JSONResponse(batch)
+
+
+@router.get("/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}/files")
+async def list_file_batch_files(
+    request: Request,
+    vector_store_id: VectorStoreId,
+    batch_id: BatchId,
+    limit: Limit = 20,
+    order: Order = "desc",
+    after: str | None = None,
+    before: str | None = None,
+    filter: StatusFilter = None,  # OpenAI's name for it
+) -> JSONResponse:
+    page = PageRequest(limit=limit, order=order, after=after, before=before)
+    listed = await _repository(request).list_files(
+        vector_store_id, page, caller_of(request), status=filter, batch_id=batch_id
+    )
+    return JSONResponse(listed.as_list())
