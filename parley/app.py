@@ -27,7 +27,10 @@ from parley.engine.service import ResponseService
 from parley.inference.registry import ModelRegistry
 from parley.store import ConversationStore, Database, FileStore, KeyStore, ResponseStore
 from parley.store.blobs import blob_store
+from parley.store.vector_stores import VectorStoreRepository
 from parley.tools.outbound import Guard, HostRules
+from parley.vectors.index import ChunkIndex
+from parley.vectors.ingest import Ingestion
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,11 @@ def create_app(settings: Settings) -> ASGIApp:
     )
     # The files that input parts name: the caller's uploads, and URLs through the outbound guard.
     input_files = InputFiles(files, Guard(HostRules.of(settings.outbound)))
+    vector_stores = VectorStoreRepository(database)
+    chunk_index = ChunkIndex(database)
+    ingestion = Ingestion(vector_stores, files, chunk_index, registry, settings.vector_stores)
+    # A File deleted, or expired, leaves every vector store that held it, as at OpenAI.
+    files.on_removed = ingestion.files_deleted
     responses = ResponseService(
         registry,
         ResponseStore(database, settings.storage.lease_seconds),
@@ -63,10 +71,12 @@ def create_app(settings: Settings) -> ASGIApp:
         await registry.start()
         await responses.start()
         await files.start()
+        await ingestion.start()
         try:
             yield
         finally:
             await keys.close()
+            await ingestion.close()
             await files.close()
             await responses.close()
             await registry.close()
@@ -83,6 +93,9 @@ def create_app(settings: Settings) -> ASGIApp:
     app.state.responses = responses
     app.state.conversations = ConversationService(conversations)
     app.state.files = files
+    app.state.vector_stores = vector_stores
+    app.state.chunk_index = chunk_index
+    app.state.ingestion = ingestion
     app.state.input_files = input_files
     install_error_handlers(app)
     for router in routers:

@@ -8,6 +8,7 @@ from parley.api.files import router as files_router
 from parley.api.health import router as health_router
 from parley.api.models import router as models_router
 from parley.api.responses import router as responses_router
+from parley.api.vector_stores import router as vector_stores_router
 
 routers = (
     health_router,
@@ -17,6 +18,7 @@ routers = (
     responses_router,
     conversations_router,
     files_router,
+    vector_stores_router,
 )
 
 __all__ = ["install_error_handlers", "routers"]

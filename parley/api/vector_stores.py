@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from openai.types import vector_store_create_params, vector_store_update_params
+from openai.types import vector_store_create_params, vector_store_search_params, vector_store_update_params
 from openai.types.vector_stores import file_batch_create_params, file_create_params, file_update_params
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator
 
@@ -26,9 +26,10 @@ from parley.ids import check_id, new_id
 from parley.inference.registry import ModelRegistry
 from parley.package_fields import PackageFields, keys_of
 from parley.store.pagination import PageRequest
-from parley.store.vector_stores import UNSET, NewFile, VectorStoreRepository
+from parley.store.vector_stores import UNSET, NewFile, VectorStoreExpired, VectorStoreRepository
 from parley.vectors.chunking import parse_chunking_strategy
 from parley.vectors.ingest import Ingestion
+from parley.vectors.search import DEFAULT_NUM_RESULTS, registry_embedder, search
 
 router = APIRouter()
 
@@ -165,6 +166,19 @@ class CreateBatchRequest(PackageFields):
     _file_forms = field_validator("files")(lambda cls, value: _batch_files(value))
 
 
+class SearchRequest(PackageFields):
+    """The fields are checked by parley.vectors.search, which names the one that is wrong."""
+
+    known = keys_of(vector_store_search_params.VectorStoreSearchParams)
+
+    # Missing is checked in the route: a pydantic error located at `query` reads as a query parameter's.
+    query: Any = None
+    filters: Any = None
+    max_num_results: Any = DEFAULT_NUM_RESULTS
+    ranking_options: Any = None
+    rewrite_query: Any = False
+
+
 # Services ---------------------------------------------------------------------------------------------
 
 
@@ -252,6 +266,32 @@ async def delete_vector_store(request: Request, vector_store_id: VectorStoreId) 
     await _repository(request).delete_store(vector_store_id, caller_of(request))
     await _ingestion(request).store_removed(vector_store_id)
     return JSONResponse({"id": vector_store_id, "object": "vector_store.deleted", "deleted": True})
+
+
+@router.post("/v1/vector_stores/{vector_store_id}/search", openapi_extra=documented(SearchRequest))
+async def search_vector_store(request: Request, vector_store_id: VectorStoreId) -> JSONResponse:
+    """Hybrid search of the store's completed files (parley.vectors.search); a search is the store's activity."""
+    body = await read_body(request, SearchRequest)
+    if "query" not in body.model_fields_set:
+        raise InvalidRequestError(
+            "Missing required parameter: 'query'.", param="query", code="missing_required_parameter"
+        )
+    repository = _repository(request)
+    store = await repository.info(vector_store_id, caller_of(request))
+    if store.expired:
+        raise VectorStoreExpired(vector_store_id)
+    results = await search(
+        request.app.state.chunk_index,
+        registry_embedder(request.app.state.registry),
+        [store],
+        body.query,
+        filters=body.filters,
+        max_num_results=body.max_num_results,
+        ranking_options=body.ranking_options,
+        rewrite_query=body.rewrite_query,
+    )
+    await repository.touch([store.id])
+    return JSONResponse(results.page())
 
 
 # A store's files --------------------------------------------------------------------------------------
