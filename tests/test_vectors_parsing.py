@@ -275,6 +275,19 @@ def test_html_with_only_scripts_is_empty() -> None:
     assert (error.code, "empty" in error.message) == ("invalid_file", True)
 
 
+def test_html_with_a_tag_left_open_at_its_end_is_read_in_linear_time() -> None:
+    # Python's HTMLParser took 3.5 s over 4,000 of these, growing with the square of their number.
+    started = time.monotonic()
+    assert extract_text(b"<p>start</p>" + b"<x " * 50_000, "open.html").startswith("start\n\n<x <x")
+    assert time.monotonic() - started < 2
+
+
+def test_html_that_takes_too_long_is_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parsing, "HTML_TIME_LIMIT_SECONDS", 0.0)
+    error = error_of(b"<p>one</p><p>two</p>", "page.html")
+    assert (error.code, error.message) == ("invalid_file", "The HTML took longer than 0 s to read.")
+
+
 def test_broken_html_is_still_read() -> None:
     assert extract_text(b"<p>unclosed <b>bold <i>both</p> after </div></span> <", "page.html") == (
         "unclosed bold both\n\nafter\n<"
@@ -391,6 +404,19 @@ def test_a_pdf_that_takes_too_long_is_stopped_between_pages(monkeypatch: pytest.
 def test_a_word_documents_text_is_its_paragraphs() -> None:
     docx = make_docx(["Title of the report", "", "First paragraph.", "Name|Value"])
     assert extract_text(docx, "report.docx") == "Title of the report\n\nFirst paragraph.\nName\tValue"
+
+
+def test_a_paragraph_in_a_text_box_inside_another_is_its_own() -> None:
+    w = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+    document = (
+        f'<w:document xmlns:w="{w}"><w:body><w:p><w:r><w:t>Outer before </w:t></w:r>'
+        "<w:r><w:txbxContent><w:p><w:r><w:t>In the box</w:t></w:r></w:p></w:txbxContent></w:r>"
+        "<w:r><w:t>outer after.</w:t></w:r></w:p><w:p><w:r><w:t>Next.</w:t></w:r></w:p></w:body></w:document>"
+    )
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        archive.writestr("word/document.xml", document)
+    assert extract_text(out.getvalue(), "boxed.docx") == "In the box\nOuter before outer after.\nNext."
 
 
 def test_a_presentations_text_is_its_slides_in_order() -> None:

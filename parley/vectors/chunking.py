@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -195,6 +196,7 @@ _CHARS_PER_UNKNOWN_TOKEN = 4
 # Texts are tokenized in pieces of about this many characters, cut at whitespace (where no token can
 # straddle), which `tokenizers` spreads over the cores: one call on a whole 1 MB text took 1.1 s, in pieces 0.25 s.
 _PIECE_CHARS = 16_384
+_PIECES_A_BATCH = 64
 
 
 class WordPieceTokenizer:
@@ -211,10 +213,8 @@ class WordPieceTokenizer:
         self._unknown = tokenizer.token_to_id("[UNK]")
 
     def spans(self, text: str) -> tuple[Offsets, Offsets]:
-        pieces = _pieces(text)
-        encodings = self._tokenizer.encode_batch([text[a:b] for a, b in pieces], add_special_tokens=False)
         all_starts, all_ends = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-        for (base, _), encoding in zip(pieces, encodings, strict=True):
+        for base, encoding in self._encodings(text):
             pairs = encoding.offsets
             # fromiter over the flattened pairs: twice as fast as np.array over the list of tuples.
             flat = np.fromiter(itertools.chain.from_iterable(pairs), dtype=np.int64, count=2 * len(pairs))
@@ -226,6 +226,16 @@ class WordPieceTokenizer:
             all_starts.append(starts)
             all_ends.append(ends)
         return np.concatenate(all_starts), np.concatenate(all_ends)
+
+    def _encodings(self, text: str) -> Iterator[tuple[int, Any]]:
+        """Each piece's offset in `text` and its encoding, a batch of pieces at a time: an encoding keeps each
+        token's string and more besides, too much to hold for a whole long text at once."""
+        pieces = _pieces(text)
+        for batch in range(0, len(pieces), _PIECES_A_BATCH):
+            spans = pieces[batch : batch + _PIECES_A_BATCH]
+            encodings = self._tokenizer.encode_batch([text[a:b] for a, b in spans], add_special_tokens=False)
+            for (base, _), encoding in zip(spans, encodings, strict=True):
+                yield base, encoding
 
 
 def _split_long(starts: Offsets, ends: Offsets, long: npt.NDArray[np.bool_]) -> tuple[Offsets, Offsets]:
@@ -311,34 +321,35 @@ def chunk_text(
         stripped = text.strip()
         offset = text.index(stripped)
         return [Chunk(stripped, 0, offset, offset + len(stripped))]
-    starts_array = np.asarray(token_starts, dtype=np.int64)
-    ends_array = np.asarray(token_ends, dtype=np.int64)
-    strengths = _rate_boundaries(text, starts_array, ends_array).tolist()
-    starts, ends = starts_array.tolist(), ends_array.tolist()  # lists index faster than arrays, one at a time
+    starts = np.asarray(token_starts, dtype=np.int64)
+    ends = np.asarray(token_ends, dtype=np.int64)
+    # One byte a boundary, searched backwards in C (bytes.rfind): a long text's boundaries as Python lists
+    # would take some 70 bytes a token.
+    strengths = _rate_boundaries(text, starts, ends).tobytes()
     chunks = []
     first = 0
     while True:
         last = count if count - first <= max_tokens else _cut(strengths, first, max_tokens)
-        chunks.append(Chunk(text[starts[first] : ends[last - 1]], last - first, starts[first], ends[last - 1]))
+        start, end = int(starts[first]), int(ends[last - 1])
+        chunks.append(Chunk(text[start:end], last - first, start, end))
         if last == count:
             return chunks
         first = last - overlap_tokens
 
 
-def _cut(strengths: list[int], first: int, max_tokens: int) -> int:
-    """Where the chunk from token `first` ends (exclusive): the latest of the strongest boundaries within reach,
-    else `first + max_tokens`."""
+_STRENGTH_BYTES = {strength: bytes([strength]) for strength in _REACH}
+
+
+def _cut(strengths: bytes, first: int, max_tokens: int) -> int:
+    """Where the chunk from token `first` ends (exclusive): the latest boundary of the strongest kind there is
+    within that kind's reach, else `first + max_tokens`."""
     limit = first + max_tokens
-    floors = {strength: limit - int(max_tokens * reach) for strength, reach in _REACH.items()}
-    best_strength, best = _NONE, limit
-    # From the end backwards: the first boundary of a strength met is the latest one of it.
-    for boundary in range(limit, max(first + 1, floors[_PARAGRAPH]) - 1, -1):
-        strength = strengths[boundary]
-        if strength > best_strength and boundary >= floors[strength]:
-            best_strength, best = strength, boundary
-            if strength == _PARAGRAPH:
-                break
-    return best
+    for strength, reach in _REACH.items():  # strongest first
+        floor = max(first + 1, limit - int(max_tokens * reach))
+        boundary = strengths.rfind(_STRENGTH_BYTES[strength], floor, limit + 1)
+        if boundary >= 0:
+            return boundary
+    return limit
 
 
 def _rate_boundaries(text: str, starts: Offsets, ends: Offsets) -> npt.NDArray[np.int8]:

@@ -154,12 +154,14 @@ _CONTENT_TYPE_KINDS = {
 }
 
 # Bounds on hostile input.
-MAX_TEXT_CHARS = 50_000_000
-"""A file's text past this many characters is refused (OpenAI's limit is 5,000,000 tokens a file)."""
+MAX_TEXT_CHARS = 20_000_000
+"""A file's text past this many characters is refused: OpenAI's limit is 5,000,000 tokens a file, and English
+text runs about 4 characters a token."""
 MAX_PDF_PAGES = 5_000
 PDF_TIME_LIMIT_SECONDS = 120.0
+HTML_TIME_LIMIT_SECONDS = 60.0
 # A .docx or .pptx whose XML parts decompress past this is refused (a zip bomb is small and expands hugely).
-MAX_ZIP_XML_BYTES = 256 * 1024 * 1024
+MAX_ZIP_XML_BYTES = 128 * 1024 * 1024
 
 
 class ParseError(Exception):
@@ -322,9 +324,14 @@ _VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "me
 _BREAKS = {1: "\t", 2: "\n", 3: "\n\n"}
 
 
+class _TooSlow(Exception):
+    pass
+
+
 class _VisibleText(HTMLParser):
-    def __init__(self) -> None:
+    def __init__(self, deadline: float) -> None:
         super().__init__(convert_charrefs=True)
+        self.deadline = deadline
         self.parts: list[str] = []
         self.hidden: list[str] = []  # the open hidden elements, innermost last
         self.pre = 0
@@ -336,6 +343,8 @@ class _VisibleText(HTMLParser):
         self.last_pre = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if time.monotonic() > self.deadline:
+            raise _TooSlow
         if tag == "body" and "head" in self.hidden:
             self.hidden.clear()  # a head left open ends where the body starts, as browsers read it
         if tag in _VOID:
@@ -369,6 +378,8 @@ class _VisibleText(HTMLParser):
         self._break(tag)
 
     def handle_data(self, data: str) -> None:
+        if time.monotonic() > self.deadline:
+            raise _TooSlow
         if self.in_title:
             self.title.append(data)
         if self.hidden:
@@ -399,9 +410,20 @@ class _VisibleText(HTMLParser):
 def html_text(html: str) -> str:
     """The visible text of an HTML document: no script, style or head (but its title, first), block elements
     as line breaks, runs of spaces as one outside <pre>."""
-    parser = _VisibleText()
-    parser.feed(html)
-    parser.close()
+    # Python's HTMLParser (before 3.13.4) rescans to the end from every `<` of a tag left open at the end of
+    # the document, a quadratic time: `<x ` 4,000 times took 3.5 s. Browsers drop such a tag; as no `>`
+    # follows, each of those `<` is text here.
+    last_close = html.rfind(">")
+    if html.find("<", last_close + 1) >= 0:
+        html = html[: last_close + 1] + html[last_close + 1 :].replace("<", "&lt;")
+    parser = _VisibleText(time.monotonic() + HTML_TIME_LIMIT_SECONDS)
+    try:
+        parser.feed(html)
+        parser.close()
+    except _TooSlow:
+        raise ParseError(
+            "invalid_file", f"The HTML took longer than {HTML_TIME_LIMIT_SECONDS:.0f} s to read."
+        ) from None
     body = "".join(parser.parts).strip()
     title = re.sub(r"\s+", " ", "".join(parser.title)).strip()
     if title and not body.startswith(title):
@@ -499,54 +521,45 @@ def _open_zip(data: bytes, what: str) -> zipfile.ZipFile:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, ValueError, OSError) as exc:
         raise ParseError("invalid_file", f"The file is not a {what} document: {_reason(exc)}.") from None
+    # zipfile reads a member no further than the size its directory declares, so the declared sizes bound
+    # what inflating can produce, whatever the compressed data would expand to.
     if sum(info.file_size for info in archive.infolist() if info.filename.endswith(".xml")) > MAX_ZIP_XML_BYTES:
         raise ParseError("invalid_file", f"The {what} document expands past {MAX_ZIP_XML_BYTES:,} bytes.")
     return archive
 
 
-def _read_xml(archive: zipfile.ZipFile, name: str, what: str) -> ElementTree.Element:
+def _paragraphs(archive: zipfile.ZipFile, name: str, what: str, ns: str) -> list[str]:
+    """The text of each paragraph (`p`) of one XML part, in the order each ends (a paragraph nested in another,
+    as in a text box, is its own and comes first), read as a stream: each paragraph's elements are dropped
+    once read, so a large document never stands whole in memory."""
+    paragraph_tag, text_tag, tab_tag, breaks = ns + "p", ns + "t", ns + "tab", (ns + "br", ns + "cr")
+    lines = []
     try:
         with archive.open(name) as part:
-            # Read no more than the bound, whatever the zip's directory claims the size is.
-            raw = part.read(MAX_ZIP_XML_BYTES + 1)
-        if len(raw) > MAX_ZIP_XML_BYTES:
-            raise ParseError("invalid_file", f"The {what} document expands past {MAX_ZIP_XML_BYTES:,} bytes.")
-        return ElementTree.fromstring(raw)
-    except ParseError:
-        raise
+            for _, element in ElementTree.iterparse(part, events=("end",)):
+                if element.tag != paragraph_tag:
+                    continue
+                pieces = []
+                # Nested paragraphs were read and cleared at their own end; iter() is not recursive.
+                for node in element.iter():
+                    if node.tag == text_tag and node.text:
+                        pieces.append(node.text)
+                    elif node.tag == tab_tag:
+                        pieces.append("\t")
+                    elif node.tag in breaks:
+                        pieces.append("\n")
+                element.clear()
+                lines.append(clean_text("".join(pieces)).strip())
     except KeyError:
         raise ParseError("invalid_file", f"The file is not a {what} document: it has no {name}.") from None
     except Exception as exc:  # zlib, zipfile and expat errors on a broken file
         raise ParseError("invalid_file", f"The {what} document cannot be read: {_reason(exc)}.") from None
-
-
-def _paragraphs(root: ElementTree.Element, ns: str) -> list[str]:
-    """The text of each paragraph (`p`) under `root`, in document order; a paragraph nested in another (a text
-    box) is its own, not part of its container's."""
-    paragraph_tag, text_tag, tab_tag, breaks = ns + "p", ns + "t", ns + "tab", (ns + "br", ns + "cr")
-    lines = []
-    for paragraph in root.iter(paragraph_tag):
-        pieces = []
-        # Depth-first through the paragraph's own content, without recursion (the XML may nest deep).
-        stack = list(reversed(paragraph))
-        while stack:
-            node = stack.pop()
-            if node.tag == paragraph_tag:
-                continue
-            if node.tag == text_tag and node.text:
-                pieces.append(node.text)
-            elif node.tag == tab_tag:
-                pieces.append("\t")
-            elif node.tag in breaks:
-                pieces.append("\n")
-            stack.extend(reversed(node))
-        lines.append(clean_text("".join(pieces)).strip())
     return lines
 
 
 def _docx_text(data: bytes) -> str:
     archive = _open_zip(data, "Word")
-    lines = _paragraphs(_read_xml(archive, "word/document.xml", "Word"), _W)
+    lines = _paragraphs(archive, "word/document.xml", "Word", _W)
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines))
 
 
@@ -561,6 +574,6 @@ def _pptx_text(data: bytes) -> str:
         raise ParseError("invalid_file", "The file is not a PowerPoint document: it has no slides.")
     texts = []
     for _, name in sorted(slides):
-        lines = [line for line in _paragraphs(_read_xml(archive, name, "PowerPoint"), _A) if line]
+        lines = [line for line in _paragraphs(archive, name, "PowerPoint", _A) if line]
         texts.append("\n".join(lines))
     return "\n\n".join(t for t in texts if t)
