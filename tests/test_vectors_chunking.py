@@ -380,6 +380,13 @@ def test_a_run_the_tokenizer_cannot_read_counts_a_token_per_four_characters() ->
     assert max(len(chunk.text) for chunk in chunks) <= 400
 
 
+def test_a_lone_surrogate_is_chunked_in_its_place() -> None:
+    text = "before \udc80 after. " * 50
+    chunks = chunk_text(text, 100, 10)
+    check_chunks(text, chunks, 100, 10)
+    assert "\udc80" in chunks[0].text
+
+
 def test_a_chunk_ends_at_a_cjk_full_stop() -> None:
     text = "東京は日本の首都です。" * 30
     first = chunk_text(text, 100, 0)[0]
