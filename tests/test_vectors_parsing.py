@@ -205,6 +205,26 @@ def test_line_ends_become_newlines_and_control_characters_are_dropped() -> None:
     assert extract_text(data, "notes.txt") == "one\ntwo\nthree\nfour five\tsix\x0cseven" + words
 
 
+def test_a_declared_charset_reads_text_that_is_not_utf8() -> None:
+    text = "東京タワーは日本の電波塔です。"
+    data = text.encode("shift_jis")
+    assert extract_text(data, "notes.txt", "text/plain; charset=Shift_JIS") == text
+    page = b'<html><head><meta charset="shift_jis"><title>x</title></head><body><p>' + data + b"</p></body></html>"
+    assert extract_text(page, "page.html") == "x\n\n" + text
+    old_style = b'<meta http-equiv="Content-Type" content="text/html; charset=euc-jp"><p>' + text.encode("euc-jp")
+    assert extract_text(old_style, "page.html") == text
+
+
+def test_valid_utf8_wins_over_a_wrong_declaration() -> None:
+    assert extract_text("café".encode(), "notes.txt", "text/plain; charset=iso-8859-1") == "café"
+
+
+@pytest.mark.parametrize("charset", ["unicode_escape", "base64", "rot13", "no-such-charset", ""])
+def test_a_declared_charset_that_is_no_charset_is_ignored(charset: str) -> None:
+    error = error_of("東京".encode("shift_jis") * 20, "notes.txt", f"text/plain; charset={charset}")
+    assert error.code == "invalid_file"
+
+
 @pytest.mark.parametrize(
     "data",
     [

@@ -7,9 +7,10 @@ formats beside them (SUPPORTED_EXTENSIONS); a file whose extension is none of th
 its content type says it is text, and is otherwise `unsupported_file`, as OpenAI answers.
 
 How each kind becomes text:
-- text, Markdown, source code: the text itself (UTF-8, UTF-8 with a BOM, UTF-16 with a BOM, as OpenAI accepts;
-  mostly-ASCII text in Windows-1252 too). Line ends become `\\n`; NULs and other control characters, which
-  PostgreSQL cannot store in text and which mean nothing to a search, are dropped.
+- text, Markdown, source code: the text itself, in UTF-8 (with or without a BOM) or UTF-16 (with a BOM, or
+  without one where every other byte is NUL), as OpenAI accepts; else in the charset a content type or an HTML
+  page's <meta> declares; else, for mostly-ASCII text, Windows-1252. Line ends become `\\n`; NULs and other
+  control characters, which PostgreSQL cannot store in text and which mean nothing to a search, are dropped.
 - HTML: its visible text (no script, style or head), with block elements as line breaks.
 - JSON: the text as it is, once it parses (JSON Lines: each line).
 - PDF: each page's text (pypdf), pages apart by a blank line; one encrypted with a password is refused.
@@ -191,7 +192,8 @@ def extract_text(data: bytes, filename: str, content_type: str | None = None) ->
     elif kind == "pptx":
         text = _pptx_text(data)
     else:
-        text = decode_text(data)
+        declared = _charset_of(content_type) or (_meta_charset(data) if kind == "html" else None)
+        text = decode_text(data, declared)
         if kind == "html":
             text = html_text(text)
         elif kind == "json":
@@ -247,11 +249,13 @@ _MAX_CONTROL_SHARE = 0.01
 _MAX_LEGACY_HIGH_SHARE = 0.25
 
 
-def decode_text(data: bytes) -> str:
+def decode_text(data: bytes, declared: str | None = None) -> str:
     """Bytes as text: UTF-8 (with or without a BOM), UTF-16 (with a BOM, or without one where every other byte
     is NUL), else mostly-ASCII Windows-1252; line ends as `\\n`, without control characters. ParseError
-    (`invalid_file`) for bytes that are not text."""
-    text, controls = _CONTROL.subn("", _decode(data))
+    (`invalid_file`) for bytes that are not text. A `declared` charset (a content type's, an HTML page's) is
+    used for bytes that are not UTF-8: valid UTF-8 is almost never anything else, and declarations are often
+    wrong."""
+    text, controls = _CONTROL.subn("", _decode(data, declared))
     if controls > max(2, len(text) * _MAX_CONTROL_SHARE):
         raise ParseError("invalid_file", "The file is not text: it holds binary data.")
     return text.replace("\r\n", "\n").replace("\r", "\n")
@@ -267,7 +271,7 @@ def clean_text(text: str) -> str:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _decode(data: bytes) -> str:
+def _decode(data: bytes, declared: str | None) -> str:
     try:
         if data.startswith(codecs.BOM_UTF8):
             return data[len(codecs.BOM_UTF8) :].decode("utf-8")
@@ -281,13 +285,49 @@ def _decode(data: bytes) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         pass
-    high = sum(1 for byte in data if byte >= 0x80)
+    if declared:
+        try:
+            return data.decode(declared)
+        except UnicodeDecodeError:
+            pass
+    high = len(data) - len(data.translate(None, _HIGH_BYTES))
     if b"\x00" not in data and high <= len(data) * _MAX_LEGACY_HIGH_SHARE:
         try:
             return data.decode("cp1252")
         except UnicodeDecodeError:
             pass
     raise ParseError("invalid_file", "The file is not text in a supported encoding (UTF-8 or UTF-16).")
+
+
+_HIGH_BYTES = bytes(range(0x80, 0x100))
+# Text codecs that are not a document's character set: escapes and domain names.
+_NOT_CHARSETS = {"unicode_escape", "raw_unicode_escape", "idna", "punycode", "utf_7"}
+_META_CHARSET = re.compile(rb"""<meta[^>]*?charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]{1,40})""", re.IGNORECASE)
+
+
+def _charset_of(content_type: str | None) -> str | None:
+    """The charset a content type names (`text/plain; charset=shift_jis`), if Python knows it as one."""
+    for parameter in (content_type or "").split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            return _known_charset(value.strip().strip('"'))
+    return None
+
+
+def _meta_charset(data: bytes) -> str | None:
+    """The charset an HTML page's <meta> declares near its start."""
+    match = _META_CHARSET.search(data[:4096])
+    return _known_charset(match.group(1).decode("ascii")) if match else None
+
+
+def _known_charset(name: str) -> str | None:
+    try:
+        info = codecs.lookup(name)
+    except LookupError:
+        return None
+    if not getattr(info, "_is_text_encoding", True):  # base64, rot13, zlib: bytes.decode refuses them
+        return None
+    return None if info.name.replace("-", "_") in _NOT_CHARSETS else info.name
 
 
 def _bomless_utf16(data: bytes) -> str | None:
