@@ -250,9 +250,9 @@ async def test_keyword_weights_favour_the_rarer_word(db: Database) -> None:
     vectors = np.vstack([axis(0, 1) for _ in texts])
     await index.replace_file("vs_a", "file-1", [Chunk(t) for t in texts], vectors)
     found = await index.candidates("vs_a", np.vstack([axis(1)]), ["rare common"], filters=None, limit=5)
-    best = max(found[0].candidates, key=lambda c: c.keywords)
+    best = max(found[0], key=lambda c: c.keywords)
     assert best.keywords == pytest.approx(1.0)
-    others = [c.keywords for c in found[0].candidates if c is not best]
+    others = [c.keywords for c in found[0] if c is not best]
     assert others and max(others) < 0.5
 
 

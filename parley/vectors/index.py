@@ -28,9 +28,9 @@ case and accents folded), so that a query matches the same chunks on both; each 
 `<store key>x<term>`, so that a term's postings are those of one store. A query's terms are weighted by their
 rarity in the store (BM25's inverse document frequency, from `vector_store_terms`, kept exact as chunks come
 and go), and a chunk's keyword score is the share of the query's weight it holds: 1 when it holds every
-term. Terms that many chunks hold say little and cost much to rank (FTS5 ranks about 1 µs a posting), so the
-rarest terms are taken first while their postings stay within `POSTINGS_BUDGET`; a term held by more chunks
-than that is left to the vectors.
+term. Terms that many chunks hold say little and cost much to rank (a posting takes about half a microsecond
+to read, and as much to score), so the rarest terms are taken first while their postings stay within
+`POSTINGS_BUDGET`; a term held by more chunks than that is left to the vectors.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ MAX_TERM_CHARS = 64
 # A query's distinct terms past this many are ignored: the first ones say what it is about.
 MAX_QUERY_TERMS = 32
 # How many keyword postings one query may rank, at most (see the module docstring).
-POSTINGS_BUDGET = 20_000
+POSTINGS_BUDGET = 10_000
 # How many bytes of vectors the in-process copies of SQLite stores may hold in all (least recently searched
 # go first); a store larger than this alone is searched in SQL.
 VECTOR_CACHE_BYTES = 512 * 1024 * 1024
@@ -87,15 +87,6 @@ class Candidate:
     file_id: str
     similarity: float
     keywords: float = 0.0
-
-
-@dataclass(slots=True)
-class QueryCandidates:
-    """What one query found in one store. `has_keywords` is false when the query has no term that the store's
-    chunks hold (or only terms too common to rank), so that keyword scores say nothing about it."""
-
-    candidates: list[Candidate]
-    has_keywords: bool
 
 
 @dataclass(slots=True, frozen=True)
@@ -410,7 +401,7 @@ class ChunkIndex:
         filters: dict[str, Any] | None,
         limit: int,
         keywords: bool = True,
-    ) -> list[QueryCandidates]:
+    ) -> list[list[Candidate]]:
         """For each query (its text and its unit vector, a row of `vectors`), the store's chunks that may answer
         it: the `limit` nearest by vector and, with `keywords`, the `limit` best by keywords, each with both
         scores. Only chunks of the store's completed files that pass `filters` (checked by
@@ -418,7 +409,7 @@ class ChunkIndex:
         if self._cache is None and self._pgvector_version is None:
             await self.db.read(self._read_pgvector_version)
 
-        def work(connection: sa.Connection) -> list[QueryCandidates]:
+        def work(connection: sa.Connection) -> list[list[Candidate]]:
             state = connection.execute(
                 sa.text(
                     "SELECT key, vector_store_id, dimensions, chunks, version, removals FROM vector_store_indexes "
@@ -427,7 +418,7 @@ class ChunkIndex:
                 {"store": vector_store_id},
             ).one_or_none()
             if state is None or not state.chunks:
-                return [QueryCandidates([], False) for _ in queries]
+                return [[] for _ in queries]
             if state.dimensions != vectors.shape[1]:
                 raise ValueError(
                     f"vector store {vector_store_id} holds vectors of {state.dimensions} dimensions, "
@@ -435,7 +426,7 @@ class ChunkIndex:
                 )
             allowed = self._allowed_files(connection, vector_store_id, filters)
             if allowed is not None and not allowed:
-                return [QueryCandidates([], False) for _ in queries]
+                return [[] for _ in queries]
             search = _StoreSearch(self, connection, vector_store_id, state, allowed, limit)
             return [search.query(vectors[i], text, keywords) for i, text in enumerate(queries)]
 
@@ -465,26 +456,23 @@ class ChunkIndex:
     ) -> set[str] | None:
         """The files whose chunks may match, or None when every file of the store with chunks may."""
         now = int(time.time())
-        allowed = sa.select(_store_files.c.file_id).join(_files, _files.c.id == _store_files.c.file_id)
-        allowed = allowed.where(
-            _store_files.c.vector_store_id == vector_store_id,
+        searchable = sa.and_(
             _store_files.c.status == "completed",
+            _files.c.id.is_not(None),
             sa.or_(_files.c.expires_at.is_(None), _files.c.expires_at > now),
         )
         if filters is not None:
             dialect = "sqlite" if self.sqlite else "postgresql"
-            allowed = allowed.where(compile_filter(filters, _store_files.c.attributes, dialect))
-        files = {row[0] for row in connection.execute(allowed)}
-        if filters is None:
-            # Every file of the store may match unless some are not (yet, or any more) searchable.
-            total = connection.execute(
-                sa.select(sa.func.count())
-                .select_from(_store_files)
-                .where(_store_files.c.vector_store_id == vector_store_id)
-            ).scalar_one()
-            if total == len(files):
-                return None
-        return files
+            searchable = sa.and_(searchable, compile_filter(filters, _store_files.c.attributes, dialect))
+        # Every file of the store, and whether it is searchable: one pass over the store's files.
+        query = (
+            sa.select(_store_files.c.file_id, sa.case((searchable, True), else_=False))
+            .select_from(_store_files.outerjoin(_files, _files.c.id == _store_files.c.file_id))
+            .where(_store_files.c.vector_store_id == vector_store_id)
+        )
+        rows = connection.execute(query).all()
+        files = {file_id for file_id, ok in rows if ok}
+        return None if len(files) == len(rows) else files
 
 
 def _text(sql: str, *expanding: str) -> sa.TextClause:
@@ -517,17 +505,18 @@ class _StoreSearch:
         self.allowed = allowed
         self.limit = limit
         self.copy: _StoreVectors | None = None
+        # The rows of `copy` that are of allowed files (None: all).
+        self.allowed_rows: np.ndarray[Any, np.dtype[np.bool_]] | None = None
         if index._cache is not None:
             self.copy = index._cache.current(connection, store, state)
+            if self.copy is not None and allowed is not None:
+                self.allowed_rows = self.copy.rows_of_files(allowed)
 
-    def query(self, vector: Vectors, text: str, keywords: bool) -> QueryCandidates:
+    def query(self, vector: Vectors, text: str, keywords: bool) -> list[Candidate]:
         found = {c.chunk_id: c for c in self._nearest(vector)}
-        has_keywords = False
         if keywords:
-            weights = self._term_weights(text)
+            weights, total = self._term_weights(text)
             if weights:
-                has_keywords = True
-                total = sum(weights.values())
                 scored = self._keyword_scores(weights, list(found))
                 missing = [chunk_id for chunk_id in scored if chunk_id not in found]
                 for candidate in self._similarities(vector, missing):
@@ -535,13 +524,13 @@ class _StoreSearch:
                 for chunk_id, weight in scored.items():
                     if chunk_id in found:
                         found[chunk_id].keywords = min(1.0, weight / total)
-        return QueryCandidates(list(found.values()), has_keywords)
+        return list(found.values())
 
     # The vector half.
 
     def _nearest(self, vector: Vectors) -> list[Candidate]:
         if self.copy is not None:
-            return self.copy.nearest(vector, self.limit, self.allowed)
+            return self.copy.nearest(vector, self.limit, self.allowed_rows)
         if self.index.sqlite:
             return self._nearest_sqlite(vector)
         return self._nearest_postgres(vector)
@@ -606,29 +595,36 @@ class _StoreSearch:
 
     # The keyword half.
 
-    def _term_weights(self, text: str) -> dict[str, float]:
-        """The query's terms to rank by, with their weights: the rarest first, within POSTINGS_BUDGET."""
+    def _term_weights(self, text: str) -> tuple[dict[str, float], float]:
+        """The query's terms to rank by, with their weights (the rarest first, within POSTINGS_BUDGET), and the
+        weight of all its terms: those too common to rank, and those no chunk holds, count in a chunk's share
+        as terms it does not hold, so that a chunk holding one word of a long question has a small share."""
         terms = terms_of(text)[:MAX_QUERY_TERMS]
         if not terms:
-            return {}
+            return {}, 0.0
         rows = self.connection.execute(
             _text(
                 "SELECT term, chunks FROM vector_store_terms WHERE vector_store_id = :store AND term IN :terms", "terms"
             ),
             {"store": self.store, "terms": terms},
         ).all()
+        chunks = int(self.state.chunks)
+        held = {row.term: max(0, int(row.chunks)) for row in rows}
+        total = sum(_idf(chunks, held.get(term, 0)) for term in terms)
         weights: dict[str, float] = {}
         postings = 0
-        for row in sorted(rows, key=lambda r: (r.chunks, r.term)):
-            if row.chunks <= 0 or postings + row.chunks > POSTINGS_BUDGET:
+        for term, count in sorted(held.items(), key=lambda item: (item[1], item[0])):
+            if count <= 0 or postings + count > POSTINGS_BUDGET:
                 break
-            postings += row.chunks
-            weights[row.term] = _idf(int(self.state.chunks), int(row.chunks))
-        return weights
+            postings += count
+            weights[term] = _idf(chunks, count)
+        return weights, total
 
     def _keyword_scores(self, weights: dict[str, float], also: list[int]) -> dict[int, float]:
         """The summed weights of the chunks holding any of the terms: the `limit` best of the allowed files'
         chunks, and those of `also` (the vector half's candidates)."""
+        if self.copy is not None:
+            return self._keyword_scores_in_memory(weights, also)
         key = self.state.key
         params: dict[str, Any] = {"limit": self.limit}
         parts = []
@@ -661,6 +657,39 @@ class _StoreSearch:
             sql += best
         statement = _text(sql, "also") if also else sa.text(sql)
         return {row.id: float(row.s) for row in self.connection.execute(statement, self._params(**params))}
+
+    def _keyword_scores_in_memory(self, weights: dict[str, float], also: list[int]) -> dict[int, float]:
+        # SQLite, with the store's vectors in memory: the postings are read from FTS5 and summed here, and the
+        # copy knows each chunk's file, where SQL would look every posting's chunk up to filter by file.
+        assert self.copy is not None
+        key = self.state.key
+        id_lists, weight_lists = [], []
+        for term, weight in weights.items():
+            postings = self.connection.exec_driver_sql(
+                "SELECT rowid FROM vector_store_chunks_fts WHERE vector_store_chunks_fts MATCH ?",
+                (f'"{_posting(key, term)}"',),
+            ).all()
+            ids = np.fromiter((row[0] for row in postings), dtype=np.int64, count=len(postings))
+            id_lists.append(ids)
+            weight_lists.append(np.full(len(ids), weight))
+        if not id_lists:
+            return {}
+        chunk_ids, inverse = np.unique(np.concatenate(id_lists), return_inverse=True)
+        sums = np.bincount(inverse, weights=np.concatenate(weight_lists))
+        rows = self.copy.rows_of(chunk_ids)
+        usable = rows >= 0
+        if self.allowed_rows is not None:
+            usable &= self.allowed_rows[np.maximum(rows, 0)]
+        candidates = np.flatnonzero(usable)
+        take = min(self.limit, len(candidates))
+        best = candidates[np.argpartition(-sums[candidates], take - 1)[:take]] if take else candidates[:0]
+        scores = {int(chunk_ids[i]): float(sums[i]) for i in best}
+        if also:
+            wanted = np.asarray(also, dtype=np.int64)
+            at = np.searchsorted(chunk_ids, wanted)
+            held = (at < len(chunk_ids)) & (chunk_ids[np.minimum(at, len(chunk_ids) - 1)] == wanted)
+            scores.update({int(wanted[i]): float(sums[at[i]]) for i in np.flatnonzero(held)})
+        return scores
 
     def _file_clause(self, prefix: str = "") -> str:
         """The condition that a chunk is of an allowed file; its parameter `files` is in `_params`."""
@@ -699,13 +728,27 @@ class _StoreVectors:
     def nbytes(self) -> int:
         return int(self.matrix.nbytes + self.ids.nbytes + self.files.nbytes)
 
-    def nearest(self, vector: Vectors, limit: int, allowed: set[str] | None) -> list[Candidate]:
+    def rows_of_files(self, allowed: set[str]) -> np.ndarray[Any, np.dtype[np.bool_]]:
+        """Which rows are chunks of the `allowed` files."""
+        codes = np.fromiter((self.file_codes[f] for f in allowed if f in self.file_codes), dtype=np.int32)
+        return np.isin(self.files, codes)
+
+    def rows_of(self, chunk_ids: np.ndarray[Any, np.dtype[np.int64]]) -> np.ndarray[Any, np.dtype[np.intp]]:
+        """The row of each chunk id, or -1 for an id that is not the store's."""
+        if not len(self.ids):
+            return np.full(len(chunk_ids), -1, dtype=np.intp)
+        rows = np.searchsorted(self.ids, chunk_ids)
+        found = (rows < len(self.ids)) & (self.ids[np.minimum(rows, len(self.ids) - 1)] == chunk_ids)
+        return np.where(found, rows, -1)
+
+    def nearest(
+        self, vector: Vectors, limit: int, allowed_rows: np.ndarray[Any, np.dtype[np.bool_]] | None
+    ) -> list[Candidate]:
         if not len(self.ids):
             return []
         scores = self.matrix @ vector.astype(np.float32)
-        if allowed is not None:
-            codes = np.fromiter((self.file_codes[f] for f in allowed if f in self.file_codes), dtype=np.int32)
-            scores = np.where(np.isin(self.files, codes), scores, -np.inf)
+        if allowed_rows is not None:
+            scores = np.where(allowed_rows, scores, -np.inf)
         take = min(limit, len(scores))
         top = np.argpartition(-scores, take - 1)[:take]
         top = top[np.argsort(-scores[top], kind="stable")]
@@ -716,9 +759,8 @@ class _StoreVectors:
         ]
 
     def similarities(self, vector: Vectors, chunk_ids: list[int]) -> list[Candidate]:
-        wanted = np.asarray(chunk_ids, dtype=np.int64)
-        rows = np.searchsorted(self.ids, wanted)
-        rows = rows[(rows < len(self.ids)) & (self.ids[np.minimum(rows, len(self.ids) - 1)] == wanted)]
+        rows = self.rows_of(np.asarray(chunk_ids, dtype=np.int64))
+        rows = rows[rows >= 0]
         scores = self.matrix[rows] @ vector.astype(np.float32)
         return [
             Candidate(int(self.ids[r]), self.file_ids[self.files[r]], float(s))

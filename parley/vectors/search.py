@@ -3,18 +3,21 @@
     search(index, embedder, stores, query, filters=..., max_num_results=..., ranking_options=..., rewrite_query=...)
 
 Each query is embedded with each store's own embedding model, and the store's chunk index
-(parley.vectors.index) proposes the chunks nearest to it and those holding its rarer words, each with both
-scores. A chunk's score is their weighted mean:
+(parley.vectors.index) proposes the chunks nearest to it and those holding its rarer words, each with two
+scores in [0, 1]: its similarity (the cosine of its vector and the query's, below 0 taken as 0), and its
+keyword share (the part of the query's words, weighted by their rarity in the store, that it holds). They are
+fused as two pieces of evidence of relevance, either of which may be enough:
 
-    score = embedding_weight * max(0, cosine similarity) + text_weight * keyword share
+    score = 1 - (1 - e * similarity) * (1 - t * keyword share)
 
-where the keyword share is the part of the query's keyword weight (its terms weighted by their rarity in the
-store) that the chunk holds, so both scores, and the fused one, lie in [0, 1]. Weighted rank fusion (OpenAI's
-words for its own hybrid search) scores a chunk by its places in two lists, so that the best chunk of a store
-that holds nothing relevant scores as high as the best of one that does, and a `score_threshold` could not
-tell them apart; a mean of absolute scores can. A query without a word the store holds (or only words too
-common to rank) is scored by its vector alone. The weights are `ranking_options.hybrid_search`'s, default
-0.7 and 0.3; ranker `none` scores by the vectors alone and skips the keywords.
+where `e` and `t` are `ranking_options.hybrid_search`'s `embedding_weight` and `text_weight` divided by the
+larger of the two (default 0.7 and 0.3: e = 1, t = 3/7). A chunk that no query word reaches scores its
+similarity, as it would with ranker `none` (vectors alone, no keyword pass); one that holds the query's rare
+words scores higher, however far its vector is (a part number, a name, an error code, which a sentence
+embedding hardly tells from its neighbours); the score stays in [0, 1]. Weighted rank fusion, OpenAI's words
+for its own hybrid search, scores a chunk by its places in the two rankings, so that the best chunk of a store
+that holds nothing relevant scores as high as the best of one that does, and no `score_threshold` could tell
+them apart; absolute scores can.
 
 A list of queries is searched query by query, and a chunk that several find keeps its best score. Results are
 chunks, best first: each carries its file's id, name and attributes, and its text.
@@ -185,8 +188,8 @@ async def search(
         except ValueError as exc:  # the model's vectors are not as wide as the store's
             raise UpstreamProtocolError(f"Vector store {store.id} cannot be searched: {exc}.") from exc
         for per_query in found:
-            for candidate in per_query.candidates:
-                score = _fuse(candidate, per_query.has_keywords, ranking)
+            for candidate in per_query:
+                score = _fuse(candidate, ranking)
                 if score <= 0 or score < ranking.score_threshold:
                     continue
                 key = (store.id, candidate.chunk_id)
@@ -223,12 +226,14 @@ async def search(
     return SearchResults(searched, hits)
 
 
-def _fuse(candidate: Candidate, has_keywords: bool, ranking: Ranking) -> float:
+def _fuse(candidate: Candidate, ranking: Ranking) -> float:
     similarity = min(1.0, max(0.0, candidate.similarity))
-    if not (has_keywords and ranking.keywords):
-        return similarity
-    total = ranking.embedding_weight + ranking.text_weight
-    return (ranking.embedding_weight * similarity + ranking.text_weight * candidate.keywords) / total
+    larger = max(ranking.embedding_weight, ranking.text_weight)
+    e = ranking.embedding_weight / larger
+    if not ranking.keywords:
+        return e * similarity
+    t = ranking.text_weight / larger
+    return 1.0 - (1.0 - e * similarity) * (1.0 - t * min(1.0, candidate.keywords))
 
 
 # Checking the request.
