@@ -190,7 +190,7 @@ async def search(
         for per_query in found:
             for candidate in per_query:
                 score = _fuse(candidate, ranking)
-                if score <= 0 or score < ranking.score_threshold:
+                if score < ranking.score_threshold:
                     continue
                 key = (store.id, candidate.chunk_id)
                 if key not in best or best[key][0] < score:
