@@ -670,10 +670,14 @@ class VectorStoreRepository:
         max_attempts: int,
         busy: Mapping[str, int],
         served: Mapping[str, float],
+        working: Collection[int] = (),
     ) -> tuple[list[Claim], list[Claim]]:
         """Claims up to `slots` files waiting for a server, fairly across stores: each store's oldest first; of
         stores with as many files waiting, the one this server is busy with least (`busy`: its files in
         progress here, by store), then the one it served longest ago (`served`: when, by store) goes first.
+
+        `working`: the files (by `seq`) this server is ingesting already, which it does not claim again should
+        its lease on them have lapsed (a renewal held up): the renewal that comes finds its claim still holds.
 
         Returns the claims to work on, and those given up: files claimed more than `max_attempts` times
         (their servers died under them), which are failed here.
@@ -682,7 +686,10 @@ class VectorStoreRepository:
 
         def claim(connection: sa.Connection) -> tuple[list[Claim], list[Claim]]:
             rank = sa.func.row_number().over(partition_by=_files.vector_store_id, order_by=_files.seq).label("rank")
-            ranked = sa.select(_files.seq, _files.vector_store_id, rank).where(_pending(now)).subquery()
+            waiting = _pending(now)
+            if working:
+                waiting = sa.and_(waiting, _files.seq.not_in(list(working)))
+            ranked = sa.select(_files.seq, _files.vector_store_id, rank).where(waiting).subquery()
             candidates = list(
                 connection.execute(
                     sa.select(ranked.c.seq, ranked.c.vector_store_id, ranked.c.rank)

@@ -182,7 +182,13 @@ class Ingestion:
                 busy = Counter(job.claim.vector_store_id for job in self._jobs.values())
                 try:
                     taken, given_up = await self.repository.claim(
-                        free, self._token, settings.lease_seconds, settings.max_attempts, busy, self._served
+                        free,
+                        self._token,
+                        settings.lease_seconds,
+                        settings.max_attempts,
+                        busy,
+                        self._served,
+                        [job.claim.seq for job in self._jobs.values()],
                     )
                 except Exception:
                     log.warning("Looking for files to ingest failed", exc_info=True)
