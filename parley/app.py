@@ -28,6 +28,7 @@ from parley.inference.registry import ModelRegistry
 from parley.store import ConversationStore, Database, FileStore, KeyStore, ResponseStore
 from parley.store.blobs import blob_store
 from parley.store.vector_stores import VectorStoreRepository
+from parley.tools import ToolResources
 from parley.tools.outbound import Guard, HostRules
 from parley.vectors.index import ChunkIndex
 from parley.vectors.ingest import Ingestion
@@ -60,6 +61,7 @@ def create_app(settings: Settings) -> ASGIApp:
         conversations,
         settings.engine,
         settings.tools,
+        ToolResources(database=database, models=registry, vector_index=chunk_index),
         files=input_files,
     )
 

@@ -165,7 +165,8 @@ def _model_messages(
                 reasoning.append(text)
         else:
             calls: set[str] = set()  # the calls this item makes, whose results it carries too
-            for message in chat_messages_of(item, items, name_of) or ():
+            read = toolbox.chat_messages(item, items) if toolbox is not None else chat_messages_of(item, items, name_of)
+            for message in read or ():
                 if message["role"] == "assistant" and message.get("tool_calls") and message.get("content") is None:
                     for entry in message["tool_calls"]:
                         call(entry, turn_of(entry["id"]))

@@ -165,15 +165,20 @@ class EventEmitter:
         part = self._open_parts[(index, content_index)]
         self._settle(part)
         for annotation in find(part["text"]):
-            part["annotations"].append(annotation)
-            self.emit(
-                "response.output_text.annotation.added",
-                item_id=self._open_items[index]["id"],
-                output_index=index,
-                content_index=content_index,
-                annotation_index=len(part["annotations"]) - 1,
-                annotation=annotation,
-            )
+            self.add_annotation(index, content_index, annotation)
+
+    def add_annotation(self, index: int, content_index: int, annotation: dict[str, Any]) -> None:
+        """Adds one annotation to an open `output_text` part, with its `response.output_text.annotation.added`."""
+        part = self._open_parts[(index, content_index)]
+        part["annotations"].append(annotation)
+        self.emit(
+            "response.output_text.annotation.added",
+            item_id=self._open_items[index]["id"],
+            output_index=index,
+            content_index=content_index,
+            annotation_index=len(part["annotations"]) - 1,
+            annotation=annotation,
+        )
 
     def done_part(self, index: int, content_index: int) -> None:
         part = self._open_parts.pop((index, content_index))

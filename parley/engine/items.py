@@ -12,6 +12,7 @@ from typing import Any, Literal
 from openai.types.responses import (
     response_custom_tool_call_output_param,
     response_custom_tool_call_param,
+    response_file_search_tool_call_param,
     response_function_tool_call_param,
     response_function_web_search_param,
     response_input_item_param,
@@ -295,6 +296,16 @@ class WebSearchCallItem(_PackageItem):
     error: str | None = None
 
 
+class FileSearchCallItem(_PackageItem):
+    """A file search call of an earlier response, sent back as input, with its `results` or without them."""
+
+    known = keys_of(response_file_search_tool_call_param.ResponseFileSearchToolCallParam)
+    type: Literal["file_search_call"]
+    queries: list[str]
+    status: Literal["in_progress", "searching", "completed", "incomplete", "failed"] | None = None
+    results: list[dict[str, Any]] | None = None
+
+
 _ITEMS: dict[str, type[_Item]] = {
     "message": MessageItem,
     "function_call": FunctionCallItem,
@@ -314,6 +325,7 @@ _ITEMS: dict[str, type[_Item]] = {
     "mcp_call": MCPCallItem,
     "mcp_approval_request": MCPApprovalRequestItem,
     "web_search_call": WebSearchCallItem,
+    "file_search_call": FileSearchCallItem,
 }
 
 _ID_PREFIX = {
@@ -334,6 +346,7 @@ _ID_PREFIX = {
     "mcp_call": "mcp",
     "mcp_approval_request": "mcpr",
     "web_search_call": "ws",
+    "file_search_call": "fs",
 }
 
 

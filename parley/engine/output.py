@@ -7,7 +7,9 @@ in `encrypted_content` when the request asks for it). A tool call becomes a
 the item its kind makes of it: a call item left open for the loop to run
 (`mcp_call`), or another that ends the response (`mcp_approval_request`).
 Items open when their first piece arrives; a message closes when a tool call
-begins, and everything else still open closes at the end.
+begins, and everything else still open closes at the end. Citation marks that
+a tool's results asked the model to write (`【...】`) leave the text as it
+streams, each as the annotations it stands for (`Toolbox.citations`).
 
 A call opens once its name is whole: some upstreams stream a name in pieces,
 so a call is held until its first arguments, the next call, any other
@@ -26,7 +28,7 @@ from parley.engine.emitter import EventEmitter
 from parley.errors import UpstreamError
 from parley.ids import in_turn, new_id, new_turn
 from parley.inference.types import ChatChunk, ToolCallDelta, Usage
-from parley.tools import Toolbox
+from parley.tools import CitationMarks, Toolbox
 
 
 class ToolNotOfferedError(UpstreamError):
@@ -55,6 +57,7 @@ class OutputBuilder:
         self._message: int | None = None  # output index of the open message
         self._parts: dict[str, int] = {}  # open part kind -> content index in the message
         self._reasoning: int | None = None
+        self._citations: CitationMarks | None = None  # of the open output_text part, when a kind reads marks
         self._calls: dict[int, int] = {}  # the model's tool-call index -> output index
         self._held: dict[int, ToolCallDelta] = {}  # calls whose name may still be arriving, by the model's index
         # The arguments of calls whose items are made from them whole when they end (see CallStyle), by output index.
@@ -125,6 +128,8 @@ class OutputBuilder:
         if kind not in self._parts:
             self._parts[kind] = len(item["content"])
             self.emitter.add_part(index, self._parts[kind], part)
+            if kind == "output_text":
+                self._citations = self.toolbox.citations()
         content_index = self._parts[kind]
         return index, content_index, item["content"][content_index]
 
@@ -132,18 +137,34 @@ class OutputBuilder:
         index, content_index, part = self._open_part(
             "output_text", {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
         )
-        if text:
-            self.emitter.extend(part, "text", text)
         entries = logprobs if (logprobs and self.include_logprobs) else []
         if entries:
             part["logprobs"].extend(entries)
+        if self._citations is None:
+            self._text_out(index, content_index, part, text, entries)
+            return
+        pieces = self._citations.feed(text)
+        for piece in pieces:
+            if isinstance(piece, str):
+                self._text_out(index, content_index, part, piece, entries)
+                entries = []
+            else:
+                self.emitter.add_annotation(index, content_index, piece)
+        if entries:  # the text that came with them is held, as a mark may begin there
+            self._text_out(index, content_index, part, "", entries)
+
+    def _text_out(
+        self, index: int, content_index: int, part: dict[str, Any], text: str, logprobs: list[dict[str, Any]]
+    ) -> None:
+        if text:
+            self.emitter.extend(part, "text", text)
         self.emitter.emit(
             "response.output_text.delta",
             item_id=self.emitter.output[index]["id"],
             output_index=index,
             content_index=content_index,
             delta=text,
-            logprobs=entries,
+            logprobs=logprobs,
         )
 
     def _refusal_delta(self, text: str) -> None:
@@ -160,7 +181,14 @@ class OutputBuilder:
     def _close_message(self, status: str = "completed") -> None:
         if self._message is not None:
             if "output_text" in self._parts:
-                self.emitter.annotate(self._message, self._parts["output_text"], self._annotations)
+                content_index = self._parts["output_text"]
+                if self._citations is not None:
+                    part = self.emitter.output[self._message]["content"][content_index]
+                    for piece in self._citations.flush():
+                        assert isinstance(piece, str)  # what is held is text that no mark closed
+                        self._text_out(self._message, content_index, part, piece, [])
+                    self._citations = None
+                self.emitter.annotate(self._message, content_index, self._annotations)
             self.emitter.done_item(self._message, status)
             self._message = None
             self._parts.clear()

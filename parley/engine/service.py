@@ -42,7 +42,7 @@ from parley.store import (
     PageRequest,
     ResponseStore,
 )
-from parley.tools import ToolServices
+from parley.tools import ToolResources, ToolServices
 
 log = logging.getLogger(__name__)
 
@@ -152,14 +152,15 @@ class ResponseService:
         conversations: ConversationStore,
         engine: EngineSettings | None = None,
         tools: ToolsSettings | None = None,
+        resources: ToolResources | None = None,
         files: InputFiles | None = None,
     ) -> None:
         self.registry = registry
         self.store = store
         self.conversations = conversations
         self.engine = engine or EngineSettings()
-        # What the tool kinds keep across responses (MCP sessions, search clients).
-        self.tool_services = ToolServices(tools or ToolsSettings())
+        # What the tool kinds keep across responses (MCP sessions, search clients), from the server's resources.
+        self.tool_services = ToolServices(tools or ToolsSettings(), resources)
         # Reads the files that input parts name (uploads, URLs), for the model.
         self.files = files or InputFiles(None, None)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -277,7 +278,7 @@ class ResponseService:
             response=response,
             history=history,
             input_items=input_items,
-            toolbox=self.tool_services.toolbox(tools, request.include or ()),
+            toolbox=self.tool_services.toolbox(tools, request.include or (), caller),
             emitter=EventEmitter(run.sink if request.stream else None),
             settings=self.engine,
             previous_tools=previous_tools,

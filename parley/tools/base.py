@@ -1,6 +1,6 @@
 """The interface every kind of server-side tool implements, and the registry of their items.
 
-A kind (MCP servers, web_search; file_search later) is one module in
+A kind (MCP servers, web_search, file_search) is one module in
 `parley/tools` with one `ToolKind` subclass marked `@register`. Registering
 makes its tool types known to the request (`definition_model`), its items to
 the event emitter and the context builder, and the kind itself to the
@@ -10,7 +10,8 @@ output builder only ever talk to this interface:
 
     ToolKind       the tools of its kind that one response names
         definitions    the request's tool types it serves, each with the model of one definition
-        shared         what it keeps across responses (MCP: its sessions), made once per server
+        shared         what it keeps across responses (MCP: its sessions), made once per server from the
+                       settings and the server's resources (`ToolResources`)
         prepare        the items made before the first model call (MCP: its listings)
         tools          the names the model may call, as `ServerTool`s, once prepared
         call_item      a model's call to one of them, as the output item it opens
@@ -20,7 +21,10 @@ output builder only ever talk to this interface:
         refuse         ends a call item that may not run (`max_tool_calls`)
         close          ends what the response opened
         annotations    the citations of an answer's text, as each output_text part ends
+        cites, cite    the citation marks (`【...】`) the model writes in its answer, which leave the text
+                       as annotations, as it streams (see `parley.tools.toolbox.CitationMarks`)
         chat_messages  what the model reads of one of the kind's items, in later model calls
+        messages       the same, in this response, where the kind knows more than the item holds
 
 Every item type a kind produces or reads is in its `item_types`; those that have
 events of their own beyond `output_item.added` and `.done` are described by an
@@ -38,11 +42,32 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
+from parley.store.owners import Caller
+
 if TYPE_CHECKING:
     from parley.config import ToolsSettings
+    from parley.inference.registry import ModelRegistry
+    from parley.store.database import Database
+    from parley.vectors.index import ChunkIndex
 
 # (server label, or None for a kind without servers; the kind's name for the tool) -> the name the model knows it by
 NameOf = Callable[[str | None, str], str]
+
+# The brackets of a citation mark, which a kind's results may ask the model to write where it uses one (`cite`).
+MARK_OPEN, MARK_CLOSE = "\u3010", "\u3011"  # 【 and 】
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResources:
+    """What the server hands every kind besides its settings, made once (in `parley.app`): its database and
+    its models. A kind takes what it needs in `shared` (file_search: vector stores, their chunks, and the
+    models that embed its queries); each may be missing, in a server made without it."""
+
+    database: Database | None = None
+    models: ModelRegistry | None = None
+    # The chunk index of the server's vector stores, when it keeps one (its in-memory copy of the vectors is
+    # then one for every user of it).
+    vector_index: ChunkIndex | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +126,15 @@ class ToolKind(ABC):
     # The response's `include` values (what the caller asks to see of its items, such as
     # `web_search_call.action.sources`), set by the toolbox once the kind is made.
     include: frozenset[str] = frozenset()
+    # Who the response acts for, set by the toolbox once the kind is made: a kind that reads stored rows
+    # reads only those the caller sees. By default, one who sees none.
+    caller: Caller = Caller(owner=None)
 
     @abstractmethod
     def __init__(self, definitions: list[Any], shared: Any) -> None: ...
 
     @classmethod
-    def shared(cls, settings: ToolsSettings) -> Any:
+    def shared(cls, settings: ToolsSettings, resources: ToolResources) -> Any:
         """What the kind keeps across responses (connections, clients), made once per server; None by default."""
         return None
 
@@ -164,6 +192,25 @@ class ToolKind(ABC):
         """The annotations of an answer's finished `output_text` (`url_citation`s of what the kind's calls read),
         each with `start_index` where it applies; none by default."""
         return []
+
+    def cites(self) -> bool:
+        """Whether the model, in its next answer, may cite with marks the kind reads (`cite`): whether it has
+        read, in this response or the turns before, results that asked for them. False by default."""
+        return False
+
+    def cite(self, mark: str, index: int) -> list[dict[str, Any]] | None:
+        """The annotations of a citation mark the model wrote in its answer, `【mark】`, which leaves the text;
+        `index` is where it stood, in the text as the caller gets it. None when the mark is not the kind's
+        (it stays in the text as written)."""
+        return None
+
+    def messages(self, item: dict[str, Any], items: list[dict[str, Any]], name_of: NameOf) -> list[dict[str, Any]]:
+        """What the model reads of `item` in this response: by default what the item holds (`chat_messages`).
+
+        A kind that knows more of an item than the item shows the caller (file_search: the results of a call
+        whose `results` the request did not `include`) tells it here.
+        """
+        return self.chat_messages(item, items, name_of)
 
     @classmethod
     def chat_messages(cls, item: dict[str, Any], items: list[dict[str, Any]], name_of: NameOf) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ from typing import Any
 from parley.config import ToolsSettings
 from parley.errors import FailedDependencyError, InvalidRequestError
 from parley.ids import new_id
-from parley.tools.base import ItemEvents, NameOf, ServerTool, ToolKind, register
+from parley.tools.base import ItemEvents, NameOf, ServerTool, ToolKind, ToolResources, register
 from parley.tools.definitions import MCPTool
 from parley.tools.mcp_client import (
     ListedTool,
@@ -62,7 +62,7 @@ class MCPServers(ToolKind):
         self.listings: dict[str, list[ListedTool]] = {}
 
     @classmethod
-    def shared(cls, settings: ToolsSettings) -> MCPSessionPool:
+    def shared(cls, settings: ToolsSettings, resources: ToolResources) -> MCPSessionPool:
         """Sessions outlive the responses that open them, for the next response to the same server."""
         return MCPSessionPool.of(settings)
 

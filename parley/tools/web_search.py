@@ -46,7 +46,7 @@ from parley import __version__
 from parley.config import ToolsSettings, WebSearchSettings
 from parley.ids import new_id
 from parley.package_fields import PackageFields, keys_of
-from parley.tools.base import ItemEvents, NameOf, ServerTool, ToolKind, register
+from parley.tools.base import ItemEvents, NameOf, ServerTool, ToolKind, ToolResources, register
 from parley.tools.outbound import Guard, HostRules
 from parley.tools.search_backends import (
     Page,
@@ -250,7 +250,7 @@ class WebSearch(ToolKind):
         self.cited: dict[str, str] = {}  # the URLs the model read of, with their titles, for citations
 
     @classmethod
-    def shared(cls, settings: ToolsSettings) -> WebSearchService:
+    def shared(cls, settings: ToolsSettings, resources: ToolResources) -> WebSearchService:
         return WebSearchService.of(settings)
 
     @classmethod

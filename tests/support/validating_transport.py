@@ -44,8 +44,10 @@ _BEYOND_OPEN_RESPONSES = (
     b"local_shell",
     b"apply_patch",
     b"web_search",
+    b"file_search",
     b"response.custom_tool_call",
     b"response.web_search",
+    b"response.file_search",
 )
 
 
@@ -57,7 +59,7 @@ class _Validator:
         self.failures: list[AssertionError] = []
 
     def _validate(self, body: bytes) -> None:
-        # Open Responses defines function tools only: no MCP, web search, namespaces, custom, shell or patch
+        # Open Responses defines function tools only: no MCP, web or file search, namespaces, custom, shell or patch
         # tools, nor their items and events. OpenAI's document and types still apply to those streams.
         compact = body.replace(b'": "', b'":"')
         beyond = any(b'"type":"' + kind in compact for kind in _BEYOND_OPEN_RESPONSES)
