@@ -488,3 +488,11 @@ def test_ingestion_is_logged(servers: Servers) -> None:
     wait_until(lambda: any("failed (unsupported_file)" in line for line in server.output), timeout=10)
     line = next(line for line in server.output if "failed (unsupported_file)" in line)
     assert store.id in line and "WARNING" in line
+
+
+def test_a_server_whose_embedding_model_is_not_configured_refuses_new_stores_clearly(servers: Servers) -> None:
+    server = servers.start(embedding_model="missing/model")
+    status, body = error_of(lambda: server.client().vector_stores.create())
+    assert (status, body["code"]) == (400, "embedding_model_not_available")
+    assert "vector_stores.embedding_model" in body["message"]
+    assert any("'missing/model' is not a configured model" in line for line in server.output)

@@ -21,7 +21,7 @@ from parley.api.http import JSONResponse
 from parley.api.params import Limit, Order
 from parley.config import VectorStoreSettings
 from parley.engine.request import check_metadata
-from parley.errors import InvalidRequestError, ModelNotFoundError, ParleyError
+from parley.errors import InvalidRequestError, ModelNotFoundError
 from parley.ids import check_id, new_id
 from parley.inference.registry import ModelRegistry
 from parley.package_fields import PackageFields, keys_of
@@ -198,9 +198,12 @@ def _embedding_model(request: Request) -> str:
     try:
         registry.resolve(model)
     except ModelNotFoundError as exc:
-        raise ParleyError(
-            f"This server's embedding model for vector stores, '{model}' (vector_stores.embedding_model), is not a "
-            "configured model.",
+        # The server's configuration, not the request, is at fault; but a 5xx would say the request may work
+        # if tried again, and it will not until the configuration changes.
+        raise InvalidRequestError(
+            f"Vector stores are not available on this server: its embedding model for them, '{model}' "
+            "(vector_stores.embedding_model), is not a configured model.",
+            code="embedding_model_not_available",
         ) from exc
     return registry.aliases.get(model, model)
 

@@ -115,6 +115,15 @@ class Ingestion:
         self._loops: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        model = self.settings.embedding_model
+        try:
+            self.registry.resolve(model)
+        except ModelNotFoundError:
+            log.warning(
+                "vector_stores.embedding_model '%s' is not a configured model: vector stores cannot be created "
+                "(stores made before keep their own model)",
+                model,
+            )
         self._loops = [
             asyncio.create_task(self._dispatch(), name="vector-store-ingestion"),
             asyncio.create_task(self._keep_leases(), name="vector-store-ingestion-leases"),
