@@ -351,9 +351,9 @@ async def retrieve_vector_store_file_content(
 ) -> JSONResponse:
     """The file's text as the store holds it: its chunks, in order (none until it is `completed`)."""
     found = await _repository(request).get_file(vector_store_id, file_id, caller_of(request))
-    texts = await request.app.state.chunk_index.file_chunks(vector_store_id, file_id)
-    if found["status"] != "completed":
-        texts = []
+    texts: list[str] = []
+    if found["status"] == "completed":
+        texts = await request.app.state.chunk_index.file_chunks(vector_store_id, file_id)
     return JSONResponse(
         {
             "object": "vector_store.file_content.page",

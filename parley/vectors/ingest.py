@@ -18,9 +18,9 @@ here, `drop`, and a renewal finds it too) stops at its next step; chunks it wrot
 has the file now.
 
 Each server ingests `ingest_workers` files at once, taken fairly across stores: each store's oldest waiting
-file first, and a store this server is already busy with after the others, so a store of a thousand files
-does not hold up the next store's one. Embedding calls are `embed_batch_size` chunks, so that the files in
-progress take turns at the model.
+file first; a store this server is already busy with after the others, and of the rest the one it served
+longest ago first, so that a store of a thousand files does not hold up the next store's one. Embedding calls
+are `embed_batch_size` chunks, so that the files in progress take turns at the model.
 
 Beside the workers, a sweep expires stores past their `expires_at` (their chunks go; the store stays,
 `expired`) and takes out of their stores the files whose File went while no server heard of it.
@@ -312,7 +312,9 @@ class Ingestion:
             raise _Failed("invalid_file", "The file has no text to index.")
         vectors = await self._embed(job, model.provider, model.name, [chunk.text for chunk in chunks])
         dimensions = int(vectors.shape[1])
-        kept = await self.repository.set_dimensions(store.id, dimensions)
+        kept = store.embedding_dimensions
+        if kept is None:
+            kept = await self.repository.set_dimensions(store.id, dimensions)
         if kept is None:
             raise _Lost
         if kept != dimensions:
