@@ -575,12 +575,16 @@ class _StoreSearch:
         index = self.index
         q = _pg_vector(vector)
         exact = "embedding <=> CAST(:q AS vector)"
-        if index._hnsw_serves(dims):
+        # A store no larger than the candidates wanted is read whole, exactly.
+        if index._hnsw_serves(dims) and self.state.chunks > self.limit:
             # Ordered by the index's own expression, under its predicate, so that the planner can use it; it
             # still scans the store's chunks exactly where they are few (it weighs the two by the store's share
             # of the rows). The distance returned is the full vectors'.
             ef_search = min(1000, max(100, 2 * self.limit))
             self.connection.execute(sa.text(f"SET LOCAL hnsw.ef_search = {ef_search}"))
+            # Planned for this store's share of the rows each time: a plan cached for any store would take the
+            # index for a small store as for a large one.
+            self.connection.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
             if (index._pgvector_version or (0,)) >= (0, 8):
                 self.connection.execute(sa.text("SET LOCAL hnsw.iterative_scan = strict_order"))
             approximate = f"embedding::halfvec({dims}) <=> CAST(:q AS halfvec({dims}))"
