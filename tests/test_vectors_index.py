@@ -21,7 +21,7 @@ from parley.errors import InvalidRequestError
 from parley.store.database import Database
 from parley.store.tables import files, vector_store_files, vector_stores
 from parley.vectors.filters import check_filter
-from parley.vectors.index import ChunkIndex, terms_of
+from parley.vectors.index import VECTOR_CACHE_BYTES, ChunkIndex, terms_of
 from parley.vectors.search import search
 from tests.postgres import PostgresServer
 
@@ -47,16 +47,18 @@ def axis(*weights: float) -> np.ndarray[Any, np.dtype[np.float32]]:
     return vector / np.linalg.norm(vector)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    if request.param == "sqlite":
+@pytest.fixture(params=["sqlite", "sqlite-without-copy", "postgresql"])
+async def index(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ChunkIndex]:
+    """The index on each database; on SQLite also with no room for the in-memory copy of the vectors, so that
+    the SQL path (sqlite-vec's vec_distance_cosine, FTS5 summed in SQL) is what searches."""
+    if request.param.startswith("sqlite"):
         url = f"sqlite:///{tmp_path / 'index.db'}"
     else:
         server: PostgresServer = request.getfixturevalue("postgres")
         url = server.create_database(f"index_{os.getpid()}_{time.monotonic_ns()}")
     database = Database(url)
     await database.migrate()
-    yield database
+    yield ChunkIndex(database, cache_bytes=0 if request.param == "sqlite-without-copy" else VECTOR_CACHE_BYTES)
     await database.close()
 
 
@@ -101,8 +103,8 @@ class Axes:
         return np.vstack([self.vectors[text] for text in texts])
 
 
-async def test_replace_file_keeps_one_set_of_chunks_and_file_chunks_reads_them_in_order(db: Database) -> None:
-    index = ChunkIndex(db)
+async def test_replace_file_keeps_one_set_of_chunks_and_file_chunks_reads_them_in_order(index: ChunkIndex) -> None:
+    db = index.db
     await add_file(db, "vs_a", "file-1")
     await index.replace_file("vs_a", "file-1", [Chunk("one"), Chunk("two")], np.vstack([axis(1), axis(0, 1)]))
     await index.replace_file("vs_a", "file-1", [Chunk("three"), Chunk("four")], np.vstack([axis(1), axis(0, 1)]))
@@ -111,8 +113,8 @@ async def test_replace_file_keeps_one_set_of_chunks_and_file_chunks_reads_them_i
     assert await index.file_chunks("vs_a", "file-1") == []
 
 
-async def test_nearest_chunk_by_vector_and_rare_word_by_keywords(db: Database) -> None:
-    index = ChunkIndex(db)
+async def test_nearest_chunk_by_vector_and_rare_word_by_keywords(index: ChunkIndex) -> None:
+    db = index.db
     await add_file(db, "vs_a", "file-1")
     await add_file(db, "vs_a", "file-2")
     await index.replace_file(
@@ -135,8 +137,8 @@ async def test_nearest_chunk_by_vector_and_rare_word_by_keywords(db: Database) -
     assert 0 < results.hits[0].score <= 1
 
 
-async def test_search_sees_chunks_added_and_removed_after_it_first_ran(db: Database) -> None:
-    index = ChunkIndex(db)
+async def test_search_sees_chunks_added_and_removed_after_it_first_ran(index: ChunkIndex) -> None:
+    db = index.db
     store = [Store("vs_a")]
     embedder = Axes({"x": axis(1)})
     await add_file(db, "vs_a", "file-1")
@@ -153,8 +155,8 @@ async def test_search_sees_chunks_added_and_removed_after_it_first_ran(db: Datab
     assert (await search(index, embedder, store, "x")).hits == []
 
 
-async def test_only_completed_files_are_searched(db: Database) -> None:
-    index = ChunkIndex(db)
+async def test_only_completed_files_are_searched(index: ChunkIndex) -> None:
+    db = index.db
     await add_file(db, "vs_a", "file-1")
     await add_file(db, "vs_a", "file-2", status="in_progress")
     await index.replace_file("vs_a", "file-1", [Chunk("done")], np.vstack([axis(1, 1)]))
@@ -163,9 +165,9 @@ async def test_only_completed_files_are_searched(db: Database) -> None:
     assert [h.text for h in results.hits] == ["done"]
 
 
-async def test_a_filter_keeps_every_match_however_far_down_the_vector_ranking(db: Database) -> None:
+async def test_a_filter_keeps_every_match_however_far_down_the_vector_ranking(index: ChunkIndex) -> None:
     # 120 chunks nearer the query than the one allowed file's: a KNN that filtered afterwards would lose it.
-    index = ChunkIndex(db)
+    db = index.db
     for i in range(120):
         await add_file(db, "vs_a", f"file-{i}", {"kind": "noise"})
         await index.replace_file("vs_a", f"file-{i}", [Chunk(f"noise {i}")], np.vstack([axis(1, 0.01 * i)]))
@@ -234,8 +236,8 @@ ATTRIBUTES = {
         ({"type": "or", "filters": []}, ""),
     ],
 )
-async def test_filters_select_files_by_attributes(db: Database, filters: dict[str, Any], expected: str) -> None:
-    index = ChunkIndex(db)
+async def test_filters_select_files_by_attributes(index: ChunkIndex, filters: dict[str, Any], expected: str) -> None:
+    db = index.db
     for name, attributes in ATTRIBUTES.items():
         await add_file(db, "vs_a", f"file-{name}", attributes)
         await index.replace_file("vs_a", f"file-{name}", [Chunk(name)], np.vstack([axis(1, 0.1 * ord(name))]))
@@ -243,8 +245,8 @@ async def test_filters_select_files_by_attributes(db: Database, filters: dict[st
     assert "".join(sorted(h.text for h in results.hits)) == expected
 
 
-async def test_keyword_weights_favour_the_rarer_word(db: Database) -> None:
-    index = ChunkIndex(db)
+async def test_keyword_weights_favour_the_rarer_word(index: ChunkIndex) -> None:
+    db = index.db
     await add_file(db, "vs_a", "file-1")
     texts = [f"common word {i}" for i in range(20)] + ["common rare"]
     vectors = np.vstack([axis(0, 1) for _ in texts])
