@@ -39,8 +39,16 @@ class Embeddings:
 
 
 class LocalEmbeddingModel:
-    """One embedding model, loaded once, run on a thread of its own: an encoder's numpy products and a static
-    model's tokenizer and lookups release the GIL, so the event loop goes on serving while it works."""
+    """One embedding model, loaded once, run on threads of its own: an encoder's numpy products and a static
+    model's tokenizer and lookups release the GIL, so the event loop goes on serving while they work.
+
+    Two lanes, one thread each, so that a search's query is not held up by an ingestion: a request of a few
+    short texts (a query, most `/v1/embeddings` calls) takes the quick lane; a larger one (an ingestion's
+    chunks) the bulk lane, `batch_size` inputs at a time, each batch a job of its own."""
+
+    # What a request on the quick lane may hold: a few inputs, a few pages of text in all.
+    QUICK_INPUTS = 8
+    QUICK_CHARACTERS = 8192
 
     def __init__(self, provider: str, name: str, config: LocalEmbeddingModelConfig) -> None:
         self.provider = provider
@@ -48,8 +56,10 @@ class LocalEmbeddingModel:
         self.config = config
         self._encoder: Any = None
         self._error: str | None = None
-        # One thread: the encoders are not thread-safe, and a forward pass already uses BLAS's threads.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embed-{name}")
+        # One thread a lane: a forward pass already uses BLAS's threads, and a second batch beside it
+        # would only slow the first.
+        self._bulk = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embed-{name}")
+        self._quick = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embed-{name}-quick")
         self._lock = asyncio.Lock()
 
     async def load(self) -> Any:
@@ -59,7 +69,7 @@ class LocalEmbeddingModel:
 
                 loop = asyncio.get_running_loop()
                 try:
-                    self._encoder = await loop.run_in_executor(self._executor, self._load)
+                    self._encoder = await loop.run_in_executor(self._bulk, self._load)
                 except (ModelFilesError, ImportError, OSError) as exc:
                     self._error = str(exc)
                     log.error("cannot load embedding model %s/%s: %s", self.provider, self.name, exc)
@@ -79,23 +89,24 @@ class LocalEmbeddingModel:
 
     async def embed(self, inputs: list[str] | list[list[int]], *, truncate: bool) -> Embeddings:
         """Vectors for texts or token-id arrays (the model's own ids); an input over max_tokens is refused
-        unless `truncate`.
-
-        The inputs are embedded `batch_size` at a time, each batch a job of its own on the model's thread,
-        so that a long ingestion does not hold up a search's query behind it for more than one batch."""
+        unless `truncate`."""
         import numpy as np
 
         encoder = await self.load()
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._check, encoder, inputs, truncate)
+        lane = self._quick if self._is_quick(inputs) else self._bulk
+        await loop.run_in_executor(lane, self._check, encoder, inputs, truncate)
         step = self.config.batch_size
         parts = [
-            await loop.run_in_executor(self._executor, self._embed, encoder, inputs[start : start + step])
+            await loop.run_in_executor(lane, self._embed, encoder, inputs[start : start + step])
             for start in range(0, len(inputs), step)
         ]
         if not parts:
             return Embeddings(np.empty((0, encoder.dimensions), dtype=np.float32), 0)
         return Embeddings(np.vstack([p.vectors for p in parts]), sum(p.tokens for p in parts))
+
+    def _is_quick(self, inputs: list[str] | list[list[int]]) -> bool:
+        return len(inputs) <= self.QUICK_INPUTS and sum(len(i) for i in inputs) <= self.QUICK_CHARACTERS
 
     def _check(self, encoder: Any, inputs: list[str] | list[list[int]], truncate: bool) -> None:
         limit = encoder.max_tokens
@@ -135,7 +146,8 @@ class LocalEmbeddingModel:
             )
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        for lane in (self._bulk, self._quick):
+            lane.shutdown(wait=False, cancel_futures=True)
         self._encoder = None
 
 

@@ -109,7 +109,8 @@ def _layer_norm(x: Array, weight: Array, bias: Array, eps: float) -> Array:
 
 
 class SentenceEncoder:
-    """A BERT sentence-transformers model: texts in, unit vectors out. Not thread-safe; one caller at a time."""
+    """A BERT sentence-transformers model: texts in, unit vectors out. Callers in several threads may use it at
+    once: nothing in it changes after loading."""
 
     # Each input is read as [CLS] tokens [SEP].
     special_tokens = 2
@@ -135,6 +136,10 @@ class SentenceEncoder:
         # The tokenizer adds [CLS] and [SEP] and truncates; the batch is padded to its longest text.
         self._tokenizer.enable_truncation(self.max_tokens)
         self._tokenizer.no_padding()
+        # Lengths are counted by a copy that does not truncate: a tokenizer is never changed after this, so
+        # two threads can use it at once (`tokenizers` refuses a change while another thread encodes).
+        self._counter = Tokenizer.from_str(self._tokenizer.to_str())
+        self._counter.no_truncation()
         try:
             prefix = "" if "embeddings.word_embeddings.weight" in weights else "bert."
             w = {name.removeprefix(prefix): value for name, value in weights.items()}
@@ -174,11 +179,7 @@ class SentenceEncoder:
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Each text's length in the model's tokens, [CLS] and [SEP] included, before truncation."""
-        self._tokenizer.no_truncation()
-        try:
-            return [len(e.ids) for e in self._tokenizer.encode_batch(texts)]
-        finally:
-            self._tokenizer.enable_truncation(self.max_tokens)
+        return [len(e.ids) for e in self._counter.encode_batch(texts)]
 
     def encode_ids(self, ids: list[list[int]]) -> Array:
         """Unit vectors for texts already tokenized (without [CLS] and [SEP]); each truncated to fit."""
