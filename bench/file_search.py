@@ -22,7 +22,7 @@ Per database:
    against parley.vectors.chunking run here.
 2. Ingestion with the transformer `all-minilm-l6-v2` (Parley restarted with it as the stores' model): a store
    of `--encoder-chunks` (48) chunks, enough for its rate, which is a few chunks a second.
-3. Search latency at each size, one search at a time after `--warmup` (5) unmeasured ones, `--queries` (200)
+3. Search latency at each size, one search at a time after `--warmup` (5) unmeasured ones, `--queries` (100)
    different questions each (generated like the corpus), 10 results: without a filter; with a narrow filter
    (`category` eq the question's topic and `year` >= 2022: about 1% of the files); with a broad one
    (`confidential` eq false: about 80%). Every answer is checked: a 200, results, and every result within the
@@ -503,6 +503,14 @@ async def run_database(
 
 
 def print_report(results: dict[str, Any], targets: list[dict[str, Any]], timer: Timer) -> None:
+    print_tables(results)
+    print_targets(targets, width=56)
+    print("\nTime spent")
+    for part, seconds in timer.parts.items():
+        print(f"   {part:<56}{seconds:>8.1f} s")
+
+
+def print_tables(results: dict[str, Any]) -> None:
     print("Ingestion through the API: files added in batches, until none is in progress (auto chunking)")
     print(f"   {'database':<11}{'model':<26}{'to size':>9}{'files':>7}{'chunks':>8}{'seconds':>9}{'chunks/s':>10}")
     for database, res in results.items():
@@ -531,11 +539,7 @@ def print_report(results: dict[str, Any], targets: list[dict[str, Any]], timer: 
                 f"   {database:<11}{model:<26}  query embedding alone (POST /v1/embeddings): "
                 f"p50 {fmt(emb['p50_ms'])} ms, p99 {fmt(emb['p99_ms'])} ms"
             )
-    print()
-    print_targets(targets, width=56)
-    print("\nTime spent")
-    for part, seconds in timer.parts.items():
-        print(f"   {part:<56}{seconds:>8.1f} s")
+    print(flush=True)
 
 
 def make_targets(results: dict[str, Any], largest: int) -> list[dict[str, Any]]:
@@ -557,7 +561,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chunks", type=int, default=100_000, help="the largest store's chunks (about)")
     parser.add_argument("--database", choices=("sqlite", "postgresql", "both"), default="both")
-    parser.add_argument("--queries", type=int, default=200, help="measured searches per row")
+    parser.add_argument("--queries", type=int, default=100, help="measured searches per row")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--encoder-chunks", type=int, default=48, help="chunks of the transformer's sample store")
     parser.add_argument("--no-encoder-search", action="store_true", help="skip step 4 (transformer stores)")
@@ -590,6 +594,11 @@ def main() -> int:
         results = {}
         for database, url in urls.items():
             results[database] = await run_database(database, url, corpus, options, children, timer)
+            if len(urls) > 1:
+                # Each database's figures as soon as it is done: a run of both takes an hour or more.
+                print_tables({database: results[database]})
+                if options.json:
+                    options.json.with_suffix(f".{database}.json").write_bytes(orjson.dumps(results[database]))
         timer.add("corpus: generating files (within the above)", corpus.seconds)
         return results
 
