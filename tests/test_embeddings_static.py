@@ -121,6 +121,28 @@ def test_the_same_text_gets_the_same_vector_alone_in_any_batch_and_from_another_
         other.stop()
 
 
+def test_a_server_without_the_table_listens_at_once_and_distils_the_same_one(
+    client: openai.OpenAI, tmp_path: Path
+) -> None:
+    # The table is distilled in the background (tens of seconds) and cached; requests wait for it. Distilled
+    # anew, it is the one every other server uses: vectors already stored stay comparable.
+    cache = tmp_path / "cache"
+    model = {"kind": "static", "cache_dir": str(cache)}
+    fresh = ParleyProcess(
+        tmp_path / "fresh",
+        {"inference": {"providers": {"local-embeddings": {"type": "local-embeddings", "models": {MODEL: model}}}}},
+    )
+    fresh.start()
+    try:
+        assert not list(cache.glob("static-*.npy")), "the server listened only after distilling"
+        texts = ["The weather is lovely today.", "Postgres keeps table rows in heap files.", "naïve café 中文"]
+        distilled = vectors(fresh.client(timeout=900), texts)
+        assert np.allclose(distilled, vectors(client, texts), atol=1e-5)
+        assert len(list(cache.glob("static-*.npy"))) == 1
+    finally:
+        fresh.stop()
+
+
 def test_text_embeds_as_its_tokens_do_for_any_text(client: openai.OpenAI) -> None:
     # The static model tokenizes text its own, faster way (BertPieces); its ids must be Hugging Face's.
     # A text and its token ids from `tokenizers` must give the same vector, for text of every kind.

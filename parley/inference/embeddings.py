@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
+import threading
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from parley.config import LocalEmbeddingModelConfig, LocalEmbeddingsProviderConfig
 from parley.errors import ContextLengthExceededError, InvalidRequestError, UpstreamUnavailableError
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # OpenAI's limit on the inputs of one request.
 MAX_INPUTS = 2048
@@ -67,15 +71,28 @@ class LocalEmbeddingModel:
             if self._encoder is None and self._error is None:
                 from parley.inference.sentence_embeddings import ModelFilesError
 
-                loop = asyncio.get_running_loop()
                 try:
-                    self._encoder = await loop.run_in_executor(self._bulk, self._load)
+                    self._encoder = await _in_daemon_thread(self._load, f"load-{self.name}")
                 except (ModelFilesError, ImportError, OSError) as exc:
                     self._error = str(exc)
                     log.error("cannot load embedding model %s/%s: %s", self.provider, self.name, exc)
         if self._encoder is None:
             raise UpstreamUnavailableError(f"The embedding model '{self.provider}/{self.name}' is not available.")
         return self._encoder
+
+    def is_quick_to_load(self) -> bool:
+        """False for a static model whose table is not cached yet: it is distilled first (about 30 s)."""
+        config = self.config
+        if config.kind != "static":
+            return True
+        from parley.inference.sentence_embeddings import ModelFilesError, default_model_dir
+        from parley.inference.static_embeddings import DEFAULT_DIMENSIONS, is_cached
+
+        try:
+            model_dir = config.path if config.path is not None else default_model_dir()
+        except ModelFilesError:
+            return True  # it fails at once
+        return is_cached(model_dir, config.dimensions or DEFAULT_DIMENSIONS, config.cache_dir)
 
     def _load(self) -> Any:
         config = self.config
@@ -157,6 +174,7 @@ class LocalEmbeddingsProvider(Provider):
     def __init__(self, name: str, config: LocalEmbeddingsProviderConfig) -> None:
         self.name = name
         self.models = {model: LocalEmbeddingModel(name, model, cfg) for model, cfg in config.models.items()}
+        self._loading: list[asyncio.Task[None]] = []
 
     def serves(self, model: str) -> bool:
         return model in self.models
@@ -167,9 +185,18 @@ class LocalEmbeddingsProvider(Provider):
     async def start(self) -> None:
         # Loaded now (a tenth of a second, 90 MB), so the first request does not wait; one that
         # cannot load is logged and its requests get a 503, while the chat models go on serving.
-        await asyncio.gather(*(m.load() for m in self.models.values()), return_exceptions=True)
+        # A static model with no cached table yet is distilled in the background rather than before
+        # the server listens; its requests wait for it.
+        quick = await asyncio.gather(*(asyncio.to_thread(m.is_quick_to_load) for m in self.models.values()))
+        later = [m for m, fast in zip(self.models.values(), quick, strict=True) if not fast]
+        for model in later:
+            log.info("the embedding model %s/%s is being distilled; it serves once that is done", self.name, model.name)
+            self._loading.append(asyncio.create_task(_quietly(model.load())))
+        await asyncio.gather(*(m.load() for m in self.models.values() if m not in later), return_exceptions=True)
 
     async def close(self) -> None:
+        for task in self._loading:
+            task.cancel()
         for model in self.models.values():
             model.close()
 
@@ -206,6 +233,39 @@ class LocalEmbeddingsProvider(Provider):
         ]
         usage = {"prompt_tokens": result.tokens, "total_tokens": result.tokens}
         return {"object": "list", "data": data, "model": model, "usage": usage}
+
+
+async def _quietly(work: Awaitable[Any]) -> None:
+    with contextlib.suppress(Exception):  # logged by LocalEmbeddingModel.load; its requests get a 503
+        await work
+
+
+async def _in_daemon_thread(function: Callable[[], T], name: str) -> T:
+    """`function()` on a daemon thread: a distillation still running when the server stops does not hold up
+    its exit, as a thread of an executor would."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():  # its caller was cancelled
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        error: BaseException | None = None
+        result: T | None = None
+        try:
+            result = function()
+        except BaseException as exc:
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return await future
 
 
 def _as_list(inputs: Any) -> list[str] | list[list[int]]:

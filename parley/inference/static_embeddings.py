@@ -48,6 +48,8 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -275,33 +277,71 @@ def table_path(model_dir: Path, dimensions: int, cache_dir: Path | None = None) 
 def load_table(model_dir: Path, dimensions: int, cache_dir: Path | None = None) -> Array:
     """The table of the model in `model_dir`: read from the cache, else distilled now (about 30 s) and cached.
 
+    Processes that find no table distil it one at a time (a lock file beside it): the others then read it.
     A cache that cannot be written is logged, and the table is used from memory."""
     try:
         path = table_path(model_dir, dimensions, cache_dir)
     except OSError as exc:
         raise ModelFilesError(f"cannot read the embedding model in {model_dir}: {exc}") from exc
+    table = _read_table(path, dimensions)
+    if table is not None:
+        return table
+    with _exclusive(path):
+        table = _read_table(path, dimensions)  # distilled by another process while this one waited
+        if table is not None:
+            return table
+        log.info("distilling the static embedding model from %s (once; cached in %s)", model_dir, path.parent)
+        started = time.perf_counter()
+        table = distill(SentenceEncoder(model_dir), dimensions)
+        log.info("distilled %d token vectors in %.1f s", table.shape[0], time.perf_counter() - started)
+        try:
+            # Written aside and renamed, so that no reader ever sees half a file.
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as f:
+                np.save(f, table, allow_pickle=False)
+            os.replace(f.name, path)
+        except OSError as exc:
+            log.warning("cannot cache the static embedding model in %s: %s", path.parent, exc)
+    return table
+
+
+def is_cached(model_dir: Path, dimensions: int, cache_dir: Path | None = None) -> bool:
+    """Whether the table of the model in `model_dir` is in the cache (loading it takes a fraction of a second)."""
+    try:
+        return table_path(model_dir, dimensions, cache_dir).is_file()
+    except OSError:
+        return False
+
+
+def _read_table(path: Path, dimensions: int) -> Array | None:
     try:
         table: Array = np.load(path, allow_pickle=False)
-        if table.dtype == np.float32 and table.ndim == 2 and table.shape[1] == dimensions:
-            return table
-        log.warning("ignoring %s: not a table of %d float32 columns", path, dimensions)
     except FileNotFoundError:
-        pass
+        return None
     except (OSError, ValueError) as exc:
         log.warning("ignoring the cached table %s: %s", path, exc)
-    log.info("distilling the static embedding model from %s (once; cached in %s)", model_dir, path.parent)
-    started = time.perf_counter()
-    table = distill(SentenceEncoder(model_dir), dimensions)
-    log.info("distilled %d token vectors in %.1f s", table.shape[0], time.perf_counter() - started)
+        return None
+    if table.dtype == np.float32 and table.ndim == 2 and table.shape[1] == dimensions:
+        return table
+    log.warning("ignoring %s: not a table of %d float32 columns", path, dimensions)
+    return None
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Holds a lock file beside `path` (released if the process dies); without one, goes ahead unlocked."""
     try:
+        import fcntl
+
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Written aside and renamed: servers starting together each write a whole file, and none reads half.
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as f:
-            np.save(f, table, allow_pickle=False)
-        os.replace(f.name, path)
-    except OSError as exc:
-        log.warning("cannot cache the static embedding model in %s: %s", path.parent, exc)
-    return table
+        descriptor = os.open(path.with_name(path.name + ".lock"), os.O_CREAT | os.O_RDWR, 0o644)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def load_static_encoder(
