@@ -362,6 +362,18 @@ def test_a_call_with_bad_arguments_fails_and_the_model_reads_why(
     assert response.status == "completed"
 
 
+def test_a_call_is_held_to_a_few_queries(
+    client: openai.OpenAI, library: dict[str, Any], fake_upstream: FakeUpstream
+) -> None:
+    six = json.dumps({"queries": [f"retreat {n}" for n in range(6)]})
+    response = client.responses.create(model=SCRIPT, input=f"file_search {six}", tools=[file_search(library)])
+    assert response.output[0].status == "failed"
+    assert tool_messages(fake_upstream.requests[-1]) == ["Error: At most 5 queries can be searched at once."]
+    # The schema says so too: a model held to it by a grammar (the embedded one) cannot write more.
+    queries = fake_upstream.requests[-2]["tools"][0]["function"]["parameters"]["properties"]["queries"]
+    assert (queries["minItems"], queries["maxItems"]) == (1, 5)
+
+
 def test_a_single_query_string_is_taken_too(client: openai.OpenAI, library: dict[str, Any]) -> None:
     response = client.responses.create(
         model=SCRIPT, input='file_search {"query": "lemon tart"}', tools=[file_search(library)]

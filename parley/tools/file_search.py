@@ -67,8 +67,10 @@ RESULTS = "file_search_call.results"  # the `include` value that shows a call's 
 # models; Parley serves models with contexts of a few thousand tokens too, so it takes the vector store
 # search's default, 10, which at the default chunk size (800 tokens) is still 8,000 tokens of results.
 DEFAULT_MAX_NUM_RESULTS = DEFAULT_NUM_RESULTS
-# Queries one call may make: a model that writes more is asking one question many ways.
-MAX_QUERIES = 10
+# Queries one call may make: a model that writes more is asking one question many ways. The function's schema
+# says so too, which bounds what a model held to the schema by a grammar (the embedded one) can write: left
+# unbounded, SmolLM2 lists "Query 1", "Query 2", ... until its tokens run out.
+MAX_QUERIES = 5
 
 
 # Definitions
@@ -162,7 +164,9 @@ _FUNCTION: dict[str, Any] = {
         "properties": {
             "queries": {
                 "type": "array",
-                "items": {"type": "string"},
+                "items": {"type": "string", "minLength": 1},
+                "minItems": 1,
+                "maxItems": MAX_QUERIES,
                 "description": "What to search for: one query, or a few ways to ask the same question.",
             }
         },
