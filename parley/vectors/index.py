@@ -451,6 +451,9 @@ class ChunkIndex:
             ).one_or_none()
             if state is None or not state.chunks:
                 return [[] for _ in queries]
+            if not self.sqlite:
+                # A search's statements are a few milliseconds each: parallel workers cost more to start.
+                connection.execute(sa.text("SET LOCAL max_parallel_workers_per_gather = 0"))
             if state.dimensions != vectors.shape[1]:
                 raise ValueError(
                     f"vector store {vector_store_id} holds vectors of {state.dimensions} dimensions, "
@@ -668,12 +671,13 @@ class _StoreSearch:
                     f"WHERE vector_store_chunks_fts MATCH :t{i}"
                 )
             else:
+                # The file is tested as each posting's row is visited anyway (GIN gives no ids without it).
                 parts.append(
                     f"SELECT id, CAST(:w{i} AS double precision) AS w FROM vector_store_chunks "
-                    f"WHERE terms @@ CAST(:t{i} AS tsquery)"
+                    f"WHERE terms @@ CAST(:t{i} AS tsquery){self._file_clause()}"
                 )
         union = " UNION ALL ".join(parts)
-        if self.allowed is None:
+        if self.allowed is None or not self.index.sqlite:
             best = "SELECT id, s FROM held ORDER BY s DESC, id LIMIT :limit"
         else:
             best = (
