@@ -9,6 +9,7 @@ faked: the stores, their search and the citations are Parley's.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -18,8 +19,10 @@ from typing import Any
 
 import openai
 import pytest
+import sqlalchemy as sa
 from openai.types.responses import ResponseFileSearchToolCall
 
+from parley.store.tables import vector_stores
 from tests.conftest import ParleyProcess, upstream_config
 from tests.fake_upstream import FakeUpstream
 
@@ -126,6 +129,19 @@ def without_marks(text: str, files: dict[str, str]) -> tuple[str, list[dict[str,
         at = match.end()
     kept.append(text[at:])
     return "".join(kept), annotations
+
+
+def run_sql(database_url: str, statement: Any) -> None:
+    from parley.store import Database
+
+    async def run() -> None:
+        database = Database(database_url)
+        try:
+            await database.write(lambda connection: connection.execute(statement))
+        finally:
+            await database.close()
+
+    asyncio.run(run())
 
 
 def tool_messages(request: dict[str, Any]) -> list[str]:
@@ -346,6 +362,15 @@ def test_tool_choice_file_search_forces_a_search(
     assert second.get("tool_choice") in (None, "auto")  # after its results, the model decides
 
 
+def test_allowed_tools_names_file_search_by_its_type(
+    client: openai.OpenAI, library: dict[str, Any], fake_upstream: FakeUpstream
+) -> None:
+    other = {"type": "function", "name": "other", "parameters": {"type": "object", "properties": {}}}
+    choice = {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "file_search"}]}
+    client.responses.create(model=SCRIPT, input=RETREAT, tools=[other, file_search(library)], tool_choice=choice)
+    assert [tool["function"]["name"] for tool in fake_upstream.requests[-2]["tools"]] == ["file_search"]
+
+
 def test_a_call_with_bad_arguments_fails_and_the_model_reads_why(
     client: openai.OpenAI, library: dict[str, Any], fake_upstream: FakeUpstream
 ) -> None:
@@ -394,6 +419,15 @@ def test_an_unknown_vector_store_is_a_404_before_the_response_starts(
     assert body["type"] == "invalid_request_error"
     status, _ = error_of(lambda: list(client.responses.create(model=SCRIPT, input=RETREAT, tools=tools, stream=True)))
     assert status == 404
+
+
+def test_an_expired_vector_store_is_a_400(client: openai.OpenAI, database_url: str) -> None:
+    store = client.vector_stores.create(name="old", expires_after={"anchor": "last_active_at", "days": 1})
+    run_sql(database_url, sa.update(vector_stores).where(vector_stores.c.id == store.id).values(expires_at=1))
+    tools = [{"type": "file_search", "vector_store_ids": [store.id]}]
+    status, body = error_of(lambda: client.responses.create(model=SCRIPT, input=RETREAT, tools=tools))
+    assert (status, body["code"]) == (400, "vector_store_expired")
+    assert store.id in body["message"]
 
 
 def test_another_owners_vector_store_is_not_found(server: ParleyProcess, library: dict[str, Any]) -> None:
