@@ -232,6 +232,7 @@ ATTRIBUTES = {
             },
             "ab",
         ),
+        ({"type": "lt", "key": "year", "value": 10**30}, "abc"),  # past 64 bits: compared as a float
         ({"type": "and", "filters": []}, "abcd"),
         ({"type": "or", "filters": []}, ""),
     ],
@@ -273,6 +274,9 @@ def test_filter_errors_name_the_place() -> None:
     assert caught.value.param == "filters.value[1]"
     with pytest.raises(InvalidRequestError) as caught:
         check_filter({"type": "gt", "key": "a", "value": True})
+    assert caught.value.param == "filters.value"
+    with pytest.raises(InvalidRequestError) as caught:
+        check_filter({"type": "eq", "key": "a", "value": 10**400})  # no float holds it
     assert caught.value.param == "filters.value"
     deep: dict[str, Any] = {"type": "eq", "key": "a", "value": 1}
     for _ in range(40):

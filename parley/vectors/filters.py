@@ -128,7 +128,7 @@ def _check_comparison(value: dict[str, Any], kind: str, param: str) -> dict[str,
             raise _invalid(where, f"'{kind}' compares with a string or a number, not {_type_name(operand)}.")
     elif not (isinstance(operand, bool) or _is_string_or_number(operand)):
         raise _invalid(where, f"'{kind}' compares with a string, a number or a boolean, not {_type_name(operand)}.")
-    return {"type": kind, "key": key, "value": operand}
+    return {"type": kind, "key": key, "value": _as_stored(operand)}
 
 
 def _no_other_keys(value: dict[str, Any], allowed: tuple[str, ...], param: str) -> None:
@@ -142,9 +142,30 @@ def _no_other_keys(value: dict[str, Any], allowed: tuple[str, ...], param: str) 
 def _is_string_or_number(value: Any) -> bool:
     if isinstance(value, bool):
         return False
+    if isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
+        return math.isfinite(_as_float(value))
     if isinstance(value, float):
         return math.isfinite(value)
     return isinstance(value, (str, int))
+
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _as_float(value: int) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
+def _as_stored(value: Any) -> Any:
+    """An integer past 64 bits as the float it is compared as: neither database binds it, nor does orjson."""
+    if isinstance(value, list):
+        return [_as_stored(item) for item in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not _INT64[0] <= value <= _INT64[1]:
+        return _as_float(value)
+    return value
 
 
 def _type_name(value: Any) -> str:
