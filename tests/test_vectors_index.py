@@ -155,6 +155,20 @@ async def test_search_sees_chunks_added_and_removed_after_it_first_ran(index: Ch
     assert (await search(index, embedder, store, "x")).hits == []
 
 
+async def test_a_copy_of_the_vectors_another_process_holds_never_passes_for_current(index: ChunkIndex) -> None:
+    # Another server on the same database empties the store and fills it again, as many changes as this one
+    # saw: this server's copy of the vectors (SQLite) must not be taken for the store's.
+    db = index.db
+    other = ChunkIndex(db)
+    embedder = Axes({"x": axis(1)})
+    await add_file(db, "vs_a", "file-1")
+    await index.replace_file("vs_a", "file-1", [Chunk("old")], np.vstack([axis(1)]))
+    assert [h.text for h in (await search(index, embedder, [Store("vs_a")], "x")).hits] == ["old"]
+    await other.remove_store("vs_a")
+    await other.replace_file("vs_a", "file-1", [Chunk("new")], np.vstack([axis(1, 1)]))
+    assert [h.text for h in (await search(index, embedder, [Store("vs_a")], "x")).hits] == ["new"]
+
+
 async def test_only_completed_files_are_searched(index: ChunkIndex) -> None:
     db = index.db
     await add_file(db, "vs_a", "file-1")

@@ -205,7 +205,8 @@ class ChunkIndex:
         await self.db.write(work)
 
     async def remove_store(self, vector_store_id: str) -> None:
-        """Removes every chunk of the store, and its term counts and index state."""
+        """Removes every chunk of the store and its term counts. Its index state stays, emptied: its `version`
+        goes on rising, so that no copy of its vectors that another process holds could pass for current."""
 
         def work(connection: sa.Connection) -> None:
             if self.sqlite:
@@ -219,7 +220,13 @@ class ChunkIndex:
             params = {"store": vector_store_id}
             connection.execute(sa.text("DELETE FROM vector_store_chunks WHERE vector_store_id = :store"), params)
             connection.execute(sa.text("DELETE FROM vector_store_terms WHERE vector_store_id = :store"), params)
-            connection.execute(sa.text("DELETE FROM vector_store_indexes WHERE vector_store_id = :store"), params)
+            connection.execute(
+                sa.text(
+                    "UPDATE vector_store_indexes SET chunks = 0, dimensions = NULL, version = version + 1, "
+                    "removals = removals + 1 WHERE vector_store_id = :store"
+                ),
+                params,
+            )
 
         await self.db.write(work)
         if self._cache is not None:
@@ -811,33 +818,46 @@ class _VectorCache:
         self.budget = budget
         self._copies: OrderedDict[str, _StoreVectors] = OrderedDict()
         self._lock = threading.Lock()
+        # One catch-up of a store at a time: the searches that arrive meanwhile wait for it, not repeat it.
+        self._catching_up: dict[str, threading.Lock] = {}
 
     def drop(self, store: str) -> None:
         with self._lock:
             self._copies.pop(store, None)
 
     def current(self, connection: sa.Connection, store: str, state: Any) -> _StoreVectors | None:
-        """The store's vectors as of `state` (read in the same transaction), or None if they are too many."""
+        """The store's vectors as of `state` (read in the same transaction) or later, or None if they are too
+        many. A later copy serves too: what it adds or lacks is the store as it now is, which the results are
+        read from."""
         dims = int(state.dimensions)
         if state.chunks * (dims * 4 + 12) > self.budget:
             return None
+        copy = self._get(store, dims)
+        if copy is not None and copy.version >= state.version:
+            return copy
+        with self._lock:
+            catching_up = self._catching_up.setdefault(store, threading.Lock())
+        with catching_up:
+            copy = self._get(store, dims)
+            if copy is not None and copy.version >= state.version:
+                return copy
+            copy = self._catch_up(connection, store, state, copy)
+            with self._lock:
+                self._copies[store] = copy
+                self._copies.move_to_end(store)
+                total = sum(c.nbytes for c in self._copies.values())
+                while total > self.budget and len(self._copies) > 1:
+                    gone, dropped = self._copies.popitem(last=False)
+                    self._catching_up.pop(gone, None)
+                    total -= dropped.nbytes
+        return copy
+
+    def _get(self, store: str, dims: int) -> _StoreVectors | None:
         with self._lock:
             copy = self._copies.get(store)
             if copy is not None:
                 self._copies.move_to_end(store)
-        if copy is not None and copy.version == state.version and copy.dims == dims:
-            return copy
-        copy = self._catch_up(connection, store, state, copy if copy is not None and copy.dims == dims else None)
-        with self._lock:
-            held = self._copies.get(store)
-            if held is None or held.version < copy.version:
-                self._copies[store] = copy
-                self._copies.move_to_end(store)
-            total = sum(c.nbytes for c in self._copies.values())
-            while total > self.budget and len(self._copies) > 1:
-                _, dropped = self._copies.popitem(last=False)
-                total -= dropped.nbytes
-        return copy
+        return copy if copy is not None and copy.dims == dims else None
 
     def _catch_up(self, connection: sa.Connection, store: str, state: Any, copy: _StoreVectors | None) -> _StoreVectors:
         dims = int(state.dimensions)
