@@ -22,8 +22,8 @@ Measures, on this machine:
 
 Targets (`--check`): the static model at least 200 chunks a second of 800 and of 200 tokens (issue 14's
 ingestion target, for embedding alone), its query p50 under 10 ms while an ingestion runs, the event
-loop's worst delay under 100 ms, and Parley's HTTP rate at least 0.8 of the in-process rate for the
-encoder. Run:
+loop's worst delay under 50 ms while it ingests, and Parley's HTTP rate at least 0.8 of the in-process
+rate for the encoder. Run:
 
     .venv/bin/python bench/embeddings_local.py [--distill] [--rounds 3] [--json out.json] [--check]
 """
@@ -297,9 +297,9 @@ def main() -> int:
             "ms",
         ),
         target(
-            "event loop's worst delay (ingestion)",
-            max(row[f"ingest_{size}"]["loop_lag_worst_ms"] for row in (static, enc) for size in (200, 800)),
-            max(row[f"ingest_{size}"]["loop_lag_worst_ms"] for row in (static, enc) for size in (200, 800)) < 100,
+            "event loop's worst delay (static ingestion)",
+            max(static[f"ingest_{size}"]["loop_lag_worst_ms"] for size in (200, 800)),
+            max(static[f"ingest_{size}"]["loop_lag_worst_ms"] for size in (200, 800)) < 50,
             "ms",
         ),
         target(

@@ -8,17 +8,20 @@ Why, measured on this project's machine (2 cores, AVX2; bench/embeddings_local.p
 - the encoder costs about 21 MFLOP per token (6 layers of 384 x 384 and 384 x 1536 products), 24 with
   attention at 256 tokens. Ingestion's target, 200 chunks a second of up to 256 tokens, needs over
   1 TFLOP/s; this machine's float32 BLAS peaks near 165 GFLOP/s (one plain product of the encoder's
-  largest shape), and the whole forward pass reaches about 50. No runtime closes a gap of 7 to 20 times:
+  largest shape), and the whole forward pass reaches about 55. No runtime closes a gap of 6 to 20 times:
   int8 on AVX2 (no VNNI) is at most a few times float32. Ingestion with the encoder stays near 10
   chunks a second;
-- the static model costs a tokenizer pass and a table lookup per token: its throughput is the tokenizer's
-  (thousands of chunks a second), and a query embeds in well under a millisecond;
+- the static model costs a tokenizer pass and a table row per token: about 3,400 chunks of 800 tokens or
+  10,000 of 200 tokens a second in-process, on those 2 cores while other work loaded them; a query
+  embeds in a fraction of a millisecond;
 - quality, on the labelled set the repo ships (tests/data/retrieval, bench/retrieval_quality.py: 52 short
-  documents, 104 questions, half of them paraphrases sharing few words with their answer): hit@5 is
-  within a question or two of the encoder's and hit@1 a few points below it (the numbers are in
-  bench/README.md). Retrieval in vector stores is hybrid (vectors fused with full-text rank), which
-  makes up much of the rest. Hence the vector stores' default embedding model is this one; the encoder
-  stays the better choice for a few texts at a time (queries against a store built with it, /v1/embeddings).
+  documents, 104 questions, half of them paraphrases sharing few words with their answer), embeddings
+  alone: hit@5 0.99 with each file one input and 1.00 with each paragraph one, the encoder's 1.00 and
+  1.00; hit@1 0.91 and 0.91, the encoder's 0.94 and 0.93 (BM25 alone: hit@5 0.94 and 0.89). A few
+  questions in a hundred ranked second rather than first, for hundreds of times the speed; vector stores' search
+  is hybrid besides (vectors fused with full-text rank). Hence this is the model to ingest vector stores
+  with (`vector_stores.embedding_model`); the encoder stays the better choice where a few texts are
+  embedded at a time and the best ranking matters (`/v1/embeddings`).
 
 The method (Model2Vec, https://github.com/MinishLab/model2vec, `distill` with its defaults, reimplemented
 here on the numpy encoder because the package's distillation needs torch):
@@ -32,10 +35,11 @@ here on the numpy encoder because the package's distillation needs torch):
 4. a text is tokenized without [CLS] and [SEP]; unknown tokens are skipped; its vector is the mean of its
    tokens' vectors, normalised to unit length. A text with no known token gets the [UNK] token's vector.
 
-The table (vocab x 256 float32, 31 MB) takes about 30 s to compute on 2 cores, deterministically from the
-installed weights; it is cached under the user's cache directory, keyed by the SHA-256 of the weights and
-the tokenizer and by the method's parameters, so a different model or method never reads a stale table.
-`python -m parley.inference.static_embeddings` builds it ahead of time (the Makefile does, at install).
+The table (vocab x 256 float32, 31 MB) takes about 30 s to compute on 2 cores (idle), deterministically
+from the installed weights: built with one BLAS thread or two, tables differ by under 3e-6. It is cached
+under the user's cache directory, keyed by the SHA-256 of the weights and the tokenizer and by the
+method's parameters, so that a different model or method never reads a stale table.
+`python -m parley.inference.static_embeddings` builds it ahead of time, for `make install`.
 """
 
 from __future__ import annotations
