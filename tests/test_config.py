@@ -132,7 +132,7 @@ def test_defaults_serve_the_embedded_model_on_localhost_8321(tmp_path: Path) -> 
         # Uploads up to OpenAI's 512 MB (tests/test_files.py).
         "files": {"max_bytes": 536870912, "expiry_sweep_seconds": 60.0, "stale_upload_seconds": 3600.0, "s3": None},
         "vector_stores": {
-            "embedding_model": "all-minilm-l6-v2",
+            "embedding_model": "all-minilm-l6-v2-static",
             "ingest_workers": 2,
             "embed_batch_size": 32,
             "lease_seconds": 30.0,
@@ -332,7 +332,7 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
         },
         "files": {"max_bytes": 536870912, "expiry_sweep_seconds": 60.0, "stale_upload_seconds": 3600.0, "s3": None},
         "vector_stores": {
-            "embedding_model": "all-minilm-l6-v2",
+            "embedding_model": "all-minilm-l6-v2-static",
             "ingest_workers": 2,
             "embed_batch_size": 32,
             "lease_seconds": 30.0,

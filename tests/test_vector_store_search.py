@@ -70,7 +70,8 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         },
         "storage": {"url": url},
         "auth": {"keys": [{"key": ALICE, "owner": "alice"}, {"key": BOB, "owner": "bob"}]},
-        "vector_stores": {"poll_seconds": 0.2},
+        # The transformer, not the default static model: the meaning-only match is tested on the better model.
+        "vector_stores": {"poll_seconds": 0.2, "embedding_model": "all-minilm-l6-v2"},
     }
     parley = ParleyProcess(tmp_path_factory.mktemp("search"), config)
     parley.start()

@@ -32,12 +32,9 @@ _databases = itertools.count()
 
 
 def embeddings_config() -> dict[str, Any]:
-    """The embedded all-MiniLM-L6-v2 only: no chat model is loaded."""
-    return {
-        "inference": {
-            "providers": {"local-embeddings": {"type": "local-embeddings", "models": {"all-minilm-l6-v2": {}}}}
-        }
-    }
+    """The embedded static embedding model only, the stores' default: no chat model is loaded."""
+    models = {"all-minilm-l6-v2-static": {"kind": "static"}}
+    return {"inference": {"providers": {"local-embeddings": {"type": "local-embeddings", "models": models}}}}
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
