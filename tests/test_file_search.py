@@ -57,9 +57,10 @@ def server(
     config = upstream_config(fake_upstream)
     config["inference"]["providers"]["local-embeddings"] = {
         "type": "local-embeddings",
-        "models": {"all-minilm-l6-v2": {}},
+        "models": {"all-minilm-l6-v2-static": {"kind": "static"}},
     }
-    config["inference"]["aliases"]["all-minilm-l6-v2"] = "local-embeddings/all-minilm-l6-v2"
+    # The stores' default embedding model, by the alias the default names.
+    config["inference"]["aliases"]["all-minilm-l6-v2-static"] = "local-embeddings/all-minilm-l6-v2-static"
     config["storage"] = {"url": database_url}
     config["auth"] = {"keys": [{"key": ALICE, "owner": "alice"}, {"key": BOB, "owner": "bob"}]}
     config["vector_stores"] = {"poll_seconds": 0.2}
@@ -369,6 +370,18 @@ def test_allowed_tools_names_file_search_by_its_type(
     choice = {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "file_search"}]}
     client.responses.create(model=SCRIPT, input=RETREAT, tools=[other, file_search(library)], tool_choice=choice)
     assert [tool["function"]["name"] for tool in fake_upstream.requests[-2]["tools"]] == ["file_search"]
+
+
+def test_allowed_tools_required_may_name_file_search_alone(
+    client: openai.OpenAI, library: dict[str, Any], fake_upstream: FakeUpstream
+) -> None:
+    other = {"type": "function", "name": "other", "parameters": {"type": "object", "properties": {}}}
+    choice = {"type": "allowed_tools", "mode": "required", "tools": [{"type": "file_search"}]}
+    response = client.responses.create(
+        model=SCRIPT, input=RETREAT, tools=[other, file_search(library)], tool_choice=choice
+    )
+    assert response.output[0].type == "file_search_call"
+    assert fake_upstream.requests[-2]["tool_choice"] == "required"
 
 
 def test_a_call_with_bad_arguments_fails_and_the_model_reads_why(

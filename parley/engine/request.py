@@ -427,10 +427,13 @@ class CreateResponseRequest(BaseModel):
         if isinstance(choice, AllowedToolsChoice) and choice.mode == "required":
             functions = {tool.name for tool in tools if isinstance(tool, FunctionTool)}
             servers = {tool.server_label for tool in tools if isinstance(tool, MCPTool)}
-            # An MCP server's tool names are known only once it is listed: its label must match.
+            types = {getattr(tool, "type", None) for tool in tools}
+            # An MCP server's tool names are known only once it is listed: its label must match. Other kinds
+            # (file_search, web_search, shell, ...) are named by their type alone.
             if not any(
                 (ref.type == "function" and ref.name in functions)
                 or (ref.type == "mcp" and (ref.model_extra or {}).get("server_label") in servers)
+                or (ref.type not in ("function", "mcp") and ref.type in types)
                 for ref in choice.tools
             ):
                 raise InvalidRequestError(

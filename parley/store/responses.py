@@ -139,7 +139,8 @@ class ResponseStore:
 
         def keep(connection: sa.Connection) -> None:
             connection.execute(kept)
-            connection.execute(_INSERT_ITEMS, rows)
+            if rows:  # executemany with no rows is an INSERT of one row of defaults
+                connection.execute(_INSERT_ITEMS, rows)
 
         await self.db.write(keep)
 
