@@ -66,20 +66,6 @@ StatusFilter = Annotated[Literal["in_progress", "completed", "failed", "cancelle
 AttributeValue = StrictStr | StrictBool | StrictInt | StrictFloat
 
 
-def check_attributes(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    """OpenAI's limits on a vector store file's `attributes`: 16 pairs, 64-character keys, 512-character strings."""
-    if value is None:
-        return value
-    if len(value) > 16:
-        raise ValueError("at most 16 key-value pairs")
-    for key, item in value.items():
-        if len(key) > 64:
-            raise ValueError(f"key '{key[:20]}...' is longer than 64 characters")
-        if isinstance(item, str) and len(item) > 512:
-            raise ValueError(f"the value of '{key}' is longer than 512 characters")
-    return value
-
-
 def _file_ids(value: list[str] | None, param: str) -> list[str] | None:
     for index, file_id in enumerate(value or ()):
         check_id(file_id, "file-", f"{param}[{index}]")
@@ -124,7 +110,7 @@ class CreateFileRequest(PackageFields):
     attributes: dict[str, AttributeValue] | None = None
     chunking_strategy: dict[str, Any] | None = None
 
-    _attribute_limits = field_validator("attributes")(lambda cls, value: check_attributes(value))
+    _attribute_limits = field_validator("attributes")(lambda cls, value: check_metadata(value))
     _file_id_form = field_validator("file_id")(lambda cls, value: check_id(value, "file-", "file_id"))
 
 
@@ -134,7 +120,7 @@ class UpdateFileRequest(PackageFields):
 
     attributes: dict[str, AttributeValue] | None
 
-    _attribute_limits = field_validator("attributes")(lambda cls, value: check_attributes(value))
+    _attribute_limits = field_validator("attributes")(lambda cls, value: check_metadata(value))
 
 
 class BatchFile(PackageFields):
@@ -144,7 +130,7 @@ class BatchFile(PackageFields):
     attributes: dict[str, AttributeValue] | None = None
     chunking_strategy: dict[str, Any] | None = None
 
-    _attribute_limits = field_validator("attributes")(lambda cls, value: check_attributes(value))
+    _attribute_limits = field_validator("attributes")(lambda cls, value: check_metadata(value))
 
 
 def _batch_files(value: list[BatchFile] | None) -> list[BatchFile] | None:
@@ -161,7 +147,7 @@ class CreateBatchRequest(PackageFields):
     attributes: dict[str, AttributeValue] | None = None
     chunking_strategy: dict[str, Any] | None = None
 
-    _attribute_limits = field_validator("attributes")(lambda cls, value: check_attributes(value))
+    _attribute_limits = field_validator("attributes")(lambda cls, value: check_metadata(value))
     _file_id_forms = field_validator("file_ids")(lambda cls, value: _file_ids(value, "file_ids"))
     _file_forms = field_validator("files")(lambda cls, value: _batch_files(value))
 

@@ -14,7 +14,7 @@ names its exact place (`input[2].content[0].type`).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from openai.types.responses import response_create_params
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -73,8 +73,12 @@ def check_include(values: list[str] | None) -> list[str] | None:
     return values
 
 
-def check_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
-    """OpenAI's limits on `metadata`: 16 pairs, 64-character keys, 512-character values."""
+Pairs = TypeVar("Pairs", bound=dict[str, Any] | None)
+
+
+def check_metadata(value: Pairs) -> Pairs:
+    """OpenAI's limits on `metadata` and on a vector store file's `attributes` alike: 16 pairs, 64-character keys,
+    512-character strings (an attribute's number or boolean has no length to limit)."""
     if value is None:
         return value
     if len(value) > 16:
@@ -82,7 +86,7 @@ def check_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
     for key, item in value.items():
         if len(key) > 64:
             raise ValueError(f"key '{key[:20]}...' is longer than 64 characters")
-        if len(item) > 512:
+        if isinstance(item, str) and len(item) > 512:
             raise ValueError(f"the value of '{key}' is longer than 512 characters")
     return value
 
