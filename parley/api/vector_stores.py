@@ -103,14 +103,20 @@ class UpdateVectorStoreRequest(PackageFields):
     _metadata_limits = field_validator("metadata")(lambda cls, value: check_metadata(value))
 
 
-class CreateFileRequest(PackageFields):
-    known = keys_of(file_create_params.FileCreateParams)
+class _StoreFile(PackageFields):
+    """A file as a store takes it, alone (`files.create`) or one of a batch's `files`: the same three fields."""
 
     file_id: StrictStr
     attributes: dict[str, AttributeValue] | None = None
     chunking_strategy: dict[str, Any] | None = None
 
     _attribute_limits = field_validator("attributes")(lambda cls, value: check_metadata(value))
+
+
+class CreateFileRequest(_StoreFile):
+    known = keys_of(file_create_params.FileCreateParams)
+
+    # A batch's files are checked by the batch, which names each one's index.
     _file_id_form = field_validator("file_id")(lambda cls, value: check_id(value, "file-", "file_id"))
 
 
@@ -123,14 +129,8 @@ class UpdateFileRequest(PackageFields):
     _attribute_limits = field_validator("attributes")(lambda cls, value: check_metadata(value))
 
 
-class BatchFile(PackageFields):
+class BatchFile(_StoreFile):
     known = keys_of(file_batch_create_params.File)
-
-    file_id: StrictStr
-    attributes: dict[str, AttributeValue] | None = None
-    chunking_strategy: dict[str, Any] | None = None
-
-    _attribute_limits = field_validator("attributes")(lambda cls, value: check_metadata(value))
 
 
 def _batch_files(value: list[BatchFile] | None) -> list[BatchFile] | None:
