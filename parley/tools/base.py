@@ -228,6 +228,17 @@ class ToolKind(ABC):
         return []
 
 
+def take_name(name: str, taken: set[str]) -> str:
+    """`name`, or `name_2`, `name_3`, ... when the caller's own tools (or another kind's) already have it; added
+    to `taken`. What a kind's `tools` names its tools by."""
+    candidate, number = name, 1
+    while candidate in taken:
+        number += 1
+        candidate = f"{name}_{number}"
+    taken.add(candidate)
+    return candidate
+
+
 _ITEM_EVENTS: dict[str, ItemEvents] = {}
 _KINDS: dict[str, type[ToolKind]] = {}  # item type -> the kind that produces or reads it
 _TOOL_TYPES: dict[str, type[ToolKind]] = {}  # a request's tool type -> the kind that serves it

@@ -47,7 +47,17 @@ from parley.ids import new_id
 from parley.package_fields import PackageFields, keys_of
 from parley.store.owners import Caller
 from parley.store.vector_stores import VectorStoreExpired, VectorStoreInfo, VectorStoreRepository
-from parley.tools.base import MARK_CLOSE, MARK_OPEN, ItemEvents, NameOf, ServerTool, ToolKind, ToolResources, register
+from parley.tools.base import (
+    MARK_CLOSE,
+    MARK_OPEN,
+    ItemEvents,
+    NameOf,
+    ServerTool,
+    ToolKind,
+    ToolResources,
+    register,
+    take_name,
+)
 from parley.vectors.filters import check_filter
 from parley.vectors.index import ChunkIndex
 from parley.vectors.search import (
@@ -219,8 +229,7 @@ class FileSearch(ToolKind):
     def tools(self, taken: set[str]) -> list[ServerTool]:
         tools = []
         for index, definition in enumerate(self.named):
-            name = _free_name(_FUNCTION["name"], taken)
-            taken.add(name)
+            name = take_name(_FUNCTION["name"], taken)
             self.offered[name] = index
             function = {**_FUNCTION, "name": name}
             if len(self.named) > 1:
@@ -384,15 +393,6 @@ class FileSearchService:
             }
             for hit in found.hits
         ]
-
-
-def _free_name(name: str, taken: set[str]) -> str:
-    """`name`, or `name_2`, `name_3`, ... when the caller's own tools already have it."""
-    candidate, number = name, 1
-    while candidate in taken:
-        number += 1
-        candidate = f"{name}_{number}"
-    return candidate
 
 
 def _queries(arguments: str) -> list[str]:

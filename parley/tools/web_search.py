@@ -46,7 +46,7 @@ from parley import __version__
 from parley.config import ToolsSettings, WebSearchSettings
 from parley.ids import new_id
 from parley.package_fields import PackageFields, keys_of
-from parley.tools.base import ItemEvents, NameOf, ServerTool, ToolKind, ToolResources, register
+from parley.tools.base import ItemEvents, NameOf, ServerTool, ToolKind, ToolResources, register, take_name
 from parley.tools.outbound import Guard, HostRules
 from parley.tools.search_backends import (
     Page,
@@ -281,8 +281,7 @@ class WebSearch(ToolKind):
                 function["description"] += (
                     f" Only these domains are searched and opened: {', '.join(self.allowed_domains)}."
                 )
-            name = _free_name(function["name"], taken)
-            taken.add(name)
+            name = take_name(function["name"], taken)
             function["name"] = name
             tools.append(
                 ServerTool(
@@ -426,15 +425,6 @@ class WebSearch(ToolKind):
             },
             {"role": "tool", "tool_call_id": item["id"], "content": _what_the_model_reads(kind, item)},
         ]
-
-
-def _free_name(name: str, taken: set[str]) -> str:
-    """`name`, or `name_2`, `name_3`, ... when the caller's own tools already have it."""
-    candidate, number = name, 1
-    while candidate in taken:
-        number += 1
-        candidate = f"{name}_{number}"
-    return candidate
 
 
 def _parsed(text: str) -> dict[str, Any]:
