@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 import json
 import os
 import re
@@ -35,6 +34,7 @@ import pytest
 
 from tests.conftest import ROOT, ParleyProcess, upstream_config
 from tests.fake_upstream import FakeUpstream
+from tests.support.own_server import own_database
 
 ECHO = "fake/fake-echo"
 HANG = "fake/fake-hang"
@@ -63,15 +63,7 @@ def incorrect_key(shown: str) -> dict[str, Any]:
     }
 
 
-_databases = itertools.count()
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path_factory.mktemp('auth-sqlite') / 'parley.db'}"
-    server = request.getfixturevalue("postgres")
-    return str(server.create_database(f"parley_auth_{os.getpid()}_{next(_databases)}"))
+database_url = own_database("auth")
 
 
 @dataclass

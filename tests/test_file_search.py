@@ -10,9 +10,7 @@ faked: the stores, their search and the citations are Parley's.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
-import os
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +23,7 @@ from openai.types.responses import ResponseFileSearchToolCall
 from parley.store.tables import vector_stores
 from tests.conftest import ParleyProcess, upstream_config
 from tests.fake_upstream import FakeUpstream
+from tests.support.own_server import own_database, owners_auth
 
 ALICE = "sk-alice-file-search-0123456789abcdef"
 BOB = "sk-bob-file-search-0123456789abcdef00"
@@ -38,16 +37,8 @@ HANDBOOK = (
 RECIPES = "The lemon tart needs three eggs, a cup of sugar and the zest of two lemons; bake it for forty minutes."
 TRAVEL = "Travel to the retreat is booked by the office manager, who reimburses train tickets within a week."
 
-_databases = itertools.count()
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    # A database of this module's own: another module's server would sweep these stores as they expire.
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path_factory.mktemp('file-search-sqlite') / 'parley.db'}"
-    server = request.getfixturevalue("postgres")
-    return str(server.create_database(f"parley_file_search_{os.getpid()}_{next(_databases)}"))
+# A database of this module's own: another module's server would sweep these stores as they expire.
+database_url = own_database("file-search")
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +53,7 @@ def server(
     # The stores' default embedding model, by the alias the default names.
     config["inference"]["aliases"]["all-minilm-l6-v2-static"] = "local-embeddings/all-minilm-l6-v2-static"
     config["storage"] = {"url": database_url}
-    config["auth"] = {"keys": [{"key": ALICE, "owner": "alice"}, {"key": BOB, "owner": "bob"}]}
+    config["auth"] = owners_auth(alice=ALICE, bob=BOB)
     config["vector_stores"] = {"poll_seconds": 0.2}
     parley = ParleyProcess(tmp_path_factory.mktemp("file-search"), config)
     parley.start()

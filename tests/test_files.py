@@ -10,7 +10,6 @@ expired one leave nothing there.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import socket
 import time
@@ -25,22 +24,15 @@ import sqlalchemy as sa
 
 from tests.conftest import ParleyProcess, upstream_config
 from tests.fake_upstream import FakeUpstream
+from tests.support.own_server import own_database, owner_client, owners_auth
 
 ALICE = "sk-alice-files-0123456789abcdef"
 BOB = "sk-bob-files-0123456789abcdef00"
 MAX_BYTES = 256 * 1024
 SWEEP_SECONDS = 0.5
 
-_databases = itertools.count()
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    # A database of this module's own: a server on another module's would sweep these files' rows too.
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path_factory.mktemp('files-sqlite') / 'parley.db'}"
-    server = request.getfixturevalue("postgres")
-    return str(server.create_database(f"parley_files_{os.getpid()}_{next(_databases)}"))
+# A database of this module's own: a server on another module's would sweep these files' rows too.
+database_url = own_database("files")
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +41,7 @@ def server(
 ) -> Iterator[ParleyProcess]:
     config = upstream_config(fake_upstream)
     config["storage"] = {"url": database_url}
-    config["auth"] = {"keys": [{"key": ALICE, "owner": "alice"}, {"key": BOB, "owner": "bob"}]}
+    config["auth"] = owners_auth(alice=ALICE, bob=BOB)
     config["files"] = {"max_bytes": MAX_BYTES, "expiry_sweep_seconds": SWEEP_SECONDS}
     parley = ParleyProcess(tmp_path_factory.mktemp("files"), config)
     parley.start()
@@ -57,14 +49,8 @@ def server(
     parley.stop()
 
 
-@pytest.fixture
-def alice(server: ParleyProcess) -> openai.OpenAI:
-    return server.client(api_key=ALICE)
-
-
-@pytest.fixture
-def bob(server: ParleyProcess) -> openai.OpenAI:
-    return server.client(api_key=BOB)
+alice = owner_client("alice", ALICE)
+bob = owner_client("bob", BOB)
 
 
 def blobs(server: ParleyProcess) -> set[str]:

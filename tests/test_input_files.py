@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import base64
 import io
-import itertools
-import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +21,7 @@ import pytest
 
 from tests.conftest import ParleyProcess, upstream_config
 from tests.fake_upstream import FakeUpstream
+from tests.support.own_server import own_database, owner_client, owners_auth
 from tests.test_vectors_parsing import make_pdf
 
 ALICE = "sk-alice-input-files-0123456789ab"
@@ -36,18 +35,10 @@ PNG = base64.b64decode(
 NOTES = "The launch code is 4217.\nThe meeting moved to Thursday.\n"
 PDF = make_pdf(["Quarterly report", "Revenue grew 12 percent."])
 
-_databases = itertools.count()
-
-
 # Servers
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path_factory.mktemp('input-files-sqlite') / 'parley.db'}"
-    server = request.getfixturevalue("postgres")
-    return str(server.create_database(f"parley_input_files_{os.getpid()}_{next(_databases)}"))
+database_url = own_database("input-files")
 
 
 def _config(fake: FakeUpstream, database_url: str) -> dict[str, Any]:
@@ -55,7 +46,7 @@ def _config(fake: FakeUpstream, database_url: str) -> dict[str, Any]:
     config["storage"] = {"url": database_url}
     config["inference"]["providers"]["local"] = {"type": "local", "models": {EMBEDDED: {}}}
     config["inference"]["aliases"][EMBEDDED] = f"local/{EMBEDDED}"
-    config["auth"] = {"keys": [{"key": ALICE, "owner": "alice"}, {"key": BOB, "owner": "bob"}]}
+    config["auth"] = owners_auth(alice=ALICE, bob=BOB)
     return config
 
 
@@ -70,14 +61,8 @@ def server(
     parley.stop()
 
 
-@pytest.fixture
-def alice(server: ParleyProcess) -> openai.OpenAI:
-    return server.client(api_key=ALICE)
-
-
-@pytest.fixture
-def bob(server: ParleyProcess) -> openai.OpenAI:
-    return server.client(api_key=BOB)
+alice = owner_client("alice", ALICE)
+bob = owner_client("bob", BOB)
 
 
 class _Files(BaseHTTPRequestHandler):

@@ -13,15 +13,14 @@ variation of a change in ranking passes and a real loss does not.
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ParleyProcess
+from tests.support.own_server import own_database
 
 DATA = Path(__file__).resolve().parent / "data" / "retrieval"
 HIT_AT_5_FLOOR = 0.94
@@ -29,15 +28,7 @@ HIT_AT_1_FLOOR = 0.85
 # Per style: the keyword questions share the answer's words; the paraphrases share few of them.
 STYLE_HIT_AT_5_FLOOR = {"keyword": 0.95, "paraphrase": 0.9}
 
-_databases = itertools.count()
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path_factory.mktemp('retrieval-sqlite') / 'parley.db'}"
-    server = request.getfixturevalue("postgres")
-    return str(server.create_database(f"parley_retrieval_{os.getpid()}_{next(_databases)}"))
+database_url = own_database("retrieval")
 
 
 @pytest.fixture(scope="module")

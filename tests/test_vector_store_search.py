@@ -10,8 +10,6 @@ tests/test_vectors_index.py; the route's ownership and page shape are in tests/t
 
 from __future__ import annotations
 
-import itertools
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +18,7 @@ import pytest
 
 from parley.vectors.index import terms_of
 from tests.conftest import ParleyProcess
+from tests.support.own_server import own_database, owner_client, owners_auth
 
 ALICE = "sk-alice-search-0123456789abcdef00"
 BOB = "sk-bob-search-0123456789abcdef0000"
@@ -55,21 +54,17 @@ PART_QUERY = "QX-7731-Z"
 # Shares no word with password.txt (checked below): only its meaning can find it.
 PARAPHRASE = "I forgot my sign-in secret; how can I get into my profile again?"
 
-_databases = itertools.count()
+database_url = own_database("search")
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ParleyProcess]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('search-sqlite') / 'parley.db'}"
-    else:
-        url = request.getfixturevalue("postgres").create_database(f"parley_search_{os.getpid()}_{next(_databases)}")
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator[ParleyProcess]:
     config: dict[str, Any] = {
         "inference": {
             "providers": {"local-embeddings": {"type": "local-embeddings", "models": {"all-minilm-l6-v2": {}}}}
         },
-        "storage": {"url": url},
-        "auth": {"keys": [{"key": ALICE, "owner": "alice"}, {"key": BOB, "owner": "bob"}]},
+        "storage": {"url": database_url},
+        "auth": owners_auth(alice=ALICE, bob=BOB),
         # The transformer, not the default static model: the meaning-only match is tested on the better model.
         "vector_stores": {"poll_seconds": 0.2, "embedding_model": "all-minilm-l6-v2"},
     }
@@ -79,9 +74,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     parley.stop()
 
 
-@pytest.fixture(scope="module")
-def alice(server: ParleyProcess) -> openai.OpenAI:
-    return server.client(api_key=ALICE)
+alice = owner_client("alice", ALICE, scope="module")
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,6 @@ tests/test_vector_store_ingestion.py; search in tests/test_vector_store_search.p
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,14 +19,13 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import ParleyProcess
+from tests.support.own_server import own_database, owner_client, owners_auth
 
 ALICE = "sk-alice-vectors-0123456789abcdef"
 BOB = "sk-bob-vectors-0123456789abcdef00"
 CAROL = "sk-carol-vectors-0123456789abcdef"
 DAY = 24 * 3600
 AUTO = {"type": "static", "static": {"max_chunk_size_tokens": 800, "chunk_overlap_tokens": 400}}
-
-_databases = itertools.count()
 
 
 def embeddings_config() -> dict[str, Any]:
@@ -37,22 +34,15 @@ def embeddings_config() -> dict[str, Any]:
     return {"inference": {"providers": {"local-embeddings": {"type": "local-embeddings", "models": models}}}}
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    # A database of this module's own: the expiry sweep of a server on another module's would reach these stores.
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path_factory.mktemp('vector-stores-sqlite') / 'parley.db'}"
-    server = request.getfixturevalue("postgres")
-    return str(server.create_database(f"parley_vector_stores_{os.getpid()}_{next(_databases)}"))
+# A database of this module's own: the expiry sweep of a server on another module's would reach these stores.
+database_url = own_database("vector-stores")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator[ParleyProcess]:
     config = embeddings_config()
     config["storage"] = {"url": database_url}
-    config["auth"] = {
-        "keys": [{"key": ALICE, "owner": "alice"}, {"key": BOB, "owner": "bob"}, {"key": CAROL, "owner": "carol"}]
-    }
+    config["auth"] = owners_auth(alice=ALICE, bob=BOB, carol=CAROL)
     config["vector_stores"] = {"poll_seconds": 0.2, "expiry_sweep_seconds": 0.3}
     config["files"] = {"expiry_sweep_seconds": 0.3}
     parley = ParleyProcess(tmp_path_factory.mktemp("vector-stores"), config)
@@ -61,14 +51,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Itera
     parley.stop()
 
 
-@pytest.fixture
-def alice(server: ParleyProcess) -> openai.OpenAI:
-    return server.client(api_key=ALICE)
-
-
-@pytest.fixture
-def bob(server: ParleyProcess) -> openai.OpenAI:
-    return server.client(api_key=BOB)
+alice = owner_client("alice", ALICE)
+bob = owner_client("bob", BOB)
 
 
 def status_error(call: Any) -> openai.APIStatusError:
