@@ -168,14 +168,19 @@ def most_specific(errors: list[Any]) -> dict[str, Any]:
     return max(same_field, key=lambda e: len(e["loc"]))
 
 
+def missing_parameter(param: str) -> InvalidRequestError:
+    """OpenAI's 400 for a required parameter not sent, `param` its full path (`filters.filters[0].key`)."""
+    return InvalidRequestError(
+        f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+    )
+
+
 def invalid_parameter(error: dict[str, Any], prefix: str = "") -> InvalidRequestError:
     """One pydantic error as a 400 whose param is `prefix` followed by the field's path."""
     sub = param_path(error["loc"])
     param = prefix + (sub if not prefix or not sub or sub.startswith("[") else "." + sub)
     if error["type"] == "missing":
-        return InvalidRequestError(
-            f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
-        )
+        return missing_parameter(param)
     if error["type"] == "extra_forbidden":
         return InvalidRequestError(f"Unknown parameter: '{param}'.", param=param, code="unknown_parameter")
     message = str(error["msg"]).removeprefix("Value error, ")

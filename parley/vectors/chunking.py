@@ -34,7 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from parley.errors import InvalidRequestError
+from parley.errors import InvalidRequestError, missing_parameter
 
 DEFAULT_MAX_TOKENS = 800
 DEFAULT_OVERLAP_TOKENS = 400
@@ -90,7 +90,7 @@ def parse_chunking_strategy(value: Any, param: str = "chunking_strategy") -> dic
         raise _type_error(param, "an object", value)
     kind = value.get("type")
     if kind is None:
-        raise _missing(f"{param}.type")
+        raise missing_parameter(f"{param}.type")
     if not isinstance(kind, str):
         raise _type_error(f"{param}.type", "a string", kind)
     if kind == "auto":
@@ -105,7 +105,7 @@ def parse_chunking_strategy(value: Any, param: str = "chunking_strategy") -> dic
     _no_other_keys(value, {"type", "static"}, param)
     static = value.get("static")
     if static is None:
-        raise _missing(f"{param}.static")
+        raise missing_parameter(f"{param}.static")
     if not isinstance(static, dict):
         raise _type_error(f"{param}.static", "an object", static)
     _no_other_keys(static, {"max_chunk_size_tokens", "chunk_overlap_tokens"}, f"{param}.static")
@@ -138,7 +138,7 @@ def strategy_sizes(strategy: dict[str, Any]) -> tuple[int, int]:
 def _integer(container: dict[str, Any], key: str, prefix: str) -> int:
     value = container.get(key)
     if value is None:
-        raise _missing(f"{prefix}.{key}")
+        raise missing_parameter(f"{prefix}.{key}")
     # JSON has one number type: 800.0 is 800, as OpenAI takes it; True is not a number here.
     if isinstance(value, float) and value.is_integer():
         value = int(value)
@@ -152,12 +152,6 @@ def _no_other_keys(value: dict[str, Any], allowed: set[str], param: str) -> None
         if key not in allowed:
             name = f"{param}.{key}"
             raise InvalidRequestError(f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter")
-
-
-def _missing(param: str) -> InvalidRequestError:
-    return InvalidRequestError(
-        f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
-    )
 
 
 def _type_error(param: str, expected: str, value: Any) -> InvalidRequestError:

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from parley.errors import InvalidRequestError
+from parley.errors import InvalidRequestError, missing_parameter
 
 COMPARISONS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "nin")
 COMPOUNDS = ("and", "or")
@@ -55,19 +55,13 @@ def _invalid(param: str, message: str, code: str = "invalid_value") -> InvalidRe
 
 def _check(value: Any, param: str, depth: int, nodes: list[int]) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise InvalidRequestError(
-            f"Invalid type for '{param}': expected an object, but got {_type_name(value)} instead.",
-            param=param,
-            code="invalid_type",
-        )
+        raise _type_error(param, "an object", value)
     nodes[0] += 1
     if nodes[0] > MAX_FILTER_NODES:
         raise _invalid(param, f"a filter may hold at most {MAX_FILTER_NODES} filters in all.")
     kind = value.get("type", "eq" if "filters" not in value else None)
     if kind is None:
-        raise InvalidRequestError(
-            f"Missing required parameter: '{param}.type'.", param=f"{param}.type", code="missing_required_parameter"
-        )
+        raise missing_parameter(f"{param}.type")
     if kind in COMPOUNDS:
         return _check_compound(value, kind, param, depth, nodes)
     if kind in COMPARISONS:
@@ -81,18 +75,10 @@ def _check_compound(value: dict[str, Any], kind: str, param: str, depth: int, no
     if depth >= MAX_FILTER_DEPTH:
         raise _invalid(param, f"compound filters may nest at most {MAX_FILTER_DEPTH} deep.")
     if "filters" not in value:
-        raise InvalidRequestError(
-            f"Missing required parameter: '{param}.filters'.",
-            param=f"{param}.filters",
-            code="missing_required_parameter",
-        )
+        raise missing_parameter(f"{param}.filters")
     children = value["filters"]
     if not isinstance(children, list):
-        raise InvalidRequestError(
-            f"Invalid type for '{param}.filters': expected an array, but got {_type_name(children)} instead.",
-            param=f"{param}.filters",
-            code="invalid_type",
-        )
+        raise _type_error(f"{param}.filters", "an array", children)
     checked = [_check(child, f"{param}.filters[{i}]", depth + 1, nodes) for i, child in enumerate(children)]
     return {"type": kind, "filters": checked}
 
@@ -101,18 +87,10 @@ def _check_comparison(value: dict[str, Any], kind: str, param: str) -> dict[str,
     _no_other_keys(value, ("type", "key", "value"), param)
     for field in ("key", "value"):
         if field not in value:
-            raise InvalidRequestError(
-                f"Missing required parameter: '{param}.{field}'.",
-                param=f"{param}.{field}",
-                code="missing_required_parameter",
-            )
+            raise missing_parameter(f"{param}.{field}")
     key = value["key"]
     if not isinstance(key, str):
-        raise InvalidRequestError(
-            f"Invalid type for '{param}.key': expected a string, but got {_type_name(key)} instead.",
-            param=f"{param}.key",
-            code="invalid_type",
-        )
+        raise _type_error(f"{param}.key", "a string", key)
     operand = value["value"]
     where = f"{param}.value"
     if kind in ("in", "nin"):
@@ -166,6 +144,14 @@ def _as_stored(value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool) and not _INT64[0] <= value <= _INT64[1]:
         return _as_float(value)
     return value
+
+
+def _type_error(param: str, expected: str, value: Any) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"Invalid type for '{param}': expected {expected}, but got {_type_name(value)} instead.",
+        param=param,
+        code="invalid_type",
+    )
 
 
 def _type_name(value: Any) -> str:

@@ -32,7 +32,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from parley.errors import InvalidRequestError, ParleyError, UpstreamProtocolError, UpstreamUnavailableError
+from parley.errors import (
+    InvalidRequestError,
+    ParleyError,
+    UpstreamProtocolError,
+    UpstreamUnavailableError,
+    missing_parameter,
+)
 from parley.vectors.filters import check_filter
 from parley.vectors.index import Candidate, ChunkIndex, Vectors
 
@@ -331,11 +337,7 @@ def check_ranking_options(value: Any, param: str = "ranking_options") -> Ranking
                 )
         for name in ("embedding_weight", "text_weight"):
             if name not in hybrid:
-                raise InvalidRequestError(
-                    f"Missing required parameter: '{where}.{name}'.",
-                    param=f"{where}.{name}",
-                    code="missing_required_parameter",
-                )
+                raise missing_parameter(f"{where}.{name}")
         embedding_weight = _number_in(hybrid["embedding_weight"], f"{where}.embedding_weight", 0.0, math.inf)
         text_weight = _number_in(hybrid["text_weight"], f"{where}.text_weight", 0.0, math.inf)
         if embedding_weight + text_weight <= 0:
