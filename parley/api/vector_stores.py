@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from openai.types import vector_store_create_params, vector_store_search_params, vector_store_update_params
 from openai.types.vector_stores import file_batch_create_params, file_create_params, file_update_params
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator
@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from parley.api.auth import caller_of
 from parley.api.body import documented, read_body
 from parley.api.http import JSONResponse
+from parley.api.ids import BatchId, FileId, VectorStoreId
 from parley.api.params import Limit, Order
 from parley.config import VectorStoreSettings
 from parley.engine.request import check_metadata
@@ -40,24 +41,6 @@ MAX_BATCH_FILES = 2000
 POLL_AFTER_MS = 250
 
 
-# Path parameters: an id that no such object could have is a 400 (parley.ids.check_id) -------------------
-
-
-def _vector_store_id(vector_store_id: str) -> str:
-    return check_id(vector_store_id, "vs_", "vector_store_id")
-
-
-def _file_id(file_id: str) -> str:
-    return check_id(file_id, "file-", "file_id")
-
-
-def _batch_id(batch_id: str) -> str:
-    return check_id(batch_id, "vsfb_", "batch_id")
-
-
-VectorStoreId = Annotated[str, Depends(_vector_store_id)]
-FileId = Annotated[str, Depends(_file_id)]
-BatchId = Annotated[str, Depends(_batch_id)]
 StatusFilter = Annotated[Literal["in_progress", "completed", "failed", "cancelled"] | None, Query()]
 
 
