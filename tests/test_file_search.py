@@ -9,7 +9,6 @@ faked: the stores, their search and the citations are Parley's.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections.abc import Iterator
@@ -23,7 +22,8 @@ from openai.types.responses import ResponseFileSearchToolCall
 from parley.store.tables import vector_stores
 from tests.conftest import ParleyProcess, upstream_config
 from tests.fake_upstream import FakeUpstream
-from tests.support.own_server import own_database, owners_auth
+from tests.support.calls import error_of
+from tests.support.own_server import own_database, owners_auth, run_sql
 
 ALICE = "sk-alice-file-search-0123456789abcdef"
 BOB = "sk-bob-file-search-0123456789abcdef00"
@@ -99,14 +99,6 @@ def create(client: openai.OpenAI, stream: bool, **request: Any) -> Any:
     return streamed(client, **request)[1] if stream else client.responses.create(**request)
 
 
-def error_of(call: Any) -> tuple[int, dict[str, Any]]:
-    """The status and the error object (openai-python's `body`: what OpenAI's `{"error": ...}` holds)."""
-    with pytest.raises(openai.APIStatusError) as raised:
-        call()
-    assert isinstance(raised.value.body, dict)
-    return raised.value.status_code, raised.value.body
-
-
 def without_marks(text: str, files: dict[str, str]) -> tuple[str, list[dict[str, Any]]]:
     """`text` less its citation marks of known files (and the spaces before each), with the annotations they
     make: what the caller should get for an answer the model wrote as `text`."""
@@ -121,19 +113,6 @@ def without_marks(text: str, files: dict[str, str]) -> tuple[str, list[dict[str,
         at = match.end()
     kept.append(text[at:])
     return "".join(kept), annotations
-
-
-def run_sql(database_url: str, statement: Any) -> None:
-    from parley.store import Database
-
-    async def run() -> None:
-        database = Database(database_url)
-        try:
-            await database.write(lambda connection: connection.execute(statement))
-        finally:
-            await database.close()
-
-    asyncio.run(run())
 
 
 def tool_messages(request: dict[str, Any]) -> list[str]:

@@ -24,7 +24,8 @@ import sqlalchemy as sa
 
 from tests.conftest import ParleyProcess, upstream_config
 from tests.fake_upstream import FakeUpstream
-from tests.support.own_server import own_database, owner_client, owners_auth
+from tests.support.calls import status_error
+from tests.support.own_server import own_database, owner_client, owners_auth, run_sql
 
 ALICE = "sk-alice-files-0123456789abcdef"
 BOB = "sk-bob-files-0123456789abcdef00"
@@ -62,25 +63,6 @@ def blobs(server: ParleyProcess) -> set[str]:
 def binary(size: int) -> bytes:
     """Bytes of every value, NUL and CR LF included, in no repeating pattern a parser might rely on."""
     return bytes((index * 7919 + index // 256) % 256 for index in range(size))
-
-
-def run_sql(database_url: str, statement: Any) -> None:
-    from parley.store import Database
-
-    async def run() -> None:
-        database = Database(database_url)
-        try:
-            await database.write(lambda connection: connection.execute(statement))
-        finally:
-            await database.close()
-
-    asyncio.run(run())
-
-
-def status_error(call: Any) -> openai.APIStatusError:
-    with pytest.raises(openai.APIStatusError) as raised:
-        call()
-    return raised.value
 
 
 # Upload, retrieve, content ---------------------------------------------------------------------

@@ -18,6 +18,7 @@ import pytest
 
 from parley.vectors.index import terms_of
 from tests.conftest import ParleyProcess
+from tests.support.calls import error_of
 from tests.support.own_server import own_database, owner_client, owners_auth
 
 ALICE = "sk-alice-search-0123456789abcdef00"
@@ -94,13 +95,6 @@ def search(client: openai.OpenAI, store: str, query: str | list[str], **options:
     """The hits as (filename, score), best first."""
     page = client.vector_stores.search(store, query=query, **options)
     return [(hit.filename, hit.score) for hit in page.data]
-
-
-def error_of(call: Any) -> tuple[int, dict[str, Any]]:
-    with pytest.raises(openai.APIStatusError) as raised:
-        call()
-    assert isinstance(raised.value.body, dict)
-    return raised.value.status_code, raised.value.body
 
 
 # Ranking ------------------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import ParleyProcess
-from tests.support.own_server import own_database, owner_client, owners_auth
+from tests.support.calls import error_of, status_error
+from tests.support.own_server import own_database, owner_client, owners_auth, run_sql
 
 ALICE = "sk-alice-vectors-0123456789abcdef"
 BOB = "sk-bob-vectors-0123456789abcdef00"
@@ -55,34 +56,8 @@ alice = owner_client("alice", ALICE)
 bob = owner_client("bob", BOB)
 
 
-def status_error(call: Any) -> openai.APIStatusError:
-    with pytest.raises(openai.APIStatusError) as raised:
-        call()
-    return raised.value
-
-
-def error_of(call: Any) -> tuple[int, dict[str, Any]]:
-    error = status_error(call)
-    assert isinstance(error.body, dict)
-    return error.status_code, error.body
-
-
 def upload(client: openai.OpenAI, filename: str, data: bytes) -> str:
     return client.files.create(file=(filename, data), purpose="assistants").id
-
-
-def run_sql(database_url: str, statement: Any) -> list[Any]:
-    from parley.store import Database
-
-    async def run() -> list[Any]:
-        database = Database(database_url)
-        try:
-            result = await database.write(lambda connection: connection.execute(statement))
-            return list(result) if result.returns_rows else []
-        finally:
-            await database.close()
-
-    return asyncio.run(run())
 
 
 def wait_until(condition: Any, timeout: float = 30.0) -> Any:

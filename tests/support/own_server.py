@@ -11,6 +11,7 @@ and its server's config takes `config["auth"] = owners_auth(alice=ALICE, bob=BOB
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 from typing import TYPE_CHECKING, Any, Literal
@@ -56,3 +57,18 @@ def owner_client(owner: str, key: str, scope: Literal["function", "module"] = "f
         return server.client(api_key=key)
 
     return client
+
+
+def run_sql(database_url: str, statement: Any) -> list[Any]:
+    """Runs `statement` on the module's database behind its server's back (to age a row, say); the rows it returns."""
+    from parley.store import Database
+
+    async def run() -> list[Any]:
+        database = Database(database_url)
+        try:
+            result = await database.write(lambda connection: connection.execute(statement))
+            return list(result) if result.returns_rows else []
+        finally:
+            await database.close()
+
+    return asyncio.run(run())
