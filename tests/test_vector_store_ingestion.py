@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import itertools
 import json
-import os
 import struct
 import threading
 import time
@@ -25,14 +23,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import sqlalchemy as sa
 
 from tests.conftest import ParleyProcess
-from tests.test_vector_stores import embeddings_config, error_of, run_sql, upload, wait_until
+from tests.support.calls import error_of
+from tests.support.own_server import own_database_url, run_sql
+from tests.test_vector_stores import embeddings_config, upload, wait_until
 from tests.test_vectors_parsing import make_docx, make_pdf, make_pptx
-
-_databases = itertools.count()
 
 
 class EmbeddingsUpstream:
@@ -118,12 +117,9 @@ def upstream() -> Iterator[EmbeddingsUpstream]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A new database for each test: its servers are killed and started again on it."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'parley.db'}"
-    server = request.getfixturevalue("postgres")
-    return str(server.create_database(f"parley_ingestion_{os.getpid()}_{next(_databases)}"))
+    return own_database_url(request, tmp_path_factory, "ingestion")
 
 
 class Servers:
@@ -153,6 +149,16 @@ class Servers:
         server.start()
         self.started.append(server)
         return server
+
+    def held_file(self, client: openai.OpenAI, filename: str, data: bytes, marker: str) -> tuple[str, str]:
+        """A new store and a file added to it whose ingestion is under way, held at the embedding model (which
+        has been asked for `marker`, a word of `data`): the store's id and the file's."""
+        store = client.vector_stores.create()
+        self.upstream.hold()
+        file_id = upload(client, filename, data)
+        client.vector_stores.files.create(vector_store_id=store.id, file_id=file_id)
+        wait_until(lambda: self.upstream.asked_for(marker))
+        return store.id, file_id
 
     def stop(self) -> None:
         for server in self.started:
@@ -278,21 +284,19 @@ def test_an_embedding_model_that_fails_fails_the_file_with_server_error(servers:
 
 def test_a_file_in_progress_shows_in_the_counts_and_tells_clients_when_to_poll(servers: Servers) -> None:
     client = servers.start().client()
-    store = client.vector_stores.create()
-    servers.upstream.hold()
-    file_id = upload(client, "slow.txt", b"Held at the embedding model: progress-marker.")
-    client.vector_stores.files.create(vector_store_id=store.id, file_id=file_id)
-    wait_until(lambda: servers.upstream.asked_for("progress-marker"))
-    raw = client.vector_stores.files.with_raw_response.retrieve(file_id, vector_store_id=store.id)
+    store_id, file_id = servers.held_file(
+        client, "slow.txt", b"Held at the embedding model: progress-marker.", "progress-marker"
+    )
+    raw = client.vector_stores.files.with_raw_response.retrieve(file_id, vector_store_id=store_id)
     assert raw.parse().status == "in_progress"
     assert raw.headers["openai-poll-after-ms"] == "250"
-    held = client.vector_stores.with_raw_response.retrieve(store.id)
+    held = client.vector_stores.with_raw_response.retrieve(store_id)
     assert (held.parse().status, held.parse().file_counts.in_progress) == ("in_progress", 1)
     assert "openai-poll-after-ms" in held.headers
     servers.upstream.release()
-    done = client.vector_stores.files.poll(file_id, vector_store_id=store.id, max_wait_seconds=30)
+    done = client.vector_stores.files.poll(file_id, vector_store_id=store_id, max_wait_seconds=30)
     assert done.status == "completed"
-    after = client.vector_stores.with_raw_response.retrieve(store.id)
+    after = client.vector_stores.with_raw_response.retrieve(store_id)
     assert after.parse().status == "completed"
     assert "openai-poll-after-ms" not in after.headers
 
@@ -300,21 +304,19 @@ def test_a_file_in_progress_shows_in_the_counts_and_tells_clients_when_to_poll(s
 def test_a_server_killed_mid_ingestion_is_resumed_by_the_next_one(servers: Servers) -> None:
     first = servers.start()
     client = first.client()
-    store = client.vector_stores.create()
-    servers.upstream.hold()
-    file_id = upload(client, "resumed.txt", b"Ingested across a crash: resume-marker.")
-    client.vector_stores.files.create(vector_store_id=store.id, file_id=file_id)
-    wait_until(lambda: servers.upstream.asked_for("resume-marker"))
+    store_id, file_id = servers.held_file(
+        client, "resumed.txt", b"Ingested across a crash: resume-marker.", "resume-marker"
+    )
     first.kill()
     servers.upstream.release()
 
     client = servers.start().client()
-    done = client.vector_stores.files.poll(file_id, vector_store_id=store.id, max_wait_seconds=30)
+    done = client.vector_stores.files.poll(file_id, vector_store_id=store_id, max_wait_seconds=30)
     assert (done.status, done.last_error) == ("completed", None)
     # The second server read the file again: a second call for its text, and a second claim.
     assert servers.upstream.asked_for("resume-marker") == 2
-    assert attempts(servers.database_url, store.id, file_id) == 2
-    assert [part.text for part in client.vector_stores.files.content(file_id, vector_store_id=store.id)] == [
+    assert attempts(servers.database_url, store_id, file_id) == 2
+    assert [part.text for part in client.vector_stores.files.content(file_id, vector_store_id=store_id)] == [
         "Ingested across a crash: resume-marker."
     ]
 
@@ -322,15 +324,13 @@ def test_a_server_killed_mid_ingestion_is_resumed_by_the_next_one(servers: Serve
 def test_a_file_whose_ingestion_keeps_being_cut_off_fails_rather_than_stays_in_progress(servers: Servers) -> None:
     first = servers.start(max_attempts=1)
     client = first.client()
-    store = client.vector_stores.create()
-    servers.upstream.hold()
-    file_id = upload(client, "cursed.txt", b"Every server that reads me dies: cursed-marker.")
-    client.vector_stores.files.create(vector_store_id=store.id, file_id=file_id)
-    wait_until(lambda: servers.upstream.asked_for("cursed-marker"))
+    store_id, file_id = servers.held_file(
+        client, "cursed.txt", b"Every server that reads me dies: cursed-marker.", "cursed-marker"
+    )
     first.kill()
 
     client = servers.start(max_attempts=1).client()
-    done = client.vector_stores.files.poll(file_id, vector_store_id=store.id, max_wait_seconds=30)
+    done = client.vector_stores.files.poll(file_id, vector_store_id=store_id, max_wait_seconds=30)
     assert done.status == "failed"
     assert done.last_error is not None and done.last_error.code == "server_error"
     assert "interrupted" in done.last_error.message
@@ -341,29 +341,25 @@ def test_a_server_stopped_in_order_gives_its_files_back_at_once(servers: Servers
     # A lease far longer than the test: only a claim given back lets the next server start at once.
     first = servers.start(lease_seconds=600)
     client = first.client()
-    store = client.vector_stores.create()
-    servers.upstream.hold()
-    file_id = upload(client, "handover.txt", b"Handed over at a clean stop: handover-marker.")
-    client.vector_stores.files.create(vector_store_id=store.id, file_id=file_id)
-    wait_until(lambda: servers.upstream.asked_for("handover-marker"))
+    store_id, file_id = servers.held_file(
+        client, "handover.txt", b"Handed over at a clean stop: handover-marker.", "handover-marker"
+    )
     first.stop()
     servers.upstream.release()
 
     client = servers.start(lease_seconds=600).client()
-    done = client.vector_stores.files.poll(file_id, vector_store_id=store.id, max_wait_seconds=20)
+    done = client.vector_stores.files.poll(file_id, vector_store_id=store_id, max_wait_seconds=20)
     assert done.status == "completed"
     # A clean stop does not count against the file.
-    assert attempts(servers.database_url, store.id, file_id) == 1
+    assert attempts(servers.database_url, store_id, file_id) == 1
 
 
 def test_a_replica_takes_over_the_files_of_one_that_died(servers: Servers) -> None:
     first = servers.start()
     client = first.client()
-    store = client.vector_stores.create()
-    servers.upstream.hold()
-    file_id = upload(client, "replicas.txt", b"Two servers, one database: replica-marker.")
-    client.vector_stores.files.create(vector_store_id=store.id, file_id=file_id)
-    wait_until(lambda: servers.upstream.asked_for("replica-marker"))
+    store_id, file_id = servers.held_file(
+        client, "replicas.txt", b"Two servers, one database: replica-marker.", "replica-marker"
+    )
     second = servers.start()
     # The second server leaves the claimed file alone while the first one's lease holds.
     time.sleep(1)
@@ -372,7 +368,7 @@ def test_a_replica_takes_over_the_files_of_one_that_died(servers: Servers) -> No
     servers.upstream.release()
 
     client = second.client()
-    done = client.vector_stores.files.poll(file_id, vector_store_id=store.id, max_wait_seconds=30)
+    done = client.vector_stores.files.poll(file_id, vector_store_id=store_id, max_wait_seconds=30)
     assert done.status == "completed"
     assert servers.upstream.asked_for("replica-marker") == 2
 
@@ -409,16 +405,12 @@ def test_cancelling_a_batch_stops_its_files_and_leaves_no_chunks(servers: Server
 
 def test_a_file_taken_out_mid_ingestion_leaves_no_chunks(servers: Servers) -> None:
     client = servers.start().client()
-    store = client.vector_stores.create()
-    servers.upstream.hold()
-    file_id = upload(client, "out.txt", b"Taken out while embedded: out-marker.")
-    client.vector_stores.files.create(vector_store_id=store.id, file_id=file_id)
-    wait_until(lambda: servers.upstream.asked_for("out-marker"))
-    client.vector_stores.files.delete(file_id, vector_store_id=store.id)
+    store_id, file_id = servers.held_file(client, "out.txt", b"Taken out while embedded: out-marker.", "out-marker")
+    client.vector_stores.files.delete(file_id, vector_store_id=store_id)
     servers.upstream.release()
     time.sleep(1.5)
-    assert chunk_rows(servers.database_url, store.id) == 0
-    assert client.vector_stores.retrieve(store.id).file_counts.total == 0
+    assert chunk_rows(servers.database_url, store_id) == 0
+    assert client.vector_stores.retrieve(store_id).file_counts.total == 0
 
 
 def test_stores_take_turns_so_one_store_does_not_hold_up_another(servers: Servers) -> None:
