@@ -35,6 +35,7 @@ names a kind.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -237,6 +238,18 @@ def take_name(name: str, taken: set[str]) -> str:
         candidate = f"{name}_{number}"
     taken.add(candidate)
     return candidate
+
+
+def arguments_object(text: str) -> dict[str, Any]:
+    """A model's arguments to a tool, whole, as the JSON object they must be (none at all: `{}`); raises
+    ValueError with what the model should read when they are not one."""
+    try:
+        arguments = json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"The arguments are not valid JSON: {exc}") from exc
+    if not isinstance(arguments, dict):
+        raise ValueError("The arguments must be a JSON object.")
+    return arguments
 
 
 _ITEM_EVENTS: dict[str, ItemEvents] = {}

@@ -55,6 +55,7 @@ from parley.tools.base import (
     ServerTool,
     ToolKind,
     ToolResources,
+    arguments_object,
     register,
     take_name,
 )
@@ -397,12 +398,7 @@ class FileSearchService:
 
 def _queries(arguments: str) -> list[str]:
     """The queries a model's arguments ask for: `{"queries": [...]}`, or `{"query": "..."}`; raises ValueError."""
-    try:
-        parsed = json.loads(arguments) if arguments.strip() else {}
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"The arguments are not valid JSON: {exc}") from exc
-    if not isinstance(parsed, dict):
-        raise ValueError("The arguments must be a JSON object.")
+    parsed = arguments_object(arguments)
     value = parsed.get("queries", parsed.get("query"))
     if isinstance(value, str):
         value = [value]

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from parley.config import MCPSettings, ToolsSettings
 from parley.limits import MAX_DEPTH, nested_deeper_than
+from parley.tools.base import arguments_object
 from parley.tools.definitions import MCPTool
 from parley.tools.outbound import Guard, HostRefused, HostRules
 
@@ -412,11 +413,9 @@ class MCPServerConnection:
 
     async def call(self, name: str, arguments: str) -> CallResult:
         try:
-            parsed = json.loads(arguments) if arguments.strip() else {}
-        except json.JSONDecodeError as exc:
-            return CallResult(None, protocol_error(-32602, f"The arguments are not valid JSON: {exc}"))
-        if not isinstance(parsed, dict):
-            return CallResult(None, protocol_error(-32602, "The arguments must be a JSON object."))
+            parsed = arguments_object(arguments)
+        except ValueError as exc:
+            return CallResult(None, protocol_error(-32602, str(exc)))
         try:
             client = await self._connected()
             async with asyncio.timeout(self.settings.timeout):

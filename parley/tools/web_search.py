@@ -46,7 +46,16 @@ from parley import __version__
 from parley.config import ToolsSettings, WebSearchSettings
 from parley.ids import new_id
 from parley.package_fields import PackageFields, keys_of
-from parley.tools.base import ItemEvents, NameOf, ServerTool, ToolKind, ToolResources, register, take_name
+from parley.tools.base import (
+    ItemEvents,
+    NameOf,
+    ServerTool,
+    ToolKind,
+    ToolResources,
+    arguments_object,
+    register,
+    take_name,
+)
 from parley.tools.outbound import Guard, HostRules
 from parley.tools.search_backends import (
     Page,
@@ -311,8 +320,8 @@ class WebSearch(ToolKind):
     def take_arguments(self, item: dict[str, Any], arguments: str) -> None:
         """Fills the call's action from the model's arguments; what is wrong with them, the call's run reports."""
         try:
-            _set_action(item["action"], _parsed(arguments))
-        except SearchFailed as exc:
+            _set_action(item["action"], arguments_object(arguments))
+        except (ValueError, SearchFailed) as exc:
             self.bad_arguments[item["id"]] = str(exc)
 
     async def run(self, item: dict[str, Any]) -> str:
@@ -425,17 +434,6 @@ class WebSearch(ToolKind):
             },
             {"role": "tool", "tool_call_id": item["id"], "content": _what_the_model_reads(kind, item)},
         ]
-
-
-def _parsed(text: str) -> dict[str, Any]:
-    """The model's arguments, as an object; raises SearchFailed."""
-    try:
-        arguments = json.loads(text) if text.strip() else {}
-    except json.JSONDecodeError as exc:
-        raise SearchFailed(f"The arguments are not valid JSON: {exc}") from exc
-    if not isinstance(arguments, dict):
-        raise SearchFailed("The arguments must be a JSON object.")
-    return arguments
 
 
 def _set_action(action: dict[str, Any], arguments: dict[str, Any]) -> None:
