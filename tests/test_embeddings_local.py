@@ -23,6 +23,7 @@ from tokenizers import Tokenizer
 
 from parley.inference.sentence_embeddings import default_model_dir
 from tests.conftest import ROOT, ParleyProcess
+from tests.support.calls import error_object
 
 MODEL = "all-minilm-l6-v2"
 FULL_ID = f"local-embeddings/{MODEL}"
@@ -53,12 +54,6 @@ def tokens(text: str) -> list[int]:
     tokenizer.no_padding()  # the file pads to 128
     tokenizer.no_truncation()
     return tokenizer.encode(text, add_special_tokens=False).ids
-
-
-def error_of(exc: openai.APIStatusError) -> dict[str, object]:
-    body = exc.response.json()
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    return body["error"]
 
 
 def test_a_string_gets_one_unit_vector_of_384_floats_and_its_token_count(client: openai.OpenAI) -> None:
@@ -137,13 +132,13 @@ def test_token_arrays_are_read_as_the_models_own_token_ids(client: openai.OpenAI
     assert len(many.data) == 2
     with pytest.raises(openai.BadRequestError) as exc:
         client.embeddings.create(model=MODEL, input=[101, 30522])
-    assert error_of(exc.value)["param"] == "input"
+    assert error_object(exc.value)["param"] == "input"
 
 
 def test_dimensions_other_than_the_models_own_are_refused(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as exc:
         client.embeddings.create(model=MODEL, input="x", dimensions=128)
-    error = error_of(exc.value)
+    error = error_object(exc.value)
     assert error["param"] == "dimensions" and error["type"] == "invalid_request_error"
     assert "does not support specifying dimensions" in str(error["message"])
     assert len(client.embeddings.create(model=MODEL, input="x", dimensions=384).data[0].embedding) == 384
@@ -153,7 +148,7 @@ def test_empty_input_is_refused(client: openai.OpenAI) -> None:
     for empty in ("", [], ["text", ""]):
         with pytest.raises(openai.BadRequestError) as exc:
             client.embeddings.create(model=MODEL, input=empty)  # type: ignore[arg-type]
-        assert error_of(exc.value)["param"] == "input"
+        assert error_object(exc.value)["param"] == "input"
 
 
 def test_an_input_past_256_tokens_is_refused_in_openais_words(client: openai.OpenAI) -> None:
@@ -162,7 +157,7 @@ def test_an_input_past_256_tokens_is_refused_in_openais_words(client: openai.Ope
     assert client.embeddings.create(model=MODEL, input=fits).usage.prompt_tokens == 256
     with pytest.raises(openai.BadRequestError) as exc:
         client.embeddings.create(model=MODEL, input=["short", fits + "word"])
-    error = error_of(exc.value)
+    error = error_object(exc.value)
     assert error["code"] == "context_length_exceeded" and error["param"] == "input"
     assert error["message"] == (
         "This model's maximum context length is 256 tokens, however you requested 257 tokens "
@@ -170,19 +165,19 @@ def test_an_input_past_256_tokens_is_refused_in_openais_words(client: openai.Ope
     )
     with pytest.raises(openai.BadRequestError) as exc:
         client.embeddings.create(model=MODEL, input=[101] * 255)
-    assert error_of(exc.value)["code"] == "context_length_exceeded"
+    assert error_object(exc.value)["code"] == "context_length_exceeded"
 
 
 def test_more_than_2048_inputs_are_refused(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as exc:
         client.embeddings.create(model=MODEL, input=["x"] * 2049)
-    assert error_of(exc.value)["param"] == "input"
+    assert error_object(exc.value)["param"] == "input"
 
 
 def test_an_embedding_model_does_not_chat(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as exc:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
-    assert "is an embedding model" in str(error_of(exc.value)["message"])
+    assert "is an embedding model" in str(error_object(exc.value)["message"])
 
 
 def test_with_no_configuration_the_embedding_model_is_served(embedded: ParleyProcess) -> None:

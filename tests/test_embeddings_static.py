@@ -22,6 +22,7 @@ from tokenizers import Tokenizer
 
 from parley.inference.sentence_embeddings import default_model_dir
 from tests.conftest import ROOT, ParleyProcess
+from tests.support.calls import error_object
 
 MODEL = "all-minilm-l6-v2-static"
 FULL_ID = f"local-embeddings/{MODEL}"
@@ -60,12 +61,6 @@ def reference_tokenizer() -> Tokenizer:
     tokenizer.no_padding()
     tokenizer.no_truncation()
     return tokenizer
-
-
-def error_of(exc: openai.APIStatusError) -> dict[str, object]:
-    body = exc.response.json()
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    return body["error"]
 
 
 def test_a_string_gets_one_unit_vector_of_256_floats_and_its_token_count(client: openai.OpenAI) -> None:
@@ -178,10 +173,10 @@ def test_a_text_of_unknown_characters_gets_a_unit_vector(client: openai.OpenAI) 
 def test_token_ids_outside_the_vocabulary_and_other_dimensions_are_refused(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as exc:
         client.embeddings.create(model=MODEL, input=[101, 30522])
-    assert error_of(exc.value)["param"] == "input"
+    assert error_object(exc.value)["param"] == "input"
     with pytest.raises(openai.BadRequestError) as exc:
         client.embeddings.create(model=MODEL, input="x", dimensions=384)
-    assert error_of(exc.value)["param"] == "dimensions"
+    assert error_object(exc.value)["param"] == "dimensions"
     assert len(client.embeddings.create(model=MODEL, input="x", dimensions=256).data[0].embedding) == 256
 
 
@@ -190,7 +185,7 @@ def test_an_input_reads_whole_up_to_8192_tokens_and_past_that_is_refused(client:
     assert client.embeddings.create(model=MODEL, input=fits).usage.prompt_tokens == 8192
     with pytest.raises(openai.BadRequestError) as exc:
         client.embeddings.create(model=MODEL, input=fits + "word")
-    error = error_of(exc.value)
+    error = error_object(exc.value)
     assert error["code"] == "context_length_exceeded" and error["param"] == "input"
     assert "maximum context length is 8192 tokens" in str(error["message"])
     # The end of a long text counts, unlike the encoder's, which stops at 256 tokens.

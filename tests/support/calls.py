@@ -21,3 +21,10 @@ def error_of(call: Callable[[], Any]) -> tuple[int, dict[str, Any]]:
     error = status_error(call)
     assert isinstance(error.body, dict)
     return error.status_code, error.body
+
+
+def error_object(exc: openai.APIStatusError) -> dict[str, Any]:
+    """The `error` of a failed call's body as sent, checked to have OpenAI's four fields and no other."""
+    body = exc.response.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
