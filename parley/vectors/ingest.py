@@ -119,7 +119,11 @@ class Ingestion:
         try:
             self.registry.resolve(model)
         except ModelNotFoundError:
-            log.warning(
+            # A warning when the operator named the model; the default missing (a server configured for chat
+            # alone) is no misconfiguration, so it is only noted. Either way a store's creation is a 400 naming it.
+            explicit = "embedding_model" in self.settings.model_fields_set
+            log.log(
+                logging.WARNING if explicit else logging.INFO,
                 "vector_stores.embedding_model '%s' is not a configured model: vector stores cannot be created "
                 "(stores made before keep their own model)",
                 model,
