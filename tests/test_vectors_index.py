@@ -6,6 +6,7 @@ the HTTP tests (tests/test_vector_store_search.py) search text embedded by the r
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ from parley.errors import InvalidRequestError
 from parley.store.database import Database
 from parley.store.tables import files, vector_store_files, vector_stores
 from parley.vectors.filters import check_filter
-from parley.vectors.index import VECTOR_CACHE_BYTES, ChunkIndex, terms_of
+from parley.vectors.index import ChunkIndex, terms_of
 from parley.vectors.search import search
 from tests.postgres import PostgresServer
 
@@ -47,10 +48,20 @@ def axis(*weights: float) -> np.ndarray[Any, np.dtype[np.float32]]:
     return vector / np.linalg.norm(vector)
 
 
-@pytest.fixture(params=["sqlite", "sqlite-without-copy", "postgresql"])
+# Each database, by each of its paths: what a search reads from memory (SQLite's copy of the vectors, the stores'
+# files of parley.vectors.catalog) and what it asks the database; PostgreSQL ranked exactly (as a store of a few
+# thousand chunks is) and by its HNSW index (as a large store is, each kind of filter its own way).
+VARIANTS: dict[str, dict[str, int]] = {
+    "sqlite": {},
+    "sqlite-in-sql": {"cache_bytes": 0, "catalog_files": 0},
+    "postgresql": {},
+    "postgresql-hnsw": {"exact_chunks": 0},
+    "postgresql-hnsw-in-sql": {"exact_chunks": 0, "catalog_files": 0},
+}
+
+
+@pytest.fixture(params=list(VARIANTS))
 async def index(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ChunkIndex]:
-    """The index on each database; on SQLite also with no room for the in-memory copy of the vectors, so that
-    the SQL path (sqlite-vec's vec_distance_cosine, FTS5 summed in SQL) is what searches."""
     if request.param.startswith("sqlite"):
         url = f"sqlite:///{tmp_path / 'index.db'}"
     else:
@@ -58,7 +69,7 @@ async def index(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         url = server.create_database(f"index_{os.getpid()}_{time.monotonic_ns()}")
     database = Database(url)
     await database.migrate()
-    yield ChunkIndex(database, cache_bytes=0 if request.param == "sqlite-without-copy" else VECTOR_CACHE_BYTES)
+    yield ChunkIndex(database, **VARIANTS[request.param])
     await database.close()
 
 
@@ -196,6 +207,56 @@ async def test_a_filter_keeps_every_match_however_far_down_the_vector_ranking(in
     )
     assert [h.text for h in results.hits] == ["wanted"]
     assert results.hits[0].attributes == {"kind": "wanted"}
+
+
+async def test_a_change_to_a_stores_files_is_searched_at_once_by_every_process(index: ChunkIndex) -> None:
+    # Each change that a search reads of a store's files, made in the database as another server would make it:
+    # this index's copy of the store's files (parley.vectors.catalog) must not hide it.
+    db = index.db
+    embedder = Axes({"x": axis(1)})
+    wanted = {"type": "eq", "key": "kind", "value": "wanted"}
+    await add_file(db, "vs_a", "file-1", {"kind": "wanted"})
+    await add_file(db, "vs_a", "file-2", {"kind": "other"})
+    await index.replace_file("vs_a", "file-1", [Chunk("one")], np.vstack([axis(1)]))
+    await index.replace_file("vs_a", "file-2", [Chunk("two")], np.vstack([axis(1, 1)]))
+
+    async def found(filters: dict[str, Any] | None = None) -> list[str]:
+        return [h.text for h in (await search(index, embedder, [Store("vs_a")], "x", filters=filters)).hits]
+
+    async def change(statement: Any) -> None:
+        await db.write(lambda connection: connection.execute(statement))
+
+    of = vector_store_files.c
+    assert await found(wanted) == ["one"]
+    await change(vector_store_files.update().where(of.file_id == "file-2").values(attributes={"kind": "wanted"}))
+    assert await found(wanted) == ["one", "two"]
+    await change(vector_store_files.update().where(of.file_id == "file-1").values(status="in_progress"))
+    assert await found(wanted) == ["two"]
+    assert await found() == ["two"]
+    await change(vector_store_files.update().where(of.file_id == "file-1").values(status="completed"))
+    await change(vector_store_files.delete().where(of.file_id == "file-2"))  # its chunks are still there
+    assert await found() == ["one"]
+    await add_file(db, "vs_a", "file-3", {"kind": "wanted"}, status="in_progress")
+    await index.replace_file("vs_a", "file-3", [Chunk("three")], np.vstack([axis(1, 0.5)]))
+    assert await found(wanted) == ["one"]
+    await change(vector_store_files.update().where(of.file_id == "file-3").values(status="completed"))
+    assert await found(wanted) == ["one", "three"]
+
+
+async def test_a_file_past_its_expiry_is_not_searched(index: ChunkIndex) -> None:
+    db = index.db
+    embedder = Axes({"x": axis(1)})
+    await add_file(db, "vs_a", "file-1")
+    await add_file(db, "vs_a", "file-2")
+    await index.replace_file("vs_a", "file-1", [Chunk("lasting")], np.vstack([axis(1)]))
+    await index.replace_file("vs_a", "file-2", [Chunk("expiring")], np.vstack([axis(1, 1)]))
+    expiry = int(time.time()) + 1
+    await db.write(
+        lambda connection: connection.execute(files.update().where(files.c.id == "file-2").values(expires_at=expiry))
+    )
+    assert [h.text for h in (await search(index, embedder, [Store("vs_a")], "x")).hits] == ["lasting", "expiring"]
+    await asyncio.sleep(max(0.0, expiry - time.time()) + 0.1)
+    assert [h.text for h in (await search(index, embedder, [Store("vs_a")], "x")).hits] == ["lasting"]
 
 
 ATTRIBUTES = {

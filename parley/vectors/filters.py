@@ -1,5 +1,7 @@
-"""Attribute filters of a vector store search: OpenAI's `ComparisonFilter` and `CompoundFilter`, checked and
-compiled to SQL over `vector_store_files.attributes`, on SQLite and PostgreSQL alike.
+"""Attribute filters of a vector store search: OpenAI's `ComparisonFilter` and `CompoundFilter`, checked, and
+tested against a store's files in memory (`FileAttributes`) or compiled to SQL over
+`vector_store_files.attributes` (`compile_filter`, for a store of too many files to keep), with one meaning
+on SQLite and PostgreSQL alike.
 
     {"type": "eq" | "ne" | "gt" | "gte" | "lt" | "lte" | "in" | "nin", "key": str, "value": ...}
     {"type": "and" | "or", "filters": [filter, ...]}
@@ -22,6 +24,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import orjson
 import sqlalchemy as sa
 
@@ -256,3 +259,95 @@ def _postgres_test(kind: str, key: str, value: Any, attributes: Any) -> Any:
         return operand.op(operator)(sa.literal(value, sa.Text))
     operand = sa.case((typed, sa.cast(text, sa.Numeric)), else_=None)
     return operand.op(operator)(sa.literal(value, sa.Numeric))
+
+
+# In process. `FileAttributes` tests a checked filter against every file of a store at once, as compile_filter's
+# SQL would: the search keeps a store's files in memory (parley.vectors.catalog), since the SQL reads and parses
+# every file's attributes at each search (20 ms at 8,500 files on either database) where these columns take
+# well under a millisecond. The two agree on every operator (tests/test_vectors_index.py runs both).
+
+_MISSING, _STRING, _NUMBER, _BOOLEAN = 0, 1, 2, 3
+
+
+class _Column:
+    """One attribute of every file: its type code, and its values by type (None where of another type)."""
+
+    __slots__ = ("kinds", "values")
+
+    def __init__(self, values: list[Any]) -> None:
+        kinds = np.zeros(len(values), dtype=np.int8)
+        for i, value in enumerate(values):
+            if isinstance(value, bool):
+                kinds[i] = _BOOLEAN
+            elif isinstance(value, str):
+                kinds[i] = _STRING
+            elif isinstance(value, (int, float)):
+                kinds[i] = _NUMBER
+        self.kinds = kinds
+        self.values = np.empty(len(values), dtype=object)
+        self.values[:] = values
+
+    def of_type(self, kind: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        """The rows holding a value of this type, and their values."""
+        rows = np.flatnonzero(self.kinds == kind)
+        return rows, self.values[rows]
+
+
+class FileAttributes:
+    """The attributes of a list of files (a dict or None each), by column, built as filters ask for them."""
+
+    def __init__(self, attributes: list[dict[str, Any] | None]) -> None:
+        self._rows = attributes
+        self.size = len(attributes)
+        self._columns: dict[str, _Column] = {}
+
+    def matches(self, checked: dict[str, Any]) -> np.ndarray[Any, np.dtype[np.bool_]]:
+        """Which files pass the `checked` filter (see check_filter), as a boolean per file."""
+        kind = checked["type"]
+        if kind in COMPOUNDS:
+            parts = [self.matches(child) for child in checked["filters"]]
+            if kind == "and":
+                return np.logical_and.reduce(parts) if parts else np.ones(self.size, dtype=bool)
+            return np.logical_or.reduce(parts) if parts else np.zeros(self.size, dtype=bool)
+        column = self._column(checked["key"])
+        if kind == "ne":
+            return ~self._test(column, "eq", checked["value"])
+        if kind == "nin":
+            return ~self._test(column, "in", checked["value"])
+        return self._test(column, kind, checked["value"])
+
+    def _column(self, key: str) -> _Column:
+        column = self._columns.get(key)
+        if column is None:
+            column = self._columns[key] = _Column([(row or {}).get(key) for row in self._rows])
+        return column
+
+    def _test(self, column: _Column, kind: str, value: Any) -> np.ndarray[Any, np.dtype[np.bool_]]:
+        passed = np.zeros(self.size, dtype=bool)
+        if kind == "in":
+            # Numbers and strings apart: True == 1 in Python, never here, and 1 == 1.0 as on both databases.
+            for type_code, listed in (
+                (_STRING, {v for v in value if isinstance(v, str)}),
+                (_NUMBER, {v for v in value if not isinstance(v, str)}),
+            ):
+                if listed:
+                    rows, values = column.of_type(type_code)
+                    passed[rows] = np.fromiter((v in listed for v in values), dtype=bool, count=len(rows))
+            return passed
+        if isinstance(value, bool):  # only `eq` takes a boolean
+            rows, values = column.of_type(_BOOLEAN)
+            passed[rows] = values == value
+            return passed
+        rows, values = column.of_type(_STRING if isinstance(value, str) else _NUMBER)
+        if not len(rows):
+            return passed
+        # Python orders strings by code point, which is the order of their UTF-8 bytes, as the databases compare.
+        compare = {
+            "eq": np.equal,
+            "gt": np.greater,
+            "gte": np.greater_equal,
+            "lt": np.less,
+            "lte": np.less_equal,
+        }[kind]
+        passed[rows] = compare(values, value).astype(bool)
+        return passed
