@@ -4,7 +4,8 @@ A search takes only chunks of a store's files that are `completed`, whose File i
 and that pass the request's `filters`. Asking the database each time means reading every file of the store and
 parsing its attributes: 20 to 45 ms at 8,500 files (100,000 chunks) on either database, most of a search's
 time. So each process keeps a copy of each searched store's files (`StoreFiles`), read again only when the
-store's `files_version` has moved: the database bumps it itself (triggers of migration 0008) whenever a file is
+store's files version (`vector_store_file_versions`) has moved: the database bumps it itself (triggers of
+migration 0008) whenever a file is
 added or removed or its status or attributes change, and the search reads it with the store's index state, in
 its own transaction. Expiry is by the clock, so the copy keeps each File's `expires_at` and tests it at each
 search. Filters are tested by parley.vectors.filters.FileAttributes, and the files a filter allows are kept

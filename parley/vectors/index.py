@@ -489,8 +489,10 @@ class ChunkIndex:
         def work(connection: sa.Connection) -> list[list[Candidate]]:
             state = connection.execute(
                 sa.text(
-                    "SELECT key, vector_store_id, dimensions, chunks, version, removals, files_version "
-                    "FROM vector_store_indexes WHERE vector_store_id = :store"
+                    "SELECT key, i.vector_store_id, dimensions, chunks, i.version, removals, "
+                    "COALESCE(f.version, 0) AS files_version FROM vector_store_indexes AS i "
+                    "LEFT JOIN vector_store_file_versions AS f ON f.vector_store_id = i.vector_store_id "
+                    "WHERE i.vector_store_id = :store"
                 ),
                 {"store": vector_store_id},
             ).one_or_none()
