@@ -21,6 +21,7 @@ from parley.api.responses import create_response
 from parley.api.scoping import with_test_scoping
 from parley.config import Settings
 from parley.engine import encrypted_reasoning
+from parley.engine.background import JobSeal
 from parley.engine.conversations import ConversationService
 from parley.engine.files import InputFiles
 from parley.engine.service import ResponseService
@@ -37,7 +38,8 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> ASGIApp:
-    encrypted_reasoning.use_key(encrypted_reasoning.load_key(settings.engine.reasoning_key, settings.data_dir))
+    server_key = encrypted_reasoning.load_key(settings.engine.reasoning_key, settings.data_dir)
+    encrypted_reasoning.use_key(server_key)
     registry = ModelRegistry.from_settings(settings.inference)
     database = Database(settings.storage_url)
     conversations = ConversationStore(database)
@@ -63,6 +65,7 @@ def create_app(settings: Settings) -> ASGIApp:
         settings.tools,
         ToolResources(database=database, models=registry, vector_index=chunk_index),
         files=input_files,
+        job_seal=JobSeal(server_key),
     )
 
     @asynccontextmanager

@@ -544,9 +544,12 @@ class EngineSettings(_Section):
     # The most that the contexts kept for the next turn of a `previous_response_id` chain may hold, in bytes
     # of their items as stored (see parley.engine.chains); 0 keeps none.
     kept_context_bytes: int = Field(32 * 1024 * 1024, ge=0)
+    # Background responses (`background: true`, see parley.engine.background) this process runs at once; the
+    # others wait `queued`, oldest first, for this process or another on the same database.
+    background_concurrency: int = Field(4, ge=1)
     # The key that encrypts reasoning items' `encrypted_content` (see parley.engine.encrypted_reasoning):
     # 32 bytes in base64. None keeps a generated one in `data_dir`; servers that read each other's
-    # items must share it.
+    # items, or run each other's background responses (whose jobs it seals), must share it.
     reasoning_key: SecretStr | None = None
 
     @field_validator("reasoning_key")

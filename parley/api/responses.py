@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from parley.api.auth import caller_of
 from parley.api.body import documented, read_body
@@ -92,10 +93,39 @@ async def list_responses(
 
 @router.get("/v1/responses/{response_id}")
 async def retrieve_response(
-    request: Request, response_id: ResponseId, include: Include = None, include_brackets: IncludeBrackets = None
-) -> JSONResponse:
+    request: Request,
+    response_id: ResponseId,
+    include: Include = None,
+    include_brackets: IncludeBrackets = None,
+    stream: bool = False,
+    starting_after: Annotated[int | None, Query(ge=-1)] = None,
+) -> Response:
+    """The response; with `stream=true`, a background response's events after `starting_after`, then the rest as
+    they come, wherever it runs (ResponseService.follow)."""
     check_includes(include, include_brackets)
-    return JSONResponse(await _service(request).retrieve(response_id, caller_of(request)))
+    if not stream:
+        return JSONResponse(await _service(request).retrieve(response_id, caller_of(request)))
+    events = _service(request).follow(response_id, starting_after, caller_of(request))
+    # The first batch here, so that an unknown response is a 404, not a stream.
+    first = await anext(events, None)
+    return EventStreamResponse(_followed(first, events))
+
+
+async def _followed(first: list[Event] | None, rest: AsyncIterator[list[Event]]) -> AsyncIterator[bytes]:
+    try:
+        if first:
+            yield _encode(first)
+        async for batch in rest:
+            yield _encode(batch)
+        yield DONE
+    finally:
+        await rest.aclose()  # type: ignore[attr-defined]
+
+
+@router.post("/v1/responses/{response_id}/cancel")
+async def cancel_response(request: Request, response_id: ResponseId) -> JSONResponse:
+    """Cancels a background response (see ResponseService.cancel)."""
+    return JSONResponse(await _service(request).cancel(response_id, caller_of(request)))
 
 
 @router.delete("/v1/responses/{response_id}")

@@ -20,9 +20,10 @@ Sink = Callable[[str, bytes], None]
 
 
 class EventEmitter:
-    def __init__(self, sink: Sink | None = None) -> None:
+    def __init__(self, sink: Sink | None = None, first_sequence: int = 0) -> None:
         self._sink = sink
-        self._sequence = 0
+        # A background response's run numbers its events after those sent when it was queued.
+        self._sequence = first_sequence
         # Every event counts, sent or not (a response that is not streamed has none sent): whoever keeps
         # the output so far knows by it whether the output changed since.
         self.changes = 0

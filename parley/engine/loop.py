@@ -60,6 +60,9 @@ class Turn:
     caller: Caller | None = None
     files: InputFiles | None = None
     file_reads: dict[PartKey, FileRead] = field(default_factory=dict)  # what they gave, read once a turn
+    # The events that open the stream once its first output is certain: a background response sent its
+    # `response.created` when it was queued.
+    opening: tuple[str, ...] = ("response.created", "response.in_progress")
 
     def context_items(self) -> list[dict[str, Any]]:
         return (self.history + self.input_items + self.emitter.output)[self.dropped_items :]
@@ -114,14 +117,15 @@ async def _produce(turn: Turn) -> None:
 
 
 def announce(turn: Turn, finished: list[dict[str, Any]] | None = None) -> None:
-    """`response.created` and `response.in_progress`, once, when the first output is certain.
+    """The turn's opening events (`response.created`, `response.in_progress`), once, when the first output is
+    certain.
 
     Then the items that were `finished` before it (listings, approved calls), in order.
     """
     if not turn.announced:
         turn.announced = True
-        turn.emitter.emit("response.created", response=turn.response)
-        turn.emitter.emit("response.in_progress", response=turn.response)
+        for event_type in turn.opening:
+            turn.emitter.emit(event_type, response=turn.response)
         for item in finished or ():
             turn.emitter.add_finished(item)
 

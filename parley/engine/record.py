@@ -54,6 +54,12 @@ class ResponseRecord:
         """Writes the row shortly (see `FIRST_WRITE_AFTER`), unless the response ends before."""
         asyncio.get_running_loop().call_later(FIRST_WRITE_AFTER, self.written)
 
+    def adopt(self) -> None:
+        """Takes over a row that is already written: a background response's, stored when it was queued."""
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        written.set_result(None)
+        self._written = written
+
     def written(self) -> asyncio.Future[None] | None:
         """Starts writing the row, once; the write, which a request that needs the row waits for.
 

@@ -228,7 +228,7 @@ IGNORED_FIELDS = {
     "access_programs": "OpenAI's domain-specific access programs",
     "image": "OpenAI's image context optimisation; images are sent to the model as they are",
     "prompt_cache_options": "OpenAI's explicit cache breakpoints; prompt_cache_key is passed on",
-    "background_options": "options of background runs, which are refused while background is unsupported",
+    "background_options": "OpenAI's options of background runs; Parley's are its configuration's",
 }
 # Known fields that are refused when set (not null), with the reason the 400 gives.
 REFUSED_FIELDS = {

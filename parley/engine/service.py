@@ -14,15 +14,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import itertools
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
 
 from parley.config import EngineSettings, ToolsSettings
 from parley.engine import loop
+from parley.engine.background import BackgroundWorker, EventLog, JobSeal
 from parley.engine.chains import ChainContexts
 from parley.engine.conversations import ConversationNotFoundError, check_new_ids
 from parley.engine.emitter import EventEmitter
@@ -35,6 +38,7 @@ from parley.errors import InvalidRequestError, NotFoundError, ParleyError
 from parley.ids import check_id, new_id
 from parley.inference.registry import ModelRegistry, ResolvedModel
 from parley.store import (
+    ANYONE,
     Caller,
     ConversationNotFound,
     ConversationStore,
@@ -42,11 +46,29 @@ from parley.store import (
     PageRequest,
     ResponseStore,
 )
+from parley.store.responses import TERMINAL, Job, StoredEvents
 from parley.tools import ToolResources, ToolServices
 
 log = logging.getLogger(__name__)
 
 Event = tuple[str, bytes]
+# How long a cancel of a background response that another server runs waits for it to stop.
+CANCEL_WAIT_SECONDS = 10.0
+# How often a follower of a background response that another server runs reads its new events.
+FOLLOW_POLL_SECONDS = 0.05
+# How long a follower waits for the terminal event of a response whose status has ended.
+TERMINAL_EVENT_WAIT_SECONDS = 2.0
+_TERMINAL_EVENTS = frozenset(("response.completed", "response.failed", "response.incomplete"))
+
+
+def _newer(events: list[tuple[int, str, str]], after: int) -> tuple[list[Event], int]:
+    """The events numbered after `after`, as (type, data) to send, and the number of the last one."""
+    batch = []
+    for number, event_type, data in events:
+        if number > after:
+            batch.append((event_type, data.encode()))
+            after = number
+    return batch, after
 
 
 class ResponseNotFoundError(NotFoundError):
@@ -64,6 +86,7 @@ class ResponseRun:
         self.error: ParleyError | None = None
         # Ends the turn, when nobody could ever read it once its client has left (see `abandon`).
         self.on_abandon: Callable[[], object] | None = None
+        self.left = False  # whether its client left before the end
 
     def sink(self, event_type: str, data: bytes) -> None:
         assert self._queue is not None
@@ -99,6 +122,7 @@ class ResponseRun:
     def abandon(self) -> None:
         """Says that the client left before the end: a response that nobody could read then (not stored, in no
         conversation) is not produced further, and a request still queued for its model is dropped."""
+        self.left = True
         if self.on_abandon is not None and not self._result.done():
             self.on_abandon()
 
@@ -120,6 +144,21 @@ class ResponseRun:
             yield batch
 
 
+@dataclass(slots=True, frozen=True)
+class _Setup:
+    """A checked request and what its turn continues from: what a turn is made of."""
+
+    request: CreateResponseRequest
+    model: ResolvedModel
+    tools: list[BaseModel]
+    input_items: list[dict[str, Any]]
+    history: list[dict[str, Any]]
+    previous_tools: list[dict[str, Any]]
+    # Whether the turn's context may be kept for the next (see ChainContexts).
+    keep_context: bool
+    caller: Caller
+
+
 @dataclass(slots=True)
 class _Producing:
     """A response this server produces: its turn, and, when it is stored, its record and owner."""
@@ -130,6 +169,15 @@ class _Producing:
     # Whether its context, once stored, may be kept for the turn that continues it (see
     # engine.chains): not when a conversation's items, which can be deleted, are in it.
     keep_context: bool
+    # A background response's: its events on their way to the database, whether a cancel stopped it, and the
+    # task that produces it.
+    events: EventLog | None = None
+    cancelled: bool = False
+    in_loop: bool = False  # whether the agent loop still runs (a cancel stops it; the ending is not stopped)
+    task: asyncio.Task[None] | None = None
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    # Followers of its events on this server (`follow`): each gets (sequence number, type, data), then None.
+    followers: list[asyncio.Queue[tuple[int, str, bytes] | None]] = field(default_factory=list)
 
 
 class _ConversationLock(asyncio.Lock):
@@ -154,6 +202,7 @@ class ResponseService:
         tools: ToolsSettings | None = None,
         resources: ToolResources | None = None,
         files: InputFiles | None = None,
+        job_seal: JobSeal | None = None,
     ) -> None:
         self.registry = registry
         self.store = store
@@ -171,11 +220,22 @@ class ResponseService:
         # Turns on one conversation take turns here, and across servers in the database
         # (ConversationStore.turn_lock).
         self._conversation_locks: dict[str, _ConversationLock] = {}
+        # Background responses: sealed for their rows with the server's key, taken from the queue by the worker.
+        self.job_seal = job_seal or JobSeal(os.urandom(32))
+        self.worker = BackgroundWorker(store, self.run_job, self._cancel_here, self.engine.background_concurrency)
+        # Streamed background responses queued here, whose clients wait for their run: their events go there.
+        self._waiting_streams: dict[str, ResponseRun] = {}
+        self._closing = False
 
     async def create(self, request: CreateResponseRequest, caller: Caller) -> ResponseRun:
-        """Checks the request, stores the response as started, and starts producing it."""
-        if request.background:
-            raise InvalidRequestError("Background responses are not supported by this server yet.", param="background")
+        """Checks the request, stores the response as started, and starts producing it (a background one: stores
+        it queued, for a worker to run)."""
+        if request.background and not request.store:
+            raise InvalidRequestError(
+                "Background responses must be stored: `background: true` requires `store: true`.",
+                param="background",
+                code="invalid_value",
+            )
         if request.previous_response_id is not None:
             check_id(request.previous_response_id, "resp_", "previous_response_id")
         if request.conversation_id is not None:
@@ -183,6 +243,8 @@ class ResponseService:
         model = self.registry.resolve(request.model)
         tools = request.validated_tools()
         input_items = await self._resolve_references(parse_input(request.input), caller)
+        if request.background:
+            return await self._enqueue(request, model, tools, input_items, caller)
         lock = await self._enter_conversation(request.conversation_id, caller)
         try:
             history, previous_tools, keep_context = await self._history(request, caller)
@@ -193,9 +255,8 @@ class ResponseService:
             if request.conversation_id is not None:
                 ids = [item["id"] for item in input_items]
                 check_new_ids(input_items, await self.conversations.taken_ids(request.conversation_id, ids), "input")
-            return await self._start(
-                request, model, tools, input_items, history, previous_tools, lock, keep_context, caller
-            )
+            setup = _Setup(request, model, tools, input_items, history, previous_tools, keep_context, caller)
+            return await self._start(setup, lock)
         except BaseException:
             if lock is not None:
                 await self._leave_conversation(request.conversation_id or "", lock)
@@ -257,57 +318,83 @@ class ResponseService:
             return history, previous.get("tools") or [], not through_conversation
         return [], [], True
 
-    async def _start(
-        self,
-        request: CreateResponseRequest,
-        model: ResolvedModel,
-        tools: list[BaseModel],
-        input_items: list[dict[str, Any]],
-        history: list[dict[str, Any]],
-        previous_tools: list[dict[str, Any]],
-        lock: asyncio.Lock | None,
-        keep_context: bool,
-        caller: Caller,
-    ) -> ResponseRun:
+    async def _start(self, setup: _Setup, lock: asyncio.Lock | None) -> ResponseRun:
+        request = setup.request
         run = ResponseRun(streaming=request.stream)
-        sampling = model.provider.sampling_defaults(model.name)
-        response = initial_response(request, new_id("resp"), tools, sampling)
-        turn = loop.Turn(
-            request=request,
-            model=model,
-            response=response,
-            history=history,
-            input_items=input_items,
-            toolbox=self.tool_services.toolbox(tools, request.include or (), caller),
-            emitter=EventEmitter(run.sink if request.stream else None),
-            settings=self.engine,
-            previous_tools=previous_tools,
-            caller=caller,
-            files=self.files,
-        )
-        record = ResponseRecord(self.store, response, input_items, caller.owner) if request.store else None
-        producing = _Producing(turn, record, caller.owner, keep_context)
+        sampling = setup.model.provider.sampling_defaults(setup.model.name)
+        response = initial_response(request, new_id("resp"), setup.tools, sampling)
+        record = ResponseRecord(self.store, response, setup.input_items, setup.caller.owner) if request.store else None
         if record is not None:
             # A server that dies after this still leaves a row that says so (see `_keep_leases`).
             record.start_soon()
-            self._producing[response["id"]] = producing
-        task = asyncio.create_task(self._produce(producing, run, lock), name=f"response {response['id']}")
+        producing = self._turn(setup, response, record, EventEmitter(run.sink if request.stream else None))
+        self._launch(producing, run, lock)
         if not request.store and request.conversation_id is None:
-            run.on_abandon = task.cancel
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            run.on_abandon = producing.task.cancel if producing.task is not None else None
         return run
 
+    def _turn(
+        self, setup: _Setup, response: dict[str, Any], record: ResponseRecord | None, emitter: EventEmitter
+    ) -> _Producing:
+        request, caller = setup.request, setup.caller
+        turn = loop.Turn(
+            request=request,
+            model=setup.model,
+            response=response,
+            history=setup.history,
+            input_items=setup.input_items,
+            toolbox=self.tool_services.toolbox(setup.tools, request.include or (), caller),
+            emitter=emitter,
+            settings=self.engine,
+            previous_tools=setup.previous_tools,
+            caller=caller,
+            files=self.files,
+        )
+        return _Producing(turn, record, caller.owner, setup.keep_context)
+
+    def _launch(self, producing: _Producing, run: ResponseRun, lock: asyncio.Lock | None) -> None:
+        """Starts the task that produces the response, to its one ending (`_produce`)."""
+        response_id = producing.turn.response["id"]
+        if producing.record is not None:
+            self._producing[response_id] = producing
+        task = asyncio.create_task(self._produce(producing, run, lock), name=f"response {response_id}")
+        producing.task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _produce(self, producing: _Producing, run: ResponseRun, lock: asyncio.Lock | None) -> None:
-        """A turn's whole life, and its one ending: produced, appended to its conversation, stored, told."""
+        """A turn's whole life, and its one ending: produced, appended to its conversation, stored, told.
+
+        A background response may also end `cancelled` (`cancel`), or, when this server stops before it produced
+        any output, be given back to the queue for another server to run.
+        """
         turn, record = producing.turn, producing.record
+        background = producing.events is not None
+        producing.in_loop = True
         error = await self._produce_output(turn)
-        if error is None and turn.request.conversation_id is not None:
+        producing.in_loop = False
+        given_back = False
+        if producing.cancelled:
+            error = None
+            self._cancelled(turn)
+            if producing.events is not None:
+                # Before the status says so: a follower on another server that reads `cancelled` has every event.
+                await producing.events.flush()
+        elif error is not None and background and self._closing and not turn.emitter.output:
+            given_back = True
+        elif error is None and turn.request.conversation_id is not None:
             error = await self._append_to_conversation(turn)
-        if error is not None:
+        if background and not turn.announced and not given_back:
+            # Its caller has had its id since it was queued: it ends in the stream and in storage like any other.
+            loop.announce(turn)
+        if error is not None and not given_back:
             self._fail(turn, error)
         try:
-            if record is not None and not turn.announced:
+            if given_back:
+                if producing.events is not None:
+                    await producing.events.discard()
+                await self.store.give_back(turn.response["id"])
+            elif record is not None and not turn.announced:
                 # Refused before its first event: the client never had its id, so nothing of it stays.
                 await record.discard()
             elif record is not None:
@@ -320,11 +407,17 @@ class ResponseService:
             log.exception("cannot store response %s", turn.response["id"])
         finally:
             self._producing.pop(turn.response["id"], None)
-            # The terminal event leaves once the turn is appended and stored (or could not be).
-            if turn.announced:
+            # The terminal event leaves once the turn is appended and stored (or could not be). A cancelled
+            # response has none (OpenAI's stream events have no `response.cancelled`): its stream ends there.
+            if turn.announced and not given_back and turn.response["status"] != "cancelled":
                 loop.end(turn)
+            if producing.events is not None and not given_back:
+                await producing.events.close()
+            for follower in producing.followers:
+                follower.put_nowait(None)
             # Whatever happened above, the caller hears how the turn ended: never a hang.
             run.end(turn.response if turn.announced else None, error)
+            producing.ended.set()
             if lock is not None:
                 await self._leave_conversation(turn.request.conversation_id or "", lock)
 
@@ -390,6 +483,239 @@ class ResponseService:
         response["usage"] = usage_object(turn.usage)
         response["output"] = turn.emitter.output
 
+    @staticmethod
+    def _cancelled(turn: loop.Turn) -> None:
+        """Marks a background turn cancelled: its open items close `incomplete`, and it keeps what it produced."""
+        turn.emitter.close_all("incomplete")
+        response = turn.response
+        response["status"] = "cancelled"
+        response["completed_at"] = response["incomplete_details"] = None
+        response["usage"] = usage_object(turn.usage)
+        response["output"] = turn.emitter.output
+
+    # Background responses ---------------------------------------------------------------------------------
+
+    async def _enqueue(
+        self,
+        request: CreateResponseRequest,
+        model: ResolvedModel,
+        tools: list[BaseModel],
+        input_items: list[dict[str, Any]],
+        caller: Caller,
+    ) -> ResponseRun:
+        """Stores a background response `queued`, with its job, for a worker to run (see parley.engine.background).
+
+        Streamed, its caller hears `response.created` and `response.queued` now and the rest as it runs; this
+        server holds the job, so that the run is where its stream is. Not streamed, the caller has it queued.
+        """
+        if (
+            request.conversation_id is not None
+            and await self.conversations.get(request.conversation_id, caller) is None
+        ):
+            raise ConversationNotFoundError(request.conversation_id, param="conversation")
+        if request.previous_response_id is not None:
+            await self._written(request.previous_response_id, caller)
+            if not await self.store.exists(request.previous_response_id, caller):
+                raise ResponseNotFoundError(
+                    request.previous_response_id, param="previous_response_id", code="previous_response_not_found"
+                )
+        sampling = model.provider.sampling_defaults(model.name)
+        response = initial_response(request, new_id("resp"), tools, sampling)
+        response["status"] = "queued"
+        run = ResponseRun(streaming=request.stream)
+        opening: list[tuple[str, str]] = []
+        emitter = EventEmitter(lambda event_type, data: opening.append((event_type, data.decode())))
+        emitter.emit("response.created", response=response)
+        emitter.emit("response.queued", response=response)
+        sealed = self.job_seal.seal(request, input_items, caller)
+        claim = self.worker.token if request.stream else None
+        if request.stream:
+            self._waiting_streams[response["id"]] = run
+        try:
+            await self.store.enqueue(response, input_items, caller.owner, sealed, opening, claim=claim)
+        except BaseException:
+            self._waiting_streams.pop(response["id"], None)
+            raise
+        if request.stream:
+            for event_type, data in opening:
+                run.sink(event_type, data.encode())
+            run.on_abandon = lambda: self._waiting_streams.pop(response["id"], None)
+        else:
+            run.end({**response, "output": []}, None)
+        self.worker.wake()
+        return run
+
+    async def run_job(self, job: Job) -> None:
+        """Runs a background response that this server's worker took, to its end (`_produce`)."""
+        response = {**job.body, "status": "in_progress", "output": []}
+        stream = self._waiting_streams.pop(job.id, None)
+        run = stream or ResponseRun(streaming=False)
+        events = EventLog(self.store, job.id, first=2)
+        followers: list[asyncio.Queue[tuple[int, str, bytes] | None]] = []
+        sequence = itertools.count(2)
+
+        def sink(event_type: str, data: bytes) -> None:
+            number = next(sequence)
+            events.add(event_type, data)
+            if stream is not None and not stream.left:
+                stream.sink(event_type, data)
+            for follower in followers:
+                follower.put_nowait((number, event_type, data))
+
+        emitter = EventEmitter(sink, first_sequence=2)
+        lock: asyncio.Lock | None = None
+        try:
+            request, input_items, caller = self.job_seal.open(job.sealed)
+            model = self.registry.resolve(request.model)
+            tools = request.validated_tools()
+            lock = await self._enter_conversation(request.conversation_id, caller)
+            history, previous_tools, keep_context = await self._history(request, caller)
+        except (ParleyError, ValueError) as exc:
+            if lock is not None:
+                await self._leave_conversation(request.conversation_id or "", lock)
+            error = exc if isinstance(exc, ParleyError) else ParleyError(f"The background job cannot be run: {exc}.")
+            await self._end_unstarted(job, response, emitter, events, error)
+            run.end(response, error)
+            return
+        record = ResponseRecord(self.store, response, input_items, job.owner)
+        record.adopt()
+        setup = _Setup(request, model, tools, input_items, history, previous_tools, keep_context, caller)
+        producing = self._turn(setup, response, record, emitter)
+        producing.turn.opening = ("response.in_progress",)
+        producing.events = events
+        producing.followers = followers
+        self._launch(producing, run, lock)
+        await producing.ended.wait()
+
+    async def _end_unstarted(
+        self, job: Job, response: dict[str, Any], emitter: EventEmitter, events: EventLog, error: ParleyError
+    ) -> None:
+        """Fails a background response that could not start (its model gone, its conversation deleted)."""
+        response.update(status="failed", error=error_object(error))
+        emitter.emit("response.in_progress", response=response)
+        emitter.emit("error", **error_event(error))
+        emitter.emit("response.failed", response=response)
+        try:
+            await self.store.finish(response, [], [])
+        finally:
+            await events.close()
+
+    async def follow(self, response_id: str, starting_after: int | None, caller: Caller) -> AsyncIterator[list[Event]]:
+        """A background response's events numbered after `starting_after` (from the first without it), in batches:
+        those kept, then the rest as they come, until it ends; wherever it runs (see parley.engine.background).
+
+        Raises ResponseNotFoundError, or InvalidRequestError for a response that is not a background one, before
+        the first batch.
+        """
+        after = -1 if starting_after is None else starting_after
+        await self._written(response_id, caller)
+        state = await self.store.status(response_id, caller)
+        if state is None:
+            raise ResponseNotFoundError(response_id)
+        if not state[1]:
+            raise InvalidRequestError(
+                "Only background responses can be streamed again: this response was not created with background=true.",
+                param="stream",
+            )
+        producing = self._produced_for(response_id, caller)
+        live: asyncio.Queue[tuple[int, str, bytes] | None] | None = None
+        unwritten: list[tuple[int, str, str]] = []
+        if producing is not None and producing.events is not None:
+            # Followed here from now on, and what is not yet in the database taken now, before the kept events
+            # are read: no event falls between the three.
+            live = asyncio.Queue()
+            producing.followers.append(live)
+            unwritten = producing.events.unwritten()
+        try:
+            stored = await self.store.events_after(response_id, after, caller)
+            if live is not None and producing is not None:
+                events = sorted({e[0]: e for e in [*stored.events, *unwritten]}.values())
+                batch, after = _newer(events, after)
+                if batch:
+                    yield batch
+                if producing.ended.is_set() and live.empty():
+                    return
+                while (event := await live.get()) is not None:
+                    batch, after = _newer([(event[0], event[1], event[2].decode())], after)
+                    if batch:
+                        yield batch
+                return
+            async for batch in self._poll_events(response_id, stored, after, caller):
+                yield batch
+        finally:
+            if live is not None and producing is not None and live in producing.followers:
+                producing.followers.remove(live)
+
+    async def _poll_events(
+        self, response_id: str, stored: StoredEvents, after: int, caller: Caller
+    ) -> AsyncIterator[list[Event]]:
+        """Follows a response that another server runs (or that has ended) by reading its kept events."""
+        ended_at: float | None = None
+        clock = asyncio.get_running_loop().time
+        while True:
+            batch, after = _newer(stored.events, after)
+            if batch:
+                yield batch
+            if any(event_type in _TERMINAL_EVENTS for event_type, _ in batch):
+                return
+            if stored.status in TERMINAL:
+                # Its terminal event is written just after its status (a cancelled one has none): a while more.
+                if stored.status == "cancelled" or stored.status is None:
+                    return
+                ended_at = ended_at if ended_at is not None else clock()
+                if clock() - ended_at > TERMINAL_EVENT_WAIT_SECONDS:
+                    return
+            await asyncio.sleep(FOLLOW_POLL_SECONDS)
+            stored = await self.store.events_after(response_id, after, caller)
+
+    def _cancel_here(self, response_id: str) -> bool:
+        """Stops a background response this server produces; whether it was producing it."""
+        producing = self._producing.get(response_id)
+        if producing is None or producing.events is None or producing.task is None:
+            return False
+        if producing.in_loop and not producing.cancelled:
+            producing.cancelled = True
+            producing.task.cancel()
+        return True
+
+    async def cancel(self, response_id: str, caller: Caller) -> dict[str, Any]:
+        """Cancels a background response: queued, it is cancelled where it stands; running, the server that runs
+        it stops it. A cancelled one is returned as it is; one that ended otherwise, or a foreground one, is a 400."""
+        producing = self._produced_for(response_id, caller)
+        if producing is not None and self._cancel_here(response_id):
+            await producing.ended.wait()
+            return await self.retrieve(response_id, caller)
+        response = await self.store.get(response_id, caller)
+        if response is None:
+            raise ResponseNotFoundError(response_id)
+        if not response.get("background"):
+            raise InvalidRequestError("Only responses created with background=true can be cancelled.")
+        status = response["status"]
+        if status == "cancelled":
+            return response
+        if status in TERMINAL:
+            raise InvalidRequestError(f"Cannot cancel a {status} response.")
+        if status == "queued" and await self.store.cancel_queued(response_id):
+            waiting = self._waiting_streams.pop(response_id, None)
+            if waiting is not None:
+                waiting.end(None, None)
+            return await self.retrieve(response_id, caller)
+        # Running on another server (or taken just now): it stops it when it next looks.
+        await self.store.ask_cancel(response_id)
+        deadline = asyncio.get_running_loop().time() + CANCEL_WAIT_SECONDS
+        while asyncio.get_running_loop().time() < deadline:
+            current = await self.store.get(response_id, ANYONE)
+            if current is None or current["status"] in TERMINAL:
+                break
+            if current["status"] == "queued" and await self.store.cancel_queued(response_id):
+                break  # given back to the queue by a server that stopped: cancelled there
+            producing = self._produced_for(response_id, caller)
+            if producing is not None and self._cancel_here(response_id):
+                await producing.ended.wait()
+                break
+            await asyncio.sleep(0.02)
+        return await self.retrieve(response_id, caller)
+
     async def _resolve_references(self, items: list[dict[str, Any]], caller: Caller) -> list[dict[str, Any]]:
         wanted = [item["id"] for item in items if item["type"] == "item_reference"]
         if not wanted:
@@ -448,8 +774,9 @@ class ResponseService:
         return (await self.store.input_items(response_id, page)).as_list()
 
     async def start(self) -> None:
-        """Starts keeping the leases of the responses this server produces."""
+        """Starts keeping the leases of the responses this server produces, and running background responses."""
         self._keeper = asyncio.create_task(self._keep_leases(), name="response leases")
+        await self.worker.start()
 
     async def _keep_leases(self) -> None:
         """The heartbeat: renews this server's leases and keeps the output of its responses so far, and fails
@@ -458,7 +785,7 @@ class ResponseService:
         interval = self.store.lease_seconds / 3
         while True:
             try:
-                await self.store.renew(sorted(self._producing))
+                await self.store.renew(sorted([*self._producing, *self._waiting_streams]))
                 for producing in list(self._producing.values()):
                     if producing.record is not None:
                         emitter = producing.turn.emitter
@@ -470,7 +797,10 @@ class ResponseService:
             await asyncio.sleep(interval)
 
     async def close(self) -> None:
-        """Ends the responses still running (they are stored as failed)."""
+        """Ends the responses still running: they are stored as failed, but for background ones that had produced
+        no output yet, which go back to the queue for another server."""
+        self._closing = True
+        await self.worker.close()
         if self._keeper is not None:
             self._keeper.cancel()
             await asyncio.gather(self._keeper, return_exceptions=True)

@@ -8,14 +8,16 @@ the response's id). `_items` reads both as one.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 
 from parley.store.database import Database
 from parley.store.owners import Caller, visible_to
 from parley.store.pagination import Page, PageRequest, read_page
-from parley.store.tables import conversation_items, response_items, responses
+from parley.store.tables import conversation_items, response_events, response_items, responses
 
 _VISIBLE = sa.and_(responses.c.deleted.is_(False))
 
@@ -27,8 +29,32 @@ _INSERT_ITEMS = response_items.insert()
 _FINISH_RESPONSE = (
     responses.update()
     .where(responses.c.id == sa.bindparam("response_id"))
-    .values(status=sa.bindparam("status"), body=sa.bindparam("body"), lease_until=None)
+    .values(status=sa.bindparam("status"), body=sa.bindparam("body"), lease_until=None, job=None, claim=None)
 )
+# The statuses a response ends with.
+TERMINAL = ("completed", "incomplete", "failed", "cancelled")
+# A background job given back this many times (its server stopped or died before it produced output) fails.
+MAX_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A background response taken to run: its row's id, its sealed job, its stored state (less output), and how
+    many times a server has taken it (this time included)."""
+
+    id: str
+    sealed: str
+    body: dict[str, Any]
+    owner: str | None
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvents:
+    """Events of a background response from some point on, and whether the response has ended."""
+
+    events: list[tuple[int, str, str]]  # (sequence_number, type, data)
+    status: str | None  # None: no such response the caller sees
 
 
 class _ItemSource:
@@ -181,13 +207,172 @@ class ResponseStore:
     async def get(self, response_id: str, caller: Caller) -> dict[str, Any] | None:
         return await self.db.read(lambda connection: _read_response(connection, response_id, caller))
 
+    # Background responses -----------------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        response: dict[str, Any],
+        input_items: list[dict[str, Any]],
+        owner: str | None,
+        sealed_job: str,
+        events: list[tuple[str, str]],
+        claim: str | None = None,
+    ) -> None:
+        """Stores a background response `queued`, with its input, its job and its first events; `claim`, the
+        server that will run it (one that streams it to its caller), which holds it under a lease."""
+        row = _response_row(response, time.time() + self.lease_seconds if claim else None, owner)
+        row.update(job=sealed_job, claim=claim)
+        rows = [] if response.get("conversation") else _item_rows(response["id"], "input", input_items)
+
+        def insert(connection: sa.Connection) -> None:
+            connection.execute(_INSERT_RESPONSE, row)
+            if rows:
+                connection.execute(_INSERT_ITEMS, rows)
+            _insert_events(connection, response["id"], 0, events)
+
+        await self.db.write(insert)
+
+    async def claim_jobs(self, token: str, limit: int) -> list[Job]:
+        """Takes up to `limit` queued jobs, oldest first, for the server `token`: those no server holds, and its
+        own. Each is `in_progress` under this server's lease once taken; no other server can take it."""
+        is_sqlite = self.db.is_sqlite
+        lease = self.lease_seconds
+
+        def pick(now: float) -> sa.Select[Any]:
+            free = sa.or_(responses.c.claim.is_(None), responses.c.claim == token, responses.c.lease_until < now)
+            return (
+                sa.select(responses.c.id)
+                .where(responses.c.status == "queued", free)
+                .order_by(responses.c.seq)
+                .limit(limit)
+            )
+
+        # A read first: every server looks twice a second, and a write transaction each time, nearly always for
+        # nothing, would take SQLite's one writer from the turns that need it.
+        if not await self.db.read(lambda connection: connection.execute(pick(time.time())).first()):
+            return []
+
+        def claim(connection: sa.Connection) -> list[Job]:
+            now = time.time()
+            pick_ids = pick(now)
+            if not is_sqlite:
+                pick_ids = pick_ids.with_for_update(skip_locked=True)
+            ids = list(connection.execute(pick_ids).scalars())
+            if not ids:
+                return []
+            rows = connection.execute(
+                responses.update()
+                .where(responses.c.id.in_(ids), responses.c.status == "queued")
+                .values(status="in_progress", claim=token, lease_until=now + lease, attempts=responses.c.attempts + 1)
+                .returning(responses.c.id, responses.c.job, responses.c.body, responses.c.owner, responses.c.attempts)
+            ).all()
+            order = {response_id: i for i, response_id in enumerate(ids)}
+            jobs = [Job(row.id, row.job, row.body, row.owner, row.attempts) for row in rows]
+            return sorted(jobs, key=lambda job: order[job.id])
+
+        return await self.db.write(claim)
+
+    async def give_back(self, response_id: str) -> None:
+        """Puts a job that produced nothing back in the queue (its server stops); its events after
+        `response.queued` go, since it will run again from there."""
+
+        def give_back(connection: sa.Connection) -> None:
+            connection.execute(
+                responses.update()
+                .where(responses.c.id == response_id, responses.c.status == "in_progress")
+                .values(status="queued", claim=None, lease_until=None)
+            )
+            connection.execute(
+                response_events.delete().where(
+                    response_events.c.response_id == response_id, response_events.c.first > 1
+                )
+            )
+
+        await self.db.write(give_back)
+
+    async def cancel_queued(self, response_id: str) -> bool:
+        """Cancels a background response that no server has started; whether it was still queued."""
+
+        def cancel(connection: sa.Connection) -> bool:
+            row = connection.execute(
+                sa.select(responses.c.body).where(responses.c.id == response_id, responses.c.status == "queued")
+            ).first()
+            if row is None:
+                return False
+            body = {**row.body, "status": "cancelled"}
+            result = connection.execute(
+                responses.update()
+                .where(responses.c.id == response_id, responses.c.status == "queued")
+                .values(status="cancelled", body=body, job=None, claim=None, lease_until=None)
+            )
+            return bool(result.rowcount)
+
+        return await self.db.write(cancel)
+
+    async def ask_cancel(self, response_id: str) -> None:
+        """Asks the server running a background response to cancel it (see `cancels_asked`)."""
+        statement = (
+            responses.update()
+            .where(responses.c.id == response_id, responses.c.status == "in_progress")
+            .values(cancel_requested=True)
+        )
+        await self.db.write(lambda connection: connection.execute(statement))
+
+    async def cancels_asked(self, token: str) -> list[str]:
+        """The background responses that server `token` runs and whose cancel was asked of another server."""
+        query = sa.select(responses.c.id).where(
+            responses.c.claim == token, responses.c.status == "in_progress", responses.c.cancel_requested.is_(True)
+        )
+        return await self.db.read(lambda connection: list(connection.execute(query).scalars()))
+
+    async def status(self, response_id: str, caller: Caller) -> tuple[str, bool] | None:
+        """A response's status, and whether it is a background one (None: no such response the caller sees)."""
+        query = sa.select(responses.c.status, responses.c.body).where(
+            responses.c.id == response_id, _VISIBLE, visible_to(responses.c.owner, caller)
+        )
+
+        def read(connection: sa.Connection) -> tuple[str, bool] | None:
+            row = connection.execute(query).first()
+            return None if row is None else (row.status, bool(row.body.get("background")))
+
+        return await self.db.read(read)
+
+    async def add_events(self, response_id: str, first: int, events: list[tuple[str, str]]) -> None:
+        """Keeps a batch of a background response's events (`first` is the first one's sequence number)."""
+        await self.db.write(lambda connection: _insert_events(connection, response_id, first, events))
+
+    async def events_after(self, response_id: str, after: int, caller: Caller) -> StoredEvents:
+        """The response's kept events numbered after `after`, and its status as read with them."""
+
+        def read(connection: sa.Connection) -> StoredEvents:
+            status = connection.execute(
+                sa.select(responses.c.status).where(
+                    responses.c.id == response_id, _VISIBLE, visible_to(responses.c.owner, caller)
+                )
+            ).scalar()
+            if status is None:
+                return StoredEvents([], None)
+            rows = connection.execute(
+                sa.select(response_events.c.first, response_events.c.events)
+                .where(response_events.c.response_id == response_id, response_events.c.last > after)
+                .order_by(response_events.c.first)
+            )
+            events = []
+            for row in rows:
+                for offset, (event_type, data) in enumerate(orjson.loads(row.events)):
+                    if row.first + offset > after:
+                        events.append((row.first + offset, event_type, data))
+            return StoredEvents(events, status)
+
+        return await self.db.read(read)
+
     async def renew(self, response_ids: list[str]) -> None:
         """Extends the lease of the responses this server is producing."""
         if not response_ids:
             return
         statement = (
             responses.update()
-            .where(responses.c.id.in_(response_ids), responses.c.status == "in_progress")
+            .where(responses.c.id.in_(response_ids), responses.c.status.in_(("in_progress", "queued")))
             .values(lease_until=time.time() + self.lease_seconds)
         )
         await self.db.write(lambda connection: connection.execute(statement))
@@ -199,19 +384,34 @@ class ResponseStore:
         def fail(connection: sa.Connection) -> list[str]:
             rows = list(
                 connection.execute(
-                    sa.select(responses.c.id, responses.c.body).where(
+                    sa.select(responses.c.id, responses.c.body, responses.c.job, responses.c.attempts).where(
                         responses.c.status == "in_progress", responses.c.lease_until < now
                     )
                 )
             )
+            failed = []
             for row in rows:
+                if row.job is not None and row.attempts < MAX_ATTEMPTS and not _produced(connection, row.id):
+                    # A background job that its dead server had not started to answer: queued again.
+                    connection.execute(
+                        responses.update()
+                        .where(responses.c.id == row.id, responses.c.status == "in_progress")
+                        .values(status="queued", claim=None, lease_until=None)
+                    )
+                    connection.execute(
+                        response_events.delete().where(
+                            response_events.c.response_id == row.id, response_events.c.first > 1
+                        )
+                    )
+                    continue
                 body = {**row.body, "status": "failed", "error": error}
                 connection.execute(
                     responses.update()
                     .where(responses.c.id == row.id, responses.c.status == "in_progress")
-                    .values(status="failed", body=body, lease_until=None)
+                    .values(status="failed", body=body, lease_until=None, job=None, claim=None)
                 )
-            return [row.id for row in rows]
+                failed.append(row.id)
+            return failed
 
         return await self.db.write(fail)
 
@@ -330,7 +530,32 @@ def _read_response(connection: sa.Connection, response_id: str, caller: Caller) 
         .where(items.c.response_id == response_id, items.c.kind == "output", items.live)
         .order_by(items.c.position)
     ).scalars()
-    return {**row.body, "output": list(output)}
+    # The row's status is the truth: a background response's body says `queued` until its job ends.
+    return {**row.body, "status": row.status, "output": list(output)}
+
+
+def _insert_events(connection: sa.Connection, response_id: str, first: int, events: list[tuple[str, str]]) -> None:
+    if events:
+        connection.execute(
+            response_events.insert().values(
+                response_id=response_id,
+                first=first,
+                last=first + len(events) - 1,
+                events=orjson.dumps([list(event) for event in events]).decode(),
+            )
+        )
+
+
+def _produced(connection: sa.Connection, response_id: str) -> bool:
+    """Whether a background response has kept output, or events past its opening three (created, queued,
+    in_progress): whether running it again could contradict what a follower saw."""
+    output = connection.execute(
+        sa.select(sa.literal(1)).where(response_items.c.response_id == response_id, response_items.c.kind == "output")
+    ).first()
+    events = connection.execute(
+        sa.select(sa.literal(1)).where(response_events.c.response_id == response_id, response_events.c.last > 2)
+    ).first()
+    return output is not None or events is not None
 
 
 def _kept_rows(response: dict[str, Any]) -> sa.Delete:

@@ -35,9 +35,28 @@ responses = sa.Table(
     sa.Column("lease_until", sa.Float, nullable=True),
     # The owner of the key that made it; null with authentication off (see parley.store.owners).
     sa.Column("owner", sa.String(64), nullable=True),
+    # A background response's job: what it runs, sealed (parley.engine.background); null once it has ended.
+    sa.Column("job", sa.Text, nullable=True),
+    # The server running a background response (its token), how many times one took it, and whether a cancel
+    # was asked of it while another server ran it.
+    sa.Column("claim", sa.String(64), nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("ix_responses_in_progress", "status", "lease_until"),
+    # Queued background responses, oldest first.
+    sa.Index("ix_responses_queued", "status", "seq"),
     # A caller's list walks its own rows in insertion order.
     sa.Index("ix_responses_owner_seq", "owner", "seq"),
+)
+
+# A background response's events, in batches, for a stream to be followed again from any point.
+response_events = sa.Table(
+    "response_events",
+    metadata,
+    sa.Column("response_id", sa.String(64), sa.ForeignKey("responses.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("first", sa.Integer, primary_key=True),
+    sa.Column("last", sa.Integer, nullable=False),
+    sa.Column("events", sa.Text, nullable=False),
 )
 
 response_items = sa.Table(

@@ -1,0 +1,235 @@
+"""Background responses (`background: true`): a response that is a durable job, run by whichever server takes it.
+
+create   the response is stored `queued` with its job: the request, its input and its caller, sealed with the
+         server's key (`JobSeal`), since a request may carry secrets (an MCP server's authorization) that
+         are never stored in the clear. Not streamed, the caller has the queued response at once; streamed,
+         its events from `response.created` and `response.queued` on, and the job is this server's to run.
+claim    each server's `BackgroundWorker` takes queued jobs from the database, oldest first, up to
+         `engine.background_concurrency` at once, and runs each as a foreground turn would run
+         (ResponseService.run_job); a job is one server's only (the claim is a single UPDATE that finds it
+         still queued, under `FOR UPDATE SKIP LOCKED` on PostgreSQL).
+events   a background response's events are kept in the database in batches (`EventLog`), for a stream to
+         be followed again from any point (`GET /v1/responses/{id}?stream=true&starting_after=N`).
+cancel   `POST /v1/responses/{id}/cancel`: a queued job is cancelled where it stands; a running one is
+         stopped by the server running it, at once if that is this one, else when it next looks for cancels
+         (`CANCEL_POLL_SECONDS`).
+lost     a server that stops cleanly gives back the jobs it had not started to produce output for; one that
+         dies stops renewing its lease (`storage.lease_seconds`), and the first server to notice puts its
+         jobs that had streamed nothing back in the queue and fails the others (ResponseStore.abandoned).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from parley.engine.request import CreateResponseRequest
+from parley.store import Caller
+from parley.store.responses import Job, ResponseStore
+
+log = logging.getLogger(__name__)
+
+# How often a worker asks the database for jobs when nothing woke it (a job queued on another server).
+POLL_SECONDS = 0.5
+# How often a worker looks for cancels asked of its jobs through another server.
+CANCEL_POLL_SECONDS = 0.1
+# How often a running job's new events are written, at most (and at its end).
+EVENTS_FLUSH_SECONDS = 0.1
+
+
+class JobSeal:
+    """Seals a job for its row and opens it again, with a key derived from the server's key (servers that run
+    each other's jobs share it, as they share the reasoning key)."""
+
+    def __init__(self, server_key: bytes) -> None:
+        derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"parley background job").derive(
+            server_key
+        )
+        self._fernet = Fernet(base64.urlsafe_b64encode(derived))
+
+    def seal(self, request: CreateResponseRequest, input_items: list[dict[str, Any]], caller: Caller) -> str:
+        payload = {
+            "request": request.model_dump(mode="json", by_alias=True, exclude_unset=True),
+            "input": input_items,
+            "owner": caller.owner,
+            "admin": caller.admin,
+        }
+        return self._fernet.encrypt(orjson.dumps(payload)).decode("ascii")
+
+    def open(self, sealed: str) -> tuple[CreateResponseRequest, list[dict[str, Any]], Caller]:
+        """The job's request, its input items (resolved when it was queued) and its caller.
+
+        Raises ValueError for a job this server cannot open (sealed with another key).
+        """
+        try:
+            payload = orjson.loads(self._fernet.decrypt(sealed))
+        except InvalidToken as exc:
+            raise ValueError("the job was sealed with another key") from exc
+        request = CreateResponseRequest.model_validate(payload["request"])
+        return request, payload["input"], Caller(owner=payload["owner"], admin=payload["admin"])
+
+
+class EventLog:
+    """A background response's events on their way to the database: batched, written at most every
+    `EVENTS_FLUSH_SECONDS`, and all of them by `close`."""
+
+    def __init__(self, store: ResponseStore, response_id: str, first: int = 0) -> None:
+        self.store = store
+        self.response_id = response_id
+        self._next = first
+        self._pending: list[tuple[str, str]] = []
+        self._first_pending = first
+        # The batch being written: until it is in the database, a follower reads it here.
+        self._writing: list[tuple[str, str]] = []
+        self._first_writing = first
+        self._flusher: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    def add(self, event_type: str, data: bytes) -> None:
+        if not self._pending:
+            self._first_pending = self._next
+        self._pending.append((event_type, data.decode()))
+        self._next += 1
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(EVENTS_FLUSH_SECONDS)
+        await self.flush()
+
+    async def flush(self) -> None:
+        async with self._lock:
+            if not self._pending:
+                return
+            batch, first = self._pending, self._first_pending
+            self._pending = []
+            self._writing, self._first_writing = batch, first
+            try:
+                await self.store.add_events(self.response_id, first, batch)
+            except Exception:
+                log.exception("cannot keep the events of response %s", self.response_id)
+            finally:
+                self._writing = []
+
+    def unwritten(self) -> list[tuple[int, str, str]]:
+        """The events not yet in the database (sequence number, type, data), in order."""
+        return [(self._first_writing + i, *event) for i, event in enumerate(self._writing)] + [
+            (self._first_pending + i, *event) for i, event in enumerate(self._pending)
+        ]
+
+    async def discard(self) -> None:
+        """Drops the events not yet written (a job given back runs again from its opening events)."""
+        if self._flusher is not None and not self._flusher.done():
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        async with self._lock:
+            self._pending = []
+
+    async def close(self) -> None:
+        if self._flusher is not None and not self._flusher.done():
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.flush()
+
+
+@dataclass(slots=True)
+class _Running:
+    task: asyncio.Task[None]
+    job: Job
+
+
+class BackgroundWorker:
+    """Takes queued background responses from the database and runs them, `concurrency` at once at most."""
+
+    def __init__(
+        self,
+        store: ResponseStore,
+        run_job: Callable[[Job], Awaitable[None]],
+        cancel_local: Callable[[str], bool],
+        concurrency: int,
+    ) -> None:
+        self.store = store
+        self.token = f"w{secrets.token_hex(8)}"
+        self._run_job = run_job
+        self._cancel_local = cancel_local
+        self.concurrency = concurrency
+        self._running: dict[str, _Running] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+
+    def wake(self) -> None:
+        """A job was queued here, or a slot freed: look for jobs now."""
+        self._wake.set()
+
+    @property
+    def running(self) -> list[str]:
+        return list(self._running)
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._take_jobs(), name="background jobs"),
+            asyncio.create_task(self._watch_cancels(), name="background cancels"),
+        ]
+
+    async def _take_jobs(self) -> None:
+        while True:
+            try:
+                free = self.concurrency - len(self._running)
+                if free > 0:
+                    for job in await self.store.claim_jobs(self.token, free):
+                        task = asyncio.create_task(self._run(job), name=f"background {job.id}")
+                        self._running[job.id] = _Running(task, job)
+            except Exception:
+                log.exception("cannot take background jobs")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+            self._wake.clear()
+
+    async def _run(self, job: Job) -> None:
+        started = time.monotonic()
+        try:
+            await self._run_job(job)
+        except Exception:
+            log.exception("background response %s failed to run", job.id)
+        finally:
+            self._running.pop(job.id, None)
+            log.debug("background response %s ran for %.2f s", job.id, time.monotonic() - started)
+            if not self._closing:
+                self.wake()
+
+    async def _watch_cancels(self) -> None:
+        while True:
+            await asyncio.sleep(CANCEL_POLL_SECONDS)
+            if not self._running:
+                continue
+            try:
+                for response_id in await self.store.cancels_asked(self.token):
+                    self._cancel_local(response_id)
+            except Exception:
+                log.exception("cannot read the cancels asked of background jobs")
+
+    async def close(self) -> None:
+        """Stops taking jobs; the running ones are ended by the service (given back, or failed)."""
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        running = [running.task for running in self._running.values()]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
