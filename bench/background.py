@@ -1,0 +1,373 @@
+"""Background responses: jobs per second through 1, 2 and 4 servers on one database, the time a cancel takes,
+and the time to the first event of a stream followed again.
+
+Everything runs as child processes on 127.0.0.1: a fake upstream (tests/fake_upstream.py) and `parley serve`
+processes on one database (SQLite in the run's directory, or a throwaway PostgreSQL server as tests/postgres.py
+starts one), sharing `engine.reasoning_key` as servers that run each other's jobs must.
+
+1. Throughput. `--jobs` (200) background responses (`fake-echo`, a short input, unpaced upstream) are created as
+   fast as `--clients` (16) concurrent requests go, spread over the servers as a load balancer would spread
+   them, and waited for until every one has ended (their statuses read from the database every 20 ms: the one
+   place the benchmark reads it). jobs/s is the jobs over the time from the first create to the last end; each
+   server runs `--concurrency` (8) jobs at once. With 1, 2 and 4 servers; the scaling is 2 servers' jobs/s over
+   1 server's (issue 15's target on this 2-core machine: at least 1.6). The baseline, in the same run: the same
+   number of foreground responses (not streamed) through one server, with the same clients.
+2. Cancel. `--cancels` (40) jobs that never answer (`fake-hang`), each cancelled once it is in progress: the time
+   from `POST /v1/responses/{id}/cancel` to its reply, which comes once the response is stored `cancelled`;
+   through the server that runs the job, and through another one (which asks it through the database).
+   Target: p99 under 100 ms.
+3. Resume. `--resumes` (40) streamed jobs of `fake-long` (400 tokens, the upstream paced at 5 ms a chunk): in
+   mid-run, `GET /v1/responses/{id}?stream=true&starting_after=N` through the server that runs it and through
+   another, timed to the first event's bytes. Target: p50 under 10 ms. Baseline: `GET /v1/responses/{id}`
+   (JSON) of the same response at the same moment.
+
+    .venv/bin/python bench/background.py                          # SQLite
+    .venv/bin/python bench/background.py --database postgresql
+    .venv/bin/python bench/background.py --json out.json --check
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import sqlalchemy as sa
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
+
+from _common import (
+    Children,
+    conclude,
+    fmt,
+    percentile,
+    print_footer,
+    print_targets,
+    report_config,
+    run_benchmark,
+    start_fake,
+    start_parley,
+    target,
+)
+
+from parley.store.database import Database
+from tests.postgres import PostgresServer
+
+SERVERS = (1, 2, 4)
+TARGET_SCALING = 1.6
+TARGET_CANCEL_P99_MS = 100.0
+TARGET_RESUME_P50_MS = 10.0
+KEY = base64.b64encode(os.urandom(32)).decode()
+ENDED = ("completed", "failed", "incomplete", "cancelled")
+
+
+def config(upstream: str, paced: str, storage_url: str, concurrency: int) -> str:
+    return yaml.safe_dump(
+        {
+            "inference": {
+                "providers": {
+                    "fake": {"type": "openai", "base_url": upstream, "api_key": "bench", "models": ["fake-echo"]},
+                    "paced": {
+                        "type": "openai",
+                        "base_url": paced,
+                        "api_key": "bench",
+                        "models": ["fake-long", "fake-hang"],
+                    },
+                }
+            },
+            "storage": {"url": storage_url},
+            "engine": {"background_concurrency": concurrency, "reasoning_key": KEY},
+        },
+        sort_keys=False,
+    )
+
+
+class Servers:
+    """`parley serve` processes on one database, started as needed and kept for the run."""
+
+    def __init__(self, children: Children, yaml_config: str) -> None:
+        self.children = children
+        self.yaml_config = yaml_config
+        self.bases: list[str] = []
+
+    async def at_least(self, count: int) -> list[str]:
+        while len(self.bases) < count:
+            base, _ = await asyncio.to_thread(
+                start_parley, self.children, self.yaml_config, name=f"parley-{len(self.bases)}"
+            )
+            self.bases.append(base)
+        return self.bases[:count]
+
+
+async def statuses(database: Database, ids: list[str]) -> dict[str, str]:
+    query = sa.text("SELECT id, status FROM responses WHERE id IN :ids").bindparams(sa.bindparam("ids", expanding=True))
+    rows = await database.read(lambda connection: connection.execute(query, {"ids": ids}).all())
+    return {row.id: row.status for row in rows}
+
+
+async def create_many(
+    http: httpx.AsyncClient, bases: list[str], count: int, clients: int, background: bool
+) -> tuple[list[str], list[str]]:
+    """Creates `count` responses through `bases` in turn, `clients` at a time; their ids and any errors."""
+    ids: list[str] = []
+    errors: list[str] = []
+    numbers = iter(range(count))
+
+    async def client() -> None:
+        for i in numbers:
+            body = {"model": "fake/fake-echo", "input": f"job {i}", "background": background}
+            reply = await http.post(f"{bases[i % len(bases)]}/responses", content=orjson.dumps(body))
+            if reply.status_code != 200:
+                errors.append(f"HTTP {reply.status_code}: {reply.text[:200]}")
+                continue
+            ids.append(orjson.loads(reply.content)["id"])
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return ids, errors
+
+
+async def throughput(
+    http: httpx.AsyncClient, database: Database, servers: Servers, count: int, options: argparse.Namespace
+) -> dict[str, Any]:
+    bases = await servers.at_least(count)
+    started = time.perf_counter()
+    ids, errors = await create_many(http, bases, options.jobs, options.clients, background=True)
+    created = time.perf_counter() - started
+    deadline = time.monotonic() + options.job_timeout
+    while True:
+        found = await statuses(database, ids)
+        left = [i for i in ids if found.get(i) not in ENDED]
+        if not left or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.02)
+    seconds = time.perf_counter() - started
+    completed = sum(found.get(i) == "completed" for i in ids)
+    return {
+        "servers": count,
+        "jobs": len(ids),
+        "completed": completed,
+        "not_ended": len(left),
+        "errors": len(errors) + len(ids) - completed,
+        "first_error": errors[0] if errors else None,
+        "create_seconds": round(created, 3),
+        "seconds": round(seconds, 3),
+        "jobs_per_s": round(completed / seconds, 1),
+    }
+
+
+async def foreground(http: httpx.AsyncClient, servers: Servers, options: argparse.Namespace) -> dict[str, Any]:
+    [base] = await servers.at_least(1)
+    started = time.perf_counter()
+    ids, errors = await create_many(http, [base], options.jobs, options.clients, background=False)
+    seconds = time.perf_counter() - started
+    return {
+        "jobs": len(ids),
+        "errors": len(errors),
+        "seconds": round(seconds, 3),
+        "jobs_per_s": round(len(ids) / seconds, 1),
+    }
+
+
+async def in_progress(http: httpx.AsyncClient, base: str, response_id: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reply = await http.get(f"{base}/responses/{response_id}")
+        if orjson.loads(reply.content)["status"] == "in_progress":
+            return
+        await asyncio.sleep(0.01)
+    raise RuntimeError(f"{response_id} did not start within {timeout:g} s")
+
+
+async def cancels(http: httpx.AsyncClient, servers: Servers, options: argparse.Namespace) -> dict[str, Any]:
+    runner, other = await servers.at_least(2)
+    result: dict[str, Any] = {}
+    for where, through in (("same server", runner), ("another server", other)):
+        times: list[float] = []
+        wrong = 0
+        for _ in range(options.cancels):
+            # Streamed, so that the server it was sent to runs it.
+            body = {"model": "paced/fake-hang", "input": "x", "background": True, "stream": True}
+            async with http.stream("POST", f"{runner}/responses", content=orjson.dumps(body)) as reply:
+                async for line in reply.aiter_lines():
+                    if line.startswith("data: "):
+                        response_id = orjson.loads(line[6:])["response"]["id"]
+                        break
+                await in_progress(http, runner, response_id)
+                started = time.perf_counter()
+                answer = await http.post(f"{through}/responses/{response_id}/cancel")
+                times.append(time.perf_counter() - started)
+                if answer.status_code != 200 or orjson.loads(answer.content)["status"] != "cancelled":
+                    wrong += 1
+        result[where] = {
+            "cancels": len(times),
+            "wrong": wrong,
+            "p50_ms": round(1000 * (percentile(times, 50) or 0), 2),
+            "p99_ms": round(1000 * (percentile(times, 99) or 0), 2),
+        }
+    return result
+
+
+async def resumes(http: httpx.AsyncClient, servers: Servers, options: argparse.Namespace) -> dict[str, Any]:
+    runner, other = await servers.at_least(2)
+    result: dict[str, Any] = {}
+    for where, through in (("same server", runner), ("another server", other)):
+        first_event: list[float] = []
+        retrieve: list[float] = []
+        for _ in range(options.resumes):
+            body = {
+                "model": "paced/fake-long",
+                "input": "x",
+                "background": True,
+                "stream": True,
+                "max_output_tokens": 400,
+            }
+            async with http.stream("POST", f"{runner}/responses", content=orjson.dumps(body)) as reply:
+                seen = 0
+                response_id = ""
+                async for line in reply.aiter_lines():
+                    if line.startswith("data: {"):
+                        event = orjson.loads(line[6:])
+                        response_id = response_id or event["response"]["id"]
+                        seen = event["sequence_number"]
+                        if seen >= 60:
+                            break
+                started = time.perf_counter()
+                await http.get(f"{through}/responses/{response_id}")
+                retrieve.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                params = {"stream": "true", "starting_after": str(seen)}
+                async with http.stream("GET", f"{through}/responses/{response_id}", params=params) as followed:
+                    async for chunk in followed.aiter_bytes():
+                        if chunk:
+                            first_event.append(time.perf_counter() - started)
+                            break
+                await http.post(f"{runner}/responses/{response_id}/cancel")
+        result[where] = {
+            "resumes": len(first_event),
+            "first_event_p50_ms": round(1000 * (percentile(first_event, 50) or 0), 2),
+            "first_event_p99_ms": round(1000 * (percentile(first_event, 99) or 0), 2),
+            "retrieve_p50_ms": round(1000 * (percentile(retrieve, 50) or 0), 2),
+        }
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=8, help="engine.background_concurrency of each server")
+    parser.add_argument("--cancels", type=int, default=40)
+    parser.add_argument("--resumes", type=int, default=40)
+    parser.add_argument("--job-timeout", type=float, default=300)
+    parser.add_argument("--max-seconds", type=float, default=1800)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--check", action="store_true")
+    options = parser.parse_args()
+    started = time.perf_counter()
+    load_before = os.getloadavg()
+    postgres: PostgresServer | None = None
+
+    def start(children: Children) -> Any:
+        nonlocal postgres
+        if options.database == "sqlite":
+            url = f"sqlite:///{children.workdir / 'bench.db'}"
+        else:
+            postgres = PostgresServer()
+            postgres.start()
+            url = postgres.create_database("bench")
+        upstream = start_fake(children, "fake", delay_ms=0)
+        paced = start_fake(children, "paced", delay_ms=5)
+        servers = Servers(children, config(upstream, paced, url, options.concurrency))
+        return scenarios(servers, url)
+
+    async def scenarios(servers: Servers, url: str) -> dict[str, Any]:
+        database = Database(url)
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        try:
+            async with httpx.AsyncClient(timeout=120, limits=limits, headers={"Authorization": "Bearer bench"}) as http:
+                baseline = await foreground(http, servers, options)
+                runs = [await throughput(http, database, servers, count, options) for count in SERVERS]
+                return {
+                    "foreground": baseline,
+                    "background": runs,
+                    "cancel": await cancels(http, servers, options),
+                    "resume": await resumes(http, servers, options),
+                }
+        finally:
+            await database.close()
+
+    try:
+        outcome = run_benchmark(start, options.max_seconds)
+    finally:
+        if postgres is not None:
+            postgres.stop()
+    if isinstance(outcome, int):
+        return outcome
+    by_servers = {run["servers"]: run for run in outcome["background"]}
+    scaling = by_servers[2]["jobs_per_s"] / by_servers[1]["jobs_per_s"] if by_servers[1]["jobs_per_s"] else 0.0
+    outcome["scaling_2_over_1"] = round(scaling, 2)
+    targets = [
+        target("jobs/s, 2 servers over 1", round(scaling, 2), scaling >= TARGET_SCALING, "x"),
+        *(
+            target(f"cancel p99 ({where})", row["p99_ms"], row["p99_ms"] < TARGET_CANCEL_P99_MS, " ms")
+            for where, row in outcome["cancel"].items()
+        ),
+        *(
+            target(
+                f"first resumed event p50 ({where})",
+                row["first_event_p50_ms"],
+                row["first_event_p50_ms"] < TARGET_RESUME_P50_MS,
+                " ms",
+            )
+            for where, row in outcome["resume"].items()
+        ),
+        target(
+            "every job completed",
+            sum(run["errors"] + run["not_ended"] for run in outcome["background"]),
+            all(run["errors"] == 0 and run["not_ended"] == 0 for run in outcome["background"]),
+        ),
+    ]
+    report = {
+        "config": report_config(vars(options) | {"json": str(options.json) if options.json else None}),
+        "elapsed_s": time.perf_counter() - started,
+        "load_average": {"before": load_before, "after": os.getloadavg()},
+        "results": outcome,
+        "targets": targets,
+    }
+    base = outcome["foreground"]
+    print(f"Database: {options.database}; each server runs {options.concurrency} background jobs at once\n")
+    print(f"   foreground, 1 server: {base['jobs']} responses in {base['seconds']} s, {base['jobs_per_s']} /s")
+    for run in outcome["background"]:
+        ratio = run["jobs_per_s"] / base["jobs_per_s"] if base["jobs_per_s"] else 0
+        print(
+            f"   background, {run['servers']} server(s): {run['completed']}/{run['jobs']} completed in "
+            f"{run['seconds']} s, {run['jobs_per_s']} jobs/s (x{fmt(ratio)} the foreground rate)"
+            + (f", {run['errors']} errors" if run["errors"] else "")
+        )
+    print(f"   scaling, 2 servers over 1: x{fmt(scaling)}\n")
+    for where, row in outcome["cancel"].items():
+        print(f"   cancel through the {where}: p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms ({row['wrong']} wrong)")
+    for where, row in outcome["resume"].items():
+        print(
+            f"   resume through the {where}: first event p50 {row['first_event_p50_ms']} ms, p99 "
+            f"{row['first_event_p99_ms']} ms (GET of the response: p50 {row['retrieve_p50_ms']} ms)"
+        )
+    print()
+    print_targets(targets)
+    print(f"\nload average (1 min) {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after")
+    print_footer(report)
+    return conclude(report, options.json, options.check)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
