@@ -60,6 +60,19 @@ class Children:
         self.workdir = workdir
         self.procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
         self._stop_signals: dict[int, int] = {}
+        self._postgres: Any = None
+
+    def database(self, kind: str, name: str) -> str:
+        """A new, empty database's URL: `sqlite`, a file in the work directory; `postgresql`, one on a throwaway
+        server with pgvector (tests/postgres.py), started at the first and stopped with the children."""
+        if kind == "sqlite":
+            return f"sqlite:///{self.workdir / f'{name}.db'}"
+        if self._postgres is None:
+            from tests.postgres import PostgresServer
+
+            self._postgres = PostgresServer()
+            self._postgres.start()
+        return str(self._postgres.create_database(name))
 
     def spawn(
         self, name: str, args: list[str], env: dict[str, str] | None = None, stop_signal: int = signal.SIGTERM
@@ -97,6 +110,8 @@ class Children:
                 proc.wait()
             if proc.stdout is not None:
                 proc.stdout.close()
+        if self._postgres is not None:
+            self._postgres.stop()
 
 
 def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:

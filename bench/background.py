@@ -60,7 +60,6 @@ from _common import (
 )
 
 from parley.store.database import Database
-from tests.postgres import PostgresServer
 
 SERVERS = (1, 2, 4)
 TARGET_SCALING = 1.6
@@ -275,16 +274,9 @@ def main() -> int:
     options = parser.parse_args()
     started = time.perf_counter()
     load_before = os.getloadavg()
-    postgres: PostgresServer | None = None
 
     def start(children: Children) -> Any:
-        nonlocal postgres
-        if options.database == "sqlite":
-            url = f"sqlite:///{children.workdir / 'bench.db'}"
-        else:
-            postgres = PostgresServer()
-            postgres.start()
-            url = postgres.create_database("bench")
+        url = children.database(options.database, "bench")
         upstream = start_fake(children, "fake", delay_ms=0)
         paced = start_fake(children, "paced", delay_ms=5)
         servers = Servers(children, config(upstream, paced, url, options.concurrency))
@@ -306,11 +298,7 @@ def main() -> int:
         finally:
             await database.close()
 
-    try:
-        outcome = run_benchmark(start, options.max_seconds)
-    finally:
-        if postgres is not None:
-            postgres.stop()
+    outcome = run_benchmark(start, options.max_seconds)
     if isinstance(outcome, int):
         return outcome
     by_servers = {run["servers"]: run for run in outcome["background"]}

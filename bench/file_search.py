@@ -97,7 +97,6 @@ from parley.inference.sentence_embeddings import default_model_dir
 from parley.inference.static_embeddings import load_table
 from parley.store.database import Database
 from parley.vectors.chunking import chunk_text
-from tests.postgres import PostgresServer
 
 STATIC, ENCODER = EMBEDDED_STATIC_EMBEDDING_MODEL, EMBEDDED_EMBEDDING_MODEL
 DEFAULT_MODEL = VectorStoreSettings().embedding_model
@@ -580,19 +579,9 @@ def main() -> int:
     load_before = os.getloadavg()
     databases = ["sqlite", "postgresql"] if options.database == "both" else [options.database]
     timer = Timer()
-    postgres: PostgresServer | None = None
 
     def start(children: Children) -> Any:
-        nonlocal postgres
-        urls = {}
-        for database in databases:
-            if database == "sqlite":
-                urls[database] = f"sqlite:///{children.workdir / 'bench.db'}"
-            else:
-                postgres = PostgresServer()
-                postgres.start()
-                urls[database] = postgres.create_database("bench")
-        return scenarios(children, urls)
+        return scenarios(children, {database: children.database(database, "bench") for database in databases})
 
     async def scenarios(children: Children, urls: dict[str, str]) -> dict[str, Any]:
         t = time.perf_counter()
@@ -609,11 +598,7 @@ def main() -> int:
         timer.add("corpus: generating files (within the above)", corpus.seconds)
         return results
 
-    try:
-        outcome = run_benchmark(start, options.max_seconds)
-    finally:
-        if postgres is not None:
-            postgres.stop()
+    outcome = run_benchmark(start, options.max_seconds)
     if isinstance(outcome, int):
         return outcome
     targets = make_targets(outcome, options.chunks)

@@ -39,7 +39,6 @@ from _common import Children, conclude, fmt, print_footer, print_targets, report
 from _common import target as make_target
 
 from parley.config import EMBEDDED_EMBEDDING_MODEL, EMBEDDED_STATIC_EMBEDDING_MODEL
-from tests.postgres import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "retrieval"
@@ -137,13 +136,8 @@ def main() -> int:
     databases = ["sqlite", "postgresql"] if options.database == "both" else [options.database]
     docs, questions = load_set()
     started = time.perf_counter()
-    postgres: PostgresServer | None = None
 
     def start(children: Children) -> Any:
-        nonlocal postgres
-        if "postgresql" in databases:
-            postgres = PostgresServer()
-            postgres.start()
         return scenarios(children)
 
     async def scenarios(children: Children) -> dict[str, Any]:
@@ -152,11 +146,7 @@ def main() -> int:
         out: dict[str, Any] = {}
         for database in databases:
             for label in labels:
-                if database == "sqlite":
-                    url = f"sqlite:///{children.workdir / f'{label}.db'}"
-                else:
-                    assert postgres is not None
-                    url = postgres.create_database(f"retrieval_{label}")
+                url = await asyncio.to_thread(children.database, database, f"retrieval_{label}")
                 name = f"parley-{database}-{label}"
                 base, proc = await asyncio.to_thread(start_parley, children, parley_yaml(url, MODELS[label]), name=name)
                 out[f"{database}/{label}"] = await asyncio.to_thread(evaluate, base, docs, questions, options.results)
@@ -164,11 +154,7 @@ def main() -> int:
                 await asyncio.to_thread(proc.wait, 30)
         return out
 
-    try:
-        outcome = run_benchmark(start, options.max_seconds)
-    finally:
-        if postgres is not None:
-            postgres.stop()
+    outcome = run_benchmark(start, options.max_seconds)
     if isinstance(outcome, int):
         return outcome
 

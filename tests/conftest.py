@@ -120,6 +120,13 @@ class ParleyProcess:
             transport.failures.clear()
         return failures
 
+    def __enter__(self) -> ParleyProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def http(self) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=60)
 
@@ -195,6 +202,13 @@ def _streams_follow_the_protocol() -> Iterator[None]:
         for transport in server.transports:
             transport.failures.clear()
     assert not failures, f"a stream broke the protocol: {failures[0]}"
+
+
+@pytest.fixture
+def client(server: ParleyProcess) -> openai.OpenAI:
+    """The official client of the module's own `server` fixture, for a module that starts a Parley of its own
+    (a module with another `client` fixture uses that one)."""
+    return server.client()
 
 
 @pytest.fixture(scope="session")

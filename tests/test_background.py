@@ -43,15 +43,8 @@ def config_of(paced: FakeUpstream, database_url: str, **engine: Any) -> dict[str
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, paced: FakeUpstream, database_url: str) -> Iterator[ParleyProcess]:
-    parley = ParleyProcess(tmp_path_factory.mktemp("background"), config_of(paced, database_url))
-    parley.start()
-    yield parley
-    parley.stop()
-
-
-@pytest.fixture
-def client(server: ParleyProcess) -> openai.OpenAI:
-    return server.client()
+    with ParleyProcess(tmp_path_factory.mktemp("background"), config_of(paced, database_url)) as parley:
+        yield parley
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "the condition") -> Any:

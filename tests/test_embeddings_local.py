@@ -32,15 +32,8 @@ CONFIG = {"inference": {"providers": {"local-embeddings": {"type": "local-embedd
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ParleyProcess]:
-    process = ParleyProcess(tmp_path_factory.mktemp("embeddings"), CONFIG)
-    process.start()
-    yield process
-    process.stop()
-
-
-@pytest.fixture()
-def client(server: ParleyProcess) -> openai.OpenAI:
-    return server.client()
+    with ParleyProcess(tmp_path_factory.mktemp("embeddings"), CONFIG) as process:
+        yield process
 
 
 def vectors(client: openai.OpenAI, texts: str | list[str], **kwargs: object) -> np.ndarray:

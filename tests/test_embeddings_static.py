@@ -45,11 +45,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ParleyProcess]:
     process.stop()
 
 
-@pytest.fixture()
-def client(server: ParleyProcess) -> openai.OpenAI:
-    return server.client()
-
-
 def vectors(client: openai.OpenAI, texts: str | list[str] | list[list[int]], model: str = MODEL) -> np.ndarray:
     reply = client.embeddings.create(model=model, input=texts, encoding_format="float")  # type: ignore[arg-type]
     return np.array([item.embedding for item in sorted(reply.data, key=lambda d: d.index)], dtype=np.float32)

@@ -80,15 +80,8 @@ def server(
     tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream, s3_endpoint: str, bucket: Any
 ) -> Iterator[ParleyProcess]:
     workdir = tmp_path_factory.mktemp("files-s3")
-    parley = ParleyProcess(workdir / "server", s3_config(fake_upstream, s3_endpoint, workdir))
-    parley.start()
-    yield parley
-    parley.stop()
-
-
-@pytest.fixture
-def client(server: ParleyProcess) -> openai.OpenAI:
-    return server.client()
+    with ParleyProcess(workdir / "server", s3_config(fake_upstream, s3_endpoint, workdir)) as parley:
+        yield parley
 
 
 def objects(bucket: Any) -> set[str]:

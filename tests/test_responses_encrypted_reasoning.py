@@ -80,15 +80,8 @@ def server(
 ) -> Iterator[ParleyProcess]:
     """Parley with `KEY` in its configuration file."""
     workdir = tmp_path_factory.mktemp("sealing")
-    parley = ParleyProcess(workdir, _config(workdir, scripted, fake_upstream, KEY))
-    parley.start()
-    yield parley
-    parley.stop()
-
-
-@pytest.fixture
-def client(server: ParleyProcess) -> openai.OpenAI:
-    return server.client()
+    with ParleyProcess(workdir, _config(workdir, scripted, fake_upstream, KEY)) as parley:
+        yield parley
 
 
 def _first_turn(client: openai.OpenAI, *, stream: bool = False) -> Any:

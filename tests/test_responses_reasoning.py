@@ -44,15 +44,8 @@ def server(
         }
     with output_kinds.scripted_upstream() as base_url:
         providers["s"] = {"type": "openai", "base_url": base_url, "models": ["reasoning"]}
-        parley = ParleyProcess(tmp_path_factory.mktemp("reasoning-field"), config)
-        parley.start()
-        yield parley
-        parley.stop()
-
-
-@pytest.fixture
-def client(server: ParleyProcess) -> openai.OpenAI:
-    return server.client()
+        with ParleyProcess(tmp_path_factory.mktemp("reasoning-field"), config) as parley:
+            yield parley
 
 
 def model(field: str | None, name: str = "fake-echo") -> str:
