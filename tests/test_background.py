@@ -299,6 +299,27 @@ def test_a_run_is_followed_from_another_server(
         other.stop()
 
 
+def test_a_run_is_cancelled_through_another_server(
+    tmp_path: Path, paced: FakeUpstream, database_url: str, server: ParleyProcess
+) -> None:
+    # Streamed, so that the module's server runs it; the cancel goes to the other, which asks it through the
+    # database (and, on PostgreSQL, a NOTIFY).
+    with ParleyProcess(tmp_path / "other", config_of(paced, database_url)) as other:
+        body = {"model": "fake/fake-stall", "input": "go", "background": True, "stream": True}
+        with server.http() as http, http.stream("POST", "/v1/responses", json=body) as reply:
+            lines = reply.iter_lines()
+            response_id = json.loads(next(line for line in lines if line.startswith("data: "))[6:])["response"]["id"]
+            next(line for line in lines if "response.output_text.delta" in line)
+            started = time.monotonic()
+            cancelled = other.client().responses.cancel(response_id)
+            took = time.monotonic() - started
+            rest = [line for line in lines if line]
+        assert cancelled.status == "cancelled"
+        assert took < 2
+        assert rest[-1] == "data: [DONE]"
+        assert server.client().responses.retrieve(response_id).status == "cancelled"
+
+
 @pytest.fixture
 def fresh_database(request: pytest.FixtureRequest, tmp_path: Path, database_url: str) -> str:
     """A database of the module's backend that no other server uses: whichever server runs a job is known."""

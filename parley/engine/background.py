@@ -37,14 +37,16 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from parley.engine.request import CreateResponseRequest
 from parley.store import Caller
-from parley.store.responses import Job, ResponseStore
+from parley.store.responses import CANCEL_CHANNEL, Job, ResponseStore
 
 log = logging.getLogger(__name__)
 
 # How often a worker asks the database for jobs when nothing woke it (a job queued on another server).
 POLL_SECONDS = 0.5
-# How often a worker looks for cancels asked of its jobs through another server.
-CANCEL_POLL_SECONDS = 0.1
+# How often a worker looks for cancels asked of its jobs through another server: on SQLite, which has no
+# notifications, this is how long such a cancel may wait; on PostgreSQL a NOTIFY brings it at once, and this is
+# the safety net for one that was missed (a listening connection lost).
+CANCEL_POLL_SECONDS = 0.05
 # How often a running job's new events are written, at most (and at its end).
 EVENTS_FLUSH_SECONDS = 0.1
 
@@ -171,6 +173,7 @@ class BackgroundWorker:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._stop_listening: Callable[[], Awaitable[None]] | None = None
 
     def wake(self) -> None:
         """A job was queued here, or a slot freed: look for jobs now."""
@@ -181,6 +184,10 @@ class BackgroundWorker:
         return list(self._running)
 
     async def start(self) -> None:
+        try:
+            self._stop_listening = await self.store.db.listen(CANCEL_CHANNEL, self._cancel_local)
+        except Exception:
+            log.exception("cannot listen for cancels of background responses; looking for them instead")
         self._tasks = [
             asyncio.create_task(self._take_jobs(), name="background jobs"),
             asyncio.create_task(self._watch_cancels(), name="background cancels"),
@@ -226,6 +233,9 @@ class BackgroundWorker:
     async def close(self) -> None:
         """Stops taking jobs; the running ones are ended by the service (given back, or failed)."""
         self._closing = True
+        if self._stop_listening is not None:
+            with contextlib.suppress(Exception):
+                await self._stop_listening()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

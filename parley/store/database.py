@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -110,6 +110,23 @@ class Database:
         else:
             options.update(pool_size=10, max_overflow=20, pool_pre_ping=True, json_serializer=_jsonb_dumps)
             self.engine = create_async_engine(self.url, **options)
+
+    async def listen(self, channel: str, callback: Callable[[str], object]) -> Callable[[], Awaitable[None]] | None:
+        """PostgreSQL: calls `callback(payload)` on the event loop for each `NOTIFY` on `channel`, heard on a
+        connection of its own (none of the pool's); returns what stops listening. SQLite has no notifications:
+        None, and the caller polls."""
+        if self.is_sqlite:
+            return None
+        import asyncpg  # type: ignore[import-untyped]
+
+        dsn = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        connection = await asyncpg.connect(dsn)
+        await connection.add_listener(channel, lambda _connection, _pid, _channel, payload: callback(payload))
+
+        async def stop() -> None:
+            await connection.close()
+
+        return stop
 
     async def read(self, work: Work[T]) -> T:
         """`work(connection)`, in a transaction that is rolled back at the end."""

@@ -33,6 +33,8 @@ _FINISH_RESPONSE = (
 )
 # The statuses a response ends with.
 TERMINAL = ("completed", "incomplete", "failed", "cancelled")
+# The PostgreSQL channel on which a cancel of a background response is announced (its payload: the response's id).
+CANCEL_CHANNEL = "parley_cancel"
 # A background job given back this many times (its server stopped or died before it produced output) fails.
 MAX_ATTEMPTS = 3
 
@@ -310,13 +312,21 @@ class ResponseStore:
         return await self.db.write(cancel)
 
     async def ask_cancel(self, response_id: str) -> None:
-        """Asks the server running a background response to cancel it (see `cancels_asked`)."""
+        """Asks the server running a background response to cancel it: on PostgreSQL it hears it at once
+        (`NOTIFY` on CANCEL_CHANNEL), and every server also looks for such rows (`cancels_asked`)."""
         statement = (
             responses.update()
             .where(responses.c.id == response_id, responses.c.status == "in_progress")
             .values(cancel_requested=True)
         )
-        await self.db.write(lambda connection: connection.execute(statement))
+        is_sqlite = self.db.is_sqlite
+
+        def ask(connection: sa.Connection) -> None:
+            connection.execute(statement)
+            if not is_sqlite:
+                connection.execute(sa.select(sa.func.pg_notify(CANCEL_CHANNEL, response_id)))
+
+        await self.db.write(ask)
 
     async def cancels_asked(self, token: str) -> list[str]:
         """The background responses that server `token` runs and whose cancel was asked of another server."""
