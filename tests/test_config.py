@@ -100,7 +100,12 @@ def test_defaults_serve_the_embedded_model_on_localhost_8321(tmp_path: Path) -> 
             },
             "recording": {"mode": "live", "dir": None, "test_header": "X-Parley-Test-Id", "delay_ms": 0.0},
         },
-        "engine": {"max_iterations": 20, "kept_context_bytes": 33554432, "reasoning_key": None},
+        "engine": {
+            "max_iterations": 20,
+            "kept_context_bytes": 33554432,
+            "background_concurrency": 4,
+            "reasoning_key": None,
+        },
         # Requests may have Parley connect to public addresses only (tests/test_outbound.py).
         "outbound": {"allowed_hosts": None, "allow_loopback": False, "allow_private": False, "allowed_cidrs": []},
         "tools": {
@@ -206,6 +211,7 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
         engine:
           max_iterations: 8
           kept_context_bytes: 1000000
+          background_concurrency: 2
           reasoning_key: AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=
         outbound:
           allowed_hosts: null
@@ -299,7 +305,12 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
             "aliases": {"fast": "openai/gpt-4o-mini", "small": "local/qwen"},
             "recording": {"mode": "replay", "dir": "/srv/recordings", "test_header": "X-Test", "delay_ms": 5.0},
         },
-        "engine": {"max_iterations": 8, "kept_context_bytes": 1000000, "reasoning_key": "**********"},
+        "engine": {
+            "max_iterations": 8,
+            "kept_context_bytes": 1000000,
+            "background_concurrency": 2,
+            "reasoning_key": "**********",
+        },
         "outbound": {
             "allowed_hosts": None,
             "allow_loopback": True,
