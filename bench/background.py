@@ -5,7 +5,8 @@ Everything runs as child processes on 127.0.0.1: a fake upstream (tests/fake_ups
 processes on one database (SQLite in the run's directory, or a throwaway PostgreSQL server as tests/postgres.py
 starts one), sharing `engine.reasoning_key` as servers that run each other's jobs must.
 
-1. Throughput. `--jobs` (200) background responses (`fake-echo`, a short input, unpaced upstream) are created as
+1. Throughput. `--jobs` (200) background responses (`fake-long`: `--tokens` (200) tokens from the unpaced upstream,
+   so that a job's cost is mostly Parley's own, turning a stream into events and output) are created as
    fast as `--clients` (16) concurrent requests go, spread over the servers as a load balancer would spread
    them, and waited for until every one has ended (their statuses read from the database every 20 ms: the one
    place the benchmark reads it). jobs/s is the jobs over the time from the first create to the last end; each
@@ -74,7 +75,12 @@ def config(upstream: str, paced: str, storage_url: str, concurrency: int) -> str
         {
             "inference": {
                 "providers": {
-                    "fake": {"type": "openai", "base_url": upstream, "api_key": "bench", "models": ["fake-echo"]},
+                    "fake": {
+                        "type": "openai",
+                        "base_url": upstream,
+                        "api_key": "bench",
+                        "models": ["fake-echo", "fake-long"],
+                    },
                     "paced": {
                         "type": "openai",
                         "base_url": paced,
@@ -114,7 +120,7 @@ async def statuses(database: Database, ids: list[str]) -> dict[str, str]:
 
 
 async def create_many(
-    http: httpx.AsyncClient, bases: list[str], count: int, clients: int, background: bool
+    http: httpx.AsyncClient, bases: list[str], count: int, clients: int, background: bool, tokens: int
 ) -> tuple[list[str], list[str]]:
     """Creates `count` responses through `bases` in turn, `clients` at a time; their ids and any errors."""
     ids: list[str] = []
@@ -123,7 +129,12 @@ async def create_many(
 
     async def client() -> None:
         for i in numbers:
-            body = {"model": "fake/fake-echo", "input": f"job {i}", "background": background}
+            body = {
+                "model": "fake/fake-long",
+                "input": f"job {i}",
+                "background": background,
+                "max_output_tokens": tokens,
+            }
             reply = await http.post(f"{bases[i % len(bases)]}/responses", content=orjson.dumps(body))
             if reply.status_code != 200:
                 errors.append(f"HTTP {reply.status_code}: {reply.text[:200]}")
@@ -139,7 +150,7 @@ async def throughput(
 ) -> dict[str, Any]:
     bases = await servers.at_least(count)
     started = time.perf_counter()
-    ids, errors = await create_many(http, bases, options.jobs, options.clients, background=True)
+    ids, errors = await create_many(http, bases, options.jobs, options.clients, True, options.tokens)
     created = time.perf_counter() - started
     deadline = time.monotonic() + options.job_timeout
     while True:
@@ -166,7 +177,7 @@ async def throughput(
 async def foreground(http: httpx.AsyncClient, servers: Servers, options: argparse.Namespace) -> dict[str, Any]:
     [base] = await servers.at_least(1)
     started = time.perf_counter()
-    ids, errors = await create_many(http, [base], options.jobs, options.clients, background=False)
+    ids, errors = await create_many(http, [base], options.jobs, options.clients, False, options.tokens)
     seconds = time.perf_counter() - started
     return {
         "jobs": len(ids),
@@ -196,6 +207,11 @@ async def cancels(http: httpx.AsyncClient, servers: Servers, options: argparse.N
             # Streamed, so that the server it was sent to runs it.
             body = {"model": "paced/fake-hang", "input": "x", "background": True, "stream": True}
             async with http.stream("POST", f"{runner}/responses", content=orjson.dumps(body)) as reply:
+                if reply.status_code != 200:
+                    raise RuntimeError(
+                        f"a background response: HTTP {reply.status_code}: {(await reply.aread())[:300]!r}"
+                    )
+                response_id = ""
                 async for line in reply.aiter_lines():
                     if line.startswith("data: "):
                         response_id = orjson.loads(line[6:])["response"]["id"]
@@ -264,6 +280,7 @@ def main() -> int:
     parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=200, help="tokens each job's model streams (fake-long)")
     parser.add_argument("--concurrency", type=int, default=8, help="engine.background_concurrency of each server")
     parser.add_argument("--cancels", type=int, default=40)
     parser.add_argument("--resumes", type=int, default=40)
@@ -286,7 +303,11 @@ def main() -> int:
         database = Database(url)
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
         try:
-            async with httpx.AsyncClient(timeout=120, limits=limits, headers={"Authorization": "Bearer bench"}) as http:
+            async with httpx.AsyncClient(
+                timeout=120,
+                limits=limits,
+                headers={"Authorization": "Bearer bench", "Content-Type": "application/json"},
+            ) as http:
                 baseline = await foreground(http, servers, options)
                 runs = [await throughput(http, database, servers, count, options) for count in SERVERS]
                 return {
