@@ -99,13 +99,15 @@ class EventLog:
         self._flusher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
-    def add(self, event_type: str, data: bytes) -> None:
+    def add(self, event_type: str, data: bytes) -> int:
+        """Adds the next event; its sequence number."""
         if not self._pending:
             self._first_pending = self._next
         self._pending.append((event_type, data.decode()))
         self._next += 1
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.ensure_future(self._flush_later())
+        return self._next - 1
 
     async def _flush_later(self) -> None:
         await asyncio.sleep(EVENTS_FLUSH_SECONDS)
@@ -131,20 +133,21 @@ class EventLog:
             (self._first_pending + i, *event) for i, event in enumerate(self._pending)
         ]
 
-    async def discard(self) -> None:
-        """Drops the events not yet written (a job given back runs again from its opening events)."""
+    async def _stop_flusher(self) -> None:
         if self._flusher is not None and not self._flusher.done():
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
+
+    async def discard(self) -> None:
+        """Drops the events not yet written (a job given back runs again from its opening events)."""
+        await self._stop_flusher()
         async with self._lock:
             self._pending = []
 
     async def close(self) -> None:
-        if self._flusher is not None and not self._flusher.done():
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+        """Writes what is left; nothing is written later."""
+        await self._stop_flusher()
         await self.flush()
 
 

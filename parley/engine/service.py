@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import itertools
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
@@ -376,7 +375,7 @@ class ResponseService:
         given_back = False
         if producing.cancelled:
             error = None
-            self._cancelled(turn)
+            self._cut_short(turn, "cancelled")
             if producing.events is not None:
                 # Before the status says so: a follower on another server that reads `cancelled` has every event.
                 await producing.events.flush()
@@ -472,23 +471,19 @@ class ResponseService:
 
         `response.failed` follows it once the turn is stored (see `_produce_and_store`).
         """
-        turn.emitter.close_all("incomplete")
-        response = turn.response
-        response["status"] = "failed"
-        # A turn whose append failed had ended completed or incomplete.
-        response["completed_at"] = response["incomplete_details"] = None
-        response["error"] = error_object(error)
+        ResponseService._cut_short(turn, "failed")
+        turn.response["error"] = error_object(error)
         if turn.announced:
             turn.emitter.emit("error", **error_event(error))
-        response["usage"] = usage_object(turn.usage)
-        response["output"] = turn.emitter.output
 
     @staticmethod
-    def _cancelled(turn: loop.Turn) -> None:
-        """Marks a background turn cancelled: its open items close `incomplete`, and it keeps what it produced."""
+    def _cut_short(turn: loop.Turn, status: str) -> None:
+        """Ends the turn `status` (failed, cancelled) where it stands: its open items close `incomplete`, and it
+        keeps what it produced."""
         turn.emitter.close_all("incomplete")
         response = turn.response
-        response["status"] = "cancelled"
+        response["status"] = status
+        # A turn whose append failed had ended completed or incomplete.
         response["completed_at"] = response["incomplete_details"] = None
         response["usage"] = usage_object(turn.usage)
         response["output"] = turn.emitter.output
@@ -552,11 +547,9 @@ class ResponseService:
         run = stream or ResponseRun(streaming=False)
         events = EventLog(self.store, job.id, first=2)
         followers: list[asyncio.Queue[tuple[int, str, bytes] | None]] = []
-        sequence = itertools.count(2)
 
         def sink(event_type: str, data: bytes) -> None:
-            number = next(sequence)
-            events.add(event_type, data)
+            number = events.add(event_type, data)
             if stream is not None and not stream.left:
                 stream.sink(event_type, data)
             for follower in followers:
@@ -633,8 +626,7 @@ class ResponseService:
                 batch, after = _newer(events, after)
                 if batch:
                     yield batch
-                if producing.ended.is_set() and live.empty():
-                    return
+                # Ends with the None that `_produce` sends every follower it had.
                 while (event := await live.get()) is not None:
                     batch, after = _newer([(event[0], event[1], event[2].decode())], after)
                     if batch:
@@ -660,7 +652,7 @@ class ResponseService:
                 return
             if stored.status in TERMINAL:
                 # Its terminal event is written just after its status (a cancelled one has none): a while more.
-                if stored.status == "cancelled" or stored.status is None:
+                if stored.status == "cancelled":
                     return
                 ended_at = ended_at if ended_at is not None else clock()
                 if clock() - ended_at > TERMINAL_EVENT_WAIT_SECONDS:
@@ -678,12 +670,18 @@ class ResponseService:
             producing.task.cancel()
         return True
 
+    async def _stopped_here(self, response_id: str, caller: Caller) -> bool:
+        """Cancels a background response this server produces, and waits for its end; whether it was here."""
+        producing = self._produced_for(response_id, caller)
+        if producing is None or not self._cancel_here(response_id):
+            return False
+        await producing.ended.wait()
+        return True
+
     async def cancel(self, response_id: str, caller: Caller) -> dict[str, Any]:
         """Cancels a background response: queued, it is cancelled where it stands; running, the server that runs
         it stops it. A cancelled one is returned as it is; one that ended otherwise, or a foreground one, is a 400."""
-        producing = self._produced_for(response_id, caller)
-        if producing is not None and self._cancel_here(response_id):
-            await producing.ended.wait()
+        if await self._stopped_here(response_id, caller):
             return await self.retrieve(response_id, caller)
         response = await self.store.get(response_id, caller)
         if response is None:
@@ -709,9 +707,7 @@ class ResponseService:
                 break
             if current["status"] == "queued" and await self.store.cancel_queued(response_id):
                 break  # given back to the queue by a server that stopped: cancelled there
-            producing = self._produced_for(response_id, caller)
-            if producing is not None and self._cancel_here(response_id):
-                await producing.ended.wait()
+            if await self._stopped_here(response_id, caller):
                 break
             await asyncio.sleep(0.02)
         return await self.retrieve(response_id, caller)

@@ -278,19 +278,7 @@ class ResponseStore:
         """Puts a job that produced nothing back in the queue (its server stops); its events after
         `response.queued` go, since it will run again from there."""
 
-        def give_back(connection: sa.Connection) -> None:
-            connection.execute(
-                responses.update()
-                .where(responses.c.id == response_id, responses.c.status == "in_progress")
-                .values(status="queued", claim=None, lease_until=None)
-            )
-            connection.execute(
-                response_events.delete().where(
-                    response_events.c.response_id == response_id, response_events.c.first > 1
-                )
-            )
-
-        await self.db.write(give_back)
+        await self.db.write(lambda connection: _requeue(connection, response_id))
 
     async def cancel_queued(self, response_id: str) -> bool:
         """Cancels a background response that no server has started; whether it was still queued."""
@@ -403,16 +391,7 @@ class ResponseStore:
             for row in rows:
                 if row.job is not None and row.attempts < MAX_ATTEMPTS and not _produced(connection, row.id):
                     # A background job that its dead server had not started to answer: queued again.
-                    connection.execute(
-                        responses.update()
-                        .where(responses.c.id == row.id, responses.c.status == "in_progress")
-                        .values(status="queued", claim=None, lease_until=None)
-                    )
-                    connection.execute(
-                        response_events.delete().where(
-                            response_events.c.response_id == row.id, response_events.c.first > 1
-                        )
-                    )
+                    _requeue(connection, row.id)
                     continue
                 body = {**row.body, "status": "failed", "error": error}
                 connection.execute(
@@ -554,6 +533,19 @@ def _insert_events(connection: sa.Connection, response_id: str, first: int, even
                 events=orjson.dumps([list(event) for event in events]).decode(),
             )
         )
+
+
+def _requeue(connection: sa.Connection, response_id: str) -> None:
+    """A background job in progress back in the queue, its events after `response.queued` gone: it runs again
+    from there."""
+    connection.execute(
+        responses.update()
+        .where(responses.c.id == response_id, responses.c.status == "in_progress")
+        .values(status="queued", claim=None, lease_until=None)
+    )
+    connection.execute(
+        response_events.delete().where(response_events.c.response_id == response_id, response_events.c.first > 1)
+    )
 
 
 def _produced(connection: sa.Connection, response_id: str) -> bool:

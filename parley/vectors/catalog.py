@@ -25,7 +25,8 @@ import numpy as np
 import orjson
 import sqlalchemy as sa
 
-from parley.store.tables import JSONType
+from parley.store.tables import files as _files
+from parley.store.tables import vector_store_files as _store_files
 from parley.vectors.filters import FileAttributes
 
 # Files of one store that a copy may hold; past this the store is searched through SQL alone. A file takes
@@ -76,17 +77,6 @@ class StoreFiles:
         if total <= 0:
             return float(mask.sum()) / max(1, len(self.file_ids))
         return float(self.usage_bytes[mask].sum()) / total
-
-
-_files = sa.table("files", sa.column("id"), sa.column("expires_at"))
-_store_files = sa.table(
-    "vector_store_files",
-    sa.column("vector_store_id"),
-    sa.column("file_id"),
-    sa.column("status"),
-    sa.column("usage_bytes"),
-    sa.column("attributes", JSONType),
-)
 
 
 class FileCatalog:

@@ -62,6 +62,8 @@ import sqlalchemy as sa
 
 from parley.store.database import Database
 from parley.store.tables import JSONType
+from parley.store.tables import files as _files
+from parley.store.tables import vector_store_files as _store_files
 from parley.vectors.catalog import MAX_FILES, FileCatalog
 from parley.vectors.filters import compile_filter
 
@@ -127,17 +129,6 @@ class ChunkResult:
     filename: str
     attributes: dict[str, Any] | None
     text: str
-
-
-# The tables. Vector stores and their files are parley.store.vector_stores'; files are parley.store.files'.
-_files = sa.table("files", sa.column("id"), sa.column("filename"), sa.column("expires_at"))
-_store_files = sa.table(
-    "vector_store_files",
-    sa.column("vector_store_id"),
-    sa.column("file_id"),
-    sa.column("status"),
-    sa.column("attributes", JSONType),
-)
 
 
 _TERM = re.compile(r"[^\W_]+")
