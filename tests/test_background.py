@@ -20,9 +20,11 @@ import pytest
 
 from tests.conftest import ParleyProcess, upstream_config
 from tests.fake_upstream import FakeUpstream
-from tests.support.own_server import own_database
+from tests.support.own_server import own_database, owners_auth
 
 CONCURRENCY = 4
+ALICE = "sk-alice-background-0123456789abcdef"
+BOB = "sk-bob-background-0123456789abcdef00"
 SHARED_KEY = "cGFybGV5IGJhY2tncm91bmQgdGVzdHMgc2hhcmVkISE="
 database_url = own_database("background")
 
@@ -272,6 +274,12 @@ def test_following_an_unknown_or_a_foreground_response(server: ParleyProcess, cl
         refused = http.get(f"/v1/responses/{foreground.id}", params={"stream": "true"})
         assert refused.status_code == 400
         assert refused.json()["error"]["type"] == "invalid_request_error"
+        # A sequence number no stream reaches, or none at all, is a 400 naming it.
+        background = client.responses.create(model="fake/fake-echo", input="x", background=True)
+        for bad in (str(10**30), "-5", "abc"):
+            wrong = http.get(f"/v1/responses/{background.id}", params={"stream": "true", "starting_after": bad})
+            assert wrong.status_code == 400, (bad, wrong.text)
+            assert wrong.json()["error"]["param"] == "starting_after"
 
 
 # Several servers, restarts and crashes --------------------------------------------------------------------
@@ -381,3 +389,24 @@ def test_a_killed_servers_job_runs_again_if_it_had_produced_nothing_and_fails_if
         assert time.monotonic() - started < 2
     finally:
         survivor.stop()
+
+
+def test_another_owners_background_response_is_not_found(
+    tmp_path: Path, paced: FakeUpstream, fresh_database: str
+) -> None:
+    config = config_of(paced, fresh_database)
+    config["auth"] = owners_auth(alice=ALICE, bob=BOB)
+    with ParleyProcess(tmp_path / "owners", config) as keyed:
+        alice, bob = keyed.client(api_key=ALICE), keyed.client(api_key=BOB)
+        response = alice.responses.create(model="fake/fake-hang", input="mine", background=True)
+        wait_for(lambda: alice.responses.retrieve(response.id).status == "in_progress")
+        with pytest.raises(openai.NotFoundError):
+            bob.responses.cancel(response.id)
+        with pytest.raises(openai.NotFoundError):
+            bob.responses.retrieve(response.id)
+        with keyed.http() as http:
+            headers = {"Authorization": f"Bearer {BOB}"}
+            followed_by_bob = http.get(f"/v1/responses/{response.id}", params={"stream": "true"}, headers=headers)
+            assert followed_by_bob.status_code == 404
+        assert alice.responses.retrieve(response.id).status == "in_progress"
+        assert alice.responses.cancel(response.id).status == "cancelled"

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from parley.api.auth import caller_of
 from parley.api.body import documented, read_body
 from parley.api.http import CLIENT_CLOSED_REQUEST, ClientGone, EventStreamResponse, JSONResponse, unless_client_leaves
 from parley.api.ids import ResponseId
-from parley.api.params import Include, IncludeBrackets, Limit, Order, check_includes
+from parley.api.params import Include, IncludeBrackets, Limit, Order, StartingAfter, check_includes
 from parley.api.sse import DONE
 from parley.engine.request import CreateResponseRequest
 from parley.engine.service import Event, ResponseRun, ResponseService
@@ -98,7 +97,7 @@ async def retrieve_response(
     include: Include = None,
     include_brackets: IncludeBrackets = None,
     stream: bool = False,
-    starting_after: Annotated[int | None, Query(ge=-1)] = None,
+    starting_after: StartingAfter = None,
 ) -> Response:
     """The response; with `stream=true`, a background response's events after `starting_after`, then the rest as
     they come, wherever it runs (ResponseService.follow)."""
