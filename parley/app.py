@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -37,12 +37,13 @@ from parley.vectors.ingest import Ingestion
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings) -> ASGIApp:
+def create_app(settings: Settings, on_started: Callable[[], None] | None = None) -> ASGIApp:
+    """The application; `on_started` is called once it has started (its lifespan's start-up done)."""
     server_key = encrypted_reasoning.load_key(settings.engine.reasoning_key, settings.data_dir)
     encrypted_reasoning.use_key(server_key)
     registry = ModelRegistry.from_settings(settings.inference)
     database = Database(settings.storage_url)
-    conversations = ConversationStore(database)
+    conversations = ConversationStore(database, settings.storage.lease_seconds)
     keys = KeyRing(settings.auth, KeyStore(database))
     files = FileStore(
         database,
@@ -77,6 +78,8 @@ def create_app(settings: Settings) -> ASGIApp:
         await responses.start()
         await files.start()
         await ingestion.start()
+        if on_started is not None:
+            on_started()
         try:
             yield
         finally:

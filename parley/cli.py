@@ -18,7 +18,7 @@ from parley import __version__
 from parley.config import OWNER_PATTERN, OWNER_RULE, ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
-    from parley.store import KeyStore
+    from parley.store import Database, KeyStore
 
 T = TypeVar("T")
 
@@ -48,11 +48,18 @@ def main() -> None:
 @click.option("--host", help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port to listen on (default 8321).")
 @click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    help="Processes serving on the one port (default 1, or server.workers); they share the database.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["critical", "error", "warning", "info", "debug"], case_sensitive=False),
     help="Logging level (default info).",
 )
-def serve(config_file: Path | None, host: str | None, port: int | None, log_level: str | None) -> None:
+def serve(
+    config_file: Path | None, host: str | None, port: int | None, workers: int | None, log_level: str | None
+) -> None:
     """Start the API server.
 
     With no configuration it serves the embedded model, smollm2-135m, on
@@ -60,41 +67,113 @@ def serve(config_file: Path | None, host: str | None, port: int | None, log_leve
     """
     import uvicorn
 
-    from parley.app import create_app
-
     settings = _load(config_file)
     if host is not None:
         settings.server.host = host
     if port is not None:
         settings.server.port = port
+    if workers is not None:
+        settings.server.workers = workers
     if log_level is not None:
         settings.logging.level = log_level.lower()  # type: ignore[assignment]
     _refuse_to_expose_without_keys(settings)
-    _load_local_models(settings)
-    logging.basicConfig(level=settings.logging.level.upper(), format="%(levelname)s %(name)s: %(message)s")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        log_level=settings.logging.level,
-        access_log=settings.logging.level == "debug",
-        lifespan="on",
-    )
+    if settings.server.workers > 1:
+        _serve_workers(settings)
+        return
+    app = _WorkerApp(settings)()
+    config = uvicorn.Config(app, **_server_options(settings))
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: list[Any] | None = None) -> None:
             await super().startup(sockets)
             if not self.should_exit:
                 _settle_heap()
-                _print_banner(settings, self.servers)
+                _print_banner(settings, list(self.servers[0].sockets) if self.servers else [])
 
     server = Server(config)
     server.run()
     if server.started is False:
         sys.exit(1)
+
+
+def _server_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "host": settings.server.host,
+        "port": settings.server.port,
+        "log_level": settings.logging.level,
+        "access_log": settings.logging.level == "debug",
+        "lifespan": "on",
+    }
+
+
+class _WorkerApp:
+    """Makes the application of one serving process, from the settings; sent to each process of `--workers`."""
+
+    def __init__(self, settings: Settings, *, worker: bool = False) -> None:
+        self.settings = settings
+        self.worker = worker
+
+    def __call__(self) -> Any:
+        from parley.app import create_app
+
+        settings = self.settings
+        logging.basicConfig(level=settings.logging.level.upper(), format="%(levelname)s %(name)s: %(message)s")
+        try:
+            _load_local_models(settings)
+        except click.ClickException as exc:
+            if not self.worker:
+                raise
+            logging.getLogger("parley").error("%s", exc.message)
+            sys.exit(_STARTUP_FAILURE)
+        # A worker's heap settles once it has started (see `_settle_heap`); the single process's, in `serve`.
+        return create_app(settings, on_started=_settle_heap if self.worker else None)
+
+
+# What a worker that cannot start exits with: its supervisor then stops rather than start it again (uvicorn's).
+_STARTUP_FAILURE = 3
+
+
+def _serve_workers(settings: Settings) -> None:
+    """`--workers N`: N processes accept on one socket, bound here; this process watches them (uvicorn's
+    supervisor: a worker that dies is started again, SIGHUP replaces them one by one, each new one serving
+    before the old one stops). The database's schema and the server's key are made here first, once."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from parley.engine import encrypted_reasoning
+
+    encrypted_reasoning.load_key(settings.engine.reasoning_key, settings.data_dir)
+    _with_database(settings, lambda database: database.migrate())
+    logging.basicConfig(level=settings.logging.level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    config = uvicorn.Config(
+        _WorkerApp(settings, worker=True), factory=True, workers=settings.server.workers, **_server_options(settings)
+    )
+    try:
+        socket = config.bind_socket()
+    except SystemExit:
+        sys.exit(1)
+
+    class Supervisor(Multiprocess):
+        started = False
+
+        def init_processes(self) -> None:
+            super().init_processes()
+            # Ready when every worker is: each loads its models and starts its background worker first.
+            for process in self.processes:
+                if not process.wait_until_ready(_WORKER_START_SECONDS, self.should_exit):
+                    self.should_exit.set()
+                    return
+            Supervisor.started = True
+            _print_banner(settings, [socket], workers=len(self.processes))
+
+    Supervisor(config, sockets=[socket]).run()
+    if not Supervisor.started:
+        sys.exit(1)
+
+
+# How long `--workers` waits for each worker to start serving (a local model loads first).
+_WORKER_START_SECONDS = 300.0
 
 
 def _refuse_to_expose_without_keys(settings: Settings) -> None:
@@ -119,15 +198,25 @@ def _refuse_to_expose_without_keys(settings: Settings) -> None:
 
 def _with_keys(settings: Settings, work: Callable[[KeyStore], Awaitable[T]]) -> T:
     """`work(keys)` on the configured database's API keys, its schema brought up to date first."""
+    from parley.store import KeyStore
+
+    async def run(database: Database) -> T:
+        await database.migrate()
+        return await work(KeyStore(database))
+
+    return _with_database(settings, run)
+
+
+def _with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+    """`work(database)` on the configured database, opened for it and closed after."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from parley.store import Database, KeyStore
+    from parley.store import Database
 
     async def run() -> T:
         database = Database(settings.storage_url)
         try:
-            await database.migrate()
-            return await work(KeyStore(database))
+            return await work(database)
         finally:
             await database.close()
 
@@ -162,11 +251,10 @@ def _load_local_models(settings: Settings) -> None:
                 raise click.ClickException(str(exc)) from exc
 
 
-def _print_banner(settings: Settings, servers: list[Any]) -> None:
-    port = settings.server.port
-    if servers and servers[0].sockets:
-        port = servers[0].sockets[0].getsockname()[1]
-    click.echo(f"Parley {__version__} listening on http://{settings.server.host}:{port}")
+def _print_banner(settings: Settings, sockets: list[Any], workers: int = 1) -> None:
+    port = sockets[0].getsockname()[1] if sockets else settings.server.port
+    processes = f" ({workers} worker processes)" if workers > 1 else ""
+    click.echo(f"Parley {__version__} listening on http://{settings.server.host}:{port}{processes}")
     click.echo("Models:")
     for model_id, provider in _configured_models(settings):
         click.echo(f"  {model_id}  ({provider})")

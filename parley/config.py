@@ -53,6 +53,9 @@ class ServerSettings(_Section):
 
     host: str = "127.0.0.1"
     port: int = Field(8321, ge=0, le=65535)
+    # Processes serving on the one port (`parley serve --workers N`), sharing the database (see the README's
+    # "Deploying").
+    workers: int = Field(1, ge=1, le=256)
     # The names a request's Host header may give (`*.example.com` for a domain's, `*` for any): against DNS
     # rebinding. None means those of `host`: 127.0.0.1, localhost and ::1 on loopback, any on 0.0.0.0 or ::.
     allowed_hosts: list[str] | None = None

@@ -57,6 +57,7 @@ def test_defaults_serve_the_embedded_model_on_localhost_8321(tmp_path: Path) -> 
         "server": {
             "host": "127.0.0.1",
             "port": 8321,
+            "workers": 1,
             "allowed_hosts": None,
             "cors_origins": [],
             "max_body_bytes": 33554432,
@@ -160,6 +161,7 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
         server:
           host: 0.0.0.0
           port: 9000
+          workers: 4
           allowed_hosts: [api.example.com, "*.internal"]
           cors_origins: [https://app.example.com]
           max_body_bytes: 1048576
@@ -249,6 +251,7 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
         "server": {
             "host": "0.0.0.0",
             "port": 9000,
+            "workers": 4,
             "allowed_hosts": ["api.example.com", "*.internal"],
             "cors_origins": ["https://app.example.com"],
             "max_body_bytes": 1048576,
@@ -552,6 +555,7 @@ BAD_FILES = [
     ("port-too-big", "server:\n  port: 65536\n", ["server.port", "less than or equal to 65535"]),
     ("port-negative", "server:\n  port: -1\n", ["server.port", "greater than or equal to 0"]),
     ("port-not-a-number", "server:\n  port: eighty\n", ["server.port", "valid integer"]),
+    ("no-workers", "server:\n  workers: 0\n", ["server.workers", "greater than or equal to 1"]),
     (
         "read-timeout-zero",
         OPENAI_X + "      base_url: http://a/v1\n      timeout: {read: 0}\n",

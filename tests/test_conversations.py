@@ -1232,14 +1232,12 @@ def replica(
 
 
 def test_two_servers_on_one_database_keep_each_turn_whole(
-    parley: ParleyProcess, replica: ParleyProcess, http: httpx.Client, fake_upstream: FakeUpstream, storage_url: str
+    parley: ParleyProcess, replica: ParleyProcess, http: httpx.Client, fake_upstream: FakeUpstream
 ) -> None:
-    """On PostgreSQL, turns on one conversation take turns across servers (an advisory lock held for the turn).
+    """Turns on one conversation take turns across servers, on both databases (a hold on the conversation's row).
 
-    Each turn then sees every turn before it, whichever server ran it. On
-    SQLite, whose servers share no lock, a turn may miss one running on the
-    other; but every turn's items land together, none is lost, and every turn
-    saw whole turns, in the conversation's order.
+    Each turn then sees every turn before it, whichever server ran it; every
+    turn's items land together, and none is lost.
     """
     cid = parley.client().conversations.create().id
     count = 16
@@ -1269,9 +1267,7 @@ def test_two_servers_on_one_database_keep_each_turn_whole(
     assert len(sent) == count
     for k, request in enumerate(sent):
         context = [m["content"] for m in request["messages"][:-1]]
-        assert len(context) % 2 == 0 and context == texts[: len(context)]
-        if not storage_url.startswith("sqlite"):
-            assert context == texts[: 2 * k], f"turn {k} missed a turn of the other server"
+        assert context == texts[: 2 * k], f"turn {k} missed a turn of the other server"
 
 
 def test_ids_look_like_openai(client: openai.OpenAI) -> None:

@@ -12,7 +12,6 @@ a caller who does not see that owner, not found, here as in the database.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import logging
 import os
@@ -44,6 +43,7 @@ from parley.store import (
     DuplicateItem,
     PageRequest,
     ResponseStore,
+    TurnLost,
 )
 from parley.store.responses import TERMINAL, Job, StoredEvents
 from parley.tools import ToolResources, ToolServices
@@ -180,15 +180,17 @@ class _Producing:
 
 
 class _ConversationLock(asyncio.Lock):
-    """A conversation's lock, and how many turns hold or wait for it (at none, it is dropped).
+    """A conversation's lock on this server, and how many turns hold or wait for it (at none, it is dropped).
 
-    `held` is the database's hold on the conversation for the turn that has the lock.
+    Across servers, the database's hold on the conversation (ConversationStore.hold) under `holder`, a token of
+    this lock's own: taken by its first turn, handed from turn to turn while more wait here, given back by the last.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.users = 0
-        self.held: contextlib.AsyncExitStack | None = None
+        self.holder = new_id("turn")
+        self.held = False
 
 
 class ResponseService:
@@ -217,7 +219,7 @@ class ResponseService:
         self._chains = ChainContexts(self.engine.kept_context_bytes)  # the contexts of the responses it stored lately
         self._keeper: asyncio.Task[None] | None = None
         # Turns on one conversation take turns here, and across servers in the database
-        # (ConversationStore.turn_lock).
+        # (ConversationStore.hold).
         self._conversation_locks: dict[str, _ConversationLock] = {}
         # Background responses: sealed for their rows with the server's key, taken from the queue by the worker.
         self.job_seal = job_seal or JobSeal(os.urandom(32))
@@ -261,8 +263,9 @@ class ResponseService:
                 await self._leave_conversation(request.conversation_id or "", lock)
             raise
 
-    async def _enter_conversation(self, conversation_id: str | None, caller: Caller) -> asyncio.Lock | None:
-        """Waits for the conversation's previous turn to end; the lock is released when this turn ends."""
+    async def _enter_conversation(self, conversation_id: str | None, caller: Caller) -> _ConversationLock | None:
+        """Waits for the conversation's previous turn to end, here or on another server; the lock is released when
+        this turn ends."""
         if conversation_id is None:
             return None
         if await self.conversations.get(conversation_id, caller) is None:
@@ -271,10 +274,13 @@ class ResponseService:
         lock.users += 1
         await lock.acquire()
         try:
-            # Then the database's: turns on other servers take turns with this one too.
-            held = contextlib.AsyncExitStack()
-            await held.enter_async_context(self.conversations.turn_lock(conversation_id))
-            lock.held = held
+            if not lock.held:
+                # Then the database's: turns on other servers take turns with this one too.
+                await self.conversations.hold(conversation_id, lock.holder)
+                lock.held = True
+        except ConversationNotFound:
+            await self._leave_conversation(conversation_id, lock)
+            raise ConversationNotFoundError(conversation_id, param="conversation") from None
         except BaseException:
             await self._leave_conversation(conversation_id, lock)
             raise
@@ -283,17 +289,17 @@ class ResponseService:
             raise ConversationNotFoundError(conversation_id, param="conversation")
         return lock
 
-    async def _leave_conversation(self, conversation_id: str, lock: asyncio.Lock) -> None:
-        assert isinstance(lock, _ConversationLock)
-        held, lock.held = lock.held, None
-        try:
-            if held is not None:
-                await held.aclose()
-        finally:
-            lock.release()
-            lock.users -= 1
-            if lock.users == 0:
-                self._conversation_locks.pop(conversation_id, None)
+    async def _leave_conversation(self, conversation_id: str, lock: _ConversationLock) -> None:
+        lock.release()
+        lock.users -= 1
+        if lock.users > 0:
+            return  # the next turn here has the conversation, and keeps the database's hold
+        self._conversation_locks.pop(conversation_id, None)
+        if lock.held:
+            try:
+                await self.conversations.release(conversation_id, lock.holder)
+            except Exception:
+                log.exception("cannot release conversation %s: it is free once its hold runs out", conversation_id)
 
     async def _history(
         self, request: CreateResponseRequest, caller: Caller
@@ -317,7 +323,7 @@ class ResponseService:
             return history, previous.get("tools") or [], not through_conversation
         return [], [], True
 
-    async def _start(self, setup: _Setup, lock: asyncio.Lock | None) -> ResponseRun:
+    async def _start(self, setup: _Setup, lock: _ConversationLock | None) -> ResponseRun:
         request = setup.request
         run = ResponseRun(streaming=request.stream)
         sampling = setup.model.provider.sampling_defaults(setup.model.name)
@@ -351,7 +357,7 @@ class ResponseService:
         )
         return _Producing(turn, record, caller.owner, setup.keep_context)
 
-    def _launch(self, producing: _Producing, run: ResponseRun, lock: asyncio.Lock | None) -> None:
+    def _launch(self, producing: _Producing, run: ResponseRun, lock: _ConversationLock | None) -> None:
         """Starts the task that produces the response, to its one ending (`_produce`)."""
         response_id = producing.turn.response["id"]
         if producing.record is not None:
@@ -361,7 +367,7 @@ class ResponseService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _produce(self, producing: _Producing, run: ResponseRun, lock: asyncio.Lock | None) -> None:
+    async def _produce(self, producing: _Producing, run: ResponseRun, lock: _ConversationLock | None) -> None:
         """A turn's whole life, and its one ending: produced, appended to its conversation, stored, told.
 
         A background response may also end `cancelled` (`cancel`), or, when this server stops before it produced
@@ -381,8 +387,8 @@ class ResponseService:
                 await producing.events.flush()
         elif error is not None and background and self._closing and not turn.emitter.output:
             given_back = True
-        elif error is None and turn.request.conversation_id is not None:
-            error = await self._append_to_conversation(turn)
+        elif error is None and lock is not None:
+            error = await self._append_to_conversation(turn, lock.holder)
         if background and not turn.announced and not given_back:
             # Its caller has had its id since it was queued: it ends in the stream and in storage like any other.
             loop.announce(turn)
@@ -436,7 +442,7 @@ class ResponseService:
             await turn.toolbox.close()
         return None
 
-    async def _append_to_conversation(self, turn: loop.Turn) -> ParleyError | None:
+    async def _append_to_conversation(self, turn: loop.Turn, holder: str) -> ParleyError | None:
         """A turn that ended (not failed) appends its input, then its output, to the conversation.
 
         This happens with `store: false` too: the conversation is the store. The
@@ -447,12 +453,24 @@ class ResponseService:
         kinds = ["input"] * len(turn.input_items) + ["output"] * len(turn.emitter.output)
         try:
             await self.conversations.append(
-                turn.request.conversation_id or "", items, turn.response["id"], kinds, tools=turn.response["tools"]
+                turn.request.conversation_id or "",
+                items,
+                turn.response["id"],
+                kinds,
+                tools=turn.response["tools"],
+                holder=holder,
             )
         except ConversationNotFound:
             log.warning(
                 "conversation %s was deleted during response %s", turn.request.conversation_id, turn.response["id"]
             )
+        except TurnLost:
+            log.error(
+                "response %s lost its hold on conversation %s (not renewed for longer than the lease)",
+                turn.response["id"],
+                turn.request.conversation_id,
+            )
+            return ParleyError("The server lost its hold on the conversation; the turn was not added to it.")
         except DuplicateItem:
             # Another request added an item with one of this turn's ids while the turn ran.
             return InvalidRequestError(
@@ -556,7 +574,7 @@ class ResponseService:
                 follower.put_nowait((number, event_type, data))
 
         emitter = EventEmitter(sink, first_sequence=2)
-        lock: asyncio.Lock | None = None
+        lock: _ConversationLock | None = None
         try:
             request, input_items, caller = self.job_seal.open(job.sealed)
             model = self.registry.resolve(request.model)
@@ -782,6 +800,7 @@ class ResponseService:
         while True:
             try:
                 await self.store.renew(sorted([*self._producing, *self._waiting_streams]))
+                await self.conversations.renew([lock.holder for lock in self._conversation_locks.values() if lock.held])
                 for producing in list(self._producing.values()):
                     if producing.record is not None:
                         emitter = producing.turn.emitter
@@ -806,3 +825,4 @@ class ResponseService:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.tool_services.close()
         await self.files.close()
+        await self.conversations.close()

@@ -1,7 +1,7 @@
 """Storage: SQLAlchemy tables, Alembic migrations and repositories, on SQLite or PostgreSQL."""
 
 from parley.store.blobs import BlobStore, DirectoryBlobStore
-from parley.store.conversations import ConversationNotFound, ConversationStore, DuplicateItem
+from parley.store.conversations import ConversationNotFound, ConversationStore, DuplicateItem, TurnLost
 from parley.store.database import Database
 from parley.store.files import FileStore
 from parley.store.keys import ApiKey, KeyStore
@@ -24,4 +24,5 @@ __all__ = [
     "Page",
     "PageRequest",
     "ResponseStore",
+    "TurnLost",
 ]

@@ -7,8 +7,11 @@ a conversation the caller was shown to see (ConversationService checks first).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,6 +20,8 @@ from parley.store.database import Database
 from parley.store.owners import Caller, visible_to
 from parley.store.pagination import Page, PageRequest, read_page
 from parley.store.tables import conversation_items, conversations, responses
+
+log = logging.getLogger(__name__)
 
 
 class ConversationNotFound(Exception):
@@ -27,6 +32,18 @@ class DuplicateItem(Exception):
     """An appended item has the id of one the conversation has, or had."""
 
 
+class TurnLost(Exception):
+    """A turn's hold on its conversation ran out before its append (its server stopped renewing it for longer
+    than the lease): another turn may have taken the conversation since."""
+
+
+# How often a turn waiting for its conversation looks again (see `ConversationStore.hold`). On SQLite, which has
+# no notifications, this is how a turn learns that another process's turn ended: 20 ms, a read each time. On
+# PostgreSQL the release's NOTIFY wakes it at once, and this is a safety net (a hold that ran out).
+TURN_POLL_SECONDS = {True: 0.02, False: 0.5}
+TURN_CHANNEL = "parley_turns"
+
+
 def _object(row: Any) -> dict[str, Any]:
     return {"id": row.id, "object": "conversation", "created_at": row.created_at, "metadata": row.metadata}
 
@@ -35,8 +52,16 @@ _LIVE_ITEM = conversation_items.c.deleted.is_(False)
 
 
 class ConversationStore:
-    def __init__(self, db: Database) -> None:
+    """`lease_seconds`: how long a turn's hold on its conversation lasts without a renewal (see `hold`)."""
+
+    def __init__(self, db: Database, lease_seconds: float = 15.0) -> None:
         self.db = db
+        self.lease_seconds = lease_seconds
+        # The turns of this server waiting for a conversation (see `hold`), woken when it is released.
+        self._waiting: dict[str, list[asyncio.Event]] = {}
+        self._listen_lock = asyncio.Lock()
+        self._listening = False
+        self._stop_listening: Callable[[], Awaitable[None]] | None = None
 
     async def create(
         self,
@@ -104,8 +129,10 @@ class ConversationStore:
         response_id: str | None = None,
         kinds: list[str] | None = None,
         tools: list[dict[str, Any]] | None = None,
+        holder: str | None = None,
     ) -> None:
-        """Appends `items` after everything already there, in one transaction.
+        """Appends `items` after everything already there, in one transaction; for a turn, only while its
+        `holder` holds the conversation (see `hold`), else TurnLost.
 
         Bumping `next_position` locks the conversation's row (on PostgreSQL; on
         SQLite the transaction holds the database's write lock), so two appends
@@ -116,9 +143,10 @@ class ConversationStore:
         values: dict[str, Any] = {"next_position": conversations.c.next_position + len(items)}
         if tools is not None:
             values["last_tools"] = tools
+        held = [conversations.c.turn == holder] if holder is not None else []
         bump = (
             conversations.update()
-            .where(conversations.c.id == conversation_id)
+            .where(conversations.c.id == conversation_id, *held)
             .values(**values)
             .returning(conversations.c.next_position, conversations.c.owner)
         )
@@ -131,6 +159,9 @@ class ConversationStore:
         def append(connection: sa.Connection) -> None:
             bumped = connection.execute(bump).first()
             if bumped is None:
+                exists = sa.select(conversations.c.seq).where(conversations.c.id == conversation_id)
+                if holder is not None and connection.scalar(exists) is not None:
+                    raise TurnLost(conversation_id)
                 raise ConversationNotFound(conversation_id)
             start = bumped.next_position - len(rows)
             for row in rows:
@@ -143,22 +174,99 @@ class ConversationStore:
 
         await self.db.write(append)
 
-    @contextlib.asynccontextmanager
-    async def turn_lock(self, conversation_id: str) -> AsyncIterator[None]:
-        """Holds the conversation for one turn, from reading its context until its append commits.
+    async def hold(self, conversation_id: str, holder: str) -> None:
+        """Takes the conversation's turn for `holder` (a token of its own), once no other holder has it, on this
+        server or another: from reading its items until its append, turns on one conversation take turns.
 
-        On PostgreSQL, a transaction-level advisory lock keyed on the conversation
-        serializes the turns of every server on the database; it goes with the
-        transaction, so a server that dies releases it. On SQLite, one server's
-        in-process lock (see ResponseService) is what serializes turns.
+        The hold is a lease on the conversation's row, which costs no connection while the turn runs: the server
+        renews it (`renew`) and gives it back (`release`); a server that dies leaves a hold that runs out after
+        `lease_seconds`. A waiting turn is woken by the NOTIFY of a release on PostgreSQL, and looks again every
+        `TURN_POLL_SECONDS`. Raises ConversationNotFound when the conversation is, or comes to be, deleted.
         """
-        if self.db.engine is None:
-            yield
+        freed = asyncio.Event()
+        waiting = self._waiting.setdefault(conversation_id, [])
+        waiting.append(freed)
+        try:
+            await self._listen()
+            while True:
+                freed.clear()
+                if await self._take(conversation_id, holder):
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(freed.wait(), TURN_POLL_SECONDS[self.db.is_sqlite])
+        finally:
+            waiting.remove(freed)
+            if not waiting:
+                self._waiting.pop(conversation_id, None)
+
+    async def _take(self, conversation_id: str, holder: str) -> bool:
+        """One try at the conversation's turn: read first, so that waiting writes nothing while it is held."""
+        row = conversations.c
+        state = await self.db.read(
+            lambda connection: connection.execute(
+                sa.select(row.turn, row.turn_until).where(row.id == conversation_id)
+            ).first()
+        )
+        if state is None:
+            raise ConversationNotFound(conversation_id)
+        now = time.time()
+        if state.turn is not None and state.turn_until is not None and state.turn_until >= now:
+            return False
+        take = (
+            conversations.update()
+            .where(row.id == conversation_id, sa.or_(row.turn.is_(None), row.turn_until < now))
+            .values(turn=holder, turn_until=now + self.lease_seconds)
+        )
+        return bool(await self.db.write(lambda connection: connection.execute(take).rowcount))
+
+    async def renew(self, holders: list[str]) -> None:
+        """Extends the holds of the given holders (the turns this server runs)."""
+        if not holders:
             return
-        async with self.db.engine.connect() as connection, connection.begin():
-            key = sa.func.hashtextextended(conversation_id, 0)
-            await connection.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
-            yield
+        statement = (
+            conversations.update()
+            .where(conversations.c.turn.in_(holders))
+            .values(turn_until=time.time() + self.lease_seconds)
+        )
+        await self.db.write(lambda connection: connection.execute(statement))
+
+    async def release(self, conversation_id: str, holder: str) -> None:
+        """Gives the conversation's turn back, if `holder` still has it, and wakes the turns waiting for it."""
+        statement = (
+            conversations.update()
+            .where(conversations.c.id == conversation_id, conversations.c.turn == holder)
+            .values(turn=None, turn_until=None)
+        )
+        notify = None if self.db.is_sqlite else sa.select(sa.func.pg_notify(TURN_CHANNEL, conversation_id))
+
+        def release(connection: sa.Connection) -> None:
+            if connection.execute(statement).rowcount and notify is not None:
+                connection.execute(notify)
+
+        await self.db.write(release)
+        self._heard(conversation_id)
+
+    async def _listen(self) -> None:
+        """Starts hearing releases on PostgreSQL, once; without it, waiting turns poll."""
+        if self.db.is_sqlite:
+            return
+        async with self._listen_lock:
+            if self._listening:
+                return
+            self._listening = True
+            try:
+                self._stop_listening = await self.db.listen(TURN_CHANNEL, self._heard)
+            except Exception:
+                log.exception("cannot listen for conversations' turns: waiting turns poll")
+
+    def _heard(self, conversation_id: str) -> None:
+        for freed in self._waiting.get(conversation_id, ()):
+            freed.set()
+
+    async def close(self) -> None:
+        if self._stop_listening is not None:
+            stop, self._stop_listening = self._stop_listening, None
+            await stop()
 
     async def items(self, conversation_id: str) -> list[dict[str, Any]]:
         """Every live item, in order: the context of the conversation's next turn (one indexed query)."""

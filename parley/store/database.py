@@ -105,6 +105,7 @@ class Database:
                 **options,
             )
             event.listen(self._sqlite, "connect", _sqlite_pragmas)
+            event.listen(self._sqlite, "begin", _sqlite_begin)
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
             self._readers = ThreadPoolExecutor(_SQLITE_READERS, thread_name_prefix="sqlite-reader")
         else:
@@ -151,8 +152,10 @@ class Database:
 
     def _sqlite_write(self, work: Work[T]) -> T:
         assert self._sqlite is not None
-        with self._sqlite.begin() as connection:
-            return work(connection)
+        with self._sqlite.connect() as connection:
+            connection.execution_options(parley_write=True)
+            with connection.begin():
+                return work(connection)
 
     async def migrate(self) -> None:
         """Brings the schema up to date (Alembic `upgrade head`)."""
@@ -188,3 +191,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+    # Transactions begin where SQLAlchemy begins them (`_sqlite_begin`), not where the driver would guess: it
+    # begins one only before a write, leaving a transaction's reads before it outside.
+    dbapi_connection.isolation_level = None
+
+
+def _sqlite_begin(connection: sa.Connection) -> None:
+    """A write transaction takes the write lock as it begins (BEGIN IMMEDIATE), waiting its turn behind another
+    process's writer: one that read first and then wrote would be refused at once (SQLITE_BUSY) when another
+    process had written since its read, as two `parley serve` workers on one file do. A read begins deferred."""
+    write = connection.get_execution_options().get("parley_write", False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

@@ -84,6 +84,9 @@ conversations = sa.Table(
     # The `tools` of the last turn that appended (secrets removed): MCP listings are reused while they hold.
     sa.Column("last_tools", JSONType, nullable=True),
     sa.Column("owner", sa.String(64), nullable=True),
+    # Which turn holds the conversation (its token), and until when unless renewed (see ConversationStore.hold).
+    sa.Column("turn", sa.String(64), nullable=True),
+    sa.Column("turn_until", sa.Float, nullable=True),
 )
 
 # A conversation's items, in the order of `position`, assigned in the database
