@@ -1,5 +1,5 @@
-"""Background responses: jobs per second through 1, 2 and 4 servers on one database, the time a cancel takes,
-and the time to the first event of a stream followed again.
+"""Background responses: jobs per second through 1, 2 and 4 worker processes (`parley serve --workers N`), the time
+a cancel takes, and the time to the first event of a stream followed again.
 
 Everything runs as child processes on 127.0.0.1: a fake upstream (tests/fake_upstream.py) and `parley serve`
 processes on one database (SQLite in the run's directory, or a throwaway PostgreSQL server as tests/postgres.py
@@ -7,15 +7,17 @@ starts one), sharing `engine.reasoning_key` as servers that run each other's job
 
 1. Throughput. `--jobs` (200) background responses (`fake-long`: `--tokens` (200) tokens from the unpaced upstream,
    so that a job's cost is mostly Parley's own, turning a stream into events and output) are created as
-   fast as `--clients` (16) concurrent requests go, spread over the servers as a load balancer would spread
-   them, and waited for until every one has ended (their statuses read from the database every 20 ms: the one
-   place the benchmark reads it). jobs/s is the jobs over the time from the first create to the last end; each
-   server runs `--concurrency` (8) jobs at once. With 1, 2 and 4 servers; the scaling is 2 servers' jobs/s over
-   1 server's (issue 15's target on this 2-core machine: at least 1.6). The baseline, in the same run: the same
-   number of foreground responses (not streamed) through one server, with the same clients.
+   fast as `--clients` (16) concurrent requests go, to one `parley serve --workers N` (its processes take the
+   connections as they come), and waited for until every one has ended (their statuses read from the database
+   every 20 ms: the one place the benchmark reads it). jobs/s is the jobs over the time from the first create to
+   the last end; each process runs `--concurrency` (8) jobs at once. With 1, 2 and 4 workers, each on a server
+   of its own, started for its run and stopped after; the scaling is 2 workers' jobs/s over 1's (issue 15's
+   target on this 2-core machine: at least 1.6). The baseline, in the same run: the same number of foreground
+   responses (not streamed) through the one-worker server, with the same clients.
 2. Cancel. `--cancels` (40) jobs that never answer (`fake-hang`), each cancelled once it is in progress: the time
    from `POST /v1/responses/{id}/cancel` to its reply, which comes once the response is stored `cancelled`;
-   through the server that runs the job, and through another one (which asks it through the database).
+   through the server that runs the job, and through another one (a second `parley serve` on the database,
+   as a replica is, which asks it through the database).
    Target: p99 under 100 ms.
 3. Resume. `--resumes` (40) streamed jobs of `fake-long` (400 tokens, the upstream paced at 5 ms a chunk): in
    mid-run, `GET /v1/responses/{id}?stream=true&starting_after=N` through the server that runs it and through
@@ -33,6 +35,7 @@ import argparse
 import asyncio
 import base64
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -62,7 +65,7 @@ from _common import (
 
 from parley.store.database import Database
 
-SERVERS = (1, 2, 4)
+WORKERS = (1, 2, 4)
 TARGET_SCALING = 1.6
 TARGET_CANCEL_P99_MS = 100.0
 TARGET_RESUME_P50_MS = 10.0
@@ -70,9 +73,10 @@ KEY = base64.b64encode(os.urandom(32)).decode()
 ENDED = ("completed", "failed", "incomplete", "cancelled")
 
 
-def config(upstream: str, paced: str, storage_url: str, concurrency: int) -> str:
+def config(upstream: str, paced: str, storage_url: str, concurrency: int, workers: int = 1) -> str:
     return yaml.safe_dump(
         {
+            "server": {"workers": workers},
             "inference": {
                 "providers": {
                     "fake": {
@@ -145,12 +149,22 @@ async def create_many(
     return ids, errors
 
 
+def start_workers(children: Children, yaml_config: str, workers: int) -> tuple[str, subprocess.Popen[bytes]]:
+    """`parley serve --workers N` (from the configuration), once every worker serves (its banner says so)."""
+    name = f"parley-workers-{workers}"
+    base, proc = start_parley(children, yaml_config, name=name)
+    assert proc.stdout is not None
+    while b"listening on" not in proc.stdout.readline():
+        if proc.poll() is not None:
+            raise RuntimeError(f"parley serve --workers {workers} stopped:\n{children.log_tail(name)}")
+    return base, proc
+
+
 async def throughput(
-    http: httpx.AsyncClient, database: Database, servers: Servers, count: int, options: argparse.Namespace
+    http: httpx.AsyncClient, database: Database, base: str, workers: int, options: argparse.Namespace
 ) -> dict[str, Any]:
-    bases = await servers.at_least(count)
     started = time.perf_counter()
-    ids, errors = await create_many(http, bases, options.jobs, options.clients, True, options.tokens)
+    ids, errors = await create_many(http, [base], options.jobs, options.clients, True, options.tokens)
     created = time.perf_counter() - started
     deadline = time.monotonic() + options.job_timeout
     while True:
@@ -162,7 +176,7 @@ async def throughput(
     seconds = time.perf_counter() - started
     completed = sum(found.get(i) == "completed" for i in ids)
     return {
-        "servers": count,
+        "workers": workers,
         "jobs": len(ids),
         "completed": completed,
         "not_ended": len(left),
@@ -174,8 +188,7 @@ async def throughput(
     }
 
 
-async def foreground(http: httpx.AsyncClient, servers: Servers, options: argparse.Namespace) -> dict[str, Any]:
-    [base] = await servers.at_least(1)
+async def foreground(http: httpx.AsyncClient, base: str, options: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     ids, errors = await create_many(http, [base], options.jobs, options.clients, False, options.tokens)
     seconds = time.perf_counter() - started
@@ -297,9 +310,9 @@ def main() -> int:
         upstream = start_fake(children, "fake", delay_ms=0)
         paced = start_fake(children, "paced", delay_ms=5)
         servers = Servers(children, config(upstream, paced, url, options.concurrency))
-        return scenarios(servers, url)
+        return scenarios(children, servers, url, (upstream, paced))
 
-    async def scenarios(servers: Servers, url: str) -> dict[str, Any]:
+    async def scenarios(children: Children, servers: Servers, url: str, upstreams: tuple[str, str]) -> dict[str, Any]:
         database = Database(url)
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
         try:
@@ -308,8 +321,17 @@ def main() -> int:
                 limits=limits,
                 headers={"Authorization": "Bearer bench", "Content-Type": "application/json"},
             ) as http:
-                baseline = await foreground(http, servers, options)
-                runs = [await throughput(http, database, servers, count, options) for count in SERVERS]
+                baseline: dict[str, Any] = {}
+                runs = []
+                for workers in WORKERS:
+                    # Alone on the database while it runs: another server would take its jobs.
+                    yaml_config = config(*upstreams, url, options.concurrency, workers)
+                    base, proc = await asyncio.to_thread(start_workers, children, yaml_config, workers)
+                    if workers == 1:
+                        baseline = await foreground(http, base, options)
+                    runs.append(await throughput(http, database, base, workers, options))
+                    proc.terminate()
+                    await asyncio.to_thread(proc.wait, 30)
                 return {
                     "foreground": baseline,
                     "background": runs,
@@ -322,11 +344,11 @@ def main() -> int:
     outcome = run_benchmark(start, options.max_seconds)
     if isinstance(outcome, int):
         return outcome
-    by_servers = {run["servers"]: run for run in outcome["background"]}
-    scaling = by_servers[2]["jobs_per_s"] / by_servers[1]["jobs_per_s"] if by_servers[1]["jobs_per_s"] else 0.0
+    by_workers = {run["workers"]: run for run in outcome["background"]}
+    scaling = by_workers[2]["jobs_per_s"] / by_workers[1]["jobs_per_s"] if by_workers[1]["jobs_per_s"] else 0.0
     outcome["scaling_2_over_1"] = round(scaling, 2)
     targets = [
-        target("jobs/s, 2 servers over 1", round(scaling, 2), scaling >= TARGET_SCALING, "x"),
+        target("jobs/s, 2 workers over 1", round(scaling, 2), scaling >= TARGET_SCALING, "x"),
         *(
             target(f"cancel p99 ({where})", row["p99_ms"], row["p99_ms"] < TARGET_CANCEL_P99_MS, " ms")
             for where, row in outcome["cancel"].items()
@@ -354,16 +376,16 @@ def main() -> int:
         "targets": targets,
     }
     base = outcome["foreground"]
-    print(f"Database: {options.database}; each server runs {options.concurrency} background jobs at once\n")
-    print(f"   foreground, 1 server: {base['jobs']} responses in {base['seconds']} s, {base['jobs_per_s']} /s")
+    print(f"Database: {options.database}; each process runs {options.concurrency} background jobs at once\n")
+    print(f"   foreground, 1 worker: {base['jobs']} responses in {base['seconds']} s, {base['jobs_per_s']} /s")
     for run in outcome["background"]:
         ratio = run["jobs_per_s"] / base["jobs_per_s"] if base["jobs_per_s"] else 0
         print(
-            f"   background, {run['servers']} server(s): {run['completed']}/{run['jobs']} completed in "
+            f"   background, {run['workers']} worker(s): {run['completed']}/{run['jobs']} completed in "
             f"{run['seconds']} s, {run['jobs_per_s']} jobs/s (x{fmt(ratio)} the foreground rate)"
             + (f", {run['errors']} errors" if run["errors"] else "")
         )
-    print(f"   scaling, 2 servers over 1: x{fmt(scaling)}\n")
+    print(f"   scaling, 2 workers over 1: x{fmt(scaling)}\n")
     for where, row in outcome["cancel"].items():
         print(f"   cancel through the {where}: p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms ({row['wrong']} wrong)")
     for where, row in outcome["resume"].items():

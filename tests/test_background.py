@@ -3,7 +3,8 @@ again with `GET /v1/responses/{id}?stream=true&starting_after=N`, over openai-py
 
 The model is the fake upstream, paced (a chunk every 20 ms) so that a run lasts long enough to be watched:
 `fake-long` streams `max_output_tokens` tokens, `fake-hang` never answers, `fake-stall` streams three chunks and
-then nothing, until its caller goes away.
+then nothing, until its caller goes away; `fake-script` calls the tools its input names, here those of the MCP test
+server (tests/mcp_servers.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import pytest
 
 from tests.conftest import ParleyProcess, upstream_config
 from tests.fake_upstream import FakeUpstream
+from tests.mcp_servers import ToolServer
 from tests.support.own_server import own_database, owners_auth
+from tests.support.tools import mcp_tool
 
 CONCURRENCY = 4
 ALICE = "sk-alice-background-0123456789abcdef"
@@ -218,6 +221,85 @@ def test_a_streamed_response_cancelled_ends_its_stream_with_every_item_closed(
     assert added and [item["id"] for item in done] == added
     assert all(item["status"] == "incomplete" for item in done)
     assert types.count("response.content_part.added") == types.count("response.content_part.done")
+
+
+def test_cancel_while_an_mcp_tool_runs_does_not_wait_for_it_and_its_late_answer_changes_nothing(
+    server: ParleyProcess, client: openai.OpenAI, tool_server: ToolServer
+) -> None:
+    # Issue 15: "cancel while an MCP tool runs". The tool sleeps `seconds`, far longer than a cancel may take.
+    seconds = 5
+    response = client.responses.create(
+        model="fake/fake-script",
+        input=f'sleep {{"seconds": {seconds}}}',
+        tools=[mcp_tool(tool_server)],
+        background=True,
+    )
+    started = time.monotonic()
+    # Followed raw, as the streamed cancel above is: a cancelled stream has no terminal event for the validator.
+    events: list[dict[str, Any]] = []
+    lines = []
+    cancelled, took = None, 0.0
+    with server.http() as http, http.stream("GET", f"/v1/responses/{response.id}", params={"stream": "true"}) as reply:
+        assert reply.status_code == 200
+        for line in reply.iter_lines():
+            if line:
+                lines.append(line)
+            if not line.startswith("data: {"):
+                continue
+            events.append(json.loads(line[6:]))
+            if events[-1]["type"] == "response.mcp_call.in_progress":
+                time.sleep(0.3)  # the call on its way to the tool server, and the tool asleep
+                running = client.responses.retrieve(response.id)
+                assert running.status == "in_progress"
+                assert [(item.type, item.status) for item in running.output] == [
+                    ("mcp_list_tools", "completed"),
+                    ("mcp_call", "in_progress"),
+                ]
+                asked = time.monotonic()
+                cancelled = client.responses.cancel(response.id)
+                took = time.monotonic() - asked
+    assert cancelled is not None, "the stream ended before the call was in progress"
+    assert took < 2, f"the cancel took {took:.2f} s: it waited for the tool"
+    assert time.monotonic() - started < seconds, "the stream did not end before the tool would have answered"
+    assert cancelled.status == "cancelled"
+    listing, call = cancelled.output
+    assert (listing.type, listing.status) == ("mcp_list_tools", "completed")
+    assert (call.type, call.name, call.status, call.output) == ("mcp_call", "sleep", "incomplete", None)
+    assert client.responses.retrieve(response.id) == cancelled
+
+    # The followed stream closes what it opened, the call with `.failed` (OpenAI's MCP events have no
+    # `.incomplete`) and no terminal event (nor a `response.cancelled`), then ends with `[DONE]`.
+    assert lines[-1] == "data: [DONE]"
+    assert [event["sequence_number"] for event in events] == list(range(len(events)))
+    assert [event["type"] for event in events] == [
+        "response.created",
+        "response.queued",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.mcp_list_tools.in_progress",
+        "response.mcp_list_tools.completed",
+        "response.output_item.done",
+        "response.output_item.added",
+        "response.mcp_call_arguments.delta",
+        "response.mcp_call_arguments.delta",
+        "response.mcp_call_arguments.done",
+        "response.mcp_call.in_progress",
+        "response.mcp_call.failed",
+        "response.output_item.done",
+    ]
+    done = [event["item"] for event in events if event["type"] == "response.output_item.done"]
+    assert done == [item.model_dump(exclude_unset=True) for item in cancelled.output]
+
+    # Once the tool has answered: still cancelled, unchanged, and the stream followed again is the one followed
+    # live.
+    time.sleep(max(0.0, started + seconds + 1.5 - time.monotonic()))
+    assert client.responses.retrieve(response.id) == cancelled
+    assert followed(server, response.id) == events
+    # Nor does it reach the next call to the same server (Parley keeps its MCP sessions across responses).
+    after = client.responses.create(
+        model="fake/fake-script", input='echo {"text": "after the cancel"}', tools=[mcp_tool(tool_server)]
+    )
+    assert after.output_text == "Results: after the cancel"
 
 
 def test_cancel_twice_returns_the_cancelled_response(client: openai.OpenAI) -> None:

@@ -9,10 +9,12 @@ claim    each server's `BackgroundWorker` takes queued jobs from the database, o
          (ResponseService.run_job); a job is one server's only (the claim is a single UPDATE that finds it
          still queued, under `FOR UPDATE SKIP LOCKED` on PostgreSQL).
 events   a background response's events are kept in the database in batches (`EventLog`), for a stream to
-         be followed again from any point (`GET /v1/responses/{id}?stream=true&starting_after=N`).
+         be followed again from any point (`GET /v1/responses/{id}?stream=true&starting_after=N`); a client
+         following it through another server asks its server to write each batch at once, and is woken by
+         each (PostgreSQL's NOTIFY; on SQLite, it looks every 10 ms).
 cancel   `POST /v1/responses/{id}/cancel`: a queued job is cancelled where it stands; a running one is
-         stopped by the server running it, at once if that is this one, else when it next looks for cancels
-         (`CANCEL_POLL_SECONDS`).
+         stopped by the server running it, at once if that is this one, else on hearing it (NOTIFY), or
+         when it next looks (`ASK_POLL_SECONDS`).
 lost     a server that stops cleanly gives back the jobs it had not started to produce output for; one that
          dies stops renewing its lease (`storage.lease_seconds`), and the first server to notice puts its
          jobs that had streamed nothing back in the queue and fails the others (ResponseStore.abandoned).
@@ -37,17 +39,19 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from parley.engine.request import CreateResponseRequest
 from parley.store import Caller
-from parley.store.responses import CANCEL_CHANNEL, Job, ResponseStore
+from parley.store.responses import CANCEL_CHANNEL, FOLLOW_CHANNEL, Job, ResponseStore
 
 log = logging.getLogger(__name__)
 
 # How often a worker asks the database for jobs when nothing woke it (a job queued on another server).
 POLL_SECONDS = 0.5
-# How often a worker looks for cancels asked of its jobs through another server: on SQLite, which has no
-# notifications, this is how long such a cancel may wait; on PostgreSQL a NOTIFY brings it at once, and this is
-# the safety net for one that was missed (a listening connection lost).
-CANCEL_POLL_SECONDS = 0.05
-# How often a running job's new events are written, at most (and at its end).
+# How often a worker looks for what was asked of its jobs through another server (a cancel, a client following the
+# events), by database: on SQLite, which has no notifications, this is how long such an ask may wait (a read of
+# an index each time); on PostgreSQL a NOTIFY brings it at once, and this is the safety net for one that was
+# missed (a listening connection lost).
+ASK_POLL_SECONDS = {True: 0.02, False: 0.25}
+# How often a running job's new events are written, at most (and at its end). Once a client follows it through
+# another server, each batch is written as soon as the one before it is in (`EventLog.follow`).
 EVENTS_FLUSH_SECONDS = 0.1
 
 
@@ -85,7 +89,8 @@ class JobSeal:
 
 class EventLog:
     """A background response's events on their way to the database: batched, written at most every
-    `EVENTS_FLUSH_SECONDS`, and all of them by `close`."""
+    `EVENTS_FLUSH_SECONDS`, and all of them by `close`; once followed through another server (`follow`), each
+    batch as soon as the one before is in, announced to the followers."""
 
     def __init__(self, store: ResponseStore, response_id: str, first: int = 0) -> None:
         self.store = store
@@ -98,6 +103,9 @@ class EventLog:
         self._first_writing = first
         self._flusher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._followed = False
+        self._napping = False  # whether the flusher waits between writes (and may be cancelled)
+        self._closing = False
 
     def add(self, event_type: str, data: bytes) -> int:
         """Adds the next event; its sequence number."""
@@ -105,15 +113,37 @@ class EventLog:
             self._first_pending = self._next
         self._pending.append((event_type, data.decode()))
         self._next += 1
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.ensure_future(self._flush_later())
+        self._flush_soon()
         return self._next - 1
 
-    async def _flush_later(self) -> None:
-        await asyncio.sleep(EVENTS_FLUSH_SECONDS)
-        await self.flush()
+    def follow(self) -> None:
+        """A client follows the response through another server: what is pending is written now, and each
+        batch from now on as soon as the one before is in, announced to the followers."""
+        if self._followed:
+            return
+        self._followed = True
+        if self._flusher is not None and self._napping:
+            self._flusher.cancel()  # it waits between writes: nothing is being written
+            self._flusher = None
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        if self._pending and not self._closing and (self._flusher is None or self._flusher.done()):
+            self._flusher = asyncio.ensure_future(self._flush_while_pending())
+
+    async def _flush_while_pending(self) -> None:
+        """Writes the pending events until none is left: a batch every `EVENTS_FLUSH_SECONDS`, or, followed, each
+        as soon as the one before it is in (the events of one step of the event loop together)."""
+        while self._pending and not self._closing:
+            self._napping = True
+            try:
+                await asyncio.sleep(0 if self._followed else EVENTS_FLUSH_SECONDS)
+            finally:
+                self._napping = False
+            await self.flush()
 
     async def flush(self) -> None:
+        """Writes the pending events, as one batch."""
         async with self._lock:
             if not self._pending:
                 return
@@ -121,7 +151,7 @@ class EventLog:
             self._pending = []
             self._writing, self._first_writing = batch, first
             try:
-                await self.store.add_events(self.response_id, first, batch)
+                await self.store.add_events(self.response_id, first, batch, announce=self._followed)
             except Exception:
                 log.exception("cannot keep the events of response %s", self.response_id)
             finally:
@@ -134,10 +164,14 @@ class EventLog:
         ]
 
     async def _stop_flusher(self) -> None:
-        if self._flusher is not None and not self._flusher.done():
-            self._flusher.cancel()
+        """Stops writing batches: a write under way ends first (cancelled, its batch could be lost)."""
+        self._closing = True
+        flusher = self._flusher
+        if flusher is not None and not flusher.done():
+            if self._napping:
+                flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+                await flusher
 
     async def discard(self) -> None:
         """Drops the events not yet written (a job given back runs again from its opening events)."""
@@ -165,18 +199,20 @@ class BackgroundWorker:
         store: ResponseStore,
         run_job: Callable[[Job], Awaitable[None]],
         cancel_local: Callable[[str], bool],
+        follow_local: Callable[[str], object],
         concurrency: int,
     ) -> None:
         self.store = store
         self.token = f"w{secrets.token_hex(8)}"
         self._run_job = run_job
         self._cancel_local = cancel_local
+        self._follow_local = follow_local
         self.concurrency = concurrency
         self._running: dict[str, _Running] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
-        self._stop_listening: Callable[[], Awaitable[None]] | None = None
+        self._stop_listening: list[Callable[[], Awaitable[None]]] = []
 
     def wake(self) -> None:
         """A job was queued here, or a slot freed: look for jobs now."""
@@ -188,12 +224,15 @@ class BackgroundWorker:
 
     async def start(self) -> None:
         try:
-            self._stop_listening = await self.store.db.listen(CANCEL_CHANNEL, self._cancel_local)
+            for channel, heard in ((CANCEL_CHANNEL, self._cancel_local), (FOLLOW_CHANNEL, self._follow_local)):
+                stop = await self.store.db.listen(channel, heard)
+                if stop is not None:
+                    self._stop_listening.append(stop)
         except Exception:
             log.exception("cannot listen for cancels of background responses; looking for them instead")
         self._tasks = [
             asyncio.create_task(self._take_jobs(), name="background jobs"),
-            asyncio.create_task(self._watch_cancels(), name="background cancels"),
+            asyncio.create_task(self._watch_asks(), name="background asks"),
         ]
 
     async def _take_jobs(self) -> None:
@@ -222,23 +261,27 @@ class BackgroundWorker:
             if not self._closing:
                 self.wake()
 
-    async def _watch_cancels(self) -> None:
+    async def _watch_asks(self) -> None:
+        interval = ASK_POLL_SECONDS[self.store.db.is_sqlite]
         while True:
-            await asyncio.sleep(CANCEL_POLL_SECONDS)
+            await asyncio.sleep(interval)
             if not self._running:
                 continue
             try:
-                for response_id in await self.store.cancels_asked(self.token):
+                cancels, follows = await self.store.asked(self.token)
+                for response_id in cancels:
                     self._cancel_local(response_id)
+                for response_id in follows:
+                    self._follow_local(response_id)
             except Exception:
-                log.exception("cannot read the cancels asked of background jobs")
+                log.exception("cannot read what was asked of background jobs")
 
     async def close(self) -> None:
         """Stops taking jobs; the running ones are ended by the service (given back, or failed)."""
         self._closing = True
-        if self._stop_listening is not None:
+        for stop in self._stop_listening:
             with contextlib.suppress(Exception):
-                await self._stop_listening()
+                await stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

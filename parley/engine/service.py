@@ -12,10 +12,11 @@ a caller who does not see that owner, not found, here as in the database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +46,7 @@ from parley.store import (
     ResponseStore,
     TurnLost,
 )
-from parley.store.responses import TERMINAL, Job, StoredEvents
+from parley.store.responses import EVENTS_CHANNEL, TERMINAL, Job, StoredEvents
 from parley.tools import ToolResources, ToolServices
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,10 @@ log = logging.getLogger(__name__)
 Event = tuple[str, bytes]
 # How long a cancel of a background response that another server runs waits for it to stop.
 CANCEL_WAIT_SECONDS = 10.0
-# How often a follower of a background response that another server runs reads its new events.
-FOLLOW_POLL_SECONDS = 0.05
+# How often a follower of a background response that another server runs reads its new events, by database: on
+# SQLite, which has no notifications, every 10 ms (a read of an index); on PostgreSQL each batch's NOTIFY wakes
+# it, and this is the safety net for one that was missed.
+FOLLOW_POLL_SECONDS = {True: 0.01, False: 0.25}
 # How long a follower waits for the terminal event of a response whose status has ended.
 TERMINAL_EVENT_WAIT_SECONDS = 2.0
 _TERMINAL_EVENTS = frozenset(("response.completed", "response.failed", "response.incomplete"))
@@ -223,7 +226,13 @@ class ResponseService:
         self._conversation_locks: dict[str, _ConversationLock] = {}
         # Background responses: sealed for their rows with the server's key, taken from the queue by the worker.
         self.job_seal = job_seal or JobSeal(os.urandom(32))
-        self.worker = BackgroundWorker(store, self.run_job, self._cancel_here, self.engine.background_concurrency)
+        self.worker = BackgroundWorker(
+            store, self.run_job, self._cancel_here, self._followed_elsewhere, self.engine.background_concurrency
+        )
+        # Followers here of background responses that other servers run, woken by each batch of their events.
+        self._following: dict[str, list[asyncio.Event]] = {}
+        self._hearing_events: Callable[[], Awaitable[None]] | None = None
+        self._hearing_lock = asyncio.Lock()
         # Streamed background responses queued here, whose clients wait for their run: their events go there.
         self._waiting_streams: dict[str, ResponseRun] = {}
         self._closing = False
@@ -659,24 +668,61 @@ class ResponseService:
     async def _poll_events(
         self, response_id: str, stored: StoredEvents, after: int, caller: Caller
     ) -> AsyncIterator[list[Event]]:
-        """Follows a response that another server runs (or that has ended) by reading its kept events."""
+        """Follows a response that another server runs (or that has ended) by reading its kept events: that server
+        is asked to write them at once from now on (`ResponseStore.ask_events`), and each batch it writes wakes
+        this follower on PostgreSQL; on SQLite, it looks every `FOLLOW_POLL_SECONDS`."""
         ended_at: float | None = None
         clock = asyncio.get_running_loop().time
-        while True:
-            batch, after = _newer(stored.events, after)
-            if batch:
-                yield batch
-            if any(event_type in _TERMINAL_EVENTS for event_type, _ in batch):
-                return
-            if stored.status in TERMINAL:
-                # Its terminal event is written just after its status (a cancelled one has none): a while more.
-                if stored.status == "cancelled":
+        written = asyncio.Event()
+        followers = self._following.setdefault(response_id, [])
+        followers.append(written)
+        asked = False
+        try:
+            while True:
+                written.clear()
+                batch, after = _newer(stored.events, after)
+                if batch:
+                    yield batch
+                if any(event_type in _TERMINAL_EVENTS for event_type, _ in batch):
                     return
-                ended_at = ended_at if ended_at is not None else clock()
-                if clock() - ended_at > TERMINAL_EVENT_WAIT_SECONDS:
-                    return
-            await asyncio.sleep(FOLLOW_POLL_SECONDS)
-            stored = await self.store.events_after(response_id, after, caller)
+                if stored.status in TERMINAL:
+                    # Its terminal event is written just after its status (a cancelled one has none): a while more.
+                    if stored.status == "cancelled":
+                        return
+                    ended_at = ended_at if ended_at is not None else clock()
+                    if clock() - ended_at > TERMINAL_EVENT_WAIT_SECONDS:
+                        return
+                elif stored.status == "in_progress" and not asked:
+                    asked = True
+                    await self._hear_events()
+                    await self.store.ask_events(response_id)
+                    continue  # what it wrote on being asked: read it now
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(written.wait(), FOLLOW_POLL_SECONDS[self.store.db.is_sqlite])
+                stored = await self.store.events_after(response_id, after, caller)
+        finally:
+            followers.remove(written)
+            if not followers:
+                self._following.pop(response_id, None)
+
+    async def _hear_events(self) -> None:
+        """Starts hearing, once, the batches of events written for followers (PostgreSQL's NOTIFY)."""
+        async with self._hearing_lock:
+            if self._hearing_events is None and not self.store.db.is_sqlite:
+                try:
+                    self._hearing_events = await self.store.db.listen(EVENTS_CHANNEL, self._events_written)
+                except Exception:
+                    log.exception("cannot listen for background responses' events: their followers poll")
+
+    def _events_written(self, response_id: str) -> None:
+        for written in self._following.get(response_id, ()):
+            written.set()
+
+    def _followed_elsewhere(self, response_id: str) -> None:
+        """A client follows a background response that this server runs through another server."""
+        producing = self._producing.get(response_id)
+        if producing is not None and producing.events is not None:
+            producing.events.follow()
 
     def _cancel_here(self, response_id: str) -> bool:
         """Stops a background response this server produces; whether it was producing it."""
@@ -823,6 +869,9 @@ class ResponseService:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._hearing_events is not None:
+            with contextlib.suppress(Exception):
+                await self._hearing_events()
         await self.tool_services.close()
         await self.files.close()
         await self.conversations.close()

@@ -87,6 +87,8 @@ class Database:
         }
         self.engine: AsyncEngine | None = None
         self._sqlite: sa.Engine | None = None
+        self._listening: Any = None  # PostgreSQL: the connection that `listen` hears notifications on
+        self._listening_lock = asyncio.Lock()
         if self.is_sqlite:
             database = self.url.database
             if not database or database == ":memory:":
@@ -114,18 +116,26 @@ class Database:
 
     async def listen(self, channel: str, callback: Callable[[str], object]) -> Callable[[], Awaitable[None]] | None:
         """PostgreSQL: calls `callback(payload)` on the event loop for each `NOTIFY` on `channel`, heard on a
-        connection of its own (none of the pool's); returns what stops listening. SQLite has no notifications:
-        None, and the caller polls."""
+        connection of its own (none of the pool's, one for every channel this server listens on); returns what
+        stops listening. SQLite has no notifications: None, and the caller polls."""
         if self.is_sqlite:
             return None
         import asyncpg  # type: ignore[import-untyped]
 
-        dsn = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        connection = await asyncpg.connect(dsn)
-        await connection.add_listener(channel, lambda _connection, _pid, _channel, payload: callback(payload))
+        def heard(_connection: Any, _pid: int, _channel: str, payload: str) -> None:
+            callback(payload)
+
+        async with self._listening_lock:
+            if self._listening is None or self._listening.is_closed():
+                dsn = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+                self._listening = await asyncpg.connect(dsn)
+            connection = self._listening
+            await connection.add_listener(channel, heard)
 
         async def stop() -> None:
-            await connection.close()
+            async with self._listening_lock:
+                if not connection.is_closed():
+                    await connection.remove_listener(channel, heard)
 
         return stop
 
@@ -177,6 +187,8 @@ class Database:
             await asyncio.to_thread(self._writer.shutdown)
             await asyncio.to_thread(self._readers.shutdown)
             self._sqlite.dispose()
+        if self._listening is not None:
+            await self._listening.close()
         if self.engine is not None:
             await self.engine.dispose()
 

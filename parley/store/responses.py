@@ -35,6 +35,10 @@ _FINISH_RESPONSE = (
 TERMINAL = ("completed", "incomplete", "failed", "cancelled")
 # The PostgreSQL channel on which a cancel of a background response is announced (its payload: the response's id).
 CANCEL_CHANNEL = "parley_cancel"
+# The channels on which a client's following of a background response through another server is announced, and
+# on which the server running it announces each batch of its events written from then on (payloads: its id).
+FOLLOW_CHANNEL = "parley_follow"
+EVENTS_CHANNEL = "parley_events"
 # A background job given back this many times (its server stopped or died before it produced output) fails.
 MAX_ATTEMPTS = 3
 
@@ -301,27 +305,38 @@ class ResponseStore:
 
     async def ask_cancel(self, response_id: str) -> None:
         """Asks the server running a background response to cancel it: on PostgreSQL it hears it at once
-        (`NOTIFY` on CANCEL_CHANNEL), and every server also looks for such rows (`cancels_asked`)."""
+        (`NOTIFY` on CANCEL_CHANNEL), and every server also looks for such rows (`asked`)."""
+        await self._ask(response_id, responses.c.cancel_requested, CANCEL_CHANNEL)
+
+    async def ask_events(self, response_id: str) -> None:
+        """Tells the server running a background response that a client follows it through another server, so
+        that it writes its events at once from then on (`NOTIFY` on FOLLOW_CHANNEL, and `asked`)."""
+        await self._ask(response_id, responses.c.follow_asked, FOLLOW_CHANNEL)
+
+    async def _ask(self, response_id: str, flag: sa.Column[bool], channel: str) -> None:
         statement = (
             responses.update()
-            .where(responses.c.id == response_id, responses.c.status == "in_progress")
-            .values(cancel_requested=True)
+            .where(responses.c.id == response_id, responses.c.status == "in_progress", flag.is_(False))
+            .values({flag: True})
         )
         is_sqlite = self.db.is_sqlite
 
         def ask(connection: sa.Connection) -> None:
-            connection.execute(statement)
-            if not is_sqlite:
-                connection.execute(sa.select(sa.func.pg_notify(CANCEL_CHANNEL, response_id)))
+            if connection.execute(statement).rowcount and not is_sqlite:
+                connection.execute(sa.select(sa.func.pg_notify(channel, response_id)))
 
         await self.db.write(ask)
 
-    async def cancels_asked(self, token: str) -> list[str]:
-        """The background responses that server `token` runs and whose cancel was asked of another server."""
-        query = sa.select(responses.c.id).where(
-            responses.c.claim == token, responses.c.status == "in_progress", responses.c.cancel_requested.is_(True)
+    async def asked(self, token: str) -> tuple[list[str], list[str]]:
+        """The background responses that server `token` runs whose cancel was asked of another server, and those
+        that a client follows through another server."""
+        query = sa.select(responses.c.id, responses.c.cancel_requested).where(
+            responses.c.claim == token,
+            responses.c.status == "in_progress",
+            sa.or_(responses.c.cancel_requested.is_(True), responses.c.follow_asked.is_(True)),
         )
-        return await self.db.read(lambda connection: list(connection.execute(query).scalars()))
+        rows = await self.db.read(lambda connection: list(connection.execute(query)))
+        return [row.id for row in rows if row.cancel_requested], [row.id for row in rows if not row.cancel_requested]
 
     async def status(self, response_id: str, caller: Caller) -> tuple[str, bool] | None:
         """A response's status, and whether it is a background one (None: no such response the caller sees)."""
@@ -335,9 +350,19 @@ class ResponseStore:
 
         return await self.db.read(read)
 
-    async def add_events(self, response_id: str, first: int, events: list[tuple[str, str]]) -> None:
-        """Keeps a batch of a background response's events (`first` is the first one's sequence number)."""
-        await self.db.write(lambda connection: _insert_events(connection, response_id, first, events))
+    async def add_events(
+        self, response_id: str, first: int, events: list[tuple[str, str]], *, announce: bool = False
+    ) -> None:
+        """Keeps a batch of a background response's events (`first` is the first one's sequence number); with
+        `announce`, on PostgreSQL, tells the servers following it (`NOTIFY` on EVENTS_CHANNEL)."""
+        notify = announce and not self.db.is_sqlite
+
+        def add(connection: sa.Connection) -> None:
+            _insert_events(connection, response_id, first, events)
+            if notify:
+                connection.execute(sa.select(sa.func.pg_notify(EVENTS_CHANNEL, response_id)))
+
+        await self.db.write(add)
 
     async def events_after(self, response_id: str, after: int, caller: Caller) -> StoredEvents:
         """The response's kept events numbered after `after`, and its status as read with them."""

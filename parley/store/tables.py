@@ -42,6 +42,8 @@ responses = sa.Table(
     sa.Column("claim", sa.String(64), nullable=True),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Whether a client follows its events through another server (see ResponseStore.ask_events).
+    sa.Column("follow_asked", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("ix_responses_in_progress", "status", "lease_until"),
     # Queued background responses, oldest first.
     sa.Index("ix_responses_queued", "status", "seq"),

@@ -1,4 +1,5 @@
-"""A conversation's turn, held as a lease on its row: turns on one conversation take turns across every process.
+"""A conversation's turn, held as a lease on its row: turns on one conversation take turns across every process;
+and a background response that a client follows through another server.
 
 - `conversations.turn`: the token of the turn (of a server's turns on it) that holds the conversation, from
   reading its items until its append; null when none does.
@@ -7,6 +8,9 @@
 
 It replaces a PostgreSQL advisory lock held in a transaction, which held a pooled connection for the whole turn,
 and on SQLite nothing at all served two processes.
+
+- `responses.follow_asked`: a client follows the running background response through a server that does not run
+  it: the server that runs it writes its events at once from then on, rather than every 100 ms.
 
 Revision ID: 0010
 Revises: 0009
@@ -29,8 +33,10 @@ def upgrade() -> None:
     # delete every conversation's items with it (`ON DELETE CASCADE`, foreign keys on).
     op.add_column("conversations", sa.Column("turn", sa.String(64), nullable=True))
     op.add_column("conversations", sa.Column("turn_until", sa.Float, nullable=True))
+    op.add_column("responses", sa.Column("follow_asked", sa.Boolean, nullable=False, server_default=sa.false()))
 
 
 def downgrade() -> None:
+    op.drop_column("responses", "follow_asked")
     op.drop_column("conversations", "turn_until")
     op.drop_column("conversations", "turn")
