@@ -550,6 +550,9 @@ class EngineSettings(_Section):
     # Background responses (`background: true`, see parley.engine.background) this process runs at once; the
     # others wait `queued`, oldest first, for this process or another on the same database.
     background_concurrency: int = Field(4, ge=1)
+    # How long a stopping process lets the background responses it runs that have produced output end (those
+    # that have not go back to the queue at once); the ones still running then are stored failed.
+    background_drain_seconds: float = Field(20.0, ge=0)
     # The key that encrypts reasoning items' `encrypted_content` (see parley.engine.encrypted_reasoning):
     # 32 bytes in base64. None keeps a generated one in `data_dir`; servers that read each other's
     # items, or run each other's background responses (whose jobs it seals), must share it.

@@ -445,6 +445,35 @@ def test_queued_jobs_of_a_stopped_server_run_on_the_next(
         second.stop()
 
 
+def test_a_stopped_server_finishes_the_jobs_it_had_started_and_gives_back_the_others(
+    tmp_path: Path, paced: FakeUpstream, fresh_database: str
+) -> None:
+    """A rolling restart loses no job: SIGTERM lets a job that has output run to its end, and puts one that has
+    none back in the queue at once."""
+    stopping = ParleyProcess(tmp_path / "stopping", config_of(paced, fresh_database))
+    stopping.start()
+    client = stopping.client()
+    silent = client.responses.create(model="fake/fake-hang", input="nothing yet", background=True)
+    talking = client.responses.create(model="fake/fake-long", input="go", background=True, max_output_tokens=150)
+    wait_for(lambda: client.responses.retrieve(silent.id).status == "in_progress")
+    wait_for(lambda: client.responses.retrieve(talking.id).output, what="some output")
+    started = time.monotonic()
+    stopping.stop()  # SIGTERM, and up to 10 s to exit
+    assert time.monotonic() - started < 9, "it was killed, not stopped"
+    successor = ParleyProcess(tmp_path / "successor", config_of(paced, fresh_database))
+    successor.start()
+    try:
+        client = successor.client()
+        done = client.responses.retrieve(talking.id)
+        assert done.status == "completed"
+        assert done.output_text == "".join(f"tok{i} " for i in range(150))
+        # The silent one went back to the queue when its server stopped, and runs here.
+        wait_for(lambda: client.responses.retrieve(silent.id).status == "in_progress", timeout=30)
+        assert client.responses.cancel(silent.id).status == "cancelled"
+    finally:
+        successor.stop()
+
+
 def test_a_killed_servers_job_runs_again_if_it_had_produced_nothing_and_fails_if_it_had(
     tmp_path: Path, paced: FakeUpstream, fresh_database: str
 ) -> None:

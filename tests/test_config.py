@@ -105,6 +105,7 @@ def test_defaults_serve_the_embedded_model_on_localhost_8321(tmp_path: Path) -> 
             "max_iterations": 20,
             "kept_context_bytes": 33554432,
             "background_concurrency": 4,
+            "background_drain_seconds": 20.0,
             "reasoning_key": None,
         },
         # Requests may have Parley connect to public addresses only (tests/test_outbound.py).
@@ -214,6 +215,7 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
           max_iterations: 8
           kept_context_bytes: 1000000
           background_concurrency: 2
+          background_drain_seconds: 5
           reasoning_key: AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=
         outbound:
           allowed_hosts: null
@@ -312,6 +314,7 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
             "max_iterations": 8,
             "kept_context_bytes": 1000000,
             "background_concurrency": 2,
+            "background_drain_seconds": 5.0,
             "reasoning_key": "**********",
         },
         "outbound": {

@@ -15,9 +15,11 @@ events   a background response's events are kept in the database in batches (`Ev
 cancel   `POST /v1/responses/{id}/cancel`: a queued job is cancelled where it stands; a running one is
          stopped by the server running it, at once if that is this one, else on hearing it (NOTIFY), or
          when it next looks (`ASK_POLL_SECONDS`).
-lost     a server that stops cleanly gives back the jobs it had not started to produce output for; one that
-         dies stops renewing its lease (`storage.lease_seconds`), and the first server to notice puts its
-         jobs that had streamed nothing back in the queue and fails the others (ResponseStore.abandoned).
+lost     a server that stops cleanly takes no more jobs, gives back at once those it runs that have produced
+         no output yet, and lets the others end (`engine.background_drain_seconds`), failing those still
+         running then; one that dies stops renewing its lease (`storage.lease_seconds`), and the first server
+         to notice puts its jobs that had streamed nothing back in the queue and fails the others
+         (ResponseStore.fail_abandoned).
 """
 
 from __future__ import annotations
@@ -276,9 +278,22 @@ class BackgroundWorker:
             except Exception:
                 log.exception("cannot read what was asked of background jobs")
 
+    async def stop_taking(self) -> None:
+        """Takes no more jobs (the server stops); the running ones go on."""
+        self._closing = True
+        if self._tasks:
+            self._tasks[0].cancel()
+            await asyncio.gather(self._tasks[0], return_exceptions=True)
+
+    async def drain(self, seconds: float) -> None:
+        """Waits up to `seconds` for the running jobs to end."""
+        running = [running.task for running in self._running.values()]
+        if running and seconds > 0:
+            await asyncio.wait(running, timeout=seconds)
+
     async def close(self) -> None:
         """Stops taking jobs; the running ones are ended by the service (given back, or failed)."""
-        self._closing = True
+        await self.stop_taking()
         for stop in self._stop_listening:
             with contextlib.suppress(Exception):
                 await stop()

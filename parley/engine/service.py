@@ -397,7 +397,7 @@ class ResponseService:
         elif error is not None and background and self._closing and not turn.emitter.output:
             given_back = True
         elif error is None and lock is not None:
-            error = await self._append_to_conversation(turn, lock.holder)
+            error = await self._append_to_conversation(turn, lock)
         if background and not turn.announced and not given_back:
             # Its caller has had its id since it was queued: it ends in the stream and in storage like any other.
             loop.announce(turn)
@@ -451,7 +451,7 @@ class ResponseService:
             await turn.toolbox.close()
         return None
 
-    async def _append_to_conversation(self, turn: loop.Turn, holder: str) -> ParleyError | None:
+    async def _append_to_conversation(self, turn: loop.Turn, lock: _ConversationLock) -> ParleyError | None:
         """A turn that ended (not failed) appends its input, then its output, to the conversation.
 
         This happens with `store: false` too: the conversation is the store. The
@@ -460,6 +460,9 @@ class ResponseService:
         """
         items = turn.input_items + turn.emitter.output
         kinds = ["input"] * len(turn.input_items) + ["output"] * len(turn.emitter.output)
+        # The last turn here gives the conversation back with its append (one write less); with more waiting
+        # here, the next one keeps the hold.
+        release = lock.users == 1 and bool(items)
         try:
             await self.conversations.append(
                 turn.request.conversation_id or "",
@@ -467,8 +470,10 @@ class ResponseService:
                 turn.response["id"],
                 kinds,
                 tools=turn.response["tools"],
-                holder=holder,
+                holder=lock.holder,
+                release=release,
             )
+            lock.held = not release
         except ConversationNotFound:
             log.warning(
                 "conversation %s was deleted during response %s", turn.request.conversation_id, turn.response["id"]
@@ -858,9 +863,17 @@ class ResponseService:
             await asyncio.sleep(interval)
 
     async def close(self) -> None:
-        """Ends the responses still running: they are stored as failed, but for background ones that had produced
-        no output yet, which go back to the queue for another server."""
+        """Ends the responses still running: background ones that had produced no output yet go back to the queue
+        for another server at once, and the others have `engine.background_drain_seconds` to end; whatever
+        still runs then is stored failed."""
+        await self.worker.stop_taking()
         self._closing = True
+        for response_id in self.worker.running:
+            producing = self._producing.get(response_id)
+            if producing is not None and producing.in_loop and not producing.turn.emitter.output:
+                assert producing.task is not None
+                producing.task.cancel()  # given back (see `_produce`)
+        await self.worker.drain(self.engine.background_drain_seconds)
         await self.worker.close()
         if self._keeper is not None:
             self._keeper.cancel()

@@ -130,9 +130,10 @@ class ConversationStore:
         kinds: list[str] | None = None,
         tools: list[dict[str, Any]] | None = None,
         holder: str | None = None,
+        release: bool = False,
     ) -> None:
         """Appends `items` after everything already there, in one transaction; for a turn, only while its
-        `holder` holds the conversation (see `hold`), else TurnLost.
+        `holder` holds the conversation (see `hold`), else TurnLost; with `release`, the hold ends with it.
 
         Bumping `next_position` locks the conversation's row (on PostgreSQL; on
         SQLite the transaction holds the database's write lock), so two appends
@@ -141,6 +142,8 @@ class ConversationStore:
         if not items:
             return
         values: dict[str, Any] = {"next_position": conversations.c.next_position + len(items)}
+        if release:
+            values.update(turn=None, turn_until=None)
         if tools is not None:
             values["last_tools"] = tools
         held = [conversations.c.turn == holder] if holder is not None else []
@@ -149,6 +152,9 @@ class ConversationStore:
             .where(conversations.c.id == conversation_id, *held)
             .values(**values)
             .returning(conversations.c.next_position, conversations.c.owner)
+        )
+        notify = (
+            sa.select(sa.func.pg_notify(TURN_CHANNEL, conversation_id)) if release and not self.db.is_sqlite else None
         )
         # Made here, on the event loop; the transaction gives them their positions and owner.
         rows = [
@@ -171,8 +177,12 @@ class ConversationStore:
                 connection.execute(conversation_items.insert(), rows)
             except sa.exc.IntegrityError as exc:
                 raise DuplicateItem("The conversation already has an item with one of these ids.") from exc
+            if notify is not None:
+                connection.execute(notify)
 
         await self.db.write(append)
+        if release:
+            self._heard(conversation_id)
 
     async def hold(self, conversation_id: str, holder: str) -> None:
         """Takes the conversation's turn for `holder` (a token of its own), once no other holder has it, on this
@@ -188,10 +198,12 @@ class ConversationStore:
         waiting.append(freed)
         try:
             await self._listen()
+            first = True
             while True:
                 freed.clear()
-                if await self._take(conversation_id, holder):
+                if await self._take(conversation_id, holder, look_first=not first):
                     return
+                first = False
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(freed.wait(), TURN_POLL_SECONDS[self.db.is_sqlite])
         finally:
@@ -199,25 +211,36 @@ class ConversationStore:
             if not waiting:
                 self._waiting.pop(conversation_id, None)
 
-    async def _take(self, conversation_id: str, holder: str) -> bool:
-        """One try at the conversation's turn: read first, so that waiting writes nothing while it is held."""
+    async def _take(self, conversation_id: str, holder: str, look_first: bool) -> bool:
+        """One try at the conversation's turn. A turn that waits reads first (`look_first`), so that waiting
+        writes nothing while another holds it; the first try writes at once, as most find it free."""
         row = conversations.c
-        state = await self.db.read(
-            lambda connection: connection.execute(
-                sa.select(row.turn, row.turn_until).where(row.id == conversation_id)
-            ).first()
-        )
-        if state is None:
-            raise ConversationNotFound(conversation_id)
+        if look_first:
+            state = await self.db.read(
+                lambda connection: connection.execute(
+                    sa.select(row.turn, row.turn_until).where(row.id == conversation_id)
+                ).first()
+            )
+            if state is None:
+                raise ConversationNotFound(conversation_id)
+            if state.turn is not None and state.turn_until is not None and state.turn_until >= time.time():
+                return False
         now = time.time()
-        if state.turn is not None and state.turn_until is not None and state.turn_until >= now:
-            return False
         take = (
             conversations.update()
             .where(row.id == conversation_id, sa.or_(row.turn.is_(None), row.turn_until < now))
             .values(turn=holder, turn_until=now + self.lease_seconds)
         )
-        return bool(await self.db.write(lambda connection: connection.execute(take).rowcount))
+        exists = sa.select(row.seq).where(row.id == conversation_id)
+
+        def try_it(connection: sa.Connection) -> bool:
+            if connection.execute(take).rowcount:
+                return True
+            if connection.scalar(exists) is None:
+                raise ConversationNotFound(conversation_id)
+            return False
+
+        return await self.db.write(try_it)
 
     async def renew(self, holders: list[str]) -> None:
         """Extends the holds of the given holders (the turns this server runs)."""
