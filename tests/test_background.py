@@ -493,6 +493,16 @@ def test_a_killed_servers_job_runs_again_if_it_had_produced_nothing_and_fails_if
         failed = ended(client, talking.id, timeout=30)
         assert failed.status == "failed"
         assert failed.error is not None and failed.error.code == "server_error"
+        # Its stream, kept, ends as a failed stream does: what it opened closed, then `error` and `response.failed`.
+        events = followed(survivor, talking.id)
+        types = [event["type"] for event in events]
+        assert types[-2:] == ["error", "response.failed"]
+        assert [event["sequence_number"] for event in events] == list(range(len(events)))
+        added = [event["output_index"] for event in events if event["type"] == "response.output_item.added"]
+        done = {e["output_index"]: e["item"] for e in events if e["type"] == "response.output_item.done"}
+        assert added and set(done) == set(added) and all(item["status"] == "incomplete" for item in done.values())
+        assert types.count("response.content_part.added") == types.count("response.content_part.done")
+        assert events[-1]["response"]["output"] == [done[index] for index in added]
         # The silent one went back to the queue, and the survivor took it: it cancels it at once, as its own.
         wait_for(lambda: client.responses.retrieve(silent.id).status == "in_progress", timeout=30)
         started = time.monotonic()

@@ -107,6 +107,7 @@ class EventLog:
         self._lock = asyncio.Lock()
         self._followed = False
         self._napping = False  # whether the flusher waits between writes (and may be cancelled)
+        self._catching_up: asyncio.Task[None] | None = None  # the first write once followed (see `follow`)
         self._closing = False
 
     def add(self, event_type: str, data: bytes) -> int:
@@ -127,6 +128,16 @@ class EventLog:
         if self._flusher is not None and self._napping:
             self._flusher.cancel()  # it waits between writes: nothing is being written
             self._flusher = None
+        self._catching_up = asyncio.ensure_future(self._catch_up())
+
+    async def _catch_up(self) -> None:
+        """Writes what is pending, after the batch being written if one is; announced either way, since a batch
+        written before the response was followed was not."""
+        if not await self.flush():
+            try:
+                await self.store.announce_events(self.response_id)
+            except Exception:
+                log.exception("cannot announce the events of response %s", self.response_id)
         self._flush_soon()
 
     def _flush_soon(self) -> None:
@@ -144,11 +155,11 @@ class EventLog:
                 self._napping = False
             await self.flush()
 
-    async def flush(self) -> None:
-        """Writes the pending events, as one batch."""
+    async def flush(self) -> bool:
+        """Writes the pending events, as one batch; whether there were any."""
         async with self._lock:
             if not self._pending:
-                return
+                return False
             batch, first = self._pending, self._first_pending
             self._pending = []
             self._writing, self._first_writing = batch, first
@@ -158,6 +169,7 @@ class EventLog:
                 log.exception("cannot keep the events of response %s", self.response_id)
             finally:
                 self._writing = []
+            return True
 
     def unwritten(self) -> list[tuple[int, str, str]]:
         """The events not yet in the database (sequence number, type, data), in order."""
@@ -174,6 +186,8 @@ class EventLog:
                 flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
+        if self._catching_up is not None:
+            await self._catching_up
 
     async def discard(self) -> None:
         """Drops the events not yet written (a job given back runs again from its opening events)."""

@@ -37,6 +37,50 @@ class EventEmitter:
         self._pending: dict[int, tuple[dict[str, Any], str, list[str]]] = {}
         self._streaming_arguments: set[int] = set()
 
+    @classmethod
+    def resumed(cls, events: list[tuple[int, str, str]], sink: Sink) -> EventEmitter:
+        """An emitter that continues a stream from its events so far ((sequence number, type, data), in order):
+        its items and parts as they stand, open or closed, and its numbering after the last. For a server that
+        ends a response that another server was producing (and died), so that its stream closes what it opened."""
+        emitter = cls(sink, first_sequence=events[-1][0] + 1 if events else 0)
+        for _, event_type, data in events:
+            emitter._replay(event_type, orjson.loads(data))
+        return emitter
+
+    def _replay(self, event_type: str, event: dict[str, Any]) -> None:
+        index: int = event.get("output_index", -1)
+        key: tuple[int, int] = (index, event.get("content_index", -1))
+        if event_type == "response.output_item.added":
+            self.output.append(event["item"])
+            self._open_items[len(self.output) - 1] = event["item"]
+        elif event_type == "response.output_item.done" and 0 <= index < len(self.output):
+            self.output[index] = event["item"]
+            self._open_items.pop(index, None)
+            self._streaming_arguments.discard(index)
+        elif index not in self._open_items:
+            return
+        elif event_type == "response.content_part.added":
+            self._open_items[index]["content"].append(event["part"])
+            self._open_parts[key] = event["part"]
+        elif event_type == "response.content_part.done":
+            self._open_parts.pop(key, None)
+            self._open_items[index]["content"][event["content_index"]] = event["part"]
+        elif event_type in ("response.output_text.delta", "response.reasoning_text.delta", "response.refusal.delta"):
+            part = self._open_parts.get(key)
+            if part is not None:
+                part["refusal" if part["type"] == "refusal" else "text"] += event["delta"]
+        elif event_type == "response.output_text.annotation.added":
+            part = self._open_parts.get(key)
+            if part is not None:
+                part["annotations"].append(event["annotation"])
+        elif event_type.endswith("arguments.delta"):
+            self._open_items[index]["arguments"] += event["delta"]
+            if event_type != "response.function_call_arguments.delta":
+                self._streaming_arguments.add(index)
+        elif event_type.endswith("arguments.done"):
+            self._open_items[index]["arguments"] = event["arguments"]
+            self._streaming_arguments.discard(index)
+
     @property
     def streaming(self) -> bool:
         return self._sink is not None

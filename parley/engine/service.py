@@ -634,14 +634,6 @@ class ResponseService:
         """
         after = -1 if starting_after is None else starting_after
         await self._written(response_id, caller)
-        state = await self.store.status(response_id, caller)
-        if state is None:
-            raise ResponseNotFoundError(response_id)
-        if not state[1]:
-            raise InvalidRequestError(
-                "Only background responses can be streamed again: this response was not created with background=true.",
-                param="stream",
-            )
         producing = self._produced_for(response_id, caller)
         live: asyncio.Queue[tuple[int, str, bytes] | None] | None = None
         unwritten: list[tuple[int, str, str]] = []
@@ -653,6 +645,14 @@ class ResponseService:
             unwritten = producing.events.unwritten()
         try:
             stored = await self.store.events_after(response_id, after, caller)
+            if stored.status is None:
+                raise ResponseNotFoundError(response_id)
+            if not stored.background:
+                raise InvalidRequestError(
+                    "Only background responses can be streamed again: this response was not created with "
+                    "background=true.",
+                    param="stream",
+                )
             if live is not None and producing is not None:
                 events = sorted({e[0]: e for e in [*stored.events, *unwritten]}.values())
                 batch, after = _newer(events, after)
@@ -698,10 +698,10 @@ class ResponseService:
                     if clock() - ended_at > TERMINAL_EVENT_WAIT_SECONDS:
                         return
                 elif stored.status == "in_progress" and not asked:
+                    # Its server writes what it has at once on being asked, and says so.
                     asked = True
                     await self._hear_events()
                     await self.store.ask_events(response_id)
-                    continue  # what it wrote on being asked: read it now
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(written.wait(), FOLLOW_POLL_SECONDS[self.store.db.is_sqlite])
                 stored = await self.store.events_after(response_id, after, caller)
@@ -858,9 +858,31 @@ class ResponseService:
                         await producing.record.keep(emitter.snapshot, emitter.changes)
                 for response_id in await self.store.fail_abandoned(error):
                     log.warning("response %s was left in progress by a server that stopped; now failed", response_id)
+                    await self._close_abandoned_stream(response_id)
             except Exception:
                 log.exception("cannot keep the responses' leases")
             await asyncio.sleep(interval)
+
+    async def _close_abandoned_stream(self, response_id: str) -> None:
+        """Ends the kept stream of a background response whose server died, failed just now: its open items and
+        parts closed `incomplete`, an `error` event and `response.failed`, numbered after the last event kept, so
+        that its followers' streams end as any failed stream does."""
+        stored = await self.store.events_after(response_id, -1, ANYONE)
+        if not stored.background or not stored.events or any(e[1] in _TERMINAL_EVENTS for e in stored.events):
+            return
+        response = await self.store.get(response_id, ANYONE)
+        if response is None:
+            return
+        closing: list[tuple[str, str]] = []
+        emitter = EventEmitter.resumed(
+            stored.events, lambda event_type, data: closing.append((event_type, data.decode()))
+        )
+        emitter.close_all("incomplete")
+        # The stream's own account of the output (what it kept may be a little older).
+        response["output"] = emitter.output
+        emitter.emit("error", **error_event(ParleyError(response["error"]["message"])))
+        emitter.emit("response.failed", response=response)
+        await self.store.add_events(response_id, stored.events[-1][0] + 1, closing, announce=True)
 
     async def close(self) -> None:
         """Ends the responses still running: background ones that had produced no output yet go back to the queue

@@ -61,6 +61,7 @@ class StoredEvents:
 
     events: list[tuple[int, str, str]]  # (sequence_number, type, data)
     status: str | None  # None: no such response the caller sees
+    background: bool = True  # whether it is a background response (only those have events)
 
 
 class _ItemSource:
@@ -338,18 +339,6 @@ class ResponseStore:
         rows = await self.db.read(lambda connection: list(connection.execute(query)))
         return [row.id for row in rows if row.cancel_requested], [row.id for row in rows if not row.cancel_requested]
 
-    async def status(self, response_id: str, caller: Caller) -> tuple[str, bool] | None:
-        """A response's status, and whether it is a background one (None: no such response the caller sees)."""
-        query = sa.select(responses.c.status, responses.c.body).where(
-            responses.c.id == response_id, _VISIBLE, visible_to(responses.c.owner, caller)
-        )
-
-        def read(connection: sa.Connection) -> tuple[str, bool] | None:
-            row = connection.execute(query).first()
-            return None if row is None else (row.status, bool(row.body.get("background")))
-
-        return await self.db.read(read)
-
     async def add_events(
         self, response_id: str, first: int, events: list[tuple[str, str]], *, announce: bool = False
     ) -> None:
@@ -364,17 +353,27 @@ class ResponseStore:
 
         await self.db.write(add)
 
+    async def announce_events(self, response_id: str) -> None:
+        """Tells the servers following a background response that its events written so far are all in (on
+        PostgreSQL; on SQLite they look)."""
+        if not self.db.is_sqlite:
+            notify = sa.select(sa.func.pg_notify(EVENTS_CHANNEL, response_id))
+            await self.db.write(lambda connection: connection.execute(notify))
+
     async def events_after(self, response_id: str, after: int, caller: Caller) -> StoredEvents:
         """The response's kept events numbered after `after`, and its status as read with them."""
 
         def read(connection: sa.Connection) -> StoredEvents:
-            status = connection.execute(
-                sa.select(responses.c.status).where(
+            state = connection.execute(
+                sa.select(responses.c.status, responses.c.body["background"].as_boolean()).where(
                     responses.c.id == response_id, _VISIBLE, visible_to(responses.c.owner, caller)
                 )
-            ).scalar()
-            if status is None:
+            ).first()
+            if state is None:
                 return StoredEvents([], None)
+            status, background = state
+            if not background:
+                return StoredEvents([], status, background=False)
             rows = connection.execute(
                 sa.select(response_events.c.first, response_events.c.events)
                 .where(response_events.c.response_id == response_id, response_events.c.last > after)
