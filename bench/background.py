@@ -5,12 +5,14 @@ Everything runs as child processes on 127.0.0.1: a fake upstream (tests/fake_ups
 processes on one database (SQLite in the run's directory, or a throwaway PostgreSQL server as tests/postgres.py
 starts one), sharing `engine.reasoning_key` as servers that run each other's jobs must.
 
-1. Throughput. `--jobs` (200) background responses (`fake-long`: `--tokens` (200) tokens from the unpaced upstream,
+1. Throughput. `--jobs` (600) background responses (`fake-long`: `--tokens` (200) tokens from the unpaced upstream,
    so that a job's cost is mostly Parley's own, turning a stream into events and output) are created as
    fast as `--clients` (16) concurrent requests go, to one `parley serve --workers N` (its processes take the
-   connections as they come), and waited for until every one has ended (their statuses read from the database
-   every 20 ms: the one place the benchmark reads it). jobs/s is the jobs over the time from the first create to
-   the last end; each process runs `--concurrency` (8) jobs at once. With 1, 2 and 4 workers, each on a server
+   connections as they come), and waited for until every one has ended (the statuses of those not yet ended read
+   from the database every 20 ms: the one place the benchmark reads it). jobs/s is the jobs over the time from
+   the first create to the last end; each process runs `--concurrency` (8) jobs at once. The CPU time of
+   Parley's processes (and of each), the upstream, the database's and the client during each run is reported
+   beside it. With 1, 2 and 4 workers, each on a server
    of its own, started for its run and stopped after; the scaling is 2 workers' jobs/s over 1's (issue 15's
    target on this 2-core machine: at least 1.6). The baseline, in the same run: the same number of foreground
    responses (not streamed) through the one-worker server, with the same clients.
@@ -52,6 +54,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 from _common import (
     Children,
     conclude,
+    cpu_seconds,
     fmt,
     percentile,
     print_footer,
@@ -160,23 +163,57 @@ def start_workers(children: Children, yaml_config: str, workers: int) -> tuple[s
     return base, proc
 
 
+def process_tree(pid: int) -> list[int]:
+    """A process and those it started, and theirs (Linux)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            found += process_tree(int(child))
+    return found
+
+
+def cpu_of(pids: list[int]) -> float:
+    return sum(cpu_seconds(pid) or 0.0 for pid in pids)
+
+
 async def throughput(
-    http: httpx.AsyncClient, database: Database, base: str, workers: int, options: argparse.Namespace
+    http: httpx.AsyncClient,
+    database: Database,
+    base: str,
+    workers: int,
+    options: argparse.Namespace,
+    processes: dict[str, list[int]],
 ) -> dict[str, Any]:
+    """The jobs/s of one server; with the CPU time of each of `processes` (by name) and of this client meanwhile."""
+    cpu_before = {name: cpu_of(pids) for name, pids in processes.items()}
+    each_before = {pid: cpu_of([pid]) for pid in processes["parley"]}
+    client_before = sum(os.times()[:2])
     started = time.perf_counter()
     ids, errors = await create_many(http, [base], options.jobs, options.clients, True, options.tokens)
     created = time.perf_counter() - started
     deadline = time.monotonic() + options.job_timeout
+    found: dict[str, str] = {}
+    left = ids
     while True:
-        found = await statuses(database, ids)
-        left = [i for i in ids if found.get(i) not in ENDED]
+        # Only those not yet seen to end: the client's reads would otherwise take a core's third from the servers.
+        found.update(await statuses(database, left))
+        left = [i for i in left if found.get(i) not in ENDED]
         if not left or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.02)
     seconds = time.perf_counter() - started
+    cpu = {name: round(cpu_of(pids) - cpu_before[name], 2) for name, pids in processes.items()}
+    cpu["client"] = round(sum(os.times()[:2]) - client_before, 2)
+    each = [round(cpu_of([pid]) - before, 2) for pid, before in each_before.items()]
     completed = sum(found.get(i) == "completed" for i in ids)
     return {
         "workers": workers,
+        "cpu_seconds": cpu,
+        "parley_cpu_seconds_each": each,
         "jobs": len(ids),
         "completed": completed,
         "not_ended": len(left),
@@ -291,7 +328,7 @@ async def resumes(http: httpx.AsyncClient, servers: Servers, options: argparse.N
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
-    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--jobs", type=int, default=600)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=200, help="tokens each job's model streams (fake-long)")
     parser.add_argument("--concurrency", type=int, default=8, help="engine.background_concurrency of each server")
@@ -314,6 +351,10 @@ def main() -> int:
 
     async def scenarios(children: Children, servers: Servers, url: str, upstreams: tuple[str, str]) -> dict[str, Any]:
         database = Database(url)
+        upstream_pid = next(proc.pid for name, proc, _ in children.procs if name == "fake")
+        # PostgreSQL's postmaster, whose children are the backends (those open when a run starts are counted).
+        postgres = getattr(children, "_postgres", None)
+        database_pid = int((postgres.data / "postmaster.pid").read_text().split()[0]) if postgres else None
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
         try:
             async with httpx.AsyncClient(
@@ -329,7 +370,10 @@ def main() -> int:
                     base, proc = await asyncio.to_thread(start_workers, children, yaml_config, workers)
                     if workers == 1:
                         baseline = await foreground(http, base, options)
-                    runs.append(await throughput(http, database, base, workers, options))
+                    processes = {"parley": process_tree(proc.pid), "upstream": [upstream_pid]}
+                    if database_pid is not None:
+                        processes["database"] = process_tree(database_pid)
+                    runs.append(await throughput(http, database, base, workers, options, processes))
                     proc.terminate()
                     await asyncio.to_thread(proc.wait, 30)
                 return {
@@ -384,6 +428,11 @@ def main() -> int:
             f"   background, {run['workers']} worker(s): {run['completed']}/{run['jobs']} completed in "
             f"{run['seconds']} s, {run['jobs_per_s']} jobs/s (x{fmt(ratio)} the foreground rate)"
             + (f", {run['errors']} errors" if run["errors"] else "")
+        )
+        cpu = ", ".join(f"{name} {seconds} s" for name, seconds in run["cpu_seconds"].items())
+        print(
+            f"      CPU meanwhile: {cpu} (of {round(2 * run['seconds'], 2)} s on 2 cores); Parley's processes "
+            f"{run['parley_cpu_seconds_each']}"
         )
     print(f"   scaling, 2 workers over 1: x{fmt(scaling)}\n")
     for where, row in outcome["cancel"].items():

@@ -11,7 +11,7 @@ claim    each server's `BackgroundWorker` takes queued jobs from the database, o
 events   a background response's events are kept in the database in batches (`EventLog`), for a stream to
          be followed again from any point (`GET /v1/responses/{id}?stream=true&starting_after=N`); a client
          following it through another server asks its server to write each batch at once, and is woken by
-         each (PostgreSQL's NOTIFY; on SQLite, it looks every 10 ms).
+         each (PostgreSQL's NOTIFY; on SQLite, it looks every 5 ms).
 cancel   `POST /v1/responses/{id}/cancel`: a queued job is cancelled where it stands; a running one is
          stopped by the server running it, at once if that is this one, else on hearing it (NOTIFY), or
          when it next looks (`ASK_POLL_SECONDS`).
@@ -41,17 +41,19 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from parley.engine.request import CreateResponseRequest
 from parley.store import Caller
-from parley.store.responses import CANCEL_CHANNEL, FOLLOW_CHANNEL, Job, ResponseStore
+from parley.store.responses import CANCEL_CHANNEL, FOLLOW_CHANNEL, JOBS_CHANNEL, Job, ResponseStore
 
 log = logging.getLogger(__name__)
 
-# How often a worker asks the database for jobs when nothing woke it (a job queued on another server).
-POLL_SECONDS = 0.5
+# How often a worker asks the database for jobs when nothing woke it, by database: a job queued on another
+# server wakes it on PostgreSQL (NOTIFY, when that server had no room for it), and this is the safety net; on
+# SQLite, which has no notifications, this is how long such a job may wait for a free worker of another process.
+POLL_SECONDS = {True: 0.1, False: 0.5}
 # How often a worker looks for what was asked of its jobs through another server (a cancel, a client following the
 # events), by database: on SQLite, which has no notifications, this is how long such an ask may wait (a read of
 # an index each time); on PostgreSQL a NOTIFY brings it at once, and this is the safety net for one that was
 # missed (a listening connection lost).
-ASK_POLL_SECONDS = {True: 0.02, False: 0.25}
+ASK_POLL_SECONDS = {True: 0.01, False: 0.25}
 # How often a running job's new events are written, at most (and at its end). Once a client follows it through
 # another server, each batch is written as soon as the one before it is in (`EventLog.follow`).
 EVENTS_FLUSH_SECONDS = 0.1
@@ -238,9 +240,18 @@ class BackgroundWorker:
     def running(self) -> list[str]:
         return list(self._running)
 
+    @property
+    def full(self) -> bool:
+        """Whether it runs as many jobs as it may: a job queued here now waits for another server, or a slot."""
+        return len(self._running) >= self.concurrency
+
     async def start(self) -> None:
         try:
-            for channel, heard in ((CANCEL_CHANNEL, self._cancel_local), (FOLLOW_CHANNEL, self._follow_local)):
+            for channel, heard in (
+                (CANCEL_CHANNEL, self._cancel_local),
+                (FOLLOW_CHANNEL, self._follow_local),
+                (JOBS_CHANNEL, lambda _payload: self.wake()),
+            ):
                 stop = await self.store.db.listen(channel, heard)
                 if stop is not None:
                     self._stop_listening.append(stop)
@@ -262,7 +273,7 @@ class BackgroundWorker:
             except Exception:
                 log.exception("cannot take background jobs")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS[self.store.db.is_sqlite])
             self._wake.clear()
 
     async def _run(self, job: Job) -> None:

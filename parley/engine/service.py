@@ -55,9 +55,9 @@ Event = tuple[str, bytes]
 # How long a cancel of a background response that another server runs waits for it to stop.
 CANCEL_WAIT_SECONDS = 10.0
 # How often a follower of a background response that another server runs reads its new events, by database: on
-# SQLite, which has no notifications, every 10 ms (a read of an index); on PostgreSQL each batch's NOTIFY wakes
+# SQLite, which has no notifications, every 5 ms (a read of an index); on PostgreSQL each batch's NOTIFY wakes
 # it, and this is the safety net for one that was missed.
-FOLLOW_POLL_SECONDS = {True: 0.01, False: 0.25}
+FOLLOW_POLL_SECONDS = {True: 0.005, False: 0.25}
 # How long a follower waits for the terminal event of a response whose status has ended.
 TERMINAL_EVENT_WAIT_SECONDS = 2.0
 _TERMINAL_EVENTS = frozenset(("response.completed", "response.failed", "response.incomplete"))
@@ -559,7 +559,15 @@ class ResponseService:
         if request.stream:
             self._waiting_streams[response["id"]] = run
         try:
-            await self.store.enqueue(response, input_items, caller.owner, sealed, opening, claim=claim)
+            await self.store.enqueue(
+                response,
+                input_items,
+                caller.owner,
+                sealed,
+                opening,
+                claim=claim,
+                announce=claim is None and self.worker.full,
+            )
         except BaseException:
             self._waiting_streams.pop(response["id"], None)
             raise

@@ -39,6 +39,8 @@ CANCEL_CHANNEL = "parley_cancel"
 # on which the server running it announces each batch of its events written from then on (payloads: its id).
 FOLLOW_CHANNEL = "parley_follow"
 EVENTS_CHANNEL = "parley_events"
+# The channel on which a job queued for any server is announced (its server had no room for it).
+JOBS_CHANNEL = "parley_jobs"
 # A background job given back this many times (its server stopped or died before it produced output) fails.
 MAX_ATTEMPTS = 3
 
@@ -224,9 +226,11 @@ class ResponseStore:
         sealed_job: str,
         events: list[tuple[str, str]],
         claim: str | None = None,
+        announce: bool = False,
     ) -> None:
         """Stores a background response `queued`, with its input, its job and its first events; `claim`, the
-        server that will run it (one that streams it to its caller), which holds it under a lease."""
+        server that will run it (one that streams it to its caller), which holds it under a lease; `announce`,
+        on PostgreSQL, wakes the other servers' workers (`NOTIFY` on JOBS_CHANNEL)."""
         row = _response_row(response, time.time() + self.lease_seconds if claim else None, owner)
         row.update(job=sealed_job, claim=claim)
         rows = [] if response.get("conversation") else _item_rows(response["id"], "input", input_items)
@@ -236,7 +240,10 @@ class ResponseStore:
             if rows:
                 connection.execute(_INSERT_ITEMS, rows)
             _insert_events(connection, response["id"], 0, events)
+            if notify:
+                connection.execute(sa.select(sa.func.pg_notify(JOBS_CHANNEL, "")))
 
+        notify = announce and not self.db.is_sqlite
         await self.db.write(insert)
 
     async def claim_jobs(self, token: str, limit: int) -> list[Job]:
