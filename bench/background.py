@@ -180,6 +180,18 @@ def cpu_of(pids: list[int]) -> float:
     return sum(cpu_seconds(pid) or 0.0 for pid in pids)
 
 
+def cpu_by_process(roots: list[int]) -> dict[int, float]:
+    """The CPU time of each process of the trees of `roots`, by pid."""
+    return {pid: cpu_seconds(pid) or 0.0 for root in roots for pid in process_tree(root)}
+
+
+def cpu_since(before: dict[int, float], roots: list[int]) -> float:
+    """The CPU time the trees of `roots` took since `before`: a process started since (a database backend) counts
+    whole; one that ended since is lost."""
+    after = cpu_by_process(roots)
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+
+
 async def throughput(
     http: httpx.AsyncClient,
     database: Database,
@@ -188,9 +200,10 @@ async def throughput(
     options: argparse.Namespace,
     processes: dict[str, list[int]],
 ) -> dict[str, Any]:
-    """The jobs/s of one server; with the CPU time of each of `processes` (by name) and of this client meanwhile."""
-    cpu_before = {name: cpu_of(pids) for name, pids in processes.items()}
-    each_before = {pid: cpu_of([pid]) for pid in processes["parley"]}
+    """The jobs/s of one server; with the CPU time of the process trees of `processes` (their roots, by name) and
+    of this client meanwhile."""
+    cpu_before = {name: cpu_by_process(roots) for name, roots in processes.items()}
+    each_before = cpu_by_process(processes["parley"])
     client_before = sum(os.times()[:2])
     started = time.perf_counter()
     ids, errors = await create_many(http, [base], options.jobs, options.clients, True, options.tokens)
@@ -206,7 +219,7 @@ async def throughput(
             break
         await asyncio.sleep(0.02)
     seconds = time.perf_counter() - started
-    cpu = {name: round(cpu_of(pids) - cpu_before[name], 2) for name, pids in processes.items()}
+    cpu = {name: round(cpu_since(cpu_before[name], roots), 2) for name, roots in processes.items()}
     cpu["client"] = round(sum(os.times()[:2]) - client_before, 2)
     each = [round(cpu_of([pid]) - before, 2) for pid, before in each_before.items()]
     completed = sum(found.get(i) == "completed" for i in ids)
@@ -370,9 +383,9 @@ def main() -> int:
                     base, proc = await asyncio.to_thread(start_workers, children, yaml_config, workers)
                     if workers == 1:
                         baseline = await foreground(http, base, options)
-                    processes = {"parley": process_tree(proc.pid), "upstream": [upstream_pid]}
+                    processes = {"parley": [proc.pid], "upstream": [upstream_pid]}
                     if database_pid is not None:
-                        processes["database"] = process_tree(database_pid)
+                        processes["database"] = [database_pid]
                     runs.append(await throughput(http, database, base, workers, options, processes))
                     proc.terminate()
                     await asyncio.to_thread(proc.wait, 30)
