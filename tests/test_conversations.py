@@ -30,6 +30,7 @@ from tests import test_responses_output_kinds as output_kinds
 from tests.conftest import ParleyProcess, parley_config
 from tests.fake_upstream import FakeUpstream
 from tests.mcp_servers import ToolServer
+from tests.support.at_once import at_once
 from tests.support.spec import openai_document, validate_openai
 from tests.support.tools import CLOCK, WEATHER, mcp_tool
 
@@ -1171,29 +1172,18 @@ def test_sixteen_concurrent_turns_lose_nothing(
     cid = client.conversations.create().id
     count = 16
     results: dict[int, Any] = {}
-    failures: list[BaseException] = []
-    barrier = threading.Barrier(count)
     seen_before = len(fake_upstream.requests)
 
     def one_turn(n: int) -> None:
         own = parley.client()
-        try:
-            barrier.wait(10)
-            text = f"concurrent turn {n}"
-            if n % 2:
-                events = list(own.responses.create(model=ECHO, input=text, conversation=cid, stream=True))
-                results[n] = events[-1].response
-            else:
-                results[n] = own.responses.create(model=ECHO, input=text, conversation=cid)
-        except BaseException as exc:
-            failures.append(exc)
+        text = f"concurrent turn {n}"
+        if n % 2:
+            events = list(own.responses.create(model=ECHO, input=text, conversation=cid, stream=True))
+            results[n] = events[-1].response
+        else:
+            results[n] = own.responses.create(model=ECHO, input=text, conversation=cid)
 
-    threads = [threading.Thread(target=one_turn, args=(n,)) for n in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert not failures, failures[0]
+    at_once(count, one_turn)
     assert sorted(results) == list(range(count))
 
     listed = items(http, cid)
@@ -1241,24 +1231,13 @@ def test_two_servers_on_one_database_keep_each_turn_whole(
     """
     cid = parley.client().conversations.create().id
     count = 16
-    failures: list[BaseException] = []
-    barrier = threading.Barrier(count)
     seen_before = len(fake_upstream.requests)
 
     def one_turn(n: int) -> None:
         own = (parley if n % 2 else replica).client()
-        try:
-            barrier.wait(10)
-            own.responses.create(model=ECHO, input=f"replicated turn {n}", conversation=cid)
-        except BaseException as exc:
-            failures.append(exc)
+        own.responses.create(model=ECHO, input=f"replicated turn {n}", conversation=cid)
 
-    threads = [threading.Thread(target=one_turn, args=(n,)) for n in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert not failures, failures[0]
+    at_once(count, one_turn)
 
     texts = [item["content"][0]["text"] for item in items(http, cid)]
     assert texts[0::2] == texts[1::2]  # input, then its echo, side by side

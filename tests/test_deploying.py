@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 from tests.conftest import ParleyProcess, upstream_config
 from tests.fake_upstream import FakeUpstream
+from tests.support.at_once import at_once
 from tests.support.own_server import own_database, run_sql
 from tests.test_background import SHARED_KEY, ended, wait_for
 
@@ -94,24 +95,13 @@ def test_turns_on_one_conversation_take_turns_across_the_workers(
 ) -> None:
     conversation = client.conversations.create().id
     count = 16
-    failures: list[BaseException] = []
-    barrier = threading.Barrier(count)
     seen_before = len(paced.requests)
 
     def one_turn(n: int) -> None:
         own = server.client()  # a connection of its own: the two processes take them as they come
-        try:
-            barrier.wait(10)
-            own.responses.create(model=ECHO, input=f"worker turn {n}", conversation=conversation)
-        except BaseException as exc:
-            failures.append(exc)
+        own.responses.create(model=ECHO, input=f"worker turn {n}", conversation=conversation)
 
-    threads = [threading.Thread(target=one_turn, args=(n,)) for n in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert not failures, failures[0]
+    at_once(count, one_turn)
 
     listed = client.conversations.items.list(conversation, order="asc", limit=100).data
     texts = [item.content[0].text for item in listed]  # type: ignore[union-attr]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ import pytest
 from tests.conftest import ParleyProcess
 from tests.fake_upstream import FakeUpstream
 from tests.postgres import PostgresServer
+from tests.support.at_once import at_once
 from tests.test_background import config_of, ended, followed, wait_for
 
 ECHO = "fake/fake-echo"
@@ -166,23 +166,12 @@ def test_sixteen_concurrent_turns_on_one_conversation_across_replicas_take_turns
     count = 16
     texts = [f"replicated turn {n}" for n in range(count)]
     results: dict[int, Any] = {}
-    failures: list[BaseException] = []
-    barrier = threading.Barrier(count)
 
     def one_turn(n: int) -> None:
         client = replicas[n % 3].client()
-        try:
-            barrier.wait(10)
-            results[n] = client.responses.create(model=ECHO, input=texts[n], conversation=conversation_id)
-        except BaseException as exc:
-            failures.append(exc)
+        results[n] = client.responses.create(model=ECHO, input=texts[n], conversation=conversation_id)
 
-    threads = [threading.Thread(target=one_turn, args=(n,)) for n in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert not failures, failures[0]
+    at_once(count, one_turn)
     assert [(results[n].status, results[n].output_text) for n in range(count)] == [("completed", t) for t in texts]
 
     # Every item once, each turn's input followed at once by its output: the turns never interleave.
