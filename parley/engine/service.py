@@ -652,7 +652,13 @@ class ResponseService:
             producing.followers.append(live)
             unwritten = producing.events.unwritten()
         try:
-            stored = await self.store.events_after(response_id, after, caller)
+            if live is None:
+                # Run elsewhere, or ended: its server is asked to write its events at once while they are read.
+                stored, _ = await asyncio.gather(
+                    self.store.events_after(response_id, after, caller), self._ask_events(response_id, caller)
+                )
+            else:
+                stored = await self.store.events_after(response_id, after, caller)
             if stored.status is None:
                 raise ResponseNotFoundError(response_id)
             if not stored.background:
@@ -689,7 +695,7 @@ class ResponseService:
         written = asyncio.Event()
         followers = self._following.setdefault(response_id, [])
         followers.append(written)
-        asked = False
+        asked = stored.status == "in_progress"  # by `follow`, as it read these
         try:
             while True:
                 written.clear()
@@ -706,10 +712,9 @@ class ResponseService:
                     if clock() - ended_at > TERMINAL_EVENT_WAIT_SECONDS:
                         return
                 elif stored.status == "in_progress" and not asked:
-                    # Its server writes what it has at once on being asked, and says so.
+                    # It started since: its server is asked now.
                     asked = True
-                    await self._hear_events()
-                    await self.store.ask_events(response_id)
+                    await self._ask_events(response_id, caller)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(written.wait(), FOLLOW_POLL_SECONDS[self.store.db.is_sqlite])
                 stored = await self.store.events_after(response_id, after, caller)
@@ -717,6 +722,12 @@ class ResponseService:
             followers.remove(written)
             if not followers:
                 self._following.pop(response_id, None)
+
+    async def _ask_events(self, response_id: str, caller: Caller) -> None:
+        """Asks the server running a background response to write its events at once, and announce them: heard
+        here from now on."""
+        await self._hear_events()
+        await self.store.ask_events(response_id, caller)
 
     async def _hear_events(self) -> None:
         """Starts hearing, once, the batches of events written for followers (PostgreSQL's NOTIFY)."""

@@ -316,15 +316,22 @@ class ResponseStore:
         (`NOTIFY` on CANCEL_CHANNEL), and every server also looks for such rows (`asked`)."""
         await self._ask(response_id, responses.c.cancel_requested, CANCEL_CHANNEL)
 
-    async def ask_events(self, response_id: str) -> None:
+    async def ask_events(self, response_id: str, caller: Caller) -> None:
         """Tells the server running a background response that a client follows it through another server, so
-        that it writes its events at once from then on (`NOTIFY` on FOLLOW_CHANNEL, and `asked`)."""
-        await self._ask(response_id, responses.c.follow_asked, FOLLOW_CHANNEL)
+        that it writes its events at once from then on (`NOTIFY` on FOLLOW_CHANNEL, and `asked`); nothing for a
+        response the caller does not see, or that does not run now."""
+        await self._ask(response_id, responses.c.follow_asked, FOLLOW_CHANNEL, visible_to(responses.c.owner, caller))
 
-    async def _ask(self, response_id: str, flag: sa.Column[bool], channel: str) -> None:
+    async def _ask(self, response_id: str, flag: sa.Column[bool], channel: str, *where: Any) -> None:
         statement = (
             responses.update()
-            .where(responses.c.id == response_id, responses.c.status == "in_progress", flag.is_(False))
+            .where(
+                responses.c.id == response_id,
+                responses.c.status == "in_progress",
+                responses.c.job.is_not(None),
+                flag.is_(False),
+                *where,
+            )
             .values({flag: True})
         )
         is_sqlite = self.db.is_sqlite
