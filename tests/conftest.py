@@ -152,6 +152,14 @@ def fake_upstream() -> Iterator[FakeUpstream]:
         yield fake
 
 
+@pytest.fixture(scope="module")
+def paced() -> Iterator[FakeUpstream]:
+    """A fake upstream that sends a chunk every 20 ms, so that a run lasts long enough to be watched (a module's:
+    the background and deployment tests stop and cancel runs on it)."""
+    with FakeUpstream(delay=0.02) as fake:
+        yield fake
+
+
 @pytest.fixture(scope="session")
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ParleyProcess]:
     """Parley with no configuration at all: the embedded SmolLM2 model."""

@@ -32,12 +32,6 @@ SHARED_KEY = "cGFybGV5IGJhY2tncm91bmQgdGVzdHMgc2hhcmVkISE="
 database_url = own_database("background")
 
 
-@pytest.fixture(scope="module")
-def paced() -> Iterator[FakeUpstream]:
-    with FakeUpstream(delay=0.02) as fake:
-        yield fake
-
-
 def config_of(paced: FakeUpstream, database_url: str, **engine: Any) -> dict[str, Any]:
     config = upstream_config(paced, read_timeout=90)
     config["storage"] = {"url": database_url, "lease_seconds": 2}

@@ -31,12 +31,6 @@ ECHO = "fake/fake-echo"
 database_url = own_database("deploying")
 
 
-@pytest.fixture(scope="module")
-def paced() -> Iterator[FakeUpstream]:
-    with FakeUpstream(delay=0.02) as fake:
-        yield fake
-
-
 def config_of(fake: FakeUpstream, database_url: str, workers: int = 2) -> dict[str, Any]:
     config = upstream_config(fake, read_timeout=90)
     config["server"] = {"workers": workers}
