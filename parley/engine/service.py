@@ -277,25 +277,23 @@ class ResponseService:
         this turn ends."""
         if conversation_id is None:
             return None
-        if await self.conversations.get(conversation_id, caller) is None:
-            raise ConversationNotFoundError(conversation_id, param="conversation")
         lock = self._conversation_locks.setdefault(conversation_id, _ConversationLock())
         lock.users += 1
         await lock.acquire()
         try:
             if not lock.held:
-                # Then the database's: turns on other servers take turns with this one too.
-                await self.conversations.hold(conversation_id, lock.holder)
+                # Then the database's: turns on other servers take turns with this one too. Taking it finds a
+                # conversation that is gone, or that the caller does not see.
+                await self.conversations.hold(conversation_id, lock.holder, caller)
                 lock.held = True
+            elif await self.conversations.get(conversation_id, caller) is None:  # gone while this turn waited
+                raise ConversationNotFound(conversation_id)
         except ConversationNotFound:
             await self._leave_conversation(conversation_id, lock)
             raise ConversationNotFoundError(conversation_id, param="conversation") from None
         except BaseException:
             await self._leave_conversation(conversation_id, lock)
             raise
-        if await self.conversations.get(conversation_id, caller) is None:  # deleted while this turn waited
-            await self._leave_conversation(conversation_id, lock)
-            raise ConversationNotFoundError(conversation_id, param="conversation")
         return lock
 
     async def _leave_conversation(self, conversation_id: str, lock: _ConversationLock) -> None:

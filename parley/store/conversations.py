@@ -184,14 +184,15 @@ class ConversationStore:
         if release:
             self._heard(conversation_id)
 
-    async def hold(self, conversation_id: str, holder: str) -> None:
+    async def hold(self, conversation_id: str, holder: str, caller: Caller) -> None:
         """Takes the conversation's turn for `holder` (a token of its own), once no other holder has it, on this
         server or another: from reading its items until its append, turns on one conversation take turns.
 
         The hold is a lease on the conversation's row, which costs no connection while the turn runs: the server
         renews it (`renew`) and gives it back (`release`); a server that dies leaves a hold that runs out after
         `lease_seconds`. A waiting turn is woken by the NOTIFY of a release on PostgreSQL, and looks again every
-        `TURN_POLL_SECONDS`. Raises ConversationNotFound when the conversation is, or comes to be, deleted.
+        `TURN_POLL_SECONDS`. Raises ConversationNotFound when the conversation is, or comes to be, deleted, or is
+        one the caller does not see.
         """
         freed = asyncio.Event()
         waiting = self._waiting.setdefault(conversation_id, [])
@@ -201,7 +202,7 @@ class ConversationStore:
             first = True
             while True:
                 freed.clear()
-                if await self._take(conversation_id, holder, look_first=not first):
+                if await self._take(conversation_id, holder, caller, look_first=not first):
                     return
                 first = False
                 with contextlib.suppress(TimeoutError):
@@ -211,15 +212,14 @@ class ConversationStore:
             if not waiting:
                 self._waiting.pop(conversation_id, None)
 
-    async def _take(self, conversation_id: str, holder: str, look_first: bool) -> bool:
+    async def _take(self, conversation_id: str, holder: str, caller: Caller, look_first: bool) -> bool:
         """One try at the conversation's turn. A turn that waits reads first (`look_first`), so that waiting
         writes nothing while another holds it; the first try writes at once, as most find it free."""
         row = conversations.c
+        mine = (row.id == conversation_id, visible_to(row.owner, caller))
         if look_first:
             state = await self.db.read(
-                lambda connection: connection.execute(
-                    sa.select(row.turn, row.turn_until).where(row.id == conversation_id)
-                ).first()
+                lambda connection: connection.execute(sa.select(row.turn, row.turn_until).where(*mine)).first()
             )
             if state is None:
                 raise ConversationNotFound(conversation_id)
@@ -228,10 +228,10 @@ class ConversationStore:
         now = time.time()
         take = (
             conversations.update()
-            .where(row.id == conversation_id, sa.or_(row.turn.is_(None), row.turn_until < now))
+            .where(*mine, sa.or_(row.turn.is_(None), row.turn_until < now))
             .values(turn=holder, turn_until=now + self.lease_seconds)
         )
-        exists = sa.select(row.seq).where(row.id == conversation_id)
+        exists = sa.select(row.seq).where(*mine)
 
         def try_it(connection: sa.Connection) -> bool:
             if connection.execute(take).rowcount:
