@@ -12,11 +12,10 @@ a caller who does not see that owner, not found, here as in the database.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +45,7 @@ from parley.store import (
     ResponseStore,
     TurnLost,
 )
+from parley.store.database import News, Wakeups
 from parley.store.responses import EVENTS_CHANNEL, TERMINAL, Job, StoredEvents
 from parley.tools import ToolResources, ToolServices
 
@@ -71,6 +71,17 @@ def _newer(events: list[tuple[int, str, str]], after: int) -> tuple[list[Event],
             batch.append((event_type, data.encode()))
             after = number
     return batch, after
+
+
+def _check_followable(response_id: str, stored: StoredEvents) -> None:
+    """Refuses to stream again a response the caller does not see, or one that is not a background one."""
+    if stored.status is None:
+        raise ResponseNotFoundError(response_id)
+    if not stored.background:
+        raise InvalidRequestError(
+            "Only background responses can be streamed again: this response was not created with background=true.",
+            param="stream",
+        )
 
 
 class ResponseNotFoundError(NotFoundError):
@@ -230,9 +241,7 @@ class ResponseService:
             store, self.run_job, self._cancel_here, self._followed_elsewhere, self.engine.background_concurrency
         )
         # Followers here of background responses that other servers run, woken by each batch of their events.
-        self._following: dict[str, list[asyncio.Event]] = {}
-        self._hearing_events: Callable[[], Awaitable[None]] | None = None
-        self._hearing_lock = asyncio.Lock()
+        self._batches = Wakeups(store.db, EVENTS_CHANNEL, FOLLOW_POLL_SECONDS[store.db.is_sqlite])
         # Streamed background responses queued here, whose clients wait for their run: their events go there.
         self._waiting_streams: dict[str, ResponseRun] = {}
         self._closing = False
@@ -651,94 +660,60 @@ class ResponseService:
             unwritten = producing.events.unwritten()
         try:
             if live is None:
-                # Run elsewhere, or ended: its server is asked to write its events at once while they are read.
-                stored, _ = await asyncio.gather(
-                    self.store.events_after(response_id, after, caller), self._ask_events(response_id, caller)
-                )
-            else:
-                stored = await self.store.events_after(response_id, after, caller)
-            if stored.status is None:
-                raise ResponseNotFoundError(response_id)
-            if not stored.background:
-                raise InvalidRequestError(
-                    "Only background responses can be streamed again: this response was not created with "
-                    "background=true.",
-                    param="stream",
-                )
-            if live is not None and producing is not None:
-                events = sorted({e[0]: e for e in [*stored.events, *unwritten]}.values())
-                batch, after = _newer(events, after)
-                if batch:
-                    yield batch
-                # Ends with the None that `_produce` sends every follower it had.
-                while (event := await live.get()) is not None:
-                    batch, after = _newer([(event[0], event[1], event[2].decode())], after)
-                    if batch:
+                # Run elsewhere, or ended: its server is asked to write its events at once while they are read, and
+                # each batch it writes from then on wakes this follower.
+                async with self._batches.watching(response_id) as batches:
+                    stored, _ = await asyncio.gather(
+                        self.store.events_after(response_id, after, caller),
+                        self.store.ask_events(response_id, caller),
+                    )
+                    _check_followable(response_id, stored)
+                    async for batch in self._poll_events(response_id, stored, after, caller, batches):
                         yield batch
                 return
-            async for batch in self._poll_events(response_id, stored, after, caller):
+            stored = await self.store.events_after(response_id, after, caller)
+            _check_followable(response_id, stored)
+            events = sorted({e[0]: e for e in [*stored.events, *unwritten]}.values())
+            batch, after = _newer(events, after)
+            if batch:
                 yield batch
+            # Ends with the None that `_produce` sends every follower it had.
+            while (event := await live.get()) is not None:
+                batch, after = _newer([(event[0], event[1], event[2].decode())], after)
+                if batch:
+                    yield batch
         finally:
             if live is not None and producing is not None and live in producing.followers:
                 producing.followers.remove(live)
 
     async def _poll_events(
-        self, response_id: str, stored: StoredEvents, after: int, caller: Caller
+        self, response_id: str, stored: StoredEvents, after: int, caller: Caller, batches: News
     ) -> AsyncIterator[list[Event]]:
         """Follows a response that another server runs (or that has ended) by reading its kept events: that server
-        is asked to write them at once from now on (`ResponseStore.ask_events`), and each batch it writes wakes
-        this follower on PostgreSQL; on SQLite, it looks every `FOLLOW_POLL_SECONDS`."""
+        was asked to write them at once (`ResponseStore.ask_events`), and each batch it writes brings `batches`
+        news on PostgreSQL; on SQLite, it looks every `FOLLOW_POLL_SECONDS`."""
         ended_at: float | None = None
         clock = asyncio.get_running_loop().time
-        written = asyncio.Event()
-        followers = self._following.setdefault(response_id, [])
-        followers.append(written)
         asked = stored.status == "in_progress"  # by `follow`, as it read these
-        try:
-            while True:
-                written.clear()
-                batch, after = _newer(stored.events, after)
-                if batch:
-                    yield batch
-                if any(event_type in _TERMINAL_EVENTS for event_type, _ in batch):
+        while True:
+            batch, after = _newer(stored.events, after)
+            if batch:
+                yield batch
+            if any(event_type in _TERMINAL_EVENTS for event_type, _ in batch):
+                return
+            if stored.status in TERMINAL:
+                # Its terminal event is written just after its status (a cancelled one has none): a while more.
+                if stored.status == "cancelled":
                     return
-                if stored.status in TERMINAL:
-                    # Its terminal event is written just after its status (a cancelled one has none): a while more.
-                    if stored.status == "cancelled":
-                        return
-                    ended_at = ended_at if ended_at is not None else clock()
-                    if clock() - ended_at > TERMINAL_EVENT_WAIT_SECONDS:
-                        return
-                elif stored.status == "in_progress" and not asked:
-                    # It started since: its server is asked now.
-                    asked = True
-                    await self._ask_events(response_id, caller)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(written.wait(), FOLLOW_POLL_SECONDS[self.store.db.is_sqlite])
-                stored = await self.store.events_after(response_id, after, caller)
-        finally:
-            followers.remove(written)
-            if not followers:
-                self._following.pop(response_id, None)
-
-    async def _ask_events(self, response_id: str, caller: Caller) -> None:
-        """Asks the server running a background response to write its events at once, and announce them: heard
-        here from now on."""
-        await self._hear_events()
-        await self.store.ask_events(response_id, caller)
-
-    async def _hear_events(self) -> None:
-        """Starts hearing, once, the batches of events written for followers (PostgreSQL's NOTIFY)."""
-        async with self._hearing_lock:
-            if self._hearing_events is None and not self.store.db.is_sqlite:
-                try:
-                    self._hearing_events = await self.store.db.listen(EVENTS_CHANNEL, self._events_written)
-                except Exception:
-                    log.exception("cannot listen for background responses' events: their followers poll")
-
-    def _events_written(self, response_id: str) -> None:
-        for written in self._following.get(response_id, ()):
-            written.set()
+                ended_at = ended_at if ended_at is not None else clock()
+                if clock() - ended_at > TERMINAL_EVENT_WAIT_SECONDS:
+                    return
+            elif stored.status == "in_progress" and not asked:
+                # It started since: its server is asked now.
+                asked = True
+                await self.store.ask_events(response_id, caller)
+            await batches.next()
+            stored = await self.store.events_after(response_id, after, caller)
 
     def _followed_elsewhere(self, response_id: str) -> None:
         """A client follows a background response that this server runs through another server."""
@@ -921,9 +896,7 @@ class ResponseService:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._hearing_events is not None:
-            with contextlib.suppress(Exception):
-                await self._hearing_events()
+        await self._batches.close()
         await self.tool_services.close()
         await self.files.close()
         await self.conversations.close()

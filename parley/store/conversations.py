@@ -7,21 +7,15 @@ a conversation the caller was shown to see (ConversationService checks first).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import sqlalchemy as sa
 
-from parley.store.database import Database
+from parley.store.database import Database, Wakeups
 from parley.store.owners import Caller, visible_to
 from parley.store.pagination import Page, PageRequest, read_page
 from parley.store.tables import conversation_items, conversations, responses
-
-log = logging.getLogger(__name__)
 
 
 class ConversationNotFound(Exception):
@@ -58,10 +52,7 @@ class ConversationStore:
         self.db = db
         self.lease_seconds = lease_seconds
         # The turns of this server waiting for a conversation (see `hold`), woken when it is released.
-        self._waiting: dict[str, list[asyncio.Event]] = {}
-        self._listen_lock = asyncio.Lock()
-        self._listening = False
-        self._stop_listening: Callable[[], Awaitable[None]] | None = None
+        self._released = Wakeups(db, TURN_CHANNEL, TURN_POLL_SECONDS[db.is_sqlite])
 
     async def create(
         self,
@@ -182,7 +173,7 @@ class ConversationStore:
 
         await self.db.write(append)
         if release:
-            self._heard(conversation_id)
+            self._released.wake(conversation_id)
 
     async def hold(self, conversation_id: str, holder: str, caller: Caller) -> None:
         """Takes the conversation's turn for `holder` (a token of its own), once no other holder has it, on this
@@ -194,23 +185,11 @@ class ConversationStore:
         `TURN_POLL_SECONDS`. Raises ConversationNotFound when the conversation is, or comes to be, deleted, or is
         one the caller does not see.
         """
-        freed = asyncio.Event()
-        waiting = self._waiting.setdefault(conversation_id, [])
-        waiting.append(freed)
-        try:
-            await self._listen()
+        async with self._released.watching(conversation_id) as released:
             first = True
-            while True:
-                freed.clear()
-                if await self._take(conversation_id, holder, caller, look_first=not first):
-                    return
+            while not await self._take(conversation_id, holder, caller, look_first=not first):
                 first = False
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(freed.wait(), TURN_POLL_SECONDS[self.db.is_sqlite])
-        finally:
-            waiting.remove(freed)
-            if not waiting:
-                self._waiting.pop(conversation_id, None)
+                await released.next()
 
     async def _take(self, conversation_id: str, holder: str, caller: Caller, look_first: bool) -> bool:
         """One try at the conversation's turn. A turn that waits reads first (`look_first`), so that waiting
@@ -267,29 +246,10 @@ class ConversationStore:
                 connection.execute(notify)
 
         await self.db.write(release)
-        self._heard(conversation_id)
-
-    async def _listen(self) -> None:
-        """Starts hearing releases on PostgreSQL, once; without it, waiting turns poll."""
-        if self.db.is_sqlite:
-            return
-        async with self._listen_lock:
-            if self._listening:
-                return
-            self._listening = True
-            try:
-                self._stop_listening = await self.db.listen(TURN_CHANNEL, self._heard)
-            except Exception:
-                log.exception("cannot listen for conversations' turns: waiting turns poll")
-
-    def _heard(self, conversation_id: str) -> None:
-        for freed in self._waiting.get(conversation_id, ()):
-            freed.set()
+        self._released.wake(conversation_id)
 
     async def close(self) -> None:
-        if self._stop_listening is not None:
-            stop, self._stop_listening = self._stop_listening, None
-            await stop()
+        await self._released.close()
 
     async def items(self, conversation_id: str) -> list[dict[str, Any]]:
         """Every live item, in order: the context of the conversation's next turn (one indexed query)."""

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -194,6 +195,74 @@ class Database:
             await self._listening.close()
         if self.engine is not None:
             await self.engine.dispose()
+
+
+class Wakeups:
+    """This server's tasks that wait for news of a row, by its id: each is woken by a `NOTIFY` on `channel` whose
+    payload is that id (PostgreSQL, heard through `Database.listen` from the first wait on), or by `wake` here, and
+    looks again every `poll` seconds anyway (SQLite has no notifications, and one may be missed).
+
+        async with wakeups.watching(row_id) as news:
+            while not done():
+                await news.next()
+    """
+
+    def __init__(self, db: Database, channel: str, poll: float) -> None:
+        self.db = db
+        self.channel = channel
+        self.poll = poll
+        self._waiting: dict[str, list[asyncio.Event]] = {}
+        self._lock = asyncio.Lock()
+        self._listening = False
+        self._stop: Callable[[], Awaitable[None]] | None = None
+
+    @contextlib.asynccontextmanager
+    async def watching(self, key: str) -> AsyncIterator[News]:
+        """News of `key` from now until the block ends."""
+        woken = asyncio.Event()
+        waiting = self._waiting.setdefault(key, [])
+        waiting.append(woken)
+        try:
+            await self._listen()
+            yield News(woken, self.poll)
+        finally:
+            waiting.remove(woken)
+            if not waiting:
+                self._waiting.pop(key, None)
+
+    def wake(self, key: str) -> None:
+        for woken in self._waiting.get(key, ()):
+            woken.set()
+
+    async def _listen(self) -> None:
+        async with self._lock:
+            if self._listening or self.db.is_sqlite:
+                return
+            self._listening = True
+            try:
+                self._stop = await self.db.listen(self.channel, self.wake)
+            except Exception:
+                log.exception("cannot listen on %s: its waiters look every %g s", self.channel, self.poll)
+
+    async def close(self) -> None:
+        if self._stop is not None:
+            stop, self._stop = self._stop, None
+            with contextlib.suppress(Exception):
+                await stop()
+
+
+class News:
+    """One waiter's news of its row (see `Wakeups`)."""
+
+    def __init__(self, woken: asyncio.Event, poll: float) -> None:
+        self._woken = woken
+        self._poll = poll
+
+    async def next(self) -> None:
+        """Returns once woken since the last return (at once if already), or after the poll interval."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._woken.wait(), self._poll)
+        self._woken.clear()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
