@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from parley.store.database import Database, Wakeups
+from parley.store.database import Database, Wakeups, notify
 from parley.store.owners import Caller, visible_to
 from parley.store.pagination import Page, PageRequest, read_page
 from parley.store.tables import conversation_items, conversations, responses
@@ -144,9 +144,6 @@ class ConversationStore:
             .values(**values)
             .returning(conversations.c.next_position, conversations.c.owner)
         )
-        notify = (
-            sa.select(sa.func.pg_notify(TURN_CHANNEL, conversation_id)) if release and not self.db.is_sqlite else None
-        )
         # Made here, on the event loop; the transaction gives them their positions and owner.
         rows = [
             _row(conversation_id, offset, item, response_id, kinds[offset] if kinds else None, None)
@@ -168,8 +165,8 @@ class ConversationStore:
                 connection.execute(conversation_items.insert(), rows)
             except sa.exc.IntegrityError as exc:
                 raise DuplicateItem("The conversation already has an item with one of these ids.") from exc
-            if notify is not None:
-                connection.execute(notify)
+            if release:
+                notify(connection, TURN_CHANNEL, conversation_id)
 
         await self.db.write(append)
         if release:
@@ -239,11 +236,10 @@ class ConversationStore:
             .where(conversations.c.id == conversation_id, conversations.c.turn == holder)
             .values(turn=None, turn_until=None)
         )
-        notify = None if self.db.is_sqlite else sa.select(sa.func.pg_notify(TURN_CHANNEL, conversation_id))
 
         def release(connection: sa.Connection) -> None:
-            if connection.execute(statement).rowcount and notify is not None:
-                connection.execute(notify)
+            if connection.execute(statement).rowcount:
+                notify(connection, TURN_CHANNEL, conversation_id)
 
         await self.db.write(release)
         self._released.wake(conversation_id)

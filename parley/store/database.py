@@ -197,6 +197,13 @@ class Database:
             await self.engine.dispose()
 
 
+def notify(connection: sa.Connection, channel: str, payload: str) -> None:
+    """`NOTIFY channel, payload` within the connection's transaction (sent when it commits), on PostgreSQL; on
+    SQLite, which has none, nothing: its listeners poll (see `Database.listen`, `Wakeups`)."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.select(sa.func.pg_notify(channel, payload)))
+
+
 class Wakeups:
     """This server's tasks that wait for news of a row, by its id: each is woken by a `NOTIFY` on `channel` whose
     payload is that id (PostgreSQL, heard through `Database.listen` from the first wait on), or by `wake` here, and

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from parley.store.database import Database
+from parley.store.database import Database, notify
 from parley.store.owners import Caller, visible_to
 from parley.store.pagination import Page, PageRequest, read_page
 from parley.store.tables import conversation_items, response_events, response_items, responses
@@ -240,10 +240,9 @@ class ResponseStore:
             if rows:
                 connection.execute(_INSERT_ITEMS, rows)
             _insert_events(connection, response["id"], 0, events)
-            if notify:
-                connection.execute(sa.select(sa.func.pg_notify(JOBS_CHANNEL, "")))
+            if announce:
+                notify(connection, JOBS_CHANNEL, "")
 
-        notify = announce and not self.db.is_sqlite
         await self.db.write(insert)
 
     async def claim_jobs(self, token: str, limit: int) -> list[Job]:
@@ -334,11 +333,10 @@ class ResponseStore:
             )
             .values({flag: True})
         )
-        is_sqlite = self.db.is_sqlite
 
         def ask(connection: sa.Connection) -> None:
-            if connection.execute(statement).rowcount and not is_sqlite:
-                connection.execute(sa.select(sa.func.pg_notify(channel, response_id)))
+            if connection.execute(statement).rowcount:
+                notify(connection, channel, response_id)
 
         await self.db.write(ask)
 
@@ -358,12 +356,11 @@ class ResponseStore:
     ) -> None:
         """Keeps a batch of a background response's events (`first` is the first one's sequence number); with
         `announce`, on PostgreSQL, tells the servers following it (`NOTIFY` on EVENTS_CHANNEL)."""
-        notify = announce and not self.db.is_sqlite
 
         def add(connection: sa.Connection) -> None:
             _insert_events(connection, response_id, first, events)
-            if notify:
-                connection.execute(sa.select(sa.func.pg_notify(EVENTS_CHANNEL, response_id)))
+            if announce:
+                notify(connection, EVENTS_CHANNEL, response_id)
 
         await self.db.write(add)
 
@@ -371,8 +368,7 @@ class ResponseStore:
         """Tells the servers following a background response that its events written so far are all in (on
         PostgreSQL; on SQLite they look)."""
         if not self.db.is_sqlite:
-            notify = sa.select(sa.func.pg_notify(EVENTS_CHANNEL, response_id))
-            await self.db.write(lambda connection: connection.execute(notify))
+            await self.db.write(lambda connection: notify(connection, EVENTS_CHANNEL, response_id))
 
     async def events_after(self, response_id: str, after: int, caller: Caller) -> StoredEvents:
         """The response's kept events numbered after `after`, and its status as read with them."""
