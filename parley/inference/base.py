@@ -42,6 +42,26 @@ class Provider(abc.ABC):
     async def list_models(self) -> list[ModelInfo]:
         """The models this provider serves."""
 
+    async def count_tokens(self, request: ChatRequest) -> int:
+        """The prompt tokens the model would read for `request`, as its own tokenizer counts them.
+
+        Everything of the request the model reads counts: its messages, its
+        tools and its response format, rendered as a generation of the same
+        request renders them; the count equals the `prompt_tokens` of that
+        generation's usage where the provider can know it exactly (llama.cpp),
+        and is the configured offline tokenizer's count for an upstream (see
+        the README's "Counting tokens"). Nothing is generated, and nothing is
+        sent upstream.
+
+        Raises `InvalidRequestError` for a request the model would refuse (a
+        content part it cannot read), naming the field as `stream_chat` would.
+
+        Example::
+
+            tokens = await provider.count_tokens(ChatRequest(model="smollm2-135m", messages=[...]))
+        """
+        raise InvalidRequestError(f"Provider '{self.name}' cannot count tokens.", param="model")
+
     async def embed(self, model: str, inputs: Any, **options: Any) -> dict[str, Any]:
         """Embeddings of `inputs` (a string, strings, or token arrays) as OpenAI's `list` object.
 
