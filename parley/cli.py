@@ -104,7 +104,14 @@ def _server_options(settings: Settings) -> dict[str, Any]:
         "log_level": settings.logging.level,
         "access_log": settings.logging.level == "debug",
         "lifespan": "on",
+        # A WebSocket message (parley.api.websocket) a little past the body limit is answered with an error
+        # message that says so; only one past this is closed by the server (code 1009, message too big).
+        "ws_max_size": settings.server.max_body_bytes + _WS_MESSAGE_MARGIN,
     }
+
+
+# What a WebSocket message may exceed server.max_body_bytes by and still be read (and refused in an error message).
+_WS_MESSAGE_MARGIN = 1024 * 1024
 
 
 class _WorkerApp:

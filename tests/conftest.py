@@ -25,7 +25,12 @@ import yaml
 from tests.fake_upstream import MODELS, FakeUpstream
 from tests.mcp_servers import ToolServer
 from tests.postgres import PostgresServer
-from tests.support.validating_transport import AsyncValidatingTransport, ValidatingTransport
+from tests.support.validating_transport import (
+    AsyncValidatingTransport,
+    StreamChecks,
+    ValidatingTransport,
+    WebSocketStreams,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 _BANNER = re.compile(r"listening on (http://\S+)")
@@ -46,7 +51,7 @@ class ParleyProcess:
         self.env = env or {}
         self.output: list[str] = []
         self.base_url = ""
-        self.transports: list[ValidatingTransport | AsyncValidatingTransport] = []
+        self.transports: list[StreamChecks] = []
         ParleyProcess.instances.append(self)
         self._process: subprocess.Popen[str] | None = None
 
@@ -106,6 +111,12 @@ class ParleyProcess:
             http_client=httpx.AsyncClient(transport=transport, timeout=timeout),
             **kwargs,
         )
+
+    def websocket_streams(self) -> WebSocketStreams:
+        """A validator of the responses one WebSocket carries (WebSocket mode): feed it each message received."""
+        streams = WebSocketStreams()
+        self.transports.append(streams)
+        return streams
 
     def stream_failures(self) -> list[AssertionError]:
         return [failure for transport in self.transports for failure in transport.failures]

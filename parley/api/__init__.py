@@ -1,4 +1,4 @@
-"""HTTP routes, SSE framing and the OpenAI error body."""
+"""HTTP routes, SSE framing, WebSocket mode and the OpenAI error body."""
 
 from parley.api.chat import router as chat_router
 from parley.api.conversations import router as conversations_router
@@ -9,6 +9,7 @@ from parley.api.health import router as health_router
 from parley.api.models import router as models_router
 from parley.api.responses import router as responses_router
 from parley.api.vector_stores import router as vector_stores_router
+from parley.api.websocket import router as websocket_router
 
 routers = (
     health_router,
@@ -19,6 +20,7 @@ routers = (
     conversations_router,
     files_router,
     vector_stores_router,
+    websocket_router,
 )
 
 __all__ = ["install_error_handlers", "routers"]

@@ -32,11 +32,11 @@ import ipaddress
 import logging
 import socket
 
-from fastapi import Request
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from parley.api.errors import body_for
-from parley.api.http import JSONResponse
+from parley.api.http import JSONResponse, refuse
 from parley.config import AuthSettings
 from parley.errors import AuthenticationError
 from parley.store import ANYONE, ApiKey, Caller, KeyStore
@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 # Paths that need no key.
 OPEN_PATHS = frozenset({"/v1/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+
+# The scopes that carry a client's request: HTTP requests and WebSockets.
+_CONNECTIONS = frozenset({"http", "websocket"})
 
 # How often the database's keys are re-read: the longest a revoked key keeps working.
 REFRESH_SECONDS = 1.0
@@ -144,7 +147,8 @@ class Authenticate:
         self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        # A WebSocket (`/v1/responses`) is authenticated at its handshake, by the same headers.
+        if scope["type"] not in _CONNECTIONS or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         caller = ANYONE
@@ -174,11 +178,11 @@ def _bearer(scope: Scope) -> str | None:
 
 async def _refuse(error: AuthenticationError, scope: Scope, receive: Receive, send: Send) -> None:
     response = JSONResponse(body_for(error), status_code=401, headers={"www-authenticate": "Bearer"})
-    await response(scope, receive, send)
+    await refuse(response, scope, receive, send)
 
 
-def caller_of(request: Request) -> Caller:
-    """The caller `Authenticate` found for this request."""
+def caller_of(request: HTTPConnection) -> Caller:
+    """The caller `Authenticate` found for this request (or WebSocket)."""
     caller = request.scope.get("state", {}).get("caller")
     if not isinstance(caller, Caller):
         # A route reached without the middleware: refuse rather than serve as anyone.

@@ -45,7 +45,11 @@ class InvalidBodyError(InvalidRequestError):
 
 async def read_body(request: Request, model: type[Body], *, empty_ok: bool = False) -> Body:
     """The body as `model`; `empty_ok` lets an empty body stand for `{}`."""
-    data = parse_body(await request.body(), empty_ok=empty_ok)
+    return validate_body(parse_body(await request.body(), empty_ok=empty_ok), model)
+
+
+def validate_body(data: dict[str, Any], model: type[Body]) -> Body:
+    """`data`, a parsed body (or a WebSocket message's fields), as `model`: a 400 naming the field otherwise."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -32,6 +32,13 @@ place decides for every route. In order:
   send no `Origin`.
 
 For a streamed request all of this is one pass over its headers.
+
+A WebSocket's handshake (WebSocket mode of `/v1/responses`) gets the Host and
+NUL checks, and one of its own: browsers let any page open a WebSocket to any
+address, with the page's `Origin` and no preflight, so a handshake whose
+`Origin` CORS does not allow is refused (403 `origin_not_allowed`), or a page
+could use a loopback server that needs no key. SDKs send no `Origin`. Its
+messages' size and shape are checked where they are read (parley.api.websocket).
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from parley.api.auth import is_loopback_host
 from parley.api.errors import body_for
-from parley.api.http import JSONResponse
+from parley.api.http import JSONResponse, refuse
 from parley.config import ServerSettings
 from parley.errors import InvalidRequestError, NotFoundError, ParleyError
 
@@ -122,6 +129,9 @@ class RequestGuard:
         self.uploads = dict(uploads or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._guard_websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -173,9 +183,24 @@ class RequestGuard:
                 return
         await self.app(scope, receive, send)
 
+    async def _guard_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        host = _header(scope, b"host")
+        origin = _header(scope, b"origin")
+        error: ParleyError | None = None
+        if host is not None and not self.hosts.any and not self.hosts.allow(host_name(host)):
+            error = _invalid_host(host_name(host), self.hosts)
+        elif origin is not None and "*" not in self.origins and origin.decode("latin-1") not in self.origins:
+            error = _socket_from_page(origin)
+        elif "\x00" in scope["path"] or scope["query_string"]:
+            error = _nul_in_target(scope)
+        if error is not None:
+            await _refuse(error, scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
 
 async def _refuse(error: ParleyError, scope: Scope, receive: Receive, send: Send) -> None:
-    await JSONResponse(body_for(error), status_code=error.status_code)(scope, receive, send)
+    await refuse(JSONResponse(body_for(error), status_code=error.status_code), scope, receive, send)
 
 
 def _header(scope: Scope, wanted: bytes) -> bytes | None:
@@ -201,6 +226,16 @@ def _is_multipart(content_type: bytes | None) -> bool:
 def _upload_from_page(origin: bytes) -> ParleyError:
     error = InvalidRequestError(
         f"Uploads from web pages of origin '{origin.decode('latin-1')}' are not allowed "
+        "(server.cors_origins in this server's configuration).",
+        code="origin_not_allowed",
+    )
+    error.status_code = 403
+    return error
+
+
+def _socket_from_page(origin: bytes) -> ParleyError:
+    error = InvalidRequestError(
+        f"WebSockets from web pages of origin '{origin.decode('latin-1')}' are not allowed "
         "(server.cors_origins in this server's configuration).",
         code="origin_not_allowed",
     )
@@ -251,7 +286,7 @@ def _nul_in_target(scope: Scope) -> ParleyError | None:
     """A 404 for a path with a NUL character (it names nothing), a 400 naming a query parameter with one."""
     if "\x00" in scope["path"]:
         path = scope.get("raw_path") or scope["path"].encode("utf-8", "backslashreplace")
-        return NotFoundError(f"Invalid URL ({scope['method']} {path.decode('latin-1')})")
+        return NotFoundError(f"Invalid URL ({scope.get('method', 'GET')} {path.decode('latin-1')})")
     query: bytes = scope["query_string"]
     if b"%00" not in query and b"\x00" not in query:
         return None

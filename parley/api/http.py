@@ -20,6 +20,15 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
+async def refuse(response: Response, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answers a request with `response`, which refuses it; a WebSocket handshake gets it as its denial
+    response, or, from a server that cannot send one, a close with code 1008 (policy violation)."""
+    if scope["type"] == "websocket" and "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    await response(scope, receive, send)
+
+
 class StreamRefused(Exception):
     """A stream's body failed before its first piece: nothing was sent, and `error` is the answer."""
 

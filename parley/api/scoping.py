@@ -22,7 +22,7 @@ class TestScopeMiddleware:
         self.header = header.lower().encode("latin-1")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         value = next((v for k, v in scope["headers"] if k == self.header), None)

@@ -84,6 +84,9 @@ class ChainContexts:
         if response_id in self._contexts:
             self._drop(response_id)
 
+    def __contains__(self, response_id: str) -> bool:
+        return response_id in self._contexts
+
     def _drop(self, response_id: str) -> None:
         _, items = self._contexts.pop(response_id)
         for item in items:
@@ -92,3 +95,49 @@ class ChainContexts:
             if held[1] == 0:
                 del self._items[id(item)]
                 self.bytes -= held[0]
+
+
+# How many responses' contexts one connection holds (see HeldContexts): an agent continues its latest response,
+# and now and then forks from one a few turns back.
+HELD_RESPONSES = 8
+
+
+class HeldContexts:
+    """The contexts of the last responses one client connection made without storing them (`store: false`).
+
+    A WebSocket connection (parley.api.websocket) keeps one of these for its
+    life, so that a `store: false` response made on it can be continued by
+    `previous_response_id` although nothing of it is in the database; another
+    connection, or the same client after a reconnect, cannot. Each context is
+    what the store would give back for that response's continuation (the chain
+    before it, its input, its output: see `ResponseService._history`), with
+    the tools it ran with. At most `kept` responses are held, and `max_bytes`
+    of items, as a `ChainContexts` counts them: the least lately used go first.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_BYTES, kept: int = HELD_RESPONSES) -> None:
+        self._contexts = ChainContexts(max_bytes, kept)
+        self._tools: dict[str, list[dict[str, Any]]] = {}
+
+    def get(self, response_id: str, caller: Caller) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+        """The items the response's continuation starts from, and the tools it ran with; None if not held."""
+        items = self._contexts.get(response_id, caller)
+        if items is None:
+            return None
+        return items, self._tools.get(response_id, [])
+
+    def keep(
+        self, response_id: str, owner: str | None, items: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> None:
+        self._contexts.keep(response_id, owner, items)
+        self._tools[response_id] = tools
+        for dropped in [held for held in self._tools if held not in self._contexts]:
+            del self._tools[dropped]
+
+    def forget(self, response_id: str) -> None:
+        """Drops a response's context: a continuation of it failed, and must not be tried again from it."""
+        self._contexts.forget(response_id)
+        self._tools.pop(response_id, None)
+
+    def __contains__(self, response_id: str) -> bool:
+        return response_id in self._contexts

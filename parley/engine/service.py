@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from parley.config import EngineSettings, ToolsSettings
 from parley.engine import loop
 from parley.engine.background import BackgroundWorker, EventLog, JobSeal
-from parley.engine.chains import ChainContexts
+from parley.engine.chains import ChainContexts, HeldContexts
 from parley.engine.conversations import ConversationNotFoundError, check_new_ids
 from parley.engine.emitter import EventEmitter
 from parley.engine.files import InputFiles
@@ -61,6 +61,8 @@ FOLLOW_POLL_SECONDS = {True: 0.005, False: 0.25}
 # How long a follower waits for the terminal event of a response whose status has ended.
 TERMINAL_EVENT_WAIT_SECONDS = 2.0
 _TERMINAL_EVENTS = frozenset(("response.completed", "response.failed", "response.incomplete"))
+# The statuses of a response that its client's connection holds for a continuation when it is not stored.
+_CONTINUABLE = frozenset(("completed", "incomplete"))
 
 
 def _newer(events: list[tuple[int, str, str]], after: int) -> tuple[list[Event], int]:
@@ -170,6 +172,8 @@ class _Setup:
     # Whether the turn's context may be kept for the next (see ChainContexts).
     keep_context: bool
     caller: Caller
+    # The contexts its client's connection holds, to continue from and to add an unstored response to.
+    held: HeldContexts | None = None
 
 
 @dataclass(slots=True)
@@ -182,6 +186,8 @@ class _Producing:
     # Whether its context, once stored, may be kept for the turn that continues it (see
     # engine.chains): not when a conversation's items, which can be deleted, are in it.
     keep_context: bool
+    # The contexts its client's connection holds, where it goes once it ends, when it is not stored.
+    held: HeldContexts | None = None
     # A background response's: its events on their way to the database, whether a cancel stopped it, and the
     # task that produces it.
     events: EventLog | None = None
@@ -246,9 +252,15 @@ class ResponseService:
         self._waiting_streams: dict[str, ResponseRun] = {}
         self._closing = False
 
-    async def create(self, request: CreateResponseRequest, caller: Caller) -> ResponseRun:
+    async def create(
+        self, request: CreateResponseRequest, caller: Caller, held: HeldContexts | None = None
+    ) -> ResponseRun:
         """Checks the request, stores the response as started, and starts producing it (a background one: stores
-        it queued, for a worker to run)."""
+        it queued, for a worker to run).
+
+        `held` is the contexts that the client's connection holds (a WebSocket's): a `store: false` request
+        continues from them first, and a `store: false` response that ends completed or incomplete is added.
+        """
         if request.background and not request.store:
             raise InvalidRequestError(
                 "Background responses must be stored: `background: true` requires `store: true`.",
@@ -266,7 +278,7 @@ class ResponseService:
             return await self._enqueue(request, model, tools, input_items, caller)
         lock = await self._enter_conversation(request.conversation_id, caller)
         try:
-            history, previous_tools, keep_context = await self._history(request, caller)
+            history, previous_tools, keep_context = await self._history(request, caller, held)
             if not history and not input_items:
                 raise InvalidRequestError(
                     "Missing required parameter: 'input'.", param="input", code="missing_required_parameter"
@@ -274,7 +286,7 @@ class ResponseService:
             if request.conversation_id is not None:
                 ids = [item["id"] for item in input_items]
                 check_new_ids(input_items, await self.conversations.taken_ids(request.conversation_id, ids), "input")
-            setup = _Setup(request, model, tools, input_items, history, previous_tools, keep_context, caller)
+            setup = _Setup(request, model, tools, input_items, history, previous_tools, keep_context, caller, held)
             return await self._start(setup, lock)
         except BaseException:
             if lock is not None:
@@ -318,13 +330,21 @@ class ResponseService:
                 log.exception("cannot release conversation %s: it is free once its hold runs out", conversation_id)
 
     async def _history(
-        self, request: CreateResponseRequest, caller: Caller
+        self, request: CreateResponseRequest, caller: Caller, held: HeldContexts | None = None
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
         """The items the turn continues from, the tools of the turn before (to reuse MCP listings), and
-        whether the turn's context may be kept for the next (see ChainContexts)."""
+        whether the turn's context may be kept for the next (see ChainContexts).
+
+        An unstored turn continues from its connection's `held` contexts when they have the response before;
+        a stored one only from the store, whose chains cannot pass through a response it does not have.
+        """
         if request.conversation_id is not None:
             items = await self.conversations.items(request.conversation_id)
             return items, await self.conversations.latest_tools(request.conversation_id), False
+        if request.previous_response_id is not None and held is not None and not request.store:
+            context = held.get(request.previous_response_id, caller)
+            if context is not None:
+                return context[0], context[1], True
         if request.previous_response_id is not None:
             await self._written(request.previous_response_id, caller)
             previous = await self.store.body(request.previous_response_id, caller)
@@ -371,7 +391,7 @@ class ResponseService:
             caller=caller,
             files=self.files,
         )
-        return _Producing(turn, record, caller.owner, setup.keep_context)
+        return _Producing(turn, record, caller.owner, setup.keep_context, setup.held)
 
     def _launch(self, producing: _Producing, run: ResponseRun, lock: _ConversationLock | None) -> None:
         """Starts the task that produces the response, to its one ending (`_produce`)."""
@@ -424,6 +444,10 @@ class ResponseService:
                     # What `store.chain_items` would read back for the turn that continues this one.
                     context = turn.history + turn.input_items + turn.emitter.output
                     self._chains.keep(turn.response["id"], producing.owner, context)
+            elif producing.held is not None and producing.keep_context and turn.response["status"] in _CONTINUABLE:
+                # Not stored: the connection holds what the store would have given its continuation.
+                context = turn.history + turn.input_items + turn.emitter.output
+                producing.held.keep(turn.response["id"], producing.owner, context, turn.response["tools"])
         except Exception:
             log.exception("cannot store response %s", turn.response["id"])
         finally:

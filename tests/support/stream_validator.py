@@ -3,7 +3,10 @@
 The openai SDK hides the SSE frames, so a stream is checked as the bytes that
 crossed the wire: `parse_sse` turns them into frames, `validate_response_stream`
 checks the frames and the events they carry, and `collect_stream` /
-`acollect_stream` POST a request and validate what comes back.
+`acollect_stream` POST a request and validate what comes back. A response made
+in WebSocket mode is checked by `validate_websocket_stream`, from the messages
+that carried its events (one JSON object each, no SSE framing, no `[DONE]`):
+every rule below but the framing ones applies the same.
 
 Rules (each violation raises AssertionError naming the event index):
 
@@ -39,7 +42,7 @@ from __future__ import annotations
 import json
 import re
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -210,7 +213,20 @@ def validate_response_stream(
     pass `openresponses_spec=False`.
     """
     frames = parse_sse(raw)
-    raw_events = _decode_frames(frames, raw)
+    return _validate_events(frames, _decode_frames(frames, raw), openai_spec, openresponses_spec)
+
+
+def validate_websocket_stream(
+    messages: Sequence[bytes | str], *, openai_spec: bool = True, openresponses_spec: bool = True
+) -> ValidatedStream:
+    """Check one response's events as WebSocket mode sent them: a JSON object a message, from its
+    `response.created` to its terminal event; the rules of `validate_response_stream` but SSE's."""
+    return _validate_events([], _decode_messages(messages), openai_spec, openresponses_spec)
+
+
+def _validate_events(
+    frames: list[SSEFrame], raw_events: list[dict[str, Any]], openai_spec: bool, openresponses_spec: bool
+) -> ValidatedStream:
     events = [_parse_event(index, event) for index, event in enumerate(raw_events)]
     lifecycle = _Lifecycle()
     for index, event in enumerate(raw_events):
@@ -270,6 +286,27 @@ def _decode_frames(frames: list[SSEFrame], raw: bytes | str) -> list[dict[str, A
         sequence_number = payload.get("sequence_number")
         if type(sequence_number) is not int or sequence_number != index:
             raise AssertionError(f"{where} ({frame.event}): sequence_number is {sequence_number!r}, expected {index}")
+        raw_events.append(payload)
+    return raw_events
+
+
+def _decode_messages(messages: Sequence[bytes | str]) -> list[dict[str, Any]]:
+    if not messages:
+        raise AssertionError("empty stream: no WebSocket messages")
+    raw_events = []
+    for index, message in enumerate(messages):
+        where = f"message {index}"
+        try:
+            payload = json.loads(message)
+        except json.JSONDecodeError as exc:
+            raise AssertionError(f"{where}: not JSON ({exc}): {message[:120]!r}") from exc
+        if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
+            raise AssertionError(f"{where}: not a JSON object with a `type`: {message[:120]!r}")
+        sequence_number = payload.get("sequence_number")
+        if type(sequence_number) is not int or sequence_number != index:
+            raise AssertionError(
+                f"{where} ({payload['type']}): sequence_number is {sequence_number!r}, expected {index}"
+            )
         raw_events.append(payload)
     return raw_events
 

@@ -2,16 +2,26 @@
 
 The SDK hides the SSE frames; this transport keeps a copy of each
 `text/event-stream` body from `/responses` and runs the stream validator on
-it when the stream has been read to its end.
+it when the stream has been read to its end. `WebSocketStreams` does the same
+for the messages of a WebSocket on `/v1/responses` (WebSocket mode): it is
+fed each message received, and validates each response's events once its
+terminal event has come.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import httpx
 
-from tests.support.stream_validator import ValidatedStream, validate_response_stream
+from tests.support.stream_validator import (
+    TERMINAL_STATUS,
+    ValidatedStream,
+    validate_response_stream,
+    validate_websocket_stream,
+)
 
 
 class _Tee(httpx.SyncByteStream):
@@ -51,25 +61,57 @@ _BEYOND_OPEN_RESPONSES = (
 )
 
 
-class _Validator:
-    """What both transports keep: the streams they validated and the failures found."""
+class StreamChecks:
+    """What every validating transport keeps: the streams it validated and the failures found."""
 
     def __init__(self) -> None:
         self.validated: list[ValidatedStream] = []
         self.failures: list[AssertionError] = []
 
     def _validate(self, body: bytes) -> None:
+        self._check(body, lambda plain: validate_response_stream(body, openresponses_spec=plain))
+
+    def _check(self, body: bytes, validate: Callable[[bool], ValidatedStream]) -> None:
         # Open Responses defines function tools only: no MCP, web or file search, namespaces, custom, shell or patch
         # tools, nor their items and events. OpenAI's document and types still apply to those streams.
         compact = body.replace(b'": "', b'":"')
         beyond = any(b'"type":"' + kind in compact for kind in _BEYOND_OPEN_RESPONSES)
         try:
-            self.validated.append(validate_response_stream(body, openresponses_spec=not beyond))
+            self.validated.append(validate(not beyond))
         except AssertionError as exc:
             self.failures.append(exc)
 
 
-class ValidatingTransport(_Validator, httpx.BaseTransport):
+class WebSocketStreams(StreamChecks):
+    """Validates the responses that one WebSocket in WebSocket mode carries, from the messages it received.
+
+    A response's stream is the messages from the first that is not an error refusing a message (an `error`
+    with an `error` object, outside any response) to its terminal event; one cut short by a close is not
+    validated, as an HTTP stream the client abandoned is not.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._current: list[bytes] | None = None
+
+    def feed(self, message: bytes | str) -> dict[str, Any]:
+        """Takes one message received; returns it parsed."""
+        raw = message.encode() if isinstance(message, str) else message
+        event = json.loads(raw)
+        if self._current is None and event.get("type") == "error" and "error" in event:
+            return event  # a message refused: no response stream
+        if self._current is None:
+            self._current = []
+        self._current.append(raw)
+        if event.get("type") in TERMINAL_STATUS:
+            messages, self._current = self._current, None
+            self._check(
+                b"\n".join(messages), lambda plain: validate_websocket_stream(messages, openresponses_spec=plain)
+            )
+        return event
+
+
+class ValidatingTransport(StreamChecks, httpx.BaseTransport):
     def __init__(self) -> None:
         super().__init__()
         self._inner = httpx.HTTPTransport()
@@ -106,7 +148,7 @@ class _AsyncTee(httpx.AsyncByteStream):
             self._done(body)
 
 
-class AsyncValidatingTransport(_Validator, httpx.AsyncBaseTransport):
+class AsyncValidatingTransport(StreamChecks, httpx.AsyncBaseTransport):
     """`ValidatingTransport` for the async clients (`openai.AsyncOpenAI`, and the SDKs built on it)."""
 
     def __init__(self) -> None:

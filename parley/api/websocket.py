@@ -1,0 +1,205 @@
+"""WebSocket mode of `/v1/responses`: responses made one after another over one connection.
+
+The client opens a WebSocket on `/v1/responses`, authenticated at its
+handshake like any request (parley.api.auth, parley.api.guard), and sends
+`{"type": "response.create", ...}` messages with the fields of
+`POST /v1/responses`. Each is checked as that body is (`parse_body`,
+`validate_body`), with `stream` implicit, and answered with the events its
+SSE stream would carry, one JSON text message each, numbered the same.
+
+- **One at a time.** Messages are answered in the order they came, each
+  response to its terminal event before the next starts: a `response.create`
+  sent while one runs waits its turn, as OpenAI processes a connection's
+  messages first in, first out. At most `QUEUED` wait; the socket is not read
+  further until one is taken (TCP holds the rest back).
+- **Errors** that refuse a message (not JSON, too large, too deep, an unknown
+  `type`, a bad field, `background`, an unknown `previous_response_id`)
+  are one `{"type": "error", "status": ..., "error": {...}}` message, in
+  OpenAI's error shape, and the connection stays open. A response that fails
+  once started ends as its stream does (`error`, then `response.failed`).
+- **Continuations.** The connection holds the contexts of its last
+  `store: false` responses (`HeldContexts`: the last 8, within
+  `engine.kept_context_bytes`), so that `previous_response_id` continues them
+  although nothing of them was stored; a stored response continues through
+  the store as over HTTP. Another connection (a reconnect too) gets
+  `previous_response_not_found` for a `store: false` one, and starts again
+  with the whole input, as OpenAI documents. A continuation that fails drops
+  the context it started from, as OpenAI's does.
+- **Closing** the socket mid-response is a client leaving an HTTP stream:
+  a stored response is still produced and stored; an unstored one is stopped.
+
+Not supported: `background` (as at OpenAI), `generate: false`, and
+`stream_id` lanes (each response here runs alone, in order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from fastapi import APIRouter, WebSocket
+from starlette.websockets import WebSocketDisconnect
+
+from parley.api.auth import caller_of
+from parley.api.body import parse_body, validate_body
+from parley.api.errors import body_for
+from parley.api.guard import too_large
+from parley.engine.chains import HeldContexts
+from parley.engine.request import CreateResponseRequest
+from parley.engine.service import ResponseRun, ResponseService
+from parley.errors import InvalidRequestError, ParleyError
+from parley.store import Caller
+
+log = logging.getLogger(__name__)
+
+router = APIRouter()
+
+# How many messages may wait while a response runs, before the socket is no longer read.
+QUEUED = 16
+_FAILED = "response.failed"
+# The envelope of a `response.create` message, around the fields of `POST /v1/responses`.
+_ENVELOPE = ("type", "stream", "generate", "stream_id")
+
+
+@router.websocket("/v1/responses")
+async def responses_socket(websocket: WebSocket) -> None:
+    """WebSocket mode: `response.create` messages in, each response's stream events out (see the module)."""
+    settings = websocket.app.state.settings
+    connection = ResponsesConnection(
+        websocket,
+        websocket.app.state.responses,
+        caller_of(websocket),
+        max_bytes=settings.server.max_body_bytes,
+        held=HeldContexts(settings.engine.kept_context_bytes),
+    )
+    await websocket.accept()
+    await connection.serve()
+
+
+class ResponsesConnection:
+    """One WebSocket's life: its messages read as they come, answered one at a time."""
+
+    def __init__(
+        self, websocket: WebSocket, service: ResponseService, caller: Caller, *, max_bytes: int, held: HeldContexts
+    ) -> None:
+        self.websocket = websocket
+        self.service = service
+        self.caller = caller
+        self.max_bytes = max_bytes
+        self.held = held
+        # The messages read and not yet answered; None once the client has gone.
+        self._inbox: asyncio.Queue[str | bytes | None] = asyncio.Queue(QUEUED)
+        self._running: ResponseRun | None = None
+        self._gone = False
+
+    async def serve(self) -> None:
+        reader = asyncio.create_task(self._read())
+        try:
+            while not self._gone and (message := await self._inbox.get()) is not None:
+                await self._answer(message)
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            if not self._gone:
+                with contextlib.suppress(Exception):
+                    await self.websocket.close()
+
+    async def _read(self) -> None:
+        """Reads the client's messages into the inbox until it closes the socket; then the response running,
+        if any, is abandoned as an HTTP stream's is when its client leaves."""
+        try:
+            while True:
+                message = await self.websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                text = message.get("text")
+                await self._inbox.put(text if text is not None else message.get("bytes") or b"")
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            self._gone = True
+            if self._running is not None:
+                self._running.abandon()
+            # What waits here will never be answered: room for the None that ends `serve`.
+            while self._inbox.full():
+                self._inbox.get_nowait()
+            self._inbox.put_nowait(None)
+
+    async def _answer(self, message: str | bytes) -> None:
+        """One message: a response created and streamed to its end, or one `error` message."""
+        continues: str | None = None
+        try:
+            data = self._fields(message)
+            previous = data.get("previous_response_id")
+            continues = previous if isinstance(previous, str) else None
+            request = validate_body(data, CreateResponseRequest)
+            run = await self.service.create(request, self.caller, self.held)
+            await run.started()  # raises what failed the turn before its first event
+        except ParleyError as exc:
+            if continues is not None:
+                self.held.forget(continues)
+            await self._send_error(exc)
+            return
+        except Exception:
+            log.exception("a WebSocket response.create failed")
+            await self._send_error(ParleyError("The server had an error while processing your request."))
+            return
+        self._running = run
+        if self._gone:  # the client left while the response started
+            run.abandon()
+        try:
+            last = ""
+            async for batch in run.events():
+                for _, event in batch:
+                    await self.websocket.send_text(event.decode())
+                last = batch[-1][0]
+            if last == _FAILED and continues is not None:
+                self.held.forget(continues)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            run.abandon()  # the client left mid-response: the reader ends `serve`
+        finally:
+            self._running = None
+
+    def _fields(self, message: str | bytes) -> dict[str, Any]:
+        """The fields of `POST /v1/responses` that a message carries, `stream` set; a 400 (413) for any other."""
+        raw = message.encode() if isinstance(message, str) else message
+        if len(raw) > self.max_bytes:
+            raise too_large(self.max_bytes)
+        data = parse_body(raw)
+        kind = data.get("type")
+        if kind != "response.create":
+            raise InvalidRequestError(
+                f"Invalid value for 'type': {kind!r}. This server takes only 'response.create' messages.",
+                param="type",
+                code="invalid_value",
+            )
+        if data.get("background") is True:
+            raise InvalidRequestError(
+                "Background responses are not supported in WebSocket mode: create them with POST /v1/responses.",
+                param="background",
+                code="unsupported_parameter",
+            )
+        if data.get("stream_id") is not None:
+            raise InvalidRequestError(
+                "Unsupported parameter: 'stream_id'. This server runs a connection's responses one at a time, in "
+                "the order sent; open another connection to run another in parallel.",
+                param="stream_id",
+                code="unsupported_parameter",
+            )
+        if data.get("generate") not in (None, True):
+            raise InvalidRequestError(
+                "Unsupported parameter: 'generate'. This server always generates the response.",
+                param="generate",
+                code="unsupported_parameter",
+            )
+        fields = {name: value for name, value in data.items() if name not in _ENVELOPE}
+        fields["stream"] = True
+        return fields
+
+    async def _send_error(self, error: ParleyError) -> None:
+        """An error that refuses a message, as OpenAI sends it on the socket: its HTTP status, and the error body."""
+        event = {"type": "error", "status": error.status_code, **body_for(error)}
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+            await self.websocket.send_json(event)
