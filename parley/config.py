@@ -211,6 +211,10 @@ class OpenAIProviderConfig(_Section):
     # Ollama and OpenRouter `reasoning`; OpenAI itself refuses unknown message fields, so
     # None, the default, leaves reasoning out.
     reasoning_field: Literal["reasoning_content", "reasoning"] | None = None
+    # How `POST /v1/responses/input_tokens` counts a model's tokens, offline (parley.inference.offline_tokens):
+    # model name -> an encoding Parley ships (o200k_base, cl100k_base) or the path of a Hugging Face
+    # tokenizer.json. A model not named here: cl100k_base for gpt-4, gpt-3.5 and their embeddings, else o200k_base.
+    tokenizers: dict[str, str] = {}
 
     @field_validator("base_url")
     @classmethod

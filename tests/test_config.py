@@ -281,6 +281,7 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
                     "reasoning_field": None,
                 },
                 "vllm": {
+                    "tokenizers": {},
                     "type": "openai",
                     "base_url": "http://gpu-box:8000/v1",
                     "api_key": None,
@@ -291,6 +292,7 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
                     "reasoning_field": "reasoning_content",
                 },
                 "local": {
+                    "tokenizers": {},
                     "type": "local",
                     "models": {
                         "qwen": {

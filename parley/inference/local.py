@@ -30,7 +30,12 @@ from parley.errors import (
     UpstreamUnavailableError,
 )
 from parley.inference.base import ChunkStream, ModelInfo, Provider
-from parley.inference.local_generation import ChatmlGeneration, TemplateGeneration
+from parley.inference.local_generation import (
+    ChatmlGeneration,
+    TemplateGeneration,
+    chatml_prompt_tokens,
+    template_prompt_tokens,
+)
 from parley.inference.local_loading import LoadError, embedded_model_path, load, take_preloaded
 from parley.inference.types import ChatChunk, ChatRequest
 
@@ -77,6 +82,11 @@ class LocalProvider(Provider):
         for model in self._models.values():
             model.close()
 
+    async def count_tokens(self, request: ChatRequest) -> int:
+        model = self._models[request.model]
+        _check_text_only(model.name, request.messages)
+        return await model.count_tokens(request)
+
     async def stream_chat(self, request: ChatRequest) -> ChunkStream:
         model = self._models[request.model]
         # Checked on arrival: a request refused by the worker would wait for every one queued before it.
@@ -108,6 +118,33 @@ class LocalModel:
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._llama = None
+
+    async def count_tokens(self, request: ChatRequest) -> int:
+        """The prompt tokens a generation of `request` evaluates: its usage's `prompt_tokens`.
+
+        Counted on a thread of its own, not the model's worker: tokenizing
+        reads only the model's vocabulary, so a count need not wait for the
+        generations queued before it (only a model not loaded yet waits for
+        its loading, on the worker).
+        """
+        llama = self._llama if self._llama is not None else await self._load_for_count()
+        count = chatml_prompt_tokens if self.config.chat_format == "chatml-function-calling" else template_prompt_tokens
+        # A chat handler's failure, as generation translates it (see `_generate`).
+        try:
+            return await asyncio.to_thread(count, llama, request)
+        except ParleyError:
+            raise
+        except ValueError as exc:
+            raise _translate_value_error(exc, self.config.n_ctx) from exc
+        except Exception as exc:
+            log.exception("local model %r failed to count a prompt", self.name)
+            raise UpstreamError(f"Local model '{self.name}' failed: {exc}") from exc
+
+    async def _load_for_count(self) -> Any:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self._loaded)
+        except RuntimeError as exc:  # the executor is shut down: the server is stopping
+            raise UpstreamUnavailableError(f"Local model '{self.name}' is shutting down.") from exc
 
     async def stream(self, request: ChatRequest) -> ChunkStream:
         loop = asyncio.get_running_loop()

@@ -81,6 +81,81 @@ def _chat_logprobs(raw: dict[str, Any] | None, top: int) -> list[dict[str, Any]]
     return entries
 
 
+def offered_tools(request: ChatRequest) -> list[protocol.Tool]:
+    """The tools the chatml prompt describes: none when `tool_choice` is none."""
+    offered = request.tools and request.tool_choice != "none"
+    return protocol.tools_of(request.tools) if offered else []
+
+
+def chatml_prompt_tokens(llama: Any, request: ChatRequest) -> int:
+    """The tokens of the prompt `ChatmlGeneration` renders for `request`, as its usage counts them."""
+    prompt = protocol.render_prompt(request.messages, offered_tools(request))
+    return len(llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)) if prompt else 0
+
+
+class _PromptRendered(Exception):
+    """Raised by `_PromptCatcher` where llama.cpp's chat handler would start the completion."""
+
+    def __init__(self, prompt: str | list[int]) -> None:
+        super().__init__("prompt rendered")
+        self.prompt = prompt
+
+
+class _PromptCatcher:
+    """A loaded model, to llama.cpp's chat handler, that stops it at the completion it would start.
+
+    A handler renders and tokenizes the prompt out of sight (some with the
+    file's Jinja template, some with code of their own) and passes it to
+    `create_completion`: caught there, it is the very prompt a generation
+    evaluates, whatever the format.
+    """
+
+    def __init__(self, llama: Any) -> None:
+        self._llama = llama
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._llama, name)
+
+    def create_completion(self, prompt: str | list[int], **_: Any) -> Any:
+        raise _PromptRendered(prompt)
+
+
+def template_prompt_tokens(llama: Any, request: ChatRequest) -> int:
+    """The tokens of the prompt `TemplateGeneration` evaluates for `request`: what its usage counts.
+
+    The model's chat handler is looked up as `Llama.create_chat_completion`
+    looks it up, and given the request as `TemplateGeneration` gives it.
+    """
+    from llama_cpp import llama_chat_format
+
+    handler: Any = (
+        llama.chat_handler
+        or llama._chat_handlers.get(llama.chat_format)
+        or llama_chat_format.get_chat_completion_handler(llama.chat_format)
+    )
+    try:
+        handler(
+            llama=_PromptCatcher(llama),
+            messages=request.messages,
+            tools=request.tools,
+            tool_choice=request.tool_choice,
+            response_format=request.response_format,
+            stop=request.stop,
+            stream=True,
+        )
+    except _PromptRendered as rendered:
+        prompt = rendered.prompt
+    else:
+        raise InvalidRequestError(f"The chat format '{llama.chat_format}' cannot be counted.", param="model")
+    if isinstance(prompt, list):
+        return len(prompt)  # llama.cpp evaluates a token prompt as it is
+    # A text prompt is tokenized with llama.cpp's BOS and EOS rules (`Llama._create_completion`).
+    cls = llama._model.token_cls()
+    bos = llama._model.add_bos_token() and (cls if cls != -1 else llama.token_bos()) != -1
+    eos = llama._model.add_eos_token() or llama._model.token_sep() != -1
+    return int(bos) + len(llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)) + int(eos)
+
+
 class ChatmlGeneration:
     """One completion in the chatml function-calling protocol (see `chatml_tools`)."""
 
@@ -99,8 +174,7 @@ class ChatmlGeneration:
         self.request = request
         self.emit = emit
         self.cancelled = cancelled
-        offered = request.tools and request.tool_choice != "none"
-        self.tools = protocol.tools_of(request.tools) if offered else []
+        self.tools = offered_tools(request)
         self.prompt = protocol.render_prompt(request.messages, self.tools)
         self.prompt_tokens = self._count(self.prompt, special=True)
         self.generated = ""

@@ -7,6 +7,7 @@ httpx's exceptions are translated here, once, into Parley's Upstream* errors.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, Literal
@@ -24,6 +25,7 @@ from parley.errors import (
 )
 from parley.inference import http1
 from parley.inference.base import ChunkStream, ModelInfo, Provider
+from parley.inference.offline_tokens import count_offline
 from parley.inference.types import ChatChunk, ChatRequest
 from parley.inference.wire import chat_body, choice_chunk, completion_chunks, usage_from_wire
 
@@ -119,6 +121,11 @@ class OpenAICompatibleProvider(Provider):
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise UpstreamProtocolError(f"Provider '{self.name}' returned unreadable embeddings.") from exc
         return result
+
+    async def count_tokens(self, request: ChatRequest) -> int:
+        # Chat completions has no endpoint that counts: the model's tokenizer runs here, offline, in a thread
+        # (a long input takes milliseconds, and a tokenizer's first use loads it).
+        return await asyncio.to_thread(count_offline, request, self.config.tokenizers)
 
     def _body(self, request: ChatRequest) -> bytes:
         return orjson.dumps(chat_body(request))

@@ -224,6 +224,13 @@ class RecordingStore:
                     return min(chosen, key=lambda e: e.recording.path.name).recording
         return None
 
+    def exact(self, call: Call) -> Recording | None:
+        """The recording of this very call (the test's own first), or None: never a similar one."""
+        exact = self._by_key.get(call.key, [])
+        own = [e for e in exact if call.test_id is not None and e.recording.test_id == call.test_id]
+        chosen = own or exact
+        return min(chosen, key=lambda e: e.recording.path.name).recording if chosen else None
+
     def miss(self, call: Call) -> RecordingNotFoundError:
         """The error for a call that no recording answers: the closest one, and how it differs."""
         message = f"No recording in {self.directory} answers this {call.describe()}."
@@ -337,6 +344,23 @@ class RecordingProvider(Provider):
         head = {"id": f"rec-{call.key[:12]}", "object": "chat.completion.chunk", "created": 0, "model": call.model}
         body = [{"__type__": CHUNK_TYPE, "__data__": chunk_to_wire(chunk, head)} for chunk in chunks]
         await self._record(call, {"body": body, "is_streaming": True})
+
+    async def count_tokens(self, request: ChatRequest) -> int:
+        """The `prompt_tokens` of a recorded completion of this very request, else the wrapped provider's count.
+
+        A recording says what the model counted when it ran; one recorded for a
+        similar request (which replay would answer with) says nothing of this
+        one. The wrapped provider counts without calling out (llama.cpp's
+        tokenizer, an upstream's offline one), so replay may ask it: a local
+        model not loaded yet loads for it.
+        """
+        if self.mode != "record":
+            recording = self.store.exact(self._call("POST", CHAT_ENDPOINT, chat_body(request), request.model))
+            if recording is not None and not recording.is_exception:
+                usage = next((chunk.usage for chunk in chat_reply(recording) if chunk.usage is not None), None)
+                if usage is not None and usage.prompt_tokens > 0:
+                    return usage.prompt_tokens
+        return await self.inner.count_tokens(request)
 
     async def _replay(self, chunks: list[ChatChunk]) -> ChunkStream:
         if not self.delay:
