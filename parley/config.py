@@ -545,6 +545,15 @@ def decode_key(text: str) -> bytes:
 _URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
 
 
+# What the model that compacts a context is asked, after that context (`engine.compaction_prompt`).
+DEFAULT_COMPACTION_PROMPT = (
+    "Stop here: the conversation above is about to be replaced by your summary of it, which is all you will "
+    "have of it when you go on. Write that summary now. Say what the user wants and every constraint they set; "
+    "what has been done, found and decided, with the names, values, files and tool results that matter; what "
+    "is left to do; and the next step. Be concrete and complete, and brief. Write only the summary."
+)
+
+
 class EngineSettings(_Section):
     # Model calls in one response before it ends `incomplete`.
     max_iterations: int = Field(20, ge=1)
@@ -561,6 +570,11 @@ class EngineSettings(_Section):
     # 32 bytes in base64. None keeps a generated one in `data_dir`; servers that read each other's
     # items, or run each other's background responses (whose jobs it seals), must share it.
     reasoning_key: SecretStr | None = None
+    # Compaction (`POST /v1/responses/compact`, `context_management`; see parley.engine.compaction): the model
+    # that writes the summary (a model id: an alias or "provider/model"; None, the request's own), and what it
+    # is asked, after the context it summarises.
+    compaction_model: str | None = None
+    compaction_prompt: str = Field(DEFAULT_COMPACTION_PROMPT, min_length=1)
 
     @field_validator("reasoning_key")
     @classmethod

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from parley import __version__
-from parley.config import ConfigError, load_settings
+from parley.config import DEFAULT_COMPACTION_PROMPT, ConfigError, load_settings
 from tests.conftest import ROOT, ParleyProcess
 from tests.fake_upstream import MODELS
 
@@ -107,6 +107,8 @@ def test_defaults_serve_the_embedded_model_on_localhost_8321(tmp_path: Path) -> 
             "background_concurrency": 4,
             "background_drain_seconds": 20.0,
             "reasoning_key": None,
+            "compaction_model": None,
+            "compaction_prompt": DEFAULT_COMPACTION_PROMPT,
         },
         # Requests may have Parley connect to public addresses only (tests/test_outbound.py).
         "outbound": {"allowed_hosts": None, "allow_loopback": False, "allow_private": False, "allowed_cidrs": []},
@@ -318,6 +320,8 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
             "background_concurrency": 2,
             "background_drain_seconds": 5.0,
             "reasoning_key": "**********",
+            "compaction_model": None,
+            "compaction_prompt": DEFAULT_COMPACTION_PROMPT,
         },
         "outbound": {
             "allowed_hosts": None,

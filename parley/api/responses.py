@@ -1,4 +1,4 @@
-"""`/v1/responses`: create (streaming and not), retrieve, delete, list, input items."""
+"""`/v1/responses`: create (streaming and not), retrieve, delete, list, input items, compact."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from parley.api.http import CLIENT_CLOSED_REQUEST, ClientGone, EventStreamRespon
 from parley.api.ids import ResponseId
 from parley.api.params import Include, IncludeBrackets, Limit, Order, StartingAfter, check_includes
 from parley.api.sse import DONE
+from parley.engine.compaction import CompactRequest
 from parley.engine.request import CreateResponseRequest
 from parley.engine.service import Event, ResponseRun, ResponseService
 from parley.store import PageRequest
@@ -76,6 +77,13 @@ async def _frames(run: ResponseRun) -> AsyncIterator[bytes]:
 
 def _encode(batch: list[Event]) -> bytes:
     return b"".join(b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n" for kind, data in batch)
+
+
+@router.post("/v1/responses/compact", openapi_extra=documented(CompactRequest))
+async def compact_response(request: Request) -> JSONResponse:
+    """The context the body names, compacted (ResponseService.compact)."""
+    body = await read_body(request, CompactRequest)
+    return JSONResponse(await _service(request).compact(body, caller_of(request)))
 
 
 @router.get("/v1/responses")

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from parley.config import OpenAIProviderConfig
+from parley.engine import compaction
 from parley.engine.files import FileRead, PartKey, chat_part, part_key
 from parley.engine.request import (
     AllowedToolRef,
@@ -74,6 +75,9 @@ def chat_messages(
     there), or an empty one made for it when a user or tool message comes
     first. Without one, reasoning is left out.
 
+    A compaction item is read as its summary, in a user message, and what it
+    replaced is not read (see parley.engine.compaction).
+
     `files` holds what the items' files gave (`InputFiles.read`): an
     `input_file` part is its text, set apart from the parts beside it by a
     blank line, and an `input_image` by file_id its image (see parley.engine.files).
@@ -130,7 +134,7 @@ def _model_messages(
         else:
             model({"role": "assistant", "content": None, "tool_calls": [entry]}, mark)
 
-    for item in items:
+    for item in compaction.compacted(items):
         kind = item["type"]
         if kind == "message":
             message = _message(item, files)
@@ -158,6 +162,8 @@ def _model_messages(
                 name = item["name"] if not item.get("namespace") else f"{item['namespace']}__{item['name']}"
                 call({"id": call_id, "type": "function", "function": {"name": name[:64], "arguments": "{}"}}, None)
             other({"role": "tool", "tool_call_id": call_id, "content": content})
+        elif kind == compaction.ITEM_TYPE:
+            other(compaction.summary_message(item))
         elif kind == "reasoning":
             turn = None  # reasoning begins a model message
             text = reasoning_text(item) if field is not None else ""

@@ -17,6 +17,10 @@ refused (`invalid_encrypted_content`, a 400 naming its place) rather than
 read as something the model never thought. Encrypted, because callers store
 and pass these blobs around as opaque, as they do OpenAI's.
 
+Compaction items (parley.engine.compaction) seal their summary with the same
+key and format (`seal_payload`, `open_payload`), under a field of their own, so
+that neither kind of blob passes for the other.
+
 The key comes from `engine.reasoning_key`, or else is generated once and kept
 in `data_dir/reasoning.key` (mode 0600), so blobs outlive a restart; servers
 that read each other's blobs share the key. It is a secret: never logged or
@@ -72,18 +76,30 @@ class ReasoningSeal:
             "summary": [part["text"] for part in item.get("summary") or ()],
             "content": [part["text"] for part in item.get("content") or ()],
         }
+        return self.seal_payload(payload)
+
+    def seal_payload(self, payload: dict[str, Any]) -> str:
+        """`payload` as JSON, encrypted and authenticated: any item's `encrypted_content`."""
         return self._fernet.encrypt(orjson.dumps(payload)).decode("ascii")
+
+    def open_payload(self, blob: str, param: str) -> Any:
+        """What `seal_payload` sealed in `blob`; a 400 naming `param` when this key did not make it, or it was
+        changed since."""
+        try:
+            return orjson.loads(self._fernet.decrypt(blob))
+        except (InvalidToken, ValueError) as exc:
+            # A token of another key, or changed, is InvalidToken; ValueError is a blob that is not even ASCII.
+            raise InvalidEncryptedContentError(blob, param) from exc
 
     def unseal(self, blob: str, param: str) -> dict[str, list[dict[str, Any]]]:
         """The `summary` and `content` parts sealed in `blob`; a 400 naming `param` when it is not one of ours."""
+        payload = self.open_payload(blob, param)
         try:
-            payload = orjson.loads(self._fernet.decrypt(blob))
             summary, content = list(payload["summary"]), list(payload["content"])
             if not all(isinstance(text, str) for text in (*summary, *content)):
                 raise TypeError("a part's text is not a string")
-        except (InvalidToken, KeyError, TypeError, ValueError) as exc:
-            # A token of another key, or changed, is InvalidToken; ValueError is a blob that is not
-            # even ASCII. What passes was made with this key: the rest guards against an older format.
+        except (KeyError, TypeError, ValueError) as exc:
+            # Made with this key, but not a reasoning item's (a compaction's, say), or of an older format.
             raise InvalidEncryptedContentError(blob, param) from exc
         return {
             "summary": [{"type": "summary_text", "text": text} for text in summary],
@@ -108,6 +124,17 @@ def seal(item: dict[str, Any]) -> str:
 def unseal(blob: str, param: str) -> dict[str, list[dict[str, Any]]]:
     """The parts sealed in `blob` with the process's key; InvalidEncryptedContentError naming `param` else."""
     return _seal.unseal(blob, param)
+
+
+def seal_payload(payload: dict[str, Any]) -> str:
+    """`payload` sealed with the process's key (another item's `encrypted_content`: a compaction's)."""
+    return _seal.seal_payload(payload)
+
+
+def open_payload(blob: str, param: str) -> Any:
+    """What `seal_payload` sealed in `blob` with the process's key; InvalidEncryptedContentError naming `param`
+    else."""
+    return _seal.open_payload(blob, param)
 
 
 def load_key(configured: SecretStr | None, data_dir: Path) -> bytes:

@@ -19,7 +19,7 @@ from openai.types.responses import (
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from parley.engine import encrypted_reasoning
+from parley.engine import compaction, encrypted_reasoning
 from parley.errors import InvalidRequestError, invalid_parameter, most_specific
 from parley.ids import new_id
 from parley.package_fields import PackageFields, keys_of
@@ -243,6 +243,15 @@ class ReasoningItem(_Item):
     status: Literal["in_progress", "completed", "incomplete"] | None = None
 
 
+class CompactionItem(_Item):
+    """A compaction item (see parley.engine.compaction): its summary, sealed; checked as it arrives, and kept as
+    sent."""
+
+    type: Literal["compaction"]
+    encrypted_content: str = Field(max_length=10 * 1024 * 1024)
+    created_by: str | None = None
+
+
 class MCPApprovalResponseItem(_Item):
     type: Literal["mcp_approval_response"]
     approval_request_id: str = Field(min_length=1)
@@ -320,6 +329,7 @@ _ITEMS: dict[str, type[_Item]] = {
     "apply_patch_call_output": ApplyPatchCallOutputItem,
     "item_reference": ItemReference,
     "reasoning": ReasoningItem,
+    "compaction": CompactionItem,
     "mcp_approval_response": MCPApprovalResponseItem,
     "mcp_list_tools": MCPListToolsItem,
     "mcp_call": MCPCallItem,
@@ -341,6 +351,7 @@ _ID_PREFIX = {
     "apply_patch_call": "apc",
     "apply_patch_call_output": "apco",
     "reasoning": "rs",
+    "compaction": "cmp",
     "mcp_approval_response": "mcpa",
     "mcp_list_tools": "mcpl",
     "mcp_call": "mcp",
@@ -406,6 +417,11 @@ def parse_item(raw: Any, path: str) -> dict[str, Any]:
             # What the blob holds is what the model thought: it stands in for any summary and content
             # sent with it (stateless callers send it with neither); the blob is kept as sent.
             data.update(encrypted_reasoning.unseal(item.encrypted_content, f"{path}.encrypted_content"))
+    if isinstance(item, CompactionItem):
+        # Refused here, naming its place, when this server did not make it; the model reads it later.
+        compaction.unseal(item.encrypted_content, f"{path}.encrypted_content")
+        data.setdefault("id", new_id(_ID_PREFIX[item.type]))
+        return data  # an item without a status, as OpenAI's
     data.setdefault("id", new_id(_ID_PREFIX[item.type]))
     if not isinstance(item, _PackageItem) or "status" in type(item).model_fields:
         data.setdefault("status", "completed")

@@ -22,9 +22,11 @@ from typing import Any
 from pydantic import BaseModel
 
 from parley.config import EngineSettings, ToolsSettings
-from parley.engine import loop
+from parley.engine import compaction, loop
 from parley.engine.background import BackgroundWorker, EventLog, JobSeal
 from parley.engine.chains import ChainContexts, HeldContexts
+from parley.engine.compaction import CompactRequest
+from parley.engine.context import chat_messages, check_input, reasoning_field_of
 from parley.engine.conversations import ConversationNotFoundError, check_new_ids
 from parley.engine.emitter import EventEmitter
 from parley.engine.files import InputFiles
@@ -329,8 +331,36 @@ class ResponseService:
             except Exception:
                 log.exception("cannot release conversation %s: it is free once its hold runs out", conversation_id)
 
+    async def compact(self, request: CompactRequest, caller: Caller) -> dict[str, Any]:
+        """`POST /v1/responses/compact`: the context the request names (the turns of its `previous_response_id` or
+        `conversation`, then its input) compacted by a model call (see parley.engine.compaction); nothing is stored
+        or appended."""
+        request.check()
+        if request.previous_response_id is not None:
+            check_id(request.previous_response_id, "resp_", "previous_response_id")
+        if request.conversation_id is not None:
+            check_id(request.conversation_id, "conv_", "conversation")
+            if await self.conversations.get(request.conversation_id, caller) is None:
+                raise ConversationNotFoundError(request.conversation_id, param="conversation")
+        model = self.registry.resolve(request.model)
+        writer = self.registry.resolve(self.engine.compaction_model) if self.engine.compaction_model else model
+        input_items = await self._resolve_references(parse_input(request.input), caller)
+        check_input(input_items)
+        history, _, _ = await self._history(request, caller)
+        if not history and not input_items:
+            raise InvalidRequestError(
+                "Missing required parameter: 'input'.", param="input", code="missing_required_parameter"
+            )
+        source = "conversation" if request.conversation_id else "previous_response_id"
+        reads = await self.files.read(caller, input_items, history, source)
+        window = compaction.compacted(history + input_items)
+        messages = chat_messages(
+            request.instructions, window, reasoning_field=reasoning_field_of(writer.provider), files=reads
+        )
+        return await compaction.compact(request, writer, window, messages, self.engine)
+
     async def _history(
-        self, request: CreateResponseRequest, caller: Caller, held: HeldContexts | None = None
+        self, request: CreateResponseRequest | CompactRequest, caller: Caller, held: HeldContexts | None = None
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
         """The items the turn continues from, the tools of the turn before (to reuse MCP listings), and
         whether the turn's context may be kept for the next (see ChainContexts).
