@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request, Response
+from openai.types.responses.input_token_count_response import InputTokenCountResponse
 
 from parley.api.auth import caller_of
 from parley.api.body import documented, read_body
@@ -13,6 +14,7 @@ from parley.api.ids import ResponseId
 from parley.api.params import Include, IncludeBrackets, Limit, Order, StartingAfter, check_includes
 from parley.api.sse import DONE
 from parley.engine.compaction import CompactRequest
+from parley.engine.counting import CountTokensRequest
 from parley.engine.request import CreateResponseRequest
 from parley.engine.service import Event, ResponseRun, ResponseService
 from parley.store import PageRequest
@@ -84,6 +86,14 @@ async def compact_response(request: Request) -> JSONResponse:
     """The context the body names, compacted (ResponseService.compact)."""
     body = await read_body(request, CompactRequest)
     return JSONResponse(await _service(request).compact(body, caller_of(request)))
+
+
+@router.post("/v1/responses/input_tokens", openapi_extra=documented(CountTokensRequest))
+async def count_input_tokens(request: Request) -> JSONResponse:
+    """The tokens a create with these fields would have its model read (ResponseService.count_input_tokens)."""
+    body = await read_body(request, CountTokensRequest)
+    tokens = await _service(request).count_input_tokens(body, caller_of(request))
+    return JSONResponse(InputTokenCountResponse(object="response.input_tokens", input_tokens=tokens).model_dump())
 
 
 @router.get("/v1/responses")

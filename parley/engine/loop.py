@@ -70,6 +70,15 @@ class Turn:
 
 async def run(turn: Turn) -> None:
     """Produces the turn's output; raises ParleyError on failure (see `service`)."""
+    await read_input(turn)
+    await _produce(turn)
+
+
+async def read_input(turn: Turn) -> None:
+    """Checks the turn's input against its history and its model, and reads the files it names, for the model.
+
+    The first step of `run`, and all of the turn that `parley.engine.counting` needs.
+    """
     context.check_input(turn.input_items)
     if context.text_only(turn.model):
         # Here, as the request arrives: the model's worker would refuse it only once every request
@@ -81,7 +90,6 @@ async def run(turn: Turn) -> None:
     if turn.files is not None and turn.caller is not None:
         source = "conversation" if turn.request.conversation_id else "previous_response_id"
         turn.file_reads = await turn.files.read(turn.caller, turn.input_items, turn.history, source)
-    await _produce(turn)
 
 
 async def _produce(turn: Turn) -> None:
@@ -268,6 +276,12 @@ def _offer(turn: Turn) -> ToolOffer:
         # A forced call is the first step's: after its results, the model decides, or it would never stop.
         tool_choice = "auto"
     return ToolOffer(tools, tool_choice, callable)
+
+
+def chat_request(turn: Turn, items: list[dict[str, Any]]) -> ChatRequest:
+    """The chat request a model call of the turn sends now, with `items` as its context: the same rendering of
+    items, tools and settings as the call's own (what `parley.engine.counting` counts)."""
+    return _chat_request(turn, items, _offer(turn))
 
 
 def _chat_request(turn: Turn, items: list[dict[str, Any]], offer: ToolOffer) -> ChatRequest:

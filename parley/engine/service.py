@@ -28,6 +28,7 @@ from parley.engine.chains import ChainContexts, HeldContexts
 from parley.engine.compaction import CompactRequest
 from parley.engine.context import chat_messages, check_input, reasoning_field_of
 from parley.engine.conversations import ConversationNotFoundError, check_new_ids
+from parley.engine.counting import count_turn
 from parley.engine.emitter import EventEmitter
 from parley.engine.files import InputFiles
 from parley.engine.items import parse_input
@@ -269,13 +270,7 @@ class ResponseService:
                 param="background",
                 code="invalid_value",
             )
-        if request.previous_response_id is not None:
-            check_id(request.previous_response_id, "resp_", "previous_response_id")
-        if request.conversation_id is not None:
-            check_id(request.conversation_id, "conv_", "conversation")
-        model = self.registry.resolve(request.model)
-        tools = request.validated_tools()
-        input_items = await self._resolve_references(parse_input(request.input), caller)
+        model, tools, input_items = await self._checked(request, caller)
         if request.background:
             return await self._enqueue(request, model, tools, input_items, caller)
         lock = await self._enter_conversation(request.conversation_id, caller)
@@ -294,6 +289,41 @@ class ResponseService:
             if lock is not None:
                 await self._leave_conversation(request.conversation_id or "", lock)
             raise
+
+    async def _checked(
+        self, request: CreateResponseRequest, caller: Caller
+    ) -> tuple[ResolvedModel, list[BaseModel], list[dict[str, Any]]]:
+        """The request's model, its tools and its input items (references to stored items resolved), checked."""
+        if request.previous_response_id is not None:
+            check_id(request.previous_response_id, "resp_", "previous_response_id")
+        if request.conversation_id is not None:
+            check_id(request.conversation_id, "conv_", "conversation")
+        model = self.registry.resolve(request.model)
+        tools = request.validated_tools()
+        input_items = await self._resolve_references(parse_input(request.input), caller)
+        return model, tools, input_items
+
+    async def count_input_tokens(self, request: CreateResponseRequest, caller: Caller) -> int:
+        """`POST /v1/responses/input_tokens`: the tokens the model of a create with these fields would read (see
+        parley.engine.counting); it waits for no conversation's turn, and nothing is stored or run."""
+        model, tools, input_items = await self._checked(request, caller)
+        if (
+            request.conversation_id is not None
+            and await self.conversations.get(request.conversation_id, caller) is None
+        ):
+            raise ConversationNotFoundError(request.conversation_id, param="conversation")
+        history, previous_tools, _ = await self._history(request, caller)
+        if not history and not input_items:
+            raise InvalidRequestError(
+                "Missing required parameter: 'input'.", param="input", code="missing_required_parameter"
+            )
+        setup = _Setup(request, model, tools, input_items, history, previous_tools, False, caller)
+        response = initial_response(request, new_id("resp"), tools, model.provider.sampling_defaults(model.name))
+        turn = self._turn(setup, response, None, EventEmitter(None)).turn
+        try:
+            return await count_turn(turn)
+        finally:
+            await turn.toolbox.close()
 
     async def _enter_conversation(self, conversation_id: str | None, caller: Caller) -> _ConversationLock | None:
         """Waits for the conversation's previous turn to end, here or on another server; the lock is released when
