@@ -19,6 +19,7 @@ from parley.api.files import upload_body_limit
 from parley.api.guard import RequestGuard
 from parley.api.responses import create_response
 from parley.api.scoping import with_test_scoping
+from parley.api.websocket import responses_socket
 from parley.config import Settings
 from parley.engine import encrypted_reasoning
 from parley.engine.background import JobSeal
@@ -110,7 +111,9 @@ def create_app(settings: Settings, on_started: Callable[[], None] | None = None)
         app.include_router(router)
     install_body_schemas(app)
     hot = FastPaths(
-        app, {("POST", "/v1/chat/completions"): create_chat_completion, ("POST", "/v1/responses"): create_response}
+        app,
+        {("POST", "/v1/chat/completions"): create_chat_completion, ("POST", "/v1/responses"): create_response},
+        sockets={"/v1/responses": responses_socket},
     )
     return with_test_scoping(
         RequestGuard(

@@ -9,7 +9,6 @@ from parley.api.health import router as health_router
 from parley.api.models import router as models_router
 from parley.api.responses import router as responses_router
 from parley.api.vector_stores import router as vector_stores_router
-from parley.api.websocket import router as websocket_router
 
 routers = (
     health_router,
@@ -20,7 +19,6 @@ routers = (
     conversations_router,
     files_router,
     vector_stores_router,
-    websocket_router,
 )
 
 __all__ = ["install_error_handlers", "routers"]

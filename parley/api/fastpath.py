@@ -9,6 +9,11 @@ all of it before the first token. Both handlers take a `Request` and return a
 to the app's own exception handlers, picked by class as Starlette picks them.
 Every other request, and the lifespan, goes to FastAPI; the two routes stay
 registered there as well, so /openapi.json still documents them.
+
+WebSockets on a path of `sockets` (WebSocket mode of `/v1/responses`) are
+dispatched here, and only here, so that their endpoint is handed the
+server's own `send` (FastAPI's exception middleware would wrap it), which
+lets it write a batch of events in one write (see parley.api.websocket).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from parley.api.http import StreamRefused
 
@@ -25,11 +30,18 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class FastPaths:
-    def __init__(self, app: FastAPI, routes: dict[tuple[str, str], Endpoint]) -> None:
+    def __init__(
+        self, app: FastAPI, routes: dict[tuple[str, str], Endpoint], sockets: dict[str, ASGIApp] | None = None
+    ) -> None:
         self.app = app
         self.routes = routes
+        self.sockets = sockets or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] in self.sockets:
+            scope["app"] = self.app  # what FastAPI sets, for `websocket.app`
+            await self.sockets[scope["path"]](scope, receive, send)
+            return
         endpoint = self.routes.get((scope["method"], scope["path"])) if scope["type"] == "http" else None
         if endpoint is None:
             await self.app(scope, receive, send)

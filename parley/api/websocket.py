@@ -37,10 +37,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, WebSocket
-from starlette.websockets import WebSocketDisconnect
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect
+from websockets.exceptions import InvalidState
+from websockets.protocol import Protocol
 
 from parley.api.auth import caller_of
 from parley.api.body import parse_body, validate_body
@@ -48,13 +51,11 @@ from parley.api.errors import body_for
 from parley.api.guard import too_large
 from parley.engine.chains import HeldContexts
 from parley.engine.request import CreateResponseRequest
-from parley.engine.service import ResponseRun, ResponseService
+from parley.engine.service import Event, ResponseRun, ResponseService
 from parley.errors import InvalidRequestError, ParleyError
 from parley.store import Caller
 
 log = logging.getLogger(__name__)
-
-router = APIRouter()
 
 # How many messages may wait while a response runs, before the socket is no longer read.
 QUEUED = 16
@@ -63,9 +64,17 @@ _FAILED = "response.failed"
 _ENVELOPE = ("type", "stream", "generate", "stream_id")
 
 
-@router.websocket("/v1/responses")
-async def responses_socket(websocket: WebSocket) -> None:
-    """WebSocket mode: `response.create` messages in, each response's stream events out (see the module)."""
+# What a send failing means: the client has gone (uvicorn raises ClientDisconnected, an OSError, which Starlette
+# turns into WebSocketDisconnect; a frame queued on a closing connection is InvalidState).
+_GONE = (WebSocketDisconnect, RuntimeError, OSError, InvalidState)
+
+
+async def responses_socket(scope: Scope, receive: Receive, send: Send) -> None:
+    """WebSocket mode: `response.create` messages in, each response's stream events out (see the module).
+
+    An ASGI app of its own, which `FastPaths` dispatches: it is handed the server's own `send`.
+    """
+    websocket = WebSocket(scope, receive, send)
     settings = websocket.app.state.settings
     connection = ResponsesConnection(
         websocket,
@@ -73,18 +82,45 @@ async def responses_socket(websocket: WebSocket) -> None:
         caller_of(websocket),
         max_bytes=settings.server.max_body_bytes,
         held=HeldContexts(settings.engine.kept_context_bytes),
+        queue_frame=frame_queue(send),
     )
     await websocket.accept()
     await connection.serve()
+
+
+def frame_queue(send: Send) -> Callable[[bytes], None] | None:
+    """Where a text message can be queued to leave with the next one sent, in the same write; None for a server
+    that offers none.
+
+    ASGI sends one message a call, and uvicorn writes each to the socket at once: a write, and a wake-up of
+    the client, per event, where an SSE stream has one a batch. Sent so, an event cost Parley about 1.7 times
+    its CPU over SSE, and a socket carried 0.6 of SSE's events per second (bench/websocket.py; its figures
+    in bench/README.md); written a batch at a time, about the same as SSE. Under uvicorn's
+    websockets-sansio protocol (its default with `websockets` installed), `send` is that protocol's method,
+    and its `conn` the `websockets` sans-I/O connection whose pending output each send writes: a frame queued
+    there with its public `send_text` leaves, in order, with the next message sent through `send`, which also
+    keeps uvicorn's flow control and close handling. Any other server (wsproto, an ASGI middleware wrapping
+    `send`) gets one write a message.
+    """
+    connection = getattr(getattr(send, "__self__", None), "conn", None)
+    return connection.send_text if isinstance(connection, Protocol) else None
 
 
 class ResponsesConnection:
     """One WebSocket's life: its messages read as they come, answered one at a time."""
 
     def __init__(
-        self, websocket: WebSocket, service: ResponseService, caller: Caller, *, max_bytes: int, held: HeldContexts
+        self,
+        websocket: WebSocket,
+        service: ResponseService,
+        caller: Caller,
+        *,
+        max_bytes: int,
+        held: HeldContexts,
+        queue_frame: Callable[[bytes], None] | None = None,
     ) -> None:
         self.websocket = websocket
+        self._queue_frame = queue_frame
         self.service = service
         self.caller = caller
         self.max_bytes = max_bytes
@@ -152,15 +188,23 @@ class ResponsesConnection:
         try:
             last = ""
             async for batch in run.events():
-                for _, event in batch:
-                    await self.websocket.send_text(event.decode())
+                await self._send_events(batch)
                 last = batch[-1][0]
             if last == _FAILED and continues is not None:
                 self.held.forget(continues)
-        except (WebSocketDisconnect, RuntimeError, OSError):
+        except _GONE:
             run.abandon()  # the client left mid-response: the reader ends `serve`
         finally:
             self._running = None
+
+    async def _send_events(self, batch: list[Event]) -> None:
+        """A batch of events, a message each: in one write where the server lets them (see `frame_queue`)."""
+        if self._queue_frame is not None:
+            for _, event in batch[:-1]:
+                self._queue_frame(event)
+            batch = batch[-1:]
+        for _, event in batch:
+            await self.websocket.send_text(event.decode())
 
     def _fields(self, message: str | bytes) -> dict[str, Any]:
         """The fields of `POST /v1/responses` that a message carries, `stream` set; a 400 (413) for any other."""
@@ -201,5 +245,5 @@ class ResponsesConnection:
     async def _send_error(self, error: ParleyError) -> None:
         """An error that refuses a message, as OpenAI sends it on the socket: its HTTP status, and the error body."""
         event = {"type": "error", "status": error.status_code, **body_for(error)}
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+        with contextlib.suppress(*_GONE):
             await self.websocket.send_json(event)
