@@ -289,3 +289,136 @@ def test_the_server_key_makes_and_reads_compaction_items(client: openai.OpenAI, 
     since = len(fake_upstream.requests)
     client.responses.create(model=ECHO, input=[item, _user("hi")], store=False)  # type: ignore[list-item]
     assert _sent(fake_upstream, since) == [[_user(f"{SUMMARY_PREFIX}\n\nmade elsewhere"), _user("hi")]]
+
+
+# --- context_management on create ---------------------------------------------------------------------------
+
+LONG = " ".join(f"apple{n}" for n in range(600))  # 1,200 tokens
+# What `fake-long` answers with `max_output_tokens: 600`: 1,200 tokens too.
+LONG_ANSWER = "".join(f"tok{n} " for n in range(600))
+MANAGED: Any = [{"type": "compaction", "compact_threshold": 1000}]
+
+
+def _words(bodies: list[dict[str, Any]]) -> int:
+    """The input tokens the fake upstream reports for these calls: the words of their messages."""
+    return sum(len(str(m["content"]).split()) for body in bodies for m in body["messages"])
+
+
+def _events(client: openai.OpenAI, **fields: Any) -> tuple[list[Any], Any]:
+    """A streamed create's events, and its final response."""
+    with client.responses.create(stream=True, **fields) as stream:
+        events = list(stream)
+    return events, events[-1].response
+
+
+def _opening(events: list[Any]) -> list[str]:
+    """The stream's events up to the first item that is not the compaction, with the item types they name."""
+    shown = []
+    for event in events:
+        item = getattr(event, "item", None)
+        shown.append(f"{event.type} {item.type}" if item is not None else event.type)
+        if item is not None and item.type != "compaction":
+            return shown
+    return shown
+
+
+COMPACTING = [
+    "response.created",
+    "response.in_progress",
+    "response.output_item.added compaction",
+    "response.compaction.compacting",
+    "response.output_item.done compaction",
+    "response.output_item.added message",
+]
+
+
+def test_context_management_compacts_a_chain_past_its_threshold_and_later_turns_start_from_there(
+    client: openai.OpenAI, fake_upstream: FakeUpstream
+) -> None:
+    first = client.responses.create(
+        model="fake/fake-long", input="apples: 3", max_output_tokens=600, context_management=MANAGED
+    )
+    assert first.output_text == LONG_ANSWER
+
+    since = len(fake_upstream.requests)
+    events, second = _events(
+        client, model=ECHO, input="pears: 2", previous_response_id=first.id, context_management=MANAGED
+    )
+    assert _opening(events) == COMPACTING
+    calls = fake_upstream.requests[since:]
+    assert _sent(fake_upstream, since) == [
+        [_user("apples: 3"), _assistant(LONG_ANSWER), _user("pears: 2"), _user(PROMPT)],  # the summary is written
+        [_user("apples: 3"), _user(SUMMARY), _user("pears: 2")],  # and read in place of what it replaced
+    ]
+    assert [item.type for item in second.output] == ["compaction", "message"]
+    assert second.output_text == "pears: 2"
+    # Both calls count.
+    assert second.usage is not None
+    assert second.usage.input_tokens == _words(calls)
+    assert second.usage.output_tokens == len(PROMPT.split()) + 2
+    assert client.responses.retrieve(second.id).output == second.output
+
+    # The next turn starts from the compacted context: below the threshold, nothing more is compacted.
+    since = len(fake_upstream.requests)
+    third = client.responses.create(
+        model=ECHO, input="plums: 4", previous_response_id=second.id, context_management=MANAGED
+    )
+    assert [item.type for item in third.output] == ["message"]
+    assert _sent(fake_upstream, since) == [
+        [_user("apples: 3"), _user(SUMMARY), _user("pears: 2"), _assistant("pears: 2"), _user("plums: 4")]
+    ]
+    # Without context_management too: the compaction is part of the chain.
+    since = len(fake_upstream.requests)
+    client.responses.create(model=ECHO, input="figs: 1", previous_response_id=third.id)
+    assert _sent(fake_upstream, since)[0][:3] == [_user("apples: 3"), _user(SUMMARY), _user("pears: 2")]
+
+
+def test_context_management_compacts_a_conversation_and_appends_the_compaction_item(
+    client: openai.OpenAI, fake_upstream: FakeUpstream
+) -> None:
+    conversation = client.conversations.create(items=[_user("apples: 3"), _assistant(LONG)])
+    since = len(fake_upstream.requests)
+    events, answer = _events(
+        client, model=ECHO, input="pears: 2", conversation=conversation.id, context_management=MANAGED
+    )
+    assert _opening(events) == COMPACTING
+    assert _sent(fake_upstream, since)[1] == [_user("apples: 3"), _user(SUMMARY), _user("pears: 2")]
+    items = _dump(list(client.conversations.items.list(conversation.id, order="asc")))
+    assert [item["type"] for item in items] == ["message", "message", "message", "compaction", "message"]
+    assert items[3] == answer.output[0].model_dump(exclude_none=True)
+
+    since = len(fake_upstream.requests)
+    client.responses.create(model=ECHO, input="plums: 4", conversation=conversation.id, context_management=MANAGED)
+    assert _sent(fake_upstream, since) == [
+        [_user("apples: 3"), _user(SUMMARY), _user("pears: 2"), _assistant("pears: 2"), _user("plums: 4")]
+    ]
+
+
+def test_context_management_compacts_a_stateless_input_which_goes_on_from_the_output(
+    client: openai.OpenAI, fake_upstream: FakeUpstream
+) -> None:
+    # One long question is nothing to compact: compaction keeps user messages.
+    alone = client.responses.create(model=ECHO, input=LONG, store=False, context_management=MANAGED)
+    assert [item.type for item in alone.output] == ["message"]
+
+    window: list[Any] = [_user("apples: 3"), _assistant(LONG), _user("pears: 2")]
+    events, answer = _events(client, model=ECHO, input=window, store=False, context_management=MANAGED)
+    assert _opening(events) == COMPACTING
+    assert [item.type for item in answer.output] == ["compaction", "message"]
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(answer.id)
+
+    # The caller sends back what it had and what came out; the compaction item is read, what it replaced is not.
+    window += [*_dump(answer.output), _user("plums: 4")]
+    since = len(fake_upstream.requests)
+    client.responses.create(model=ECHO, input=window, store=False, context_management=MANAGED)
+    assert _sent(fake_upstream, since) == [
+        [_user("apples: 3"), _user(SUMMARY), _user("pears: 2"), _assistant("pears: 2"), _user("plums: 4")]
+    ]
+
+
+def test_a_compaction_that_fails_fails_the_response(client: openai.OpenAI, server: ParleyProcess) -> None:
+    window: list[Any] = [_user("apples: 3"), _assistant(LONG), _user("pears: 2")]
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.responses.create(model="fake/fake-error-500", input=window, store=False, context_management=MANAGED)
+    assert caught.value.status_code == 502

@@ -10,20 +10,24 @@ that was changed, is a 400 naming its place.
 
 What the model reads of a context that holds compaction items (`compacted`,
 applied by the context builder to whatever items it is handed: a request's
-input, a `previous_response_id` chain, a conversation):
+input, a `previous_response_id` chain, a conversation): the latest compaction
+item's summary (as a user message, introduced as one) in place of the last
+item it replaced, and, of the items before that, only the user messages; what
+came after, as it was. The rest before it (assistant messages, tool calls and
+their results, reasoning, earlier compaction items) is what the summary
+replaced, and is not read again.
 
-    the user messages before the latest compaction item, as they were
-    the summary that item carries (as a user message, introduced as one)
-    every item after it
+    user, assistant, tool call, tool output, user, [compaction], assistant, user
+    is read as
+    user, summary, user, assistant, user
 
-The rest before it (assistant messages, tool calls and their results,
-reasoning, earlier compaction items) is what the summary replaced, and is not
-read again. This is OpenAI's compacted window: `POST /v1/responses/compact`
-answers with every user message and then one compaction item (`compact`), and
-a response that compacted first (`context_management`) has the compaction
-item at the head of its output, after the input it covers. A caller may drop
-what came before the latest compaction item, as OpenAI's guide allows: the
-summary covers those user messages too.
+This is OpenAI's compacted window: `POST /v1/responses/compact` answers with
+every user message and then one compaction item (`compact`), read as they
+stand; a response that compacted first (`context_management`) has the
+compaction item at the head of its output, after the input it covers, and the
+model reads the summary before the question it answers. A caller may drop what
+came before the latest compaction item, as OpenAI's guide allows: the summary
+covers those user messages too.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from pydantic import Field
 
 from parley.config import EngineSettings
 from parley.engine import encrypted_reasoning
+from parley.engine.emitter import EventEmitter
 from parley.engine.request import ConversationRef
 from parley.engine.response import usage_object
 from parley.errors import InvalidRequestError, UpstreamError
@@ -114,19 +119,29 @@ def opening_item() -> dict[str, Any]:
 
 
 def compacted(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The items the model reads of `items`: before the latest compaction item, only the user messages (see the
-    module's docstring)."""
+    """The items the model reads of `items`: the latest compaction item stands in place of the last item it
+    replaced, and of those before it only the user messages are read (see the module's docstring)."""
     latest = next((i for i in range(len(items) - 1, -1, -1) if items[i]["type"] == ITEM_TYPE), None)
     if latest is None:
         return items
-    kept = [item for item in items[:latest] if _is_user_message(item)]
-    return kept + items[latest:]
+    before = items[:latest]
+    last_replaced = next((i for i in range(latest - 1, -1, -1) if not _is_user_message(before[i])), None)
+    if last_replaced is None:  # only user messages before it (a compacted window, as `compact` answers)
+        return items
+    kept = [item for item in before[:last_replaced] if _is_user_message(item)]
+    return [*kept, items[latest], *before[last_replaced + 1 :], *items[latest + 1 :]]
 
 
 def summary_message(item: dict[str, Any]) -> dict[str, Any]:
     """The chat message a compaction item is read as: its summary, introduced."""
     summary = unseal(item["encrypted_content"], None)
     return {"role": "user", "content": f"{SUMMARY_PREFIX}\n\n{summary}"}
+
+
+def replaceable(items: list[dict[str, Any]]) -> bool:
+    """Whether compacting `items` would replace anything the model reads: an item of it other than a user message
+    or the latest compaction item."""
+    return any(not _is_user_message(item) and item["type"] != ITEM_TYPE for item in compacted(items))
 
 
 def _is_user_message(item: dict[str, Any]) -> bool:
@@ -156,6 +171,24 @@ async def summarize(
     if not summary:
         raise UpstreamError("The model that compacts the context wrote no summary.", code="compaction_failed")
     return summary, completion.usage
+
+
+async def compact_into(
+    emitter: EventEmitter,
+    writer: ResolvedModel,
+    messages: list[dict[str, Any]],
+    settings: EngineSettings,
+    call: ChatRequest,
+) -> Usage:
+    """Adds to a response's output a compaction item of the context `messages` (as the model reads it), written
+    by `writer`: `output_item.added`, `response.compaction.compacting`, the summary, `output_item.done`. The usage
+    of the call that wrote it."""
+    index = emitter.add_item(opening_item())
+    emitter.compacting(index)
+    summary, usage = await summarize(writer, messages, settings, call)
+    emitter.output[index]["encrypted_content"] = seal(summary)
+    emitter.done_item(index)
+    return usage
 
 
 async def compact(

@@ -154,6 +154,10 @@ class EventEmitter:
         if events.working is not None:
             self.emit(f"{events.status}.{events.working}", item_id=item["id"], output_index=index)
 
+    def compacting(self, index: int) -> None:
+        """Says that the summary of an open compaction item is being written: `response.compaction.compacting`."""
+        self.emit("response.compaction.compacting", item_id=self._open_items[index]["id"], output_index=index)
+
     def add_finished(self, item: dict[str, Any]) -> None:
         """Emits a server-side tool item that is already finished (a listing, an approved call), with every event
         it would have had."""

@@ -2,6 +2,7 @@
 
     prepare: the tool kinds' own items (MCP listings); run the calls the caller approved
     repeat:
+        compact the context first when it has grown past `context_management`'s threshold
         call the model, and turn its stream into output items
         run the server-side calls it made (at once, when parallel calls are allowed)
     until the model answers, hands a function call to the caller, needs an
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from parley.config import EngineSettings
-from parley.engine import context
+from parley.engine import compaction, context
 from parley.engine.emitter import EventEmitter
 from parley.engine.files import FileRead, InputFiles, PartKey
 from parley.engine.output import OutputBuilder
@@ -51,6 +52,7 @@ class Turn:
     emitter: EventEmitter
     settings: EngineSettings = field(default_factory=EngineSettings)
     previous_tools: list[dict[str, Any]] = field(default_factory=list)  # the `tools` of the previous response
+    compaction_model: ResolvedModel | None = None  # the model that writes compaction summaries; None, `model`
     usage: Usage = field(default_factory=Usage)
     announced: bool = False
     dropped_items: int = 0  # oldest context items left out by `truncation: auto`
@@ -96,6 +98,7 @@ async def _produce(turn: Turn) -> None:
     prepared = await _prepare(turn)
     for _ in range(turn.settings.max_iterations):
         offer = _offer(turn)
+        await _compact_when_full(turn, prepared, offer)
         stream = await _open_model_stream(turn, prepared, offer)
         turn.model_calls += 1
         announce(turn, prepared)
@@ -188,15 +191,12 @@ async def _open_model_stream(turn: Turn, prepared: list[dict[str, Any]], offer: 
     """Starts the model call and waits for its first chunk.
 
     A refusal before the first chunk (a bad request, an unreachable upstream)
-    surfaces here, before any event. With `truncation: auto`, input that does
-    not fit loses its oldest items until it does.
+    surfaces here, before any event. A context the model refuses as too long is
+    compacted, with `context_management`, and sent again; with `truncation:
+    auto`, it loses its oldest items until it fits.
     """
     while True:
-        items = (
-            turn.context_items()
-            if turn.announced
-            else (turn.history + turn.input_items + prepared)[turn.dropped_items :]
-        )
+        items = _context(turn, prepared)
         stream = turn.model.provider.stream_chat(_chat_request(turn, items, offer))
         try:
             first = await anext(stream)
@@ -204,6 +204,9 @@ async def _open_model_stream(turn: Turn, prepared: list[dict[str, Any]], offer: 
             return _empty()
         except ParleyError as exc:
             await stream.aclose()
+            if turn.request.compacts and _is_context_overflow(exc) and compaction.replaceable(items):
+                await _compact(turn, prepared, items)
+                continue
             if turn.request.truncation == "auto" and _is_context_overflow(exc):
                 shorter = context.drop_oldest(items)
                 if shorter is not None:
@@ -215,6 +218,42 @@ async def _open_model_stream(turn: Turn, prepared: list[dict[str, Any]], offer: 
         if turn.emitter.streaming and not turn.announced:
             return _first_output_apart(first, stream)
         return prepend(first, stream)
+
+
+def _context(turn: Turn, prepared: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The items the next model call reads: the turns before, the input, and the output so far (before the opening
+    events, the items prepared for it), less those `truncation: auto` left out."""
+    if turn.announced:
+        return turn.context_items()
+    return (turn.history + turn.input_items + prepared)[turn.dropped_items :]
+
+
+async def _compact_when_full(turn: Turn, prepared: list[dict[str, Any]], offer: ToolOffer) -> None:
+    """Compacts the context before a model call that would read more than `compact_threshold` tokens of it, as the
+    model's own tokenizer counts the very request (`Provider.count_tokens`)."""
+    threshold = turn.request.compact_threshold
+    items = _context(turn, prepared)
+    if threshold is None or not compaction.replaceable(items):
+        return
+    if await turn.model.provider.count_tokens(_chat_request(turn, items, offer)) > threshold:
+        await _compact(turn, prepared, items)
+
+
+async def _compact(turn: Turn, prepared: list[dict[str, Any]], items: list[dict[str, Any]]) -> None:
+    """A compaction item of `items` in the output, whose summary the model reads from then on in place of what it
+    replaced (see parley.engine.compaction); the call that writes it counts in the turn's usage."""
+    announce(turn, prepared)
+    request, writer = turn.request, turn.compaction_model or turn.model
+    messages = context.chat_messages(
+        request.instructions,
+        items,
+        turn.toolbox,
+        reasoning_field=context.reasoning_field_of(writer.provider),
+        files=turn.file_reads,
+    )
+    extra = {"prompt_cache_key": request.prompt_cache_key} if request.prompt_cache_key else {}
+    call = ChatRequest(model=writer.name, messages=[], user=request.safety_identifier or request.user, extra=extra)
+    add_usage(turn.usage, await compaction.compact_into(turn.emitter, writer, messages, turn.settings, call))
 
 
 async def _first_output_apart(first: list[ChatChunk], rest: ChunkStream) -> ChunkStream:

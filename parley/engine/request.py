@@ -180,30 +180,23 @@ class ContextManagement(_Model):
     compact_threshold: int | None = Field(None, ge=1000, strict=True)
 
 
-def check_context_management(value: Any) -> None:
-    """A well-formed `context_management` is still a 400: Parley does not compact context.
-
-    Its shape is checked first, so that a mistake is named at its exact place.
-    """
+def check_context_management(value: Any) -> list[ContextManagement] | None:
+    """`context_management`: its entries, each checked, so that a mistake is named at its exact place."""
     if value is None:
-        return
+        return None
     if not isinstance(value, list) or not value:
         raise InvalidRequestError(
             "Invalid value for 'context_management': expected a non-empty array of context management entries.",
             param="context_management",
             code="invalid_value",
         )
+    entries = []
     for index, entry in enumerate(value):
         path = f"context_management[{index}]"
         if not isinstance(entry, dict):
             raise InvalidRequestError(f"Invalid value for '{path}': expected an object.", param=path)
-        _validated(ContextManagement, entry, path)
-    raise InvalidRequestError(
-        "Unsupported parameter: 'context_management'. Context compaction is not supported by this server; "
-        "use 'truncation: auto' to drop the oldest items of input that does not fit.",
-        param="context_management",
-        code="unsupported_parameter",
-    )
+        entries.append(_validated(ContextManagement, entry, path))
+    return entries
 
 
 class StreamOptions(_Model):
@@ -319,13 +312,14 @@ class CreateResponseRequest(BaseModel):
     service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
     # Accepted for compatibility; Parley has nothing to apply them to.
     prompt: dict[str, Any] | None = None
-    # Checked, then refused (see `check_context_management`).
+    # Compaction when the context grows too large (see parley.engine.compaction); checked by
+    # `check_context_management`.
     context_management: Any = None
 
     _metadata_limits = field_validator("metadata")(lambda cls, value: check_metadata(value))
     _output_tokens = field_validator("max_output_tokens")(lambda cls, value: check_max_output_tokens(value))
     _include_values = field_validator("include")(lambda cls, value: check_include(value))
-    _no_compaction = field_validator("context_management")(lambda cls, value: check_context_management(value))
+    _context_management = field_validator("context_management")(lambda cls, value: check_context_management(value))
 
     @model_validator(mode="before")
     @classmethod
@@ -446,6 +440,18 @@ class CreateResponseRequest(BaseModel):
                     param="tool_choice",
                     code="invalid_value",
                 )
+
+    @property
+    def compacts(self) -> bool:
+        """Whether the context is compacted when it grows too large (`context_management`)."""
+        return bool(self.context_management)
+
+    @property
+    def compact_threshold(self) -> int | None:
+        """The tokens past which the context is compacted before a model call: the least that an entry of
+        `context_management` sets; None compacts only a context the model refuses as too long."""
+        thresholds = [entry.compact_threshold for entry in self.context_management or () if entry.compact_threshold]
+        return min(thresholds, default=None)
 
     @property
     def include_logprobs(self) -> bool:

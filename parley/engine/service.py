@@ -448,10 +448,17 @@ class ResponseService:
             emitter=emitter,
             settings=self.engine,
             previous_tools=setup.previous_tools,
+            compaction_model=self._compaction_model(request),
             caller=caller,
             files=self.files,
         )
         return _Producing(turn, record, caller.owner, setup.keep_context, setup.held)
+
+    def _compaction_model(self, request: CreateResponseRequest) -> ResolvedModel | None:
+        """The model that writes a turn's compaction summaries: `engine.compaction_model`, else (None) the turn's."""
+        if not request.compacts or self.engine.compaction_model is None:
+            return None
+        return self.registry.resolve(self.engine.compaction_model)
 
     def _launch(self, producing: _Producing, run: ResponseRun, lock: _ConversationLock | None) -> None:
         """Starts the task that produces the response, to its one ending (`_produce`)."""

@@ -34,7 +34,11 @@ Rules (each violation raises AssertionError naming the event index):
   and code interpreter calls against their `*.done` and the item;
 - the terminal response has the created response's `id`, the terminal event's
   status, and `output` equal to the `output_item.done` items in output_index
-  order; every output item carries `id`, `type` and `status`.
+  order; every output item carries `id`, `type` and `status` (but a
+  compaction item, which has no status in OpenAI's types);
+- compaction: a compaction item is added with empty `encrypted_content`, gets
+  exactly one `response.compaction.compacting` before its done, and is done
+  with its `encrypted_content` (unless the response failed).
 """
 
 from __future__ import annotations
@@ -107,6 +111,8 @@ _REQUIRED_ITEM_STREAMS = {"function_call": "response.function_call_arguments"}
 # of `.completed` or `.failed`, matching the status it is done with (a call closed before it ran,
 # when its response failed, has `.failed` alone).
 _REQUIRED_PROGRESS = {"mcp_call", "mcp_list_tools"}
+# Item types that have no `status` in OpenAI's types.
+_NO_STATUS = {"compaction"}
 
 
 @dataclass(frozen=True)
@@ -424,6 +430,11 @@ class _Lifecycle:
         elif family in _ITEM_EVENTS:
             self.check_item_type(item, family, _ITEM_EVENTS[family])
             self.on_progress(item, verb)
+        elif family == "response.compaction":
+            self.check_item_type(item, family, "compaction")
+            if item.progress:
+                self.fail(f"a second {kind} for the item")
+            item.progress.append(verb)
         elif family in _PART_STREAMS:
             self.on_part_text(item.parts, "content_index", _PART_STREAMS[family], event, verb)
         elif family == _SUMMARY_STREAM:
@@ -486,6 +497,9 @@ class _Lifecycle:
         for item in self.items.values():
             if item.done is None:
                 self.fail(f"item {item.output_index} ({item.id}) never got response.output_item.done")
+        for item in self.items.values():
+            if item.type == "compaction" and status != "failed" and not (item.done or {}).get("encrypted_content"):
+                self.fail(f"compaction item {item.id} is done without its encrypted_content")
         expected = [self.items[i].done for i in sorted(self.items)]
         output = response.get("output")
         if not isinstance(output, list) or len(output) != len(expected):
@@ -517,13 +531,15 @@ class _Lifecycle:
             self.fail(f"item id {item['id']!r} was already used")
         if item["type"] == "message" and item.get("content") != []:
             self.fail("a message must be added with empty content; its parts arrive as content_part.added")
+        if item["type"] == "compaction" and item.get("encrypted_content") != "":
+            self.fail("a compaction item is added before its summary is written: with empty encrypted_content")
         for family, (item_type, _, item_field) in _ITEM_STREAMS.items():
             if item["type"] == item_type and item.get(item_field, "") != "":
                 self.fail(f"{item_type} is added with {item_field} {item[item_field]!r}; {family}.delta fills it")
         self.items[event["output_index"]] = _Item(event["output_index"], item["id"], item["type"])
 
     def check_item_fields(self, item: dict[str, Any]) -> None:
-        for key in ("id", "type", "status"):
+        for key in ("id", "type") if item.get("type") in _NO_STATUS else ("id", "type", "status"):
             if item.get(key) is None:
                 self.fail(f"output item has no {key!r}: {item!r}"[:400])
 
@@ -548,8 +564,10 @@ class _Lifecycle:
         self.check_item_fields(done)
         if done["id"] != item.id or done["type"] != item.type:
             self.fail(f"done item is {done['type']} {done['id']!r}, added was {item.type} {item.id!r}")
-        if done["status"] == "in_progress":
+        if done.get("status") == "in_progress":
             self.fail("a done item cannot be in_progress")
+        if item.type == "compaction" and item.progress != ["compacting"]:
+            self.fail(f"compaction item {item.id} is done after progress events {item.progress}")
         for parts, list_field in ((item.parts, "content"), (item.summary_parts, "summary")):
             for index, part in parts.items():
                 if part.done is None:

@@ -58,6 +58,8 @@ _BEYOND_OPEN_RESPONSES = (
     b"response.custom_tool_call",
     b"response.web_search",
     b"response.file_search",
+    # Open Responses has the compaction item, but not its `response.compaction.compacting` event.
+    b"response.compaction",
 )
 
 
