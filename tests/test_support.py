@@ -23,7 +23,9 @@ from tests.support.stream_validator import (
     collect_stream,
     parse_sse,
     validate_response_stream,
+    validate_websocket_stream,
 )
+from tests.support.validating_transport import WebSocketStreams
 
 Events = list[dict[str, Any]]
 
@@ -342,6 +344,48 @@ def test_a_failed_stream_may_send_an_error_event_before_response_failed() -> Non
     events[-2] = {**events[-2], "error": {**error, "type": "server_error", "param": None}}
     with pytest.raises(AssertionError, match="`error` key"):
         validate_response_stream(encode(events))
+
+
+def messages(events: Events) -> list[str]:
+    """Events as WebSocket mode sends them: one JSON message each, numbered."""
+    return [json.dumps({**event, "sequence_number": number}) for number, event in enumerate(events)]
+
+
+def test_a_websocket_stream_passes_the_same_rules_without_sse_framing() -> None:
+    stream = validate_websocket_stream(messages(text_events()))
+
+    assert stream.text == "Hello world"
+    assert stream.types == validate_response_stream(encode(text_events())).types
+    assert stream.frames == []
+
+
+@pytest.mark.parametrize(
+    ("broken", "pattern"),
+    [
+        (lambda ms: ms[:3] + ms[4:], r"message 3 \(response.output_text.delta\): sequence_number is 4, expected 3"),
+        (lambda ms: [*ms[:-1], "not json"], r"message 9: not JSON"),
+        (lambda ms: ms[:-1], r"no terminal event|ended without"),
+        (lambda ms: [ms[0], ms[0]], r"sequence_number is 0, expected 1"),
+    ],
+)
+def test_a_broken_websocket_stream_is_named(broken: Callable[[list[str]], list[str]], pattern: str) -> None:
+    with pytest.raises(AssertionError, match=pattern):
+        validate_websocket_stream(broken(messages(text_events())))
+
+
+def test_websocket_streams_split_a_socket_into_responses_and_skip_refusals() -> None:
+    streams = WebSocketStreams()
+    refusal = {"type": "error", "status": 400, "error": {"type": "invalid_request_error", "message": "no"}}
+    for message in [json.dumps(refusal), *messages(text_events()), *messages(function_call_events())]:
+        streams.feed(message)
+
+    assert [stream.types[-1] for stream in streams.validated] == ["response.completed", "response.completed"]
+    assert streams.failures == []
+    # A refusal inside a response is the response's failure.
+    streams.feed(messages(text_events())[0])
+    streams.feed(json.dumps(refusal))
+    streams.feed(messages(text_events())[-1])
+    assert len(streams.failures) == 1
 
 
 def test_crlf_line_ends_and_comments_are_accepted() -> None:
