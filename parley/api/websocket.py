@@ -170,32 +170,37 @@ class ResponsesConnection:
             data = self._fields(message)
             previous = data.get("previous_response_id")
             continues = previous if isinstance(previous, str) else None
-            request = validate_body(data, CreateResponseRequest)
-            run = await self.service.create(request, self.caller, self.held)
-            await run.started()  # raises what failed the turn before its first event
+            run = await self.service.create(validate_body(data, CreateResponseRequest), self.caller, self.held)
         except ParleyError as exc:
-            if continues is not None:
-                self.held.forget(continues)
-            await self._send_error(exc)
+            await self._refuse(exc, continues)
             return
         except Exception:
             log.exception("a WebSocket response.create failed")
-            await self._send_error(ParleyError("The server had an error while processing your request."))
+            await self._refuse(ParleyError("The server had an error while processing your request."), continues)
             return
-        self._running = run
-        if self._gone:  # the client left while the response started
-            run.abandon()
+        self._running = run  # from now on, abandoned if the client leaves (see `_read`)
         try:
+            if self._gone:
+                run.abandon()
+            await run.started()  # raises what failed the turn before its first event
             last = ""
             async for batch in run.events():
                 await self._send_events(batch)
                 last = batch[-1][0]
             if last == _FAILED and continues is not None:
                 self.held.forget(continues)
+        except ParleyError as exc:
+            await self._refuse(exc, continues)
         except _GONE:
             run.abandon()  # the client left mid-response: the reader ends `serve`
         finally:
             self._running = None
+
+    async def _refuse(self, error: ParleyError, continues: str | None) -> None:
+        """Answers a message with an error; a continuation refused drops the context it would have continued."""
+        if continues is not None:
+            self.held.forget(continues)
+        await self._send_error(error)
 
     async def _send_events(self, batch: list[Event]) -> None:
         """A batch of events, a message each: in one write where the server lets them (see `frame_queue`)."""
