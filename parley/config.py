@@ -215,6 +215,10 @@ class OpenAIProviderConfig(_Section):
     # model name -> an encoding Parley ships (o200k_base, cl100k_base) or the path of a Hugging Face
     # tokenizer.json. A model not named here: cl100k_base for gpt-4, gpt-3.5 and their embeddings, else o200k_base.
     tokenizers: dict[str, str] = {}
+    # model name -> its context window in tokens, for `truncation: auto` to drop the oldest items before a call
+    # that would not fit (as counted above); a model not named here is sent whole, and dropped from on the
+    # upstream's refusal.
+    context_windows: dict[str, Annotated[int, Field(ge=1)]] = {}
 
     @field_validator("base_url")
     @classmethod

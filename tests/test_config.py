@@ -281,9 +281,10 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
                     "timeout": {"connect": 5.0, "read": 120.0, "write": 10.0, "pool": 5.0},
                     "max_connections": 64,
                     "reasoning_field": None,
+                    "tokenizers": {},
+                    "context_windows": {},
                 },
                 "vllm": {
-                    "tokenizers": {},
                     "type": "openai",
                     "base_url": "http://gpu-box:8000/v1",
                     "api_key": None,
@@ -292,9 +293,10 @@ def test_full_example_comes_back_as_written(tmp_path: Path) -> None:
                     "timeout": {"connect": 10.0, "read": 600.0, "write": 30.0, "pool": 30.0},
                     "max_connections": 256,
                     "reasoning_field": "reasoning_content",
+                    "tokenizers": {},
+                    "context_windows": {},
                 },
                 "local": {
-                    "tokenizers": {},
                     "type": "local",
                     "models": {
                         "qwen": {

@@ -35,6 +35,7 @@ from tests.fake_upstream import FakeUpstream
 
 LOCAL = "smollm2-135m"
 UPSTREAM = "fake/fake-echo"
+WINDOW = 120  # fake-echo's context window in the `configured` server
 WEATHER: Any = {
     "type": "function",
     "name": "get_weather",
@@ -253,6 +254,7 @@ def configured(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpst
         "fake-json": str(_minilm_tokenizer()),
         "fake-long": "/nonexistent/tokenizer.json",
     }
+    config["inference"]["providers"]["fake"]["context_windows"] = {"fake-echo": WINDOW}
     with ParleyProcess(tmp_path_factory.mktemp("tokenizers"), config) as server:
         yield server
 
@@ -296,6 +298,62 @@ def test_a_model_whose_name_says_gpt_4_counts_with_cl100k(
         body = {"messages": [{"role": "user", "content": text}]}
         assert _count(client, model="fake/gpt-4-0613", input=text) == _cookbook(_cl100k, body)
         assert _count(client, model="fake/gpt-4o-mini", input=text) == _cookbook(_o200k, body)
+
+
+# `truncation: auto` with a known context window: the oldest items go before the call, by the same count.
+
+
+def _chain(client: openai.OpenAI, turns: int) -> str:
+    previous = None
+    for turn in range(turns):
+        previous = client.responses.create(
+            model="fake/fake-echo", input=f"Turn {turn}: lorem ipsum dolor sit amet", previous_response_id=previous
+        ).id
+    assert previous is not None
+    return previous
+
+
+def test_truncation_auto_drops_the_fewest_oldest_items_before_the_call(
+    configured: ParleyProcess, fake_upstream: FakeUpstream
+) -> None:
+    client = configured.client()
+    previous = _chain(client, 8)
+    whole = _sent(client, fake_upstream, "fake/fake-echo", previous_response_id=previous, input="last")
+    room = WINDOW - 16
+    assert _cookbook(_cl100k, whole) > room
+
+    fields: dict[str, Any] = {"previous_response_id": previous, "input": "last", "truncation": "auto"}
+    counted = _count(client, model="fake/fake-echo", **fields)
+    before = len(fake_upstream.requests)
+    response = client.responses.create(model="fake/fake-echo", max_output_tokens=16, **fields)
+    # One call: the items went before it (the fake upstream refuses nothing, so a refusal could not have done it).
+    assert len(fake_upstream.requests) == before + 1
+    sent = fake_upstream.requests[-1]
+    kept = len(sent["messages"])
+    assert sent["messages"] == whole["messages"][-kept:]
+    assert response.model_extra is not None and response.model_extra["truncated_items"] == len(whole["messages"]) - kept
+    assert _cookbook(_cl100k, sent) <= room
+    # The fewest: one more item would not have fitted.
+    assert _cookbook(_cl100k, {"messages": whole["messages"][-kept - 1 :]}) > room
+    # The count reads what the call would: without `max_output_tokens` to keep free, as much as fits the window.
+    assert _cookbook(_cl100k, {"messages": whole["messages"][-kept:]}) <= counted <= WINDOW
+
+    # Disabled, everything is sent, and the upstream is the judge.
+    disabled = _sent(client, fake_upstream, "fake/fake-echo", previous_response_id=previous, input="last")
+    assert disabled["messages"] == whole["messages"]
+
+
+def test_truncation_auto_on_a_local_model_counts_what_its_generation_reads(client: openai.OpenAI) -> None:
+    huge = "word " * 9000  # more than the embedded model's 8,192 tokens
+    items: Any = [{"role": "user", "content": huge}, {"role": "user", "content": "What is the capital of France?"}]
+    counted = _count(client, model=LOCAL, input=items, truncation="auto")
+    assert counted < 100
+    assert _count(client, model=LOCAL, input=items) > 8192
+    response = client.responses.create(
+        model=LOCAL, input=items, truncation="auto", max_output_tokens=16, temperature=0, store=False
+    )
+    assert response.usage is not None and response.usage.input_tokens == counted
+    assert response.model_extra is not None and response.model_extra["truncated_items"] == 1
 
 
 # Errors, as OpenAI answers them.

@@ -55,14 +55,15 @@ class CountTokensRequest(CreateResponseRequest):
 
 
 async def count_turn(turn: loop.Turn) -> int:
-    """The prompt tokens of the turn's first model call: its history, then its input.
+    """The prompt tokens of the turn's first model call: its history, then its input, less what `truncation: auto`
+    would leave out of them (when the model's context window is known).
 
     Raises what `loop.run` raises for the same input before it calls the
     model (a 400 naming the field, a file that cannot be read), then what the
     provider raises for a request it refuses.
     """
     await loop.read_input(turn)
-    return await count_context(turn, turn.history + turn.input_items)
+    return await count_context(turn, await loop.fit(turn, turn.history + turn.input_items))
 
 
 async def count_context(turn: loop.Turn, items: list[dict[str, Any]]) -> int:

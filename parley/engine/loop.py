@@ -197,6 +197,7 @@ async def _open_model_stream(turn: Turn, prepared: list[dict[str, Any]], offer: 
     """
     while True:
         items = _context(turn, prepared)
+        items = await _fit(turn, items, offer)
         stream = turn.model.provider.stream_chat(_chat_request(turn, items, offer))
         try:
             first = await anext(stream)
@@ -254,6 +255,43 @@ async def _compact(turn: Turn, prepared: list[dict[str, Any]], items: list[dict[
     extra = {"prompt_cache_key": request.prompt_cache_key} if request.prompt_cache_key else {}
     call = ChatRequest(model=writer.name, messages=[], user=request.safety_identifier or request.user, extra=extra)
     add_usage(turn.usage, await compaction.compact_into(turn.emitter, writer, messages, turn.settings, call))
+
+
+async def _fit(turn: Turn, items: list[dict[str, Any]], offer: ToolOffer) -> list[dict[str, Any]]:
+    """With `truncation: auto`, `items` less the fewest of their oldest turns for the call to fit the model's
+    context window (its output's `max_output_tokens` kept free), when the provider knows the window.
+
+    Counted with the model's own tokenizer before the call (`Provider.count_tokens`), rather than found by the
+    model's refusals one call at a time; a refusal still drops more (`_open_model_stream`), for a window that is
+    not known or a count that fell short.
+    """
+    window = turn.model.provider.context_window(turn.model.name) if turn.request.truncation == "auto" else None
+    if window is None:
+        return items
+    room = window - (turn.request.max_output_tokens or 0)
+
+    async def fits(candidate: list[dict[str, Any]]) -> bool:
+        return await turn.model.provider.count_tokens(_chat_request(turn, candidate, offer)) <= room
+
+    if await fits(items):
+        return items
+    shorter = [items]  # items less none, one, two ... of their oldest turns
+    while (less := context.drop_oldest(shorter[-1])) is not None:
+        shorter.append(less)
+    # Fewer items count fewer tokens: the first that fits is found by halving. When none does, the shortest
+    # goes, for the model to refuse.
+    low, high = min(1, len(shorter) - 1), len(shorter) - 1
+    while low < high:
+        middle = (low + high) // 2
+        if await fits(shorter[middle]):
+            high = middle
+        else:
+            low = middle + 1
+    if low:
+        turn.dropped_items += len(items) - len(shorter[low])
+        # Parley's own field: how many of the oldest items `truncation: auto` left out.
+        turn.response["truncated_items"] = turn.dropped_items
+    return shorter[low]
 
 
 async def _first_output_apart(first: list[ChatChunk], rest: ChunkStream) -> ChunkStream:
@@ -315,6 +353,12 @@ def _offer(turn: Turn) -> ToolOffer:
         # A forced call is the first step's: after its results, the model decides, or it would never stop.
         tool_choice = "auto"
     return ToolOffer(tools, tool_choice, callable)
+
+
+async def fit(turn: Turn, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`items` as a model call of the turn would send them now: with `truncation: auto`, less the oldest that
+    would not fit the model's context window (see `_fit`)."""
+    return await _fit(turn, items, _offer(turn))
 
 
 def chat_request(turn: Turn, items: list[dict[str, Any]]) -> ChatRequest:

@@ -62,6 +62,10 @@ class Provider(abc.ABC):
         """
         raise InvalidRequestError(f"Provider '{self.name}' cannot count tokens.", param="model")
 
+    def context_window(self, model: str) -> int | None:
+        """The most tokens `model` reads and writes in one call (prompt and completion), if known; else None."""
+        return None
+
     async def embed(self, model: str, inputs: Any, **options: Any) -> dict[str, Any]:
         """Embeddings of `inputs` (a string, strings, or token arrays) as OpenAI's `list` object.
 

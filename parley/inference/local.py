@@ -60,6 +60,10 @@ class LocalProvider(Provider):
     def text_only(self, model: str) -> bool:
         return True  # its chat formats have no place for an image or a file
 
+    def context_window(self, model: str) -> int | None:
+        found = self._models.get(model)
+        return found.config.n_ctx if found is not None else None
+
     def sampling_defaults(self, model: str) -> dict[str, float]:
         found = self._models.get(model)
         if found is None:

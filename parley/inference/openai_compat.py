@@ -122,6 +122,9 @@ class OpenAICompatibleProvider(Provider):
             raise UpstreamProtocolError(f"Provider '{self.name}' returned unreadable embeddings.") from exc
         return result
 
+    def context_window(self, model: str) -> int | None:
+        return self.config.context_windows.get(model)
+
     async def count_tokens(self, request: ChatRequest) -> int:
         # Chat completions has no endpoint that counts: the model's tokenizer runs here, offline, in a thread
         # (a long input takes milliseconds, and a tokenizer's first use loads it).

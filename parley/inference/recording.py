@@ -278,6 +278,9 @@ class RecordingProvider(Provider):
     def sampling_defaults(self, model: str) -> dict[str, float]:
         return self.inner.sampling_defaults(model)
 
+    def context_window(self, model: str) -> int | None:
+        return self.inner.context_window(model)
+
     async def start(self) -> None:
         await self.store.refresh()
         if self.mode != "replay":  # replay never calls the provider, so need not load it
