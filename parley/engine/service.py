@@ -78,6 +78,12 @@ def _newer(events: list[tuple[int, str, str]], after: int) -> tuple[list[Event],
     return batch, after
 
 
+def _continued_from(turn: loop.Turn) -> list[dict[str, Any]]:
+    """What the turn that continues this one starts from: what `store.chain_items` would read back for it, kept
+    in memory for it (`ChainContexts`, and a connection's `HeldContexts`)."""
+    return turn.history + turn.input_items + turn.emitter.output
+
+
 def _check_followable(response_id: str, stored: StoredEvents) -> None:
     """Refuses to stream again a response the caller does not see, or one that is not a background one."""
     if stored.status is None:
@@ -508,13 +514,10 @@ class ResponseService:
             elif record is not None:
                 await record.end(turn.emitter.output)
                 if producing.keep_context:
-                    # What `store.chain_items` would read back for the turn that continues this one.
-                    context = turn.history + turn.input_items + turn.emitter.output
-                    self._chains.keep(turn.response["id"], producing.owner, context)
+                    self._chains.keep(turn.response["id"], producing.owner, _continued_from(turn))
             elif producing.held is not None and producing.keep_context and turn.response["status"] in _CONTINUABLE:
                 # Not stored: the connection holds what the store would have given its continuation.
-                context = turn.history + turn.input_items + turn.emitter.output
-                producing.held.keep(turn.response["id"], producing.owner, context, turn.response["tools"])
+                producing.held.keep(turn.response["id"], producing.owner, _continued_from(turn), turn.response["tools"])
         except Exception:
             log.exception("cannot store response %s", turn.response["id"])
         finally:
