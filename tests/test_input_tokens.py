@@ -356,6 +356,37 @@ def test_truncation_auto_on_a_local_model_counts_what_its_generation_reads(clien
     assert response.model_extra is not None and response.model_extra["truncated_items"] == 1
 
 
+# Record and replay: a recording of the very request gives the count its model reported.
+
+
+def test_replay_counts_with_the_recorded_usage_of_the_same_request_else_offline(
+    tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream
+) -> None:
+    directory = tmp_path_factory.mktemp("recordings")
+    fields: dict[str, Any] = {"instructions": "Echo it.", "input": "one two three four five"}
+
+    def config(mode: str) -> dict[str, Any]:
+        config = upstream_config(fake_upstream)
+        config["inference"]["recording"] = {"mode": mode, "dir": str(directory)}
+        return config
+
+    with ParleyProcess(tmp_path_factory.mktemp("recorder"), config("record")) as recorder:
+        created = recorder.client().responses.create(model=UPSTREAM, **fields)
+    assert created.usage is not None
+    # The fake upstream counts words (7 here), where o200k_base by the cookbook's method counts more.
+    recorded = created.usage.input_tokens
+    assert recorded == 7
+    with ParleyProcess(tmp_path_factory.mktemp("replayer"), config("replay")) as replayer:
+        client = replayer.client()
+        before = len(fake_upstream.requests)
+        assert _count(client, model=UPSTREAM, **fields) == recorded
+        other = {"input": "six seven"}
+        assert _count(client, model=UPSTREAM, **other) == _cookbook(
+            _o200k, {"messages": [{"role": "user", "content": "six seven"}]}
+        )
+        assert len(fake_upstream.requests) == before  # replay asked the upstream nothing
+
+
 # Errors, as OpenAI answers them.
 
 
