@@ -225,6 +225,15 @@ def test_compact_refuses_what_it_cannot_compact(client: openai.OpenAI) -> None:
             "previous_response_id",
         ),
         ({"model": ECHO, "input": [{"type": "compaction"}]}, 400, "input[0].encrypted_content"),
+        ({"model": ECHO, "input": [{"type": "compaction", "encrypted_content": 5}]}, 400, "input[0].encrypted_content"),
+        (
+            {"model": ECHO, "input": [{"type": "compaction", "encrypted_content": ""}]},
+            400,
+            "input[0].encrypted_content",
+        ),
+        ({"model": ECHO, "input": "hi", "conversation": {"id": 5}}, 400, "conversation.id"),
+        ({"model": ECHO, "input": "hi", "instructions": ["x"]}, 400, "instructions"),
+        ({"model": ECHO, "input": [5]}, 400, "input[0]"),
         ({"model": ECHO, "input": [{"role": "user", "content": [{"type": "nope"}]}]}, 400, "input[0].content[0].type"),
     ]
     for body, status, param in cases:
@@ -417,8 +426,60 @@ def test_context_management_compacts_a_stateless_input_which_goes_on_from_the_ou
     ]
 
 
-def test_a_compaction_that_fails_fails_the_response(client: openai.OpenAI, server: ParleyProcess) -> None:
+def test_a_compaction_that_fails_fails_the_response_and_replaces_nothing(
+    client: openai.OpenAI, fake_upstream: FakeUpstream
+) -> None:
     window: list[Any] = [_user("apples: 3"), _assistant(LONG), _user("pears: 2")]
+    failing: Any = {"model": "fake/fake-error-500", "input": window, "context_management": MANAGED}
     with pytest.raises(openai.APIStatusError) as caught:
-        client.responses.create(model="fake/fake-error-500", input=window, store=False, context_management=MANAGED)
+        client.responses.create(**failing, store=False)
     assert caught.value.status_code == 502
+
+    # Streamed and stored: the compaction item was added, its summary never written.
+    events, failed = _events(client, **failing)
+    assert failed.status == "failed" and failed.error is not None and failed.error.code == "server_error"
+    assert [event.type for event in events[2:5]] == [
+        "response.output_item.added",
+        "response.compaction.compacting",
+        "response.output_item.done",
+    ]
+    assert _dump(failed.output) == [{"id": failed.output[0].id, "type": "compaction", "encrypted_content": ""}]
+    # A turn after it reads what it did not replace.
+    since = len(fake_upstream.requests)
+    client.responses.create(model=ECHO, input="plums: 4", previous_response_id=failed.id)
+    assert _sent(fake_upstream, since) == [[*window, _user("plums: 4")]]
+
+
+@pytest.fixture(scope="module")
+def writing_server(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream) -> Iterator[ParleyProcess]:
+    """A server whose summaries the fake upstream's echo model writes (`engine.compaction_model`), whatever model
+    a response runs on; stateless, so on SQLite only."""
+    workdir = tmp_path_factory.mktemp("compaction-writer")
+    config = parley_config(fake_upstream, f"sqlite:///{workdir / 'parley.db'}")
+    config["engine"] = {"compaction_prompt": PROMPT, "compaction_model": "echo"}
+    server = ParleyProcess(workdir, config)
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_a_context_the_model_refuses_as_too_long_is_compacted_by_the_configured_model(
+    writing_server: ParleyProcess, fake_upstream: FakeUpstream
+) -> None:
+    client = writing_server.client()
+    window: Any = [_user("What is the capital of France?"), _assistant("word " * 9000), _user("And of Italy?")]
+    request: Any = {"model": "smollm2-135m", "input": window, "store": False, "max_output_tokens": 16}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(**request)
+    assert caught.value.code == "context_length_exceeded"
+
+    # No threshold: compacted when the embedded model refuses it, by the echo model, and sent again.
+    since = len(fake_upstream.requests)
+    events, answer = _events(client, **request, context_management=[{"type": "compaction"}])
+    assert _opening(events) == COMPACTING
+    assert _sent(fake_upstream, since) == [[*window, _user(PROMPT)]]
+    assert [item.type for item in answer.output] == ["compaction", "message"]
+    assert answer.status in ("completed", "incomplete")
+    # Both calls count: the echo model's, and the embedded model's over the compacted context.
+    assert answer.usage is not None and answer.usage.input_tokens > _words(fake_upstream.requests[since:])
+    assert answer.usage.output_tokens > len(PROMPT.split())

@@ -121,6 +121,9 @@ def opening_item() -> dict[str, Any]:
 def compacted(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The items the model reads of `items`: the latest compaction item stands in place of the last item it
     replaced, and of those before it only the user messages are read (see the module's docstring)."""
+    if any(item["type"] == ITEM_TYPE and not item.get("encrypted_content") for item in items):
+        # Added to a response whose summary was never written (its call failed): it replaced nothing.
+        items = [item for item in items if item["type"] != ITEM_TYPE or item.get("encrypted_content")]
     latest = next((i for i in range(len(items) - 1, -1, -1) if items[i]["type"] == ITEM_TYPE), None)
     if latest is None:
         return items
