@@ -257,6 +257,35 @@ def test_stored_responses_continue_through_the_store_from_any_connection_for_the
     assert socket.refusal()["error"]["code"] == "previous_response_not_found"
 
 
+def test_a_compacting_chain_held_by_the_connection_goes_on_as_the_same_chain_stored(
+    socket: Socket, alice: openai.OpenAI, fake_upstream: FakeUpstream
+) -> None:
+    # Past 1,000 tokens, the second turn compacts (tests/test_compaction.py); the third starts from there.
+    managed: Any = [{"type": "compaction", "compact_threshold": 1000}]
+    turns: list[dict[str, Any]] = [
+        {"model": "fake/fake-long", "input": "apples: 3", "max_output_tokens": 600},
+        {"model": ECHO, "input": "pears: 2"},
+        {"model": ECHO, "input": "plums: 4"},
+    ]
+    sent: dict[str, list[Any]] = {"held": [], "stored": []}
+    outputs: dict[str, list[list[str]]] = {"held": [], "stored": []}
+    previous: dict[str, str | None] = {"held": None, "stored": None}
+    for turn in turns:
+        since = len(fake_upstream.requests)
+        socket.create(**turn, store=False, previous_response_id=previous["held"], context_management=managed)
+        held = completed(socket.response())
+        sent["held"].append([request["messages"] for request in fake_upstream.requests[since:]])
+        since = len(fake_upstream.requests)
+        stored = alice.responses.create(**turn, previous_response_id=previous["stored"], context_management=managed)
+        sent["stored"].append([request["messages"] for request in fake_upstream.requests[since:]])
+        previous = {"held": held["id"], "stored": stored.id}
+        outputs["held"].append([item["type"] for item in held["output"]])
+        outputs["stored"].append([item.type for item in stored.output])
+    assert outputs["held"] == outputs["stored"] == [["message"], ["compaction", "message"], ["message"]]
+    assert sent["held"] == sent["stored"]
+    assert len(sent["held"][1]) == 2  # the summary written, then the model called on the compacted context
+
+
 def test_a_response_create_sent_while_one_runs_waits_its_turn(socket: Socket) -> None:
     socket.create(model=SLOW, input="long", max_output_tokens=20)
     socket.create(model=ECHO, input="queued behind it")
