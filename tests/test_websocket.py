@@ -56,14 +56,15 @@ def server(
 class Socket:
     """A WebSocket on `/v1/responses` (the openai client's connection or a raw one), its messages validated."""
 
-    def __init__(self, server: ParleyProcess, send: Any, receive: Any, close: Any) -> None:
+    def __init__(self, server: ParleyProcess, send: Any, receive: Any, close: Any, send_event: Any = None) -> None:
         self.streams: WebSocketStreams = server.websocket_streams()
         self._send = send
+        self._send_event = send_event or (lambda event: send(json.dumps(event)))
         self._receive = receive
         self.close = close
 
     def create(self, **fields: Any) -> None:
-        self._send(json.dumps({"type": "response.create", **fields}))
+        self._send_event({"type": "response.create", **fields})
 
     def receive(self) -> dict[str, Any]:
         message = self._receive()
@@ -94,9 +95,10 @@ class Socket:
 
 @contextlib.contextmanager
 def official(server: ParleyProcess, key: str = ALICE) -> Iterator[Socket]:
-    """A WebSocket of openai-python's `client.responses.connect()`."""
+    """A WebSocket of openai-python's `client.responses.connect()`: messages sent with its `send`, received with
+    its `recv_bytes` (which its `recv` parses, as `Socket.receive` does too)."""
     with server.client(api_key=key).responses.connect() as connection:
-        yield Socket(server, connection.send_raw, connection.recv_bytes, connection.close)
+        yield Socket(server, connection.send_raw, connection.recv_bytes, connection.close, connection.send)
 
 
 def raw(server: ParleyProcess, key: str | None = ALICE, host: str | None = None, **options: Any) -> ClientConnection:
