@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
+from parley.api.websocket import QUEUED
 from tests.conftest import ParleyProcess, upstream_config
 from tests.fake_upstream import MODELS, FakeUpstream
 from tests.support import collect_stream
@@ -290,13 +291,15 @@ def test_a_compacting_chain_held_by_the_connection_goes_on_as_the_same_chain_sto
 
 def test_a_response_create_sent_while_one_runs_waits_its_turn(socket: Socket) -> None:
     socket.create(model=SLOW, input="long", max_output_tokens=20)
-    socket.create(model=ECHO, input="queued behind it")
+    # More than the server queues (parley.api.websocket.QUEUED): the rest wait in the socket.
+    for number in range(QUEUED + 4):
+        socket.create(model=ECHO, input=f"queued {number}")
     first = socket.response()
-    second = socket.response()
-    assert first[0]["type"] == "response.created" and second[0]["type"] == "response.created"
+    assert first[0]["type"] == "response.created"
     assert completed(first)["model"] == SLOW
-    assert text_of(completed(second)) == "queued behind it"
-    assert len(socket.streams.validated) == 2
+    for number in range(QUEUED + 4):
+        assert text_of(completed(socket.response())) == f"queued {number}"
+    assert len(socket.streams.validated) == QUEUED + 5
 
 
 def test_closing_the_socket_mid_response_still_completes_and_stores_it(
