@@ -26,6 +26,7 @@ from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
 from parley.api.websocket import QUEUED
+from parley.engine.chains import HELD_RESPONSES
 from tests.conftest import ParleyProcess, upstream_config
 from tests.fake_upstream import MODELS, FakeUpstream
 from tests.support import collect_stream
@@ -188,6 +189,18 @@ def test_a_store_false_chain_continues_within_its_connection(
         "message": f"Response with id '{second['id']}' not found.",
         "param": "previous_response_id",
     }
+
+
+def test_a_connection_holds_its_last_eight_unstored_responses(socket: Socket) -> None:
+    made = []
+    for number in range(HELD_RESPONSES + 1):
+        socket.create(model=ECHO, input=f"turn {number}", store=False)
+        made.append(completed(socket.response())["id"])
+    # The oldest has gone to make room; the others go on.
+    socket.create(model=ECHO, input="from the oldest", store=False, previous_response_id=made[0])
+    assert socket.refusal()["error"]["code"] == "previous_response_not_found"
+    socket.create(model=ECHO, input="from the next", store=False, previous_response_id=made[1])
+    assert text_of(completed(socket.response())) == "from the next"
 
 
 def test_after_a_reconnect_a_store_false_chain_is_not_found_and_the_full_input_recovers(
