@@ -13,6 +13,7 @@ through the stream validator.
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -406,14 +407,35 @@ def test_context_management_compacts_a_conversation_and_appends_the_compaction_i
 def test_context_management_compacts_a_stateless_input_which_goes_on_from_the_output(
     client: openai.OpenAI, fake_upstream: FakeUpstream
 ) -> None:
-    # One long question is nothing to compact: compaction keeps user messages.
+    # One long question is nothing to compact: compaction keeps what the model was told.
     alone = client.responses.create(model=ECHO, input=LONG, store=False, context_management=MANAGED)
     assert [item.type for item in alone.output] == ["message"]
 
-    window: list[Any] = [_user("apples: 3"), _assistant(LONG), _user("pears: 2")]
+    # As Codex sends its turns: a developer message, a tool's call and long output, reasoning sealed by the server.
+    developer = {"role": "developer", "content": "Count fruit."}
+    window: list[Any] = [
+        developer,
+        _user("apples: 3"),
+        {"type": "reasoning", "summary": [], "encrypted_content": _sealed({"summary": [], "content": ["hm"]}, KEY)},
+        {"type": "function_call", "call_id": "call_1", "name": "count", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_1", "output": LONG},
+        _assistant("3 apples"),
+        _user("pears: 2"),
+    ]
+    since = len(fake_upstream.requests)
     events, answer = _events(client, model=ECHO, input=window, store=False, context_management=MANAGED)
     assert _opening(events) == COMPACTING
     assert [item.type for item in answer.output] == ["compaction", "message"]
+    assert [m["role"] for m in fake_upstream.requests[since]["messages"]] == [
+        "developer",
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "user",
+        "user",
+    ]
+    assert _sent(fake_upstream, since)[1] == [developer, _user("apples: 3"), _user(SUMMARY), _user("pears: 2")]
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(answer.id)
 
@@ -422,8 +444,11 @@ def test_context_management_compacts_a_stateless_input_which_goes_on_from_the_ou
     since = len(fake_upstream.requests)
     client.responses.create(model=ECHO, input=window, store=False, context_management=MANAGED)
     assert _sent(fake_upstream, since) == [
-        [_user("apples: 3"), _user(SUMMARY), _user("pears: 2"), _assistant("pears: 2"), _user("plums: 4")]
+        [developer, _user("apples: 3"), _user(SUMMARY), _user("pears: 2"), _assistant("pears: 2"), _user("plums: 4")]
     ]
+    # Compacted again by /responses/compact, the developer message goes, as OpenAI keeps user messages only.
+    compacted = client.responses.compact(model=ECHO, input=window)
+    assert [item.get("role") for item in _dump(compacted.output)] == ["user", "user", "user", None]
 
 
 def test_a_compaction_that_fails_fails_the_response_and_replaces_nothing(
@@ -483,3 +508,22 @@ def test_a_context_the_model_refuses_as_too_long_is_compacted_by_the_configured_
     # Both calls count: the echo model's, and the embedded model's over the compacted context.
     assert answer.usage is not None and answer.usage.input_tokens > _words(fake_upstream.requests[since:])
     assert answer.usage.output_tokens > len(PROMPT.split())
+
+
+def test_a_background_response_compacts_as_a_foreground_one(client: openai.OpenAI, fake_upstream: FakeUpstream) -> None:
+    conversation = client.conversations.create(items=[_user("apples: 3"), _assistant(LONG)])
+    managed: Any = {"model": ECHO, "conversation": conversation.id, "context_management": MANAGED}
+    with client.responses.create(input="pears: 2", background=True, stream=True, **managed) as stream:
+        events = list(stream)
+    assert [event.type for event in events[:2]] == ["response.created", "response.queued"]
+    assert _opening(events[1:])[2:] == COMPACTING[2:]
+    answer = events[-1].response
+    assert [item.type for item in answer.output] == ["compaction", "message"]
+
+    # Not streamed: polled to its end, then followed again from the start.
+    queued = client.responses.create(input="plums: 4", background=True, **managed)
+    while (polled := client.responses.retrieve(queued.id)).status in ("queued", "in_progress"):
+        time.sleep(0.02)
+    assert [item.type for item in polled.output] == ["message"]  # it starts from the compacted conversation
+    again = list(client.responses.retrieve(answer.id, stream=True))
+    assert [event.type for event in again] == [event.type for event in events]

@@ -12,14 +12,15 @@ What the model reads of a context that holds compaction items (`compacted`,
 applied by the context builder to whatever items it is handed: a request's
 input, a `previous_response_id` chain, a conversation): the latest compaction
 item's summary (as a user message, introduced as one) in place of the last
-item it replaced, and, of the items before that, only the user messages; what
-came after, as it was. The rest before it (assistant messages, tool calls and
-their results, reasoning, earlier compaction items) is what the summary
-replaced, and is not read again.
+item it replaced, and, of the items before that, only the messages the model
+was told (the user's, the developer's, the system's: instructions stay
+given); what came after, as it was. The rest before it (assistant messages,
+tool calls and their results, reasoning, earlier compaction items) is what
+the summary replaced, and is not read again.
 
-    user, assistant, tool call, tool output, user, [compaction], assistant, user
+    developer, user, assistant, tool call, tool output, user, [compaction], assistant, user
     is read as
-    user, summary, user, assistant, user
+    developer, user, summary, user, assistant, user
 
 This is OpenAI's compacted window: `POST /v1/responses/compact` answers with
 every user message and then one compaction item (`compact`), read as they
@@ -120,7 +121,7 @@ def opening_item() -> dict[str, Any]:
 
 def compacted(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The items the model reads of `items`: the latest compaction item stands in place of the last item it
-    replaced, and of those before it only the user messages are read (see the module's docstring)."""
+    replaced, and of those before it only the messages the model was told (see the module's docstring)."""
     if any(item["type"] == ITEM_TYPE and not item.get("encrypted_content") for item in items):
         # Added to a response whose summary was never written (its call failed): it replaced nothing.
         items = [item for item in items if item["type"] != ITEM_TYPE or item.get("encrypted_content")]
@@ -128,10 +129,10 @@ def compacted(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if latest is None:
         return items
     before = items[:latest]
-    last_replaced = next((i for i in range(latest - 1, -1, -1) if not _is_user_message(before[i])), None)
-    if last_replaced is None:  # only user messages before it (a compacted window, as `compact` answers)
+    last_replaced = next((i for i in range(latest - 1, -1, -1) if not _is_told(before[i])), None)
+    if last_replaced is None:  # only messages it was told before it (a compacted window, as `compact` answers)
         return items
-    kept = [item for item in before[:last_replaced] if _is_user_message(item)]
+    kept = [item for item in before[:last_replaced] if _is_told(item)]
     return [*kept, items[latest], *before[last_replaced + 1 :], *items[latest + 1 :]]
 
 
@@ -142,9 +143,15 @@ def summary_message(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def replaceable(items: list[dict[str, Any]]) -> bool:
-    """Whether compacting `items` would replace anything the model reads: an item of it other than a user message
-    or the latest compaction item."""
-    return any(not _is_user_message(item) and item["type"] != ITEM_TYPE for item in compacted(items))
+    """Whether compacting `items` would replace anything the model reads: an item of it other than a message it
+    was told or the latest compaction item."""
+    return any(not _is_told(item) and item["type"] != ITEM_TYPE for item in compacted(items))
+
+
+def _is_told(item: dict[str, Any]) -> bool:
+    """Whether an item is a message the model was told (the user's, the developer's, the system's): compaction
+    keeps these."""
+    return item["type"] == "message" and item.get("role") != "assistant"
 
 
 def _is_user_message(item: dict[str, Any]) -> bool:
