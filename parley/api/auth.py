@@ -18,6 +18,9 @@ state, where the routes read it (`caller_of`) and hand it down to the engine.
   server is bound.
 - `/v1/health` and the OpenAPI description and its pages stay open: a load
   balancer checks health without a key, and the description holds no data.
+- A WebSocket (WebSocket mode of `/v1/responses`) is authenticated at its
+  handshake, by the same header: refused, the handshake gets the same 401
+  as its answer, and the socket is never opened.
 
 The database's keys are re-read every second, so a revoked key stops working
 within a second on every server; a key made since the last reading is looked
