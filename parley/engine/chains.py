@@ -110,7 +110,7 @@ class HeldContexts:
     `previous_response_id` although nothing of it is in the database; another
     connection, or the same client after a reconnect, cannot. Each context is
     what the store would give back for that response's continuation (the chain
-    before it, its input, its output: see `ResponseService._history`), with
+    before it, its input, its output: see `service._continued_from`), with
     the tools it ran with. At most `kept` responses are held, and `max_bytes`
     of items, as a `ChainContexts` counts them: the least lately used go first.
     """
@@ -138,6 +138,3 @@ class HeldContexts:
         """Drops a response's context: a continuation of it failed, and must not be tried again from it."""
         self._contexts.forget(response_id)
         self._tools.pop(response_id, None)
-
-    def __contains__(self, response_id: str) -> bool:
-        return response_id in self._contexts
