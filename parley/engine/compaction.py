@@ -122,18 +122,24 @@ def opening_item() -> dict[str, Any]:
 def compacted(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The items the model reads of `items`: the latest compaction item stands in place of the last item it
     replaced, and of those before it only the messages the model was told (see the module's docstring)."""
-    if any(item["type"] == ITEM_TYPE and not item.get("encrypted_content") for item in items):
-        # Added to a response whose summary was never written (its call failed): it replaced nothing.
-        items = [item for item in items if item["type"] != ITEM_TYPE or item.get("encrypted_content")]
-    latest = next((i for i in range(len(items) - 1, -1, -1) if items[i]["type"] == ITEM_TYPE), None)
-    if latest is None:
+    # Every context the model reads comes through here, most with no compaction item: one pass over the types.
+    kinds = [item["type"] for item in items]
+    if ITEM_TYPE not in kinds:
         return items
-    before = items[:latest]
-    last_replaced = next((i for i in range(latest - 1, -1, -1) if not _is_told(before[i])), None)
-    if last_replaced is None:  # only messages it was told before it (a compacted window, as `compact` answers)
+    compactions = [i for i, kind in enumerate(kinds) if kind == ITEM_TYPE]
+    written = [i for i in compactions if items[i].get("encrypted_content")]
+    if len(written) < len(compactions):
+        # One added to a response whose summary was never written (its call failed) replaced nothing.
+        unwritten = set(compactions) - set(written)
+        return compacted([item for i, item in enumerate(items) if i not in unwritten])
+    latest = written[-1]
+    last_replaced = latest - 1
+    while last_replaced >= 0 and _is_told(items[last_replaced]):
+        last_replaced -= 1
+    if last_replaced < 0:  # only messages it was told before it (a compacted window, as `compact` answers)
         return items
-    kept = [item for item in before[:last_replaced] if _is_told(item)]
-    return [*kept, items[latest], *before[last_replaced + 1 :], *items[latest + 1 :]]
+    kept = [item for item in items[:last_replaced] if item["type"] == "message" and item.get("role") != "assistant"]
+    return [*kept, items[latest], *items[last_replaced + 1 : latest], *items[latest + 1 :]]
 
 
 def summary_message(item: dict[str, Any]) -> dict[str, Any]:
