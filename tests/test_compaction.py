@@ -279,6 +279,16 @@ def test_a_tampered_or_foreign_compaction_item_is_a_400_naming_its_place(client:
             error = caught.value.body
             assert isinstance(error, dict)
             assert (error["param"], error["code"]) == ("input[1].encrypted_content", "invalid_encrypted_content")
+    # A conversation's items are checked as they arrive too.
+    conversation = client.conversations.create()
+    for add in (
+        lambda items: client.conversations.create(items=items),
+        lambda items: client.conversations.items.create(conversation.id, items=items),
+    ):
+        with pytest.raises(openai.BadRequestError) as caught:
+            add([_user("hi"), {"type": "compaction", "encrypted_content": _tampered(sealed)}])
+        assert isinstance(caught.value.body, dict)
+        assert caught.value.body["param"] == "items[1].encrypted_content"
 
 
 def test_a_compaction_blob_is_no_reasoning_item_and_the_other_way_round(client: openai.OpenAI) -> None:
