@@ -55,7 +55,7 @@ from parley.package_fields import PackageFields, keys_of
 ITEM_TYPE = "compaction"
 # How the summary is put to the model that reads it in place of what it replaced.
 SUMMARY_PREFIX = (
-    "The earlier part of this conversation was compacted: it is replaced by this summary of it, which you wrote then."
+    "The earlier part of this conversation was compacted: this summary of it, written then, stands in its place."
 )
 # The field of the sealed payload: a compaction's blob is refused as a reasoning item's, and the other way round.
 _PAYLOAD_FIELD = "compaction_summary"
