@@ -26,6 +26,8 @@ from cryptography.fernet import Fernet
 from parley.engine.compaction import SUMMARY_PREFIX
 from tests.conftest import ParleyProcess, parley_config
 from tests.fake_upstream import FakeUpstream
+from tests.mcp_servers import ToolServer
+from tests.support.tools import mcp_tool
 
 ECHO = "fake/fake-echo"
 PROMPT = "Summary: the user counts fruit, apples first"
@@ -459,6 +461,15 @@ def test_context_management_compacts_a_stateless_input_which_goes_on_from_the_ou
     # Compacted again by /responses/compact, the developer message goes, as OpenAI keeps user messages only.
     compacted = client.responses.compact(model=ECHO, input=window)
     assert [item.get("role") for item in _dump(compacted.output)] == ["user", "user", "user", None]
+
+
+def test_nothing_the_model_reads_nothing_of_is_compacted(client: openai.OpenAI, tool_server: ToolServer) -> None:
+    """An MCP listing is no reason to compact: past the threshold, a long question and a listing are left as they
+    are."""
+    answer = client.responses.create(
+        model=ECHO, input=LONG, tools=[mcp_tool(tool_server)], store=False, context_management=MANAGED
+    )
+    assert [item.type for item in answer.output] == ["mcp_list_tools", "message"]
 
 
 def test_a_compaction_that_fails_fails_the_response_and_replaces_nothing(

@@ -148,10 +148,11 @@ def summary_message(item: dict[str, Any]) -> dict[str, Any]:
     return {"role": "user", "content": f"{SUMMARY_PREFIX}\n\n{summary}"}
 
 
-def replaceable(items: list[dict[str, Any]]) -> bool:
-    """Whether compacting `items` would replace anything the model reads: an item of it other than a message it
-    was told or the latest compaction item."""
-    return any(not _is_told(item) and item["type"] != ITEM_TYPE for item in compacted(items))
+def replaceable(messages: list[dict[str, Any]]) -> bool:
+    """Whether compacting a context would replace anything the model reads of it: whether its chat `messages`
+    hold one the model was not told, an assistant's or a tool's (an MCP listing, which the model reads nothing
+    of, is no reason to compact)."""
+    return any(message["role"] in ("assistant", "tool") for message in messages)
 
 
 def _is_told(item: dict[str, Any]) -> bool:

@@ -198,14 +198,15 @@ async def _open_model_stream(turn: Turn, prepared: list[dict[str, Any]], offer: 
     while True:
         items = _context(turn, prepared)
         items = await _fit(turn, items, offer)
-        stream = turn.model.provider.stream_chat(_chat_request(turn, items, offer))
+        call = _chat_request(turn, items, offer)
+        stream = turn.model.provider.stream_chat(call)
         try:
             first = await anext(stream)
         except StopAsyncIteration:
             return _empty()
         except ParleyError as exc:
             await stream.aclose()
-            if turn.request.compacts and _is_context_overflow(exc) and compaction.replaceable(items):
+            if turn.request.compacts and _is_context_overflow(exc) and compaction.replaceable(call.messages):
                 await _compact(turn, prepared, items)
                 continue
             if turn.request.truncation == "auto" and _is_context_overflow(exc):
@@ -233,10 +234,11 @@ async def _compact_when_full(turn: Turn, prepared: list[dict[str, Any]], offer: 
     """Compacts the context before a model call that would read more than `compact_threshold` tokens of it, as the
     model's own tokenizer counts the very request (`Provider.count_tokens`)."""
     threshold = turn.request.compact_threshold
-    items = _context(turn, prepared)
-    if threshold is None or not compaction.replaceable(items):
+    if threshold is None:
         return
-    if await turn.model.provider.count_tokens(_chat_request(turn, items, offer)) > threshold:
+    items = _context(turn, prepared)
+    call = _chat_request(turn, items, offer)
+    if compaction.replaceable(call.messages) and await turn.model.provider.count_tokens(call) > threshold:
         await _compact(turn, prepared, items)
 
 
