@@ -27,6 +27,7 @@ from parley.engine.compaction import SUMMARY_PREFIX
 from tests.conftest import ParleyProcess, parley_config
 from tests.fake_upstream import FakeUpstream
 from tests.mcp_servers import ToolServer
+from tests.support import spec
 from tests.support.tools import mcp_tool
 
 ECHO = "fake/fake-echo"
@@ -163,6 +164,18 @@ def test_a_compacted_context_continues_and_compacts_again(client: openai.OpenAI,
             _user("and now?"),
         ]
     ]
+
+
+def test_a_compaction_item_has_openais_shape_and_is_stored_as_sent(client: openai.OpenAI) -> None:
+    compacted = client.responses.compact(model=ECHO, input="apples: 3")
+    item = _dump(compacted.output)[-1]
+    assert set(item) == {"id", "type", "encrypted_content"}
+    spec.validate_openai(item, "CompactionBody")
+    spec.validate_openresponses(item, "CompactionBody")
+    response = client.responses.create(model=ECHO, input=[*_dump(compacted.output), _user("pears: 2")])
+    listed = _dump(list(client.responses.input_items.list(response.id, order="asc")))
+    assert [entry["type"] for entry in listed] == ["message", "compaction", "message"]
+    assert listed[1] == item
 
 
 def test_compact_reads_a_previous_response_chain(client: openai.OpenAI, fake_upstream: FakeUpstream) -> None:

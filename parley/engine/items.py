@@ -420,6 +420,7 @@ def parse_item(raw: Any, path: str) -> dict[str, Any]:
     if isinstance(item, CompactionItem):
         # Refused here, naming its place, when this server did not make it; the model reads it later.
         compaction.unseal(item.encrypted_content, f"{path}.encrypted_content")
+        data = {key: value for key, value in data.items() if value is not None}  # `created_by` is a string or absent
         data.setdefault("id", new_id(_ID_PREFIX[item.type]))
         return data  # an item without a status, as OpenAI's
     data.setdefault("id", new_id(_ID_PREFIX[item.type]))
