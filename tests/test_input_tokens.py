@@ -20,6 +20,7 @@ fixture runs once on SQLite and once on PostgreSQL):
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -233,6 +234,22 @@ def test_an_upstream_count_follows_a_chain_and_a_conversation(
     fields = {"conversation": conversation.id, "input": "eight"}
     counted = _count(client, model=UPSTREAM, **fields)
     assert counted == _cookbook(_o200k, _sent(client, fake_upstream, UPSTREAM, **fields))
+
+
+def test_an_upstream_count_reads_an_input_file_as_a_create_sends_it(
+    client: openai.OpenAI, fake_upstream: FakeUpstream
+) -> None:
+    notes = "Minutes of the meeting.\nThe budget was approved; the launch moves to March.\n" * 20
+    file_id = client.files.create(file=("notes.txt", io.BytesIO(notes.encode())), purpose="user_data").id
+    question = {"type": "input_text", "text": "What was decided?"}
+    fields: dict[str, Any] = {
+        "input": [{"role": "user", "content": [question, {"type": "input_file", "file_id": file_id}]}]
+    }
+    counted = _count(client, model=UPSTREAM, **fields)
+    sent = _sent(client, fake_upstream, UPSTREAM, **fields)
+    assert "the launch moves to March" in sent["messages"][-1]["content"]
+    assert counted == _cookbook(_o200k, sent)
+    assert counted > _count(client, model=UPSTREAM, input=[{"role": "user", "content": [question]}]) + 200
 
 
 # Configured tokenizers.
