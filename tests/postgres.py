@@ -67,6 +67,11 @@ class PostgresServer:
             time.sleep(0.1)
         raise RuntimeError("PostgreSQL did not start")
 
+    def restart(self) -> None:
+        """Stops the server as an operator would (its clients' connections closed) and starts it again."""
+        log = str(self.root / "log")
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-l", log, "-w", "-t", "60", "restart")
+
     def create_database(self, name: str) -> str:
         """A new, empty database; returns its SQLAlchemy URL."""
         self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-c", f'CREATE DATABASE "{name}"')

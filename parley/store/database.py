@@ -115,8 +115,9 @@ class Database:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
             self._readers = ThreadPoolExecutor(_SQLITE_READERS, thread_name_prefix="sqlite-reader")
         else:
-            options.update(pool_size=10, max_overflow=20, pool_pre_ping=True, json_serializer=_jsonb_dumps)
+            options.update(pool_size=10, max_overflow=20, json_serializer=_jsonb_dumps)
             self.engine = create_async_engine(self.url, **options)
+            event.listen(self.engine.sync_engine, "checkout", _drop_closed)
 
     async def listen(self, channel: str, callback: Callable[[str], object]) -> Callable[[], Awaitable[None]] | None:
         """PostgreSQL: calls `callback(payload)` on the event loop for each `NOTIFY` on `channel`, heard on a
@@ -143,19 +144,35 @@ class Database:
 
         return stop
 
-    async def read(self, work: Work[T]) -> T:
-        """`work(connection)`, in a transaction that is rolled back at the end."""
+    async def read(self, work: Work[T], *, autocommit: bool = False) -> T:
+        """`work(connection)`, in a transaction that is rolled back at the end.
+
+        With `autocommit`, on PostgreSQL, outside a transaction: each statement on its own, which spares the
+        BEGIN and ROLLBACK round trips (two of a single-statement read's three). For the frequent reads whose
+        statements need nothing of a transaction (no `SET LOCAL`, no transaction-scoped lock): under READ
+        COMMITTED each statement sees its own snapshot either way. SQLite reads the same either way.
+        """
         if self._sqlite is not None:
             return await asyncio.get_running_loop().run_in_executor(self._readers, self._sqlite_read, work)
         assert self.engine is not None
         async with self.engine.connect() as connection:
+            if autocommit:
+                await connection.execution_options(isolation_level="AUTOCOMMIT")
             return await connection.run_sync(work)
 
-    async def write(self, work: Work[T]) -> T:
-        """`work(connection)`, in a transaction that commits, or rolls back if `work` raises."""
+    async def write(self, work: Work[T], *, autocommit: bool = False) -> T:
+        """`work(connection)`, in a transaction that commits, or rolls back if `work` raises.
+
+        With `autocommit`, for work of one statement (atomic on its own), on PostgreSQL outside a transaction:
+        the statement is all the round trips, without BEGIN and COMMIT (see `read`).
+        """
         if self._sqlite is not None:
             return await asyncio.get_running_loop().run_in_executor(self._writer, self._sqlite_write, work)
         assert self.engine is not None
+        if autocommit:
+            async with self.engine.connect() as connection:
+                await connection.execution_options(isolation_level="AUTOCOMMIT")
+                return await connection.run_sync(work)
         async with self.engine.begin() as connection:
             return await connection.run_sync(work)
 
@@ -195,6 +212,20 @@ class Database:
             await self._listening.close()
         if self.engine is not None:
             await self.engine.dispose()
+
+
+def _drop_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """A pooled PostgreSQL connection that the server closed (a restart, a killed backend, an idle timeout) is
+    replaced as it is taken, so that the transaction about to run does not fail on it.
+
+    asyncpg sees the server close the socket while the connection idles in the pool, so this costs no round trip.
+    SQLAlchemy's `pool_pre_ping` asks the server instead: BEGIN, an empty query and ROLLBACK before each
+    transaction, three round trips, 19 of the 41 that a background job made (bench/background.py). A connection
+    cut without the server closing it (a network partition) is seen when its transaction fails; the pool then
+    drops it.
+    """
+    if dbapi_connection.driver_connection.is_closed():
+        raise sa.exc.DisconnectionError("the server closed this pooled connection")
 
 
 def notify(connection: sa.Connection, channel: str, payload: str) -> None:

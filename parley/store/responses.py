@@ -58,6 +58,16 @@ class Job:
 
 
 @dataclass(frozen=True, slots=True)
+class EventBatch:
+    """Events of a background response to keep, numbered from `first`; `announce`, to tell the servers that
+    follow it (`NOTIFY` on EVENTS_CHANNEL, on PostgreSQL) once they are in."""
+
+    first: int
+    events: list[tuple[str, str]]  # (type, data)
+    announce: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class StoredEvents:
     """Events of a background response from some point on, and whether the response has ended."""
 
@@ -135,9 +145,11 @@ class ResponseStore:
         input_items: list[dict[str, Any]],
         *,
         replace: bool = False,
+        events: EventBatch | None = None,
     ) -> None:
         """Records the final state and the output, in one transaction; `replace`, in place of the output kept
-        while it was produced (`keep_output`).
+        while it was produced (`keep_output`); with a background response's last `events`, which a follower
+        that reads the final status then has.
 
         A failed turn of a conversation appended nothing to it, so its items are kept here.
         """
@@ -155,6 +167,8 @@ class ResponseStore:
                 connection.execute(kept)
             if rows:
                 connection.execute(_INSERT_ITEMS, rows)
+            if events is not None:
+                _keep_events(connection, response["id"], events)
 
         await self.db.write(finish)
 
@@ -214,7 +228,7 @@ class ResponseStore:
         await self.db.write(insert)
 
     async def get(self, response_id: str, caller: Caller) -> dict[str, Any] | None:
-        return await self.db.read(lambda connection: _read_response(connection, response_id, caller))
+        return await self.db.read(lambda connection: _read_response(connection, response_id, caller), autocommit=True)
 
     # Background responses -----------------------------------------------------------------------------
 
@@ -248,7 +262,6 @@ class ResponseStore:
     async def claim_jobs(self, token: str, limit: int) -> list[Job]:
         """Takes up to `limit` queued jobs, oldest first, for the server `token`: those no server holds, and its
         own. Each is `in_progress` under this server's lease once taken; no other server can take it."""
-        is_sqlite = self.db.is_sqlite
         lease = self.lease_seconds
 
         def pick(now: float) -> sa.Select[Any]:
@@ -262,28 +275,33 @@ class ResponseStore:
 
         # A read first: every server looks twice a second, and a write transaction each time, nearly always for
         # nothing, would take SQLite's one writer from the turns that need it.
-        if not await self.db.read(lambda connection: connection.execute(pick(time.time())).first()):
+        if not await self.db.read(lambda connection: connection.execute(pick(time.time())).first(), autocommit=True):
             return []
 
         def claim(connection: sa.Connection) -> list[Job]:
             now = time.time()
-            pick_ids = pick(now)
-            if not is_sqlite:
-                pick_ids = pick_ids.with_for_update(skip_locked=True)
-            ids = list(connection.execute(pick_ids).scalars())
-            if not ids:
-                return []
+            # One statement, atomic on its own: on PostgreSQL the jobs another server is taking are skipped (its
+            # lock on them), not waited for; SQLite lets one writer in at a time. The pick is a MATERIALIZED
+            # CTE, run once: as a subquery of the UPDATE, PostgreSQL may run it again for rows it rechecks, and
+            # with SKIP LOCKED a second run picks other rows (a server took two jobs with one slot free).
+            picked = pick(now).with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
             rows = connection.execute(
                 responses.update()
-                .where(responses.c.id.in_(ids), responses.c.status == "queued")
+                .where(responses.c.id.in_(sa.select(picked.c.id)), responses.c.status == "queued")
                 .values(status="in_progress", claim=token, lease_until=now + lease, attempts=responses.c.attempts + 1)
-                .returning(responses.c.id, responses.c.job, responses.c.body, responses.c.owner, responses.c.attempts)
-            ).all()
-            order = {response_id: i for i, response_id in enumerate(ids)}
-            jobs = [Job(row.id, row.job, row.body, row.owner, row.attempts) for row in rows]
-            return sorted(jobs, key=lambda job: order[job.id])
+                .returning(
+                    responses.c.seq,
+                    responses.c.id,
+                    responses.c.job,
+                    responses.c.body,
+                    responses.c.owner,
+                    responses.c.attempts,
+                )
+            )
+            ordered = sorted(rows, key=lambda row: row.seq)
+            return [Job(row.id, row.job, row.body, row.owner, row.attempts) for row in ordered]
 
-        return await self.db.write(claim)
+        return await self.db.write(claim, autocommit=True)
 
     async def give_back(self, response_id: str) -> None:
         """Puts a job that produced nothing back in the queue (its server stops); its events after
@@ -348,21 +366,12 @@ class ResponseStore:
             responses.c.status == "in_progress",
             sa.or_(responses.c.cancel_requested.is_(True), responses.c.follow_asked.is_(True)),
         )
-        rows = await self.db.read(lambda connection: list(connection.execute(query)))
+        rows = await self.db.read(lambda connection: list(connection.execute(query)), autocommit=True)
         return [row.id for row in rows if row.cancel_requested], [row.id for row in rows if not row.cancel_requested]
 
-    async def add_events(
-        self, response_id: str, first: int, events: list[tuple[str, str]], *, announce: bool = False
-    ) -> None:
-        """Keeps a batch of a background response's events (`first` is the first one's sequence number); with
-        `announce`, on PostgreSQL, tells the servers following it (`NOTIFY` on EVENTS_CHANNEL)."""
-
-        def add(connection: sa.Connection) -> None:
-            _insert_events(connection, response_id, first, events)
-            if announce:
-                notify(connection, EVENTS_CHANNEL, response_id)
-
-        await self.db.write(add)
+    async def add_events(self, response_id: str, events: EventBatch) -> None:
+        """Keeps a batch of a background response's events."""
+        await self.db.write(lambda connection: _keep_events(connection, response_id, events))
 
     async def announce_events(self, response_id: str) -> None:
         """Tells the servers following a background response that its events written so far are all in (on
@@ -396,7 +405,7 @@ class ResponseStore:
                         events.append((row.first + offset, event_type, data))
             return StoredEvents(events, status)
 
-        return await self.db.read(read)
+        return await self.db.read(read, autocommit=True)
 
     async def renew(self, response_ids: list[str]) -> None:
         """Extends the lease of the responses this server is producing."""
@@ -567,6 +576,12 @@ def _insert_events(connection: sa.Connection, response_id: str, first: int, even
                 events=orjson.dumps([list(event) for event in events]).decode(),
             )
         )
+
+
+def _keep_events(connection: sa.Connection, response_id: str, batch: EventBatch) -> None:
+    _insert_events(connection, response_id, batch.first, batch.events)
+    if batch.announce:
+        notify(connection, EVENTS_CHANNEL, response_id)
 
 
 def _requeue(connection: sa.Connection, response_id: str) -> None:
