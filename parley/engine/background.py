@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from parley.engine.request import CreateResponseRequest
 from parley.store import Caller
-from parley.store.responses import CANCEL_CHANNEL, FOLLOW_CHANNEL, JOBS_CHANNEL, Job, ResponseStore
+from parley.store.responses import CANCEL_CHANNEL, FOLLOW_CHANNEL, JOBS_CHANNEL, EventBatch, Job, ResponseStore
 
 log = logging.getLogger(__name__)
 
@@ -162,16 +162,21 @@ class EventLog:
         async with self._lock:
             if not self._pending:
                 return False
-            batch, first = self._pending, self._first_pending
-            self._pending = []
-            self._writing, self._first_writing = batch, first
+            batch = self._take()
             try:
-                await self.store.add_events(self.response_id, first, batch, announce=self._followed)
+                await self.store.add_events(self.response_id, batch)
             except Exception:
                 log.exception("cannot keep the events of response %s", self.response_id)
             finally:
                 self._writing = []
             return True
+
+    def _take(self) -> EventBatch:
+        """The pending events, now being written: until they are in, a follower reads them here."""
+        batch = EventBatch(self._first_pending, self._pending, announce=self._followed)
+        self._pending = []
+        self._writing, self._first_writing = batch.events, batch.first
+        return batch
 
     def unwritten(self) -> list[tuple[int, str, str]]:
         """The events not yet in the database (sequence number, type, data), in order."""
@@ -197,10 +202,27 @@ class EventLog:
         async with self._lock:
             self._pending = []
 
-    async def close(self) -> None:
-        """Writes what is left; nothing is written later."""
+    async def close(self, last_write: Callable[[EventBatch], Awaitable[None]] | None = None) -> None:
+        """Writes what is left; nothing is written later. With `last_write`, what is left goes in that write (the
+        response's final one: its last events and final state in one transaction rather than two), or, should
+        it fail, in a write of its own."""
         await self._stop_flusher()
-        await self.flush()
+        if last_write is None:
+            await self.flush()
+            return
+        async with self._lock:
+            batch = self._take()
+            try:
+                await last_write(batch)
+            except BaseException:
+                if batch.events:
+                    try:
+                        await self.store.add_events(self.response_id, batch)
+                    except Exception:
+                        log.exception("cannot keep the events of response %s", self.response_id)
+                raise
+            finally:
+                self._writing = []
 
 
 @dataclass(slots=True)

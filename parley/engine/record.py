@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from parley.store import ResponseStore
+from parley.store.responses import EventBatch
 
 # How long after its start a stored response's first row is written. Not at once: the
 # write would compete for the CPU with the first token, or, written before the model
@@ -87,14 +88,16 @@ class ResponseRecord:
             self._keeping = True
             await self.store.keep_output(self.response, self.input_items, kept)
 
-    async def end(self, output: list[dict[str, Any]]) -> None:
-        """Writes the response's final state and output, once."""
+    async def end(self, output: list[dict[str, Any]], events: EventBatch | None = None) -> None:
+        """Writes the response's final state and output, once; with a background response's last `events`."""
         async with self._lock:
-            await self._end(output)
+            await self._end(output, events)
 
-    async def _end(self, output: list[dict[str, Any]]) -> None:
+    async def _end(self, output: list[dict[str, Any]], events: EventBatch | None = None) -> None:
         self._ended = True
         if self._written is None:
+            # (A background response's row was written when it was queued: `adopt`.)
+            assert events is None
             # It ended before its first row was written (a fast model, a short answer): one
             # write of the whole response, which whoever waits for its row waits for.
             self._written = asyncio.ensure_future(
@@ -103,7 +106,7 @@ class ResponseRecord:
             await self._written
             return
         await self._written
-        await self.store.finish(self.response, output, self.input_items, replace=self._keeping)
+        await self.store.finish(self.response, output, self.input_items, replace=self._keeping, events=events)
 
     async def discard(self) -> None:
         """Leaves nothing of a response refused before its first event: its client never had its id."""

@@ -12,6 +12,7 @@ a caller who does not see that owner, not found, here as in the database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import os
@@ -49,7 +50,7 @@ from parley.store import (
     TurnLost,
 )
 from parley.store.database import News, Wakeups
-from parley.store.responses import EVENTS_CHANNEL, TERMINAL, Job, StoredEvents
+from parley.store.responses import EVENTS_CHANNEL, TERMINAL, EventBatch, Job, StoredEvents
 from parley.tools import ToolResources, ToolServices
 
 log = logging.getLogger(__name__)
@@ -204,8 +205,42 @@ class _Producing:
     in_loop: bool = False  # whether the agent loop still runs (a cancel stops it; the ending is not stopped)
     task: asyncio.Task[None] | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
-    # Followers of its events on this server (`follow`): each gets (sequence number, type, data), then None.
-    followers: list[asyncio.Queue[tuple[int, str, bytes] | None]] = field(default_factory=list)
+    # Where its events go as they come, besides `events` (a background response's).
+    live: _LiveEvents | None = None
+
+
+class _LiveEvents:
+    """Where a background response's events go as they come, besides its EventLog: the stream of the client that
+    created it, and its followers on this server (`follow`), each of which gets (sequence number, type, data),
+    then None. Held back (`hold`) while its terminal event is written with its final state: a client hears the
+    end once it is stored, as with any response."""
+
+    def __init__(self, stream: ResponseRun | None) -> None:
+        self.stream = stream
+        self.followers: list[asyncio.Queue[tuple[int, str, bytes] | None]] = []
+        self._held: list[tuple[int, str, bytes]] | None = None
+
+    def send(self, number: int, event_type: str, data: bytes) -> None:
+        if self._held is not None:
+            self._held.append((number, event_type, data))
+            return
+        if self.stream is not None and not self.stream.left:
+            self.stream.sink(event_type, data)
+        for follower in self.followers:
+            follower.put_nowait((number, event_type, data))
+
+    def hold(self) -> None:
+        self._held = []
+
+    def release(self) -> None:
+        held, self._held = self._held or [], None
+        for event in held:
+            self.send(*event)
+
+    def end(self) -> None:
+        self.release()
+        for follower in self.followers:
+            follower.put_nowait(None)
 
 
 class _ConversationLock(asyncio.Lock):
@@ -503,6 +538,7 @@ class ResponseService:
             loop.announce(turn)
         if error is not None and not given_back:
             self._fail(turn, error)
+        ended = False  # whether the terminal event was sent
         try:
             if given_back:
                 if producing.events is not None:
@@ -511,6 +547,19 @@ class ResponseService:
             elif record is not None and not turn.announced:
                 # Refused before its first event: the client never had its id, so nothing of it stays.
                 await record.discard()
+            elif (
+                record is not None
+                and producing.events is not None
+                and producing.live is not None
+                and turn.response["status"] != "cancelled"
+            ):
+                # A background response's last events and final state go in one write; its live streams hear
+                # the terminal event once that is in.
+                producing.live.hold()
+                loop.end(turn)
+                ended = True
+                output = turn.emitter.output
+                await producing.events.close(lambda batch: record.end(output, batch))
             elif record is not None:
                 await record.end(turn.emitter.output)
                 if producing.keep_context:
@@ -524,12 +573,12 @@ class ResponseService:
             self._producing.pop(turn.response["id"], None)
             # The terminal event leaves once the turn is appended and stored (or could not be). A cancelled
             # response has none (OpenAI's stream events have no `response.cancelled`): its stream ends there.
-            if turn.announced and not given_back and turn.response["status"] != "cancelled":
+            if turn.announced and not given_back and turn.response["status"] != "cancelled" and not ended:
                 loop.end(turn)
             if producing.events is not None and not given_back:
                 await producing.events.close()
-            for follower in producing.followers:
-                follower.put_nowait(None)
+            if producing.live is not None:
+                producing.live.end()
             # Whatever happened above, the caller hears how the turn ended: never a hang.
             run.end(turn.response if turn.announced else None, error)
             producing.ended.set()
@@ -687,14 +736,10 @@ class ResponseService:
         stream = self._waiting_streams.pop(job.id, None)
         run = stream or ResponseRun(streaming=False)
         events = EventLog(self.store, job.id, first=2)
-        followers: list[asyncio.Queue[tuple[int, str, bytes] | None]] = []
+        live = _LiveEvents(stream)
 
         def sink(event_type: str, data: bytes) -> None:
-            number = events.add(event_type, data)
-            if stream is not None and not stream.left:
-                stream.sink(event_type, data)
-            for follower in followers:
-                follower.put_nowait((number, event_type, data))
+            live.send(events.add(event_type, data), event_type, data)
 
         emitter = EventEmitter(sink, first_sequence=2)
         lock: _ConversationLock | None = None
@@ -717,7 +762,7 @@ class ResponseService:
         producing = self._turn(setup, response, record, emitter)
         producing.turn.opening = ("response.in_progress",)
         producing.events = events
-        producing.followers = followers
+        producing.live = live
         self._launch(producing, run, lock)
         await producing.ended.wait()
 
@@ -746,11 +791,11 @@ class ResponseService:
         producing = self._produced_for(response_id, caller)
         live: asyncio.Queue[tuple[int, str, bytes] | None] | None = None
         unwritten: list[tuple[int, str, str]] = []
-        if producing is not None and producing.events is not None:
+        if producing is not None and producing.events is not None and producing.live is not None:
             # Followed here from now on, and what is not yet in the database taken now, before the kept events
             # are read: no event falls between the three.
             live = asyncio.Queue()
-            producing.followers.append(live)
+            producing.live.followers.append(live)
             unwritten = producing.events.unwritten()
         try:
             if live is None:
@@ -777,8 +822,9 @@ class ResponseService:
                 if batch:
                     yield batch
         finally:
-            if live is not None and producing is not None and live in producing.followers:
-                producing.followers.remove(live)
+            if live is not None and producing is not None and producing.live is not None:
+                with contextlib.suppress(ValueError):
+                    producing.live.followers.remove(live)
 
     async def _poll_events(
         self, response_id: str, stored: StoredEvents, after: int, caller: Caller, batches: News
@@ -968,7 +1014,7 @@ class ResponseService:
         response["output"] = emitter.output
         emitter.emit("error", **error_event(ParleyError(response["error"]["message"])))
         emitter.emit("response.failed", response=response)
-        await self.store.add_events(response_id, stored.events[-1][0] + 1, closing, announce=True)
+        await self.store.add_events(response_id, EventBatch(stored.events[-1][0] + 1, closing, announce=True))
 
     async def close(self) -> None:
         """Ends the responses still running: background ones that had produced no output yet go back to the queue
