@@ -163,8 +163,9 @@ class Database:
     async def write(self, work: Work[T], *, autocommit: bool = False) -> T:
         """`work(connection)`, in a transaction that commits, or rolls back if `work` raises.
 
-        With `autocommit`, for work of one statement (atomic on its own), on PostgreSQL outside a transaction:
-        the statement is all the round trips, without BEGIN and COMMIT (see `read`).
+        With `autocommit`, on PostgreSQL, each statement commits on its own, outside a transaction, without the
+        BEGIN and COMMIT round trips (see `read`): for work of one statement, or whose statements need not commit
+        together (a row, then a NOTIFY that it is there).
         """
         if self._sqlite is not None:
             return await asyncio.get_running_loop().run_in_executor(self._writer, self._sqlite_write, work)

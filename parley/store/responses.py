@@ -356,7 +356,8 @@ class ResponseStore:
             if connection.execute(statement).rowcount:
                 notify(connection, channel, response_id)
 
-        await self.db.write(ask)
+        # The ask, then its NOTIFY, each on its own: the running server, woken, finds the ask in.
+        await self.db.write(ask, autocommit=True)
 
     async def asked(self, token: str) -> tuple[list[str], list[str]]:
         """The background responses that server `token` runs whose cancel was asked of another server, and those
@@ -370,14 +371,14 @@ class ResponseStore:
         return [row.id for row in rows if row.cancel_requested], [row.id for row in rows if not row.cancel_requested]
 
     async def add_events(self, response_id: str, events: EventBatch) -> None:
-        """Keeps a batch of a background response's events."""
-        await self.db.write(lambda connection: _keep_events(connection, response_id, events))
+        """Keeps a batch of a background response's events (and then announces them, when it is to)."""
+        await self.db.write(lambda connection: _keep_events(connection, response_id, events), autocommit=True)
 
     async def announce_events(self, response_id: str) -> None:
         """Tells the servers following a background response that its events written so far are all in (on
         PostgreSQL; on SQLite they look)."""
         if not self.db.is_sqlite:
-            await self.db.write(lambda connection: notify(connection, EVENTS_CHANNEL, response_id))
+            await self.db.write(lambda connection: notify(connection, EVENTS_CHANNEL, response_id), autocommit=True)
 
     async def events_after(self, response_id: str, after: int, caller: Caller) -> StoredEvents:
         """The response's kept events numbered after `after`, and its status as read with them."""
