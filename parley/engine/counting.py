@@ -4,7 +4,7 @@
 A count is of the very chat request a turn's model call sends: the turn is
 made as `ResponseService.create` makes it (the same chain or conversation
 history, the same input checks and file reads, `loop.read_input`), and its
-request is built by the loop's own `loop.chat_request` (the same rendering
+request is built by the loop's own `model_request.chat_request` (the same rendering
 of items, instructions, tools and format). The provider counts it with the
 model's own tokenizer (`Provider.count_tokens`): nothing is generated, no
 tool runs, and MCP servers are not listed, so an MCP server's tools count
@@ -19,7 +19,7 @@ from typing import Any
 from openai.types.responses.input_token_count_params import InputTokenCountParams
 from pydantic import model_validator
 
-from parley.engine import loop
+from parley.engine import loop, model_request
 from parley.engine.request import CreateResponseRequest
 from parley.errors import InvalidRequestError
 from parley.package_fields import keys_of
@@ -63,10 +63,10 @@ async def count_turn(turn: loop.Turn) -> int:
     provider raises for a request it refuses.
     """
     await loop.read_input(turn)
-    return await count_context(turn, await loop.fit(turn, turn.history + turn.input_items))
+    return await count_context(turn, await model_request.fit(turn, turn.history + turn.input_items))
 
 
 async def count_context(turn: loop.Turn, items: list[dict[str, Any]]) -> int:
     """The prompt tokens of a model call of `turn` whose context is `items` (oldest first), now: for a measure
     of a context before it is sent (`truncation: auto`, compaction)."""
-    return await turn.model.provider.count_tokens(loop.chat_request(turn, items))
+    return await turn.model.provider.count_tokens(model_request.chat_request(turn, items))

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from parley.config import EngineSettings
-from parley.engine import compaction, context
+from parley.engine import compaction, context, model_request
 from parley.engine.emitter import EventEmitter
 from parley.engine.files import FileRead, InputFiles, PartKey
 from parley.engine.output import OutputBuilder
 from parley.engine.request import CreateResponseRequest
 from parley.engine.response import add_usage, usage_object
-from parley.errors import ContextLengthExceededError, ParleyError, UpstreamStatusError
+from parley.errors import ParleyError
 from parley.inference.base import ChunkStream, prepend
 from parley.inference.registry import ResolvedModel
 from parley.inference.types import ChatChunk, ChatRequest, Usage
@@ -97,7 +97,7 @@ async def read_input(turn: Turn) -> None:
 async def _produce(turn: Turn) -> None:
     prepared = await _prepare(turn)
     for _ in range(turn.settings.max_iterations):
-        offer = _offer(turn)
+        offer = model_request.offer(turn)
         await _compact_when_full(turn, prepared, offer)
         stream = await _open_model_stream(turn, prepared, offer)
         turn.model_calls += 1
@@ -187,7 +187,7 @@ async def _gather(turn: Turn, calls: list[Any]) -> list[Any]:
     return [await call for call in calls]
 
 
-async def _open_model_stream(turn: Turn, prepared: list[dict[str, Any]], offer: ToolOffer) -> ChunkStream:
+async def _open_model_stream(turn: Turn, prepared: list[dict[str, Any]], offer: model_request.ToolOffer) -> ChunkStream:
     """Starts the model call and waits for its first chunk.
 
     A refusal before the first chunk (a bad request, an unreachable upstream)
@@ -197,8 +197,8 @@ async def _open_model_stream(turn: Turn, prepared: list[dict[str, Any]], offer: 
     """
     while True:
         items = _context(turn, prepared)
-        items = await _fit(turn, items, offer)
-        call = _chat_request(turn, items, offer)
+        items = await model_request.fit(turn, items, offer)
+        call = model_request.chat_request(turn, items, offer)
         stream = turn.model.provider.stream_chat(call)
         try:
             first = await anext(stream)
@@ -206,10 +206,11 @@ async def _open_model_stream(turn: Turn, prepared: list[dict[str, Any]], offer: 
             return _empty()
         except ParleyError as exc:
             await stream.aclose()
-            if turn.request.compacts and _is_context_overflow(exc) and compaction.replaceable(call.messages):
+            too_long = model_request.is_context_overflow(exc)
+            if turn.request.compacts and too_long and compaction.replaceable(call.messages):
                 await _compact(turn, prepared, items)
                 continue
-            if turn.request.truncation == "auto" and _is_context_overflow(exc):
+            if turn.request.truncation == "auto" and too_long:
                 shorter = context.drop_oldest(items)
                 if shorter is not None:
                     turn.dropped_items += len(items) - len(shorter)
@@ -230,14 +231,14 @@ def _context(turn: Turn, prepared: list[dict[str, Any]]) -> list[dict[str, Any]]
     return (turn.history + turn.input_items + prepared)[turn.dropped_items :]
 
 
-async def _compact_when_full(turn: Turn, prepared: list[dict[str, Any]], offer: ToolOffer) -> None:
+async def _compact_when_full(turn: Turn, prepared: list[dict[str, Any]], offer: model_request.ToolOffer) -> None:
     """Compacts the context before a model call that would read more than `compact_threshold` tokens of it, as the
     model's own tokenizer counts the very request (`Provider.count_tokens`)."""
     threshold = turn.request.compact_threshold
     if threshold is None:
         return
     items = _context(turn, prepared)
-    call = _chat_request(turn, items, offer)
+    call = model_request.chat_request(turn, items, offer)
     if compaction.replaceable(call.messages) and await turn.model.provider.count_tokens(call) > threshold:
         await _compact(turn, prepared, items)
 
@@ -257,43 +258,6 @@ async def _compact(turn: Turn, prepared: list[dict[str, Any]], items: list[dict[
     extra = {"prompt_cache_key": request.prompt_cache_key} if request.prompt_cache_key else {}
     call = ChatRequest(model=writer.name, messages=[], user=request.safety_identifier or request.user, extra=extra)
     add_usage(turn.usage, await compaction.compact_into(turn.emitter, writer, messages, turn.settings, call))
-
-
-async def _fit(turn: Turn, items: list[dict[str, Any]], offer: ToolOffer) -> list[dict[str, Any]]:
-    """With `truncation: auto`, `items` less the fewest of their oldest turns for the call to fit the model's
-    context window (its output's `max_output_tokens` kept free), when the provider knows the window.
-
-    Counted with the model's own tokenizer before the call (`Provider.count_tokens`), rather than found by the
-    model's refusals one call at a time; a refusal still drops more (`_open_model_stream`), for a window that is
-    not known or a count that fell short.
-    """
-    window = turn.model.provider.context_window(turn.model.name) if turn.request.truncation == "auto" else None
-    if window is None:
-        return items
-    room = window - (turn.request.max_output_tokens or 0)
-
-    async def fits(candidate: list[dict[str, Any]]) -> bool:
-        return await turn.model.provider.count_tokens(_chat_request(turn, candidate, offer)) <= room
-
-    if await fits(items):
-        return items
-    shorter = [items]  # items less none, one, two ... of their oldest turns
-    while (less := context.drop_oldest(shorter[-1])) is not None:
-        shorter.append(less)
-    # Fewer items count fewer tokens: the first that fits is found by halving. When none does, the shortest
-    # goes, for the model to refuse.
-    low, high = min(1, len(shorter) - 1), len(shorter) - 1
-    while low < high:
-        middle = (low + high) // 2
-        if await fits(shorter[middle]):
-            high = middle
-        else:
-            low = middle + 1
-    if low:
-        turn.dropped_items += len(items) - len(shorter[low])
-        # Parley's own field: how many of the oldest items `truncation: auto` left out.
-        turn.response["truncated_items"] = turn.dropped_items
-    return shorter[low]
 
 
 async def _first_output_apart(first: list[ChatChunk], rest: ChunkStream) -> ChunkStream:
@@ -319,91 +283,6 @@ async def _first_output_apart(first: list[ChatChunk], rest: ChunkStream) -> Chun
             yield batch
     finally:
         await rest.aclose()
-
-
-def _is_context_overflow(exc: ParleyError) -> bool:
-    return isinstance(exc, ContextLengthExceededError) or (
-        isinstance(exc, UpstreamStatusError) and exc.code == "context_length_exceeded"
-    )
-
-
-@dataclass(slots=True, frozen=True)
-class ToolOffer:
-    """The tools one model call is sent, its `tool_choice`, and the names it may call."""
-
-    tools: list[dict[str, Any]] | None
-    tool_choice: Any
-    # The tools offered, and the server-side tools held back only by `max_tool_calls`
-    # (a call to one becomes a failed call item that says so).
-    callable: set[str]
-
-
-def _offer(turn: Turn) -> ToolOffer:
-    request, toolbox = turn.request, turn.toolbox
-    tools, tool_choice = context.chat_tools(request, toolbox, first_call=turn.model_calls == 0)
-    callable = {tool["function"]["name"] for tool in tools or ()}
-    limit = request.max_tool_calls
-    if tools is not None and limit is not None and turn.server_calls >= limit:
-        tools = [tool for tool in tools if toolbox.tool(tool["function"]["name"]) is None] or None
-        if isinstance(tool_choice, dict) and toolbox.tool(tool_choice["function"]["name"]) is not None:
-            tool_choice = "auto"  # it forced a call to a tool that may no longer be called
-    if tools is None:
-        tool_choice = None
-    elif request.tool_choice == "none":
-        tool_choice = "none"
-    elif turn.model_calls > 0 and tool_choice not in (None, "auto"):
-        # A forced call is the first step's: after its results, the model decides, or it would never stop.
-        tool_choice = "auto"
-    return ToolOffer(tools, tool_choice, callable)
-
-
-async def fit(turn: Turn, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """`items` as a model call of the turn would send them now: with `truncation: auto`, less the oldest that
-    would not fit the model's context window (see `_fit`)."""
-    return await _fit(turn, items, _offer(turn))
-
-
-def chat_request(turn: Turn, items: list[dict[str, Any]]) -> ChatRequest:
-    """The chat request a model call of the turn sends now, with `items` as its context: the same rendering of
-    items, tools and settings as the call's own (what `parley.engine.counting` counts)."""
-    return _chat_request(turn, items, _offer(turn))
-
-
-def _chat_request(turn: Turn, items: list[dict[str, Any]], offer: ToolOffer) -> ChatRequest:
-    request = turn.request
-    tools, tool_choice = offer.tools, offer.tool_choice
-    extra: dict[str, Any] = {}
-    if request.reasoning is not None and request.reasoning.effort is not None:
-        extra["reasoning_effort"] = request.reasoning.effort
-    if request.text is not None and request.text.verbosity is not None:
-        extra["verbosity"] = request.text.verbosity
-    for name in ("prompt_cache_key", "prompt_cache_retention", "service_tier"):
-        if getattr(request, name) is not None:
-            extra[name] = getattr(request, name)
-    logprobs = request.include_logprobs or bool(request.top_logprobs)
-    return ChatRequest(
-        model=turn.model.name,
-        messages=context.chat_messages(
-            request.instructions,
-            items,
-            turn.toolbox,
-            reasoning_field=context.reasoning_field_of(turn.model.provider),
-            files=turn.file_reads,
-        ),
-        tools=tools,
-        tool_choice=tool_choice,
-        parallel_tool_calls=None if tools is None else request.parallel_tool_calls,
-        response_format=context.response_format(request),
-        temperature=request.temperature,
-        top_p=request.top_p,
-        max_tokens=request.max_output_tokens,
-        presence_penalty=request.presence_penalty,
-        frequency_penalty=request.frequency_penalty,
-        logprobs=True if logprobs else None,
-        top_logprobs=request.top_logprobs if logprobs else None,
-        user=request.safety_identifier or request.user,
-        extra=extra,
-    )
 
 
 def _finish(turn: Turn, finish_reason: str | None) -> None:
