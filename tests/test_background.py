@@ -304,6 +304,16 @@ def test_cancel_twice_returns_the_cancelled_response(client: openai.OpenAI) -> N
     assert second.id == response.id
 
 
+def test_a_cancel_as_its_job_is_taken_stops_it(client: openai.OpenAI) -> None:
+    # A cancel can come between the worker taking the job and the job's first step (the agent loop not yet
+    # started): the job is cancelled then too, rather than run to its end while the cancel waits for it.
+    for n in range(20):
+        response = client.responses.create(model="fake/fake-hang", input=f"cancelled at once {n}", background=True)
+        started = time.monotonic()
+        assert client.responses.cancel(response.id).status == "cancelled"
+        assert time.monotonic() - started < 5
+
+
 def test_cancel_of_an_ended_or_a_foreground_response_is_a_400(client: openai.OpenAI) -> None:
     done = client.responses.create(model="fake/fake-echo", input="quick", background=True)
     ended(client, done.id)

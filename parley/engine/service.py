@@ -203,6 +203,7 @@ class _Producing:
     events: EventLog | None = None
     cancelled: bool = False
     in_loop: bool = False  # whether the agent loop still runs (a cancel stops it; the ending is not stopped)
+    loop_started: bool = False  # whether the agent loop was started (a cancel before keeps it from starting)
     task: asyncio.Task[None] | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     # Where its events go as they come, besides `events` (a background response's).
@@ -519,9 +520,15 @@ class ResponseService:
         """
         turn, record = producing.turn, producing.record
         background = producing.events is not None
-        producing.in_loop = True
-        error = await self._produce_output(turn)
-        producing.in_loop = False
+        producing.loop_started = True
+        if producing.cancelled:
+            # Cancelled between being taken and its task's first step.
+            await turn.toolbox.close()
+            error = None
+        else:
+            producing.in_loop = True
+            error = await self._produce_output(turn)
+            producing.in_loop = False
         given_back = False
         if producing.cancelled:
             error = None
@@ -866,9 +873,10 @@ class ResponseService:
         producing = self._producing.get(response_id)
         if producing is None or producing.events is None or producing.task is None:
             return False
-        if producing.in_loop and not producing.cancelled:
+        if not producing.cancelled and (producing.in_loop or not producing.loop_started):
             producing.cancelled = True
-            producing.task.cancel()
+            if producing.in_loop:
+                producing.task.cancel()
         return True
 
     async def _stopped_here(self, response_id: str, caller: Caller) -> bool:
