@@ -11,10 +11,10 @@ claim    each server's `BackgroundWorker` takes queued jobs from the database, o
 events   a background response's events are kept in the database in batches (`EventLog`), for a stream to
          be followed again from any point (`GET /v1/responses/{id}?stream=true&starting_after=N`); a client
          following it through another server asks its server to write each batch at once, and is woken by
-         each (PostgreSQL's NOTIFY; on SQLite, it looks every 5 ms).
+         each (a notification: `Database.listen`), and looks now and then anyway.
 cancel   `POST /v1/responses/{id}/cancel`: a queued job is cancelled where it stands; a running one is
-         stopped by the server running it, at once if that is this one, else on hearing it (NOTIFY), or
-         when it next looks (`ASK_POLL_SECONDS`).
+         stopped by the server running it, at once if that is this one, else on hearing it (a
+         notification), or when it next looks (`ASK_POLL_SECONDS`).
 lost     a server that stops cleanly takes no more jobs, gives back at once those it runs that have produced
          no output yet, and lets the others end (`engine.background_drain_seconds`), failing those still
          running then; one that dies stops renewing its lease (`storage.lease_seconds`), and the first server
@@ -45,14 +45,14 @@ from parley.store.responses import CANCEL_CHANNEL, FOLLOW_CHANNEL, JOBS_CHANNEL,
 
 log = logging.getLogger(__name__)
 
-# How often a worker asks the database for jobs when nothing woke it, by database: a job queued on another
-# server wakes it on PostgreSQL (NOTIFY, when that server had no room for it), and this is the safety net; on
-# SQLite, which has no notifications, this is how long such a job may wait for a free worker of another process.
+# How often a worker asks the database for jobs when nothing woke it, by database (is it SQLite?): a job queued
+# on another server with no room for it wakes it (a notification), and this is the safety net. SQLite's is
+# shorter: its notifications go between processes beside the database (parley.store.signals), which a process
+# may not hear (a directory too deep for a socket's path), and then this is how long such a job may wait.
 POLL_SECONDS = {True: 0.1, False: 0.5}
 # How often a worker looks for what was asked of its jobs through another server (a cancel, a client following the
-# events), by database: on SQLite, which has no notifications, this is how long such an ask may wait (a read of
-# an index each time); on PostgreSQL a NOTIFY brings it at once, and this is the safety net for one that was
-# missed (a listening connection lost).
+# events), by database, while it runs some: a notification brings the ask at once, and this is the safety net for
+# one that was missed (a listening connection lost); SQLite's is shorter for the same reason as POLL_SECONDS'.
 ASK_POLL_SECONDS = {True: 0.01, False: 0.25}
 # How often a running job's new events are written, at most (and at its end). Once a client follows it through
 # another server, each batch is written as soon as the one before it is in (`EventLog.follow`).

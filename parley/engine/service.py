@@ -58,9 +58,9 @@ log = logging.getLogger(__name__)
 Event = tuple[str, bytes]
 # How long a cancel of a background response that another server runs waits for it to stop.
 CANCEL_WAIT_SECONDS = 10.0
-# How often a follower of a background response that another server runs reads its new events, by database: on
-# SQLite, which has no notifications, every 5 ms (a read of an index); on PostgreSQL each batch's NOTIFY wakes
-# it, and this is the safety net for one that was missed.
+# How often a follower of a background response that another server runs reads its new events, by database (is it
+# SQLite?): each batch's notification wakes it, and this is the safety net for one that was missed, shorter on
+# SQLite, whose notifications a process may not hear (see parley.engine.background.POLL_SECONDS).
 FOLLOW_POLL_SECONDS = {True: 0.005, False: 0.25}
 # How long a follower waits for the terminal event of a response whose status has ended.
 TERMINAL_EVENT_WAIT_SECONDS = 2.0
@@ -838,7 +838,7 @@ class ResponseService:
     ) -> AsyncIterator[list[Event]]:
         """Follows a response that another server runs (or that has ended) by reading its kept events: that server
         was asked to write them at once (`ResponseStore.ask_events`), and each batch it writes brings `batches`
-        news on PostgreSQL; on SQLite, it looks every `FOLLOW_POLL_SECONDS`."""
+        news, and it looks every `FOLLOW_POLL_SECONDS` anyway."""
         ended_at: float | None = None
         clock = asyncio.get_running_loop().time
         asked = stored.status == "in_progress"  # by `follow`, as it read these

@@ -31,9 +31,9 @@ class TurnLost(Exception):
     than the lease): another turn may have taken the conversation since."""
 
 
-# How often a turn waiting for its conversation looks again (see `ConversationStore.hold`). On SQLite, which has
-# no notifications, this is how a turn learns that another process's turn ended: 20 ms, a read each time. On
-# PostgreSQL the release's NOTIFY wakes it at once, and this is a safety net (a hold that ran out).
+# How often a turn waiting for its conversation looks again (see `ConversationStore.hold`), by database (is it
+# SQLite?). The release's notification wakes it at once, and this is a safety net (a hold that ran out, a missed
+# notification), shorter on SQLite, whose notifications a process may not hear (parley.store.signals).
 TURN_POLL_SECONDS = {True: 0.02, False: 0.5}
 TURN_CHANNEL = "parley_turns"
 

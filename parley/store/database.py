@@ -21,6 +21,8 @@ from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from parley.store.signals import Signals
+
 log = logging.getLogger(__name__)
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -98,6 +100,7 @@ class Database:
             if not database or database == ":memory:":
                 raise ValueError("Parley stores in a SQLite file: a database in memory would be one per thread.")
             Path(database).parent.mkdir(parents=True, exist_ok=True)
+            self._signals = Signals(Path(database))
             # `sqlite+aiosqlite://`, the URL earlier versions documented, names the same file.
             # The driver is sqlean (SQLite 3.50 with its own copy of the library), not the standard
             # library's sqlite3: most Pythons' sqlite3 (pyenv's, macOS's) cannot load extensions, and
@@ -120,11 +123,14 @@ class Database:
             event.listen(self.engine.sync_engine, "checkout", _drop_closed)
 
     async def listen(self, channel: str, callback: Callable[[str], object]) -> Callable[[], Awaitable[None]] | None:
-        """PostgreSQL: calls `callback(payload)` on the event loop for each `NOTIFY` on `channel`, heard on a
-        connection of its own (none of the pool's, one for every channel this server listens on); returns what
-        stops listening. SQLite has no notifications: None, and the caller polls."""
-        if self.is_sqlite:
-            return None
+        """Calls `callback(payload)` on the event loop for each `notify` on `channel`; returns what stops
+        listening, or None when none can be heard (the caller looks for itself).
+
+        PostgreSQL: its `NOTIFY`, heard on a connection of its own (none of the pool's, one for every channel this
+        server listens on). SQLite, which has none: the processes on the file tell each other (parley.store.signals).
+        """
+        if self._sqlite is not None:
+            return await self._signals.listen(channel, callback)
         import asyncpg  # type: ignore[import-untyped]
 
         def heard(_connection: Any, _pid: int, _channel: str, payload: str) -> None:
@@ -177,6 +183,14 @@ class Database:
         async with self.engine.begin() as connection:
             return await connection.run_sync(work)
 
+    async def announce(self, channel: str, payload: str) -> None:
+        """A notification alone (see `notify`), after the writes already handed over."""
+        if self._sqlite is not None:
+            notes = [(channel, payload)]
+            await asyncio.get_running_loop().run_in_executor(self._writer, self._signals.send, notes)
+            return
+        await self.write(lambda connection: notify(connection, channel, payload), autocommit=True)
+
     def _sqlite_read(self, work: Work[T]) -> T:
         assert self._sqlite is not None
         with self._sqlite.connect() as connection:
@@ -186,8 +200,14 @@ class Database:
         assert self._sqlite is not None
         with self._sqlite.connect() as connection:
             connection.execution_options(parley_write=True)
-            with connection.begin():
-                return work(connection)
+            try:
+                with connection.begin():
+                    result = work(connection)
+            finally:
+                notes = connection.info.pop(_NOTES, None)
+        if notes:
+            self._signals.send(notes)  # committed: now the others may look
+        return result
 
     async def migrate(self) -> None:
         """Brings the schema up to date (Alembic `upgrade head`)."""
@@ -209,6 +229,7 @@ class Database:
             await asyncio.to_thread(self._writer.shutdown)
             await asyncio.to_thread(self._readers.shutdown)
             self._sqlite.dispose()
+            self._signals.close()
         if self._listening is not None:
             await self._listening.close()
         if self.engine is not None:
@@ -230,16 +251,22 @@ def _drop_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
 
 
 def notify(connection: sa.Connection, channel: str, payload: str) -> None:
-    """`NOTIFY channel, payload` within the connection's transaction (sent when it commits), on PostgreSQL; on
-    SQLite, which has none, nothing: its listeners poll (see `Database.listen`, `Wakeups`)."""
+    """Tells `payload` to the listeners on `channel` (`Database.listen`) once the connection's transaction commits:
+    PostgreSQL's `NOTIFY`; on SQLite, a notification the write sends after its commit (parley.store.signals)."""
     if connection.dialect.name == "postgresql":
         connection.execute(sa.select(sa.func.pg_notify(channel, payload)))
+    else:
+        connection.info.setdefault(_NOTES, []).append((channel, payload))
+
+
+# Where a SQLite write keeps its notifications until it commits (the connection's `info`).
+_NOTES = "parley_notifications"
 
 
 class Wakeups:
-    """This server's tasks that wait for news of a row, by its id: each is woken by a `NOTIFY` on `channel` whose
-    payload is that id (PostgreSQL, heard through `Database.listen` from the first wait on), or by `wake` here, and
-    looks again every `poll` seconds anyway (SQLite has no notifications, and one may be missed).
+    """This server's tasks that wait for news of a row, by its id: each is woken by a `notify` on `channel` whose
+    payload is that id (heard through `Database.listen` from the first wait on), or by `wake` here, and looks
+    again every `poll` seconds anyway (a notification may be missed, or none heard).
 
         async with wakeups.watching(row_id) as news:
             while not done():
@@ -275,7 +302,7 @@ class Wakeups:
 
     async def _listen(self) -> None:
         async with self._lock:
-            if self._listening or self.db.is_sqlite:
+            if self._listening:
                 return
             self._listening = True
             try:

@@ -375,10 +375,8 @@ class ResponseStore:
         await self.db.write(lambda connection: _keep_events(connection, response_id, events), autocommit=True)
 
     async def announce_events(self, response_id: str) -> None:
-        """Tells the servers following a background response that its events written so far are all in (on
-        PostgreSQL; on SQLite they look)."""
-        if not self.db.is_sqlite:
-            await self.db.write(lambda connection: notify(connection, EVENTS_CHANNEL, response_id), autocommit=True)
+        """Tells the servers following a background response that its events written so far are all in."""
+        await self.db.announce(EVENTS_CHANNEL, response_id)
 
     async def events_after(self, response_id: str, after: int, caller: Caller) -> StoredEvents:
         """The response's kept events numbered after `after`, and its status as read with them."""
