@@ -170,7 +170,7 @@ class RequestGuard:
             upload_limit = self.uploads.get(scope["path"]) if scope["method"] == "POST" else None
             if upload_limit is not None and _is_multipart(content_type):
                 if origin is not None and not allowed_origin:
-                    await _refuse(_upload_from_page(origin), scope, receive, send)
+                    await _refuse(_from_page("Uploads", origin), scope, receive, send)
                     return
                 limit = upload_limit
             elif not _is_json(content_type):
@@ -190,7 +190,7 @@ class RequestGuard:
         if host is not None and not self.hosts.any and not self.hosts.allow(host_name(host)):
             error = _invalid_host(host_name(host), self.hosts)
         elif origin is not None and "*" not in self.origins and origin.decode("latin-1") not in self.origins:
-            error = _socket_from_page(origin)
+            error = _from_page("WebSockets", origin)
         elif "\x00" in scope["path"] or scope["query_string"]:
             error = _nul_in_target(scope)
         if error is not None:
@@ -223,19 +223,10 @@ def _is_multipart(content_type: bytes | None) -> bool:
     return content_type is not None and content_type.partition(b";")[0].strip().lower() == b"multipart/form-data"
 
 
-def _upload_from_page(origin: bytes) -> ParleyError:
+def _from_page(what: str, origin: bytes) -> ParleyError:
+    """The 403 for `what` (uploads, WebSockets) from a web page whose origin `server.cors_origins` does not list."""
     error = InvalidRequestError(
-        f"Uploads from web pages of origin '{origin.decode('latin-1')}' are not allowed "
-        "(server.cors_origins in this server's configuration).",
-        code="origin_not_allowed",
-    )
-    error.status_code = 403
-    return error
-
-
-def _socket_from_page(origin: bytes) -> ParleyError:
-    error = InvalidRequestError(
-        f"WebSockets from web pages of origin '{origin.decode('latin-1')}' are not allowed "
+        f"{what} from web pages of origin '{origin.decode('latin-1')}' are not allowed "
         "(server.cors_origins in this server's configuration).",
         code="origin_not_allowed",
     )
