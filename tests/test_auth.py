@@ -488,7 +488,8 @@ def everything_stored(database_url: str) -> str:
     """The whole database as text: the SQLite files' bytes, or every row of every PostgreSQL table."""
     if database_url.startswith("sqlite"):
         path = Path(database_url.removeprefix("sqlite:///"))
-        files = [file for file in path.parent.iterdir() if file.name.startswith(path.name)]
+        # The database, its WAL and shared memory (not the directory of sockets beside them: parley.store.signals).
+        files = [file for file in path.parent.iterdir() if file.name.startswith(path.name) and file.is_file()]
         return "".join(file.read_bytes().decode("latin-1") for file in files)
     import asyncpg
 

@@ -267,6 +267,8 @@ def post_chunked(server: ParleyProcess, path: str, total: int) -> tuple[int, dic
     with socket.create_connection(_address(server), timeout=30) as sock:
         sock.sendall(_head(path, Transfer_Encoding="chunked"))
         sock.setblocking(False)
+        watch = select.poll()
+        watch.register(sock, select.POLLIN | select.POLLOUT)
         pending, sent = bytearray(), 0
         while True:
             if not pending:
@@ -275,10 +277,11 @@ def post_chunked(server: ParleyProcess, path: str, total: int) -> tuple[int, dic
                 else:
                     pending += frame
                     sent += len(chunk)
-            readable, writable, _ = select.select([sock], [sock], [], 30)
-            if readable:
+            # poll, not select: select takes no descriptor past 1,024, which a long session's may be.
+            ready = dict(watch.poll(30_000))
+            if ready.get(sock.fileno(), 0) & select.POLLIN:
                 break
-            if writable:
+            if ready.get(sock.fileno(), 0) & select.POLLOUT:
                 del pending[: sock.send(pending)]
         status, body = _read_response(sock)
         return status, body, sent
