@@ -54,7 +54,6 @@ class ParleyProcess:
         self.transports: list[StreamChecks] = []
         ParleyProcess.instances.append(self)
         self._process: subprocess.Popen[str] | None = None
-        self._http_clients: list[httpx.Client] = []
 
     def start(self, timeout: float = 60.0) -> str:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -79,7 +78,7 @@ class ParleyProcess:
                 if match and not found.is_set():
                     self.base_url = match.group(1)
                     found.set()
-            stdout.close()  # the server ended
+            stdout.close()  # the server ended: every server a session starts stays listed (`instances`)
 
         threading.Thread(target=read, daemon=True).start()
         deadline = time.monotonic() + timeout
@@ -94,13 +93,11 @@ class ParleyProcess:
         transport = ValidatingTransport()
         self.transports.append(transport)
         timeout = kwargs.pop("timeout", 60)
-        http_client = httpx.Client(transport=transport, timeout=timeout)
-        self._http_clients.append(http_client)  # its connections closed with the server (`stop`)
         return openai.OpenAI(
             base_url=self.base_url + "/v1",
             api_key=kwargs.pop("api_key", "test-key"),
             max_retries=0,
-            http_client=http_client,
+            http_client=httpx.Client(transport=transport, timeout=timeout),
             **kwargs,
         )
 
@@ -160,11 +157,6 @@ class ParleyProcess:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
-        # Every server a session starts stays listed (`instances`): what it held open is closed here, or the
-        # session runs out of file descriptors (select() takes none past 1,024).
-        for http_client in self._http_clients:
-            http_client.close()
-        self._http_clients.clear()
 
 
 @pytest.fixture(scope="session")
