@@ -956,7 +956,12 @@ class ResponseService:
             # Until it is stored, its row may still be on its way to the database (a burst can
             # finish a response before its first row is written): this server knows it as it is now.
             turn = producing.turn
-            return {**copy.deepcopy(turn.response), "output": turn.emitter.snapshot()}
+            now = {**copy.deepcopy(turn.response), "output": turn.emitter.snapshot()}
+            if now["status"] in TERMINAL:
+                # Its loop ended, and it is being appended to its conversation and stored: not ended until then
+                # (the append can still fail it), as its terminal event waits for the same.
+                now.update(status="in_progress", completed_at=None)
+            return now
         response = await self.store.get(response_id, caller)
         if response is None:
             raise ResponseNotFoundError(response_id)
