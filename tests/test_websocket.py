@@ -10,10 +10,13 @@ running when a test acts on it. Every response a socket carries goes through the
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
+import os
 import socket as socket_module
 import time
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -330,6 +333,74 @@ def test_closing_the_socket_mid_response_still_completes_and_stores_it(
         time.sleep(0.05)
     assert response.status == "completed"
     assert response.output_text == "".join(f"tok{i} " for i in range(30))
+
+
+def _frames(server: ParleyProcess, message: dict[str, Any]) -> Iterator[tuple[bool, bytes]]:
+    """The data frames a raw socket that offers permessage-deflate gets for `message`: (compressed, payload)."""
+    address = server.base_url.removeprefix("http://")
+    name, port = address.rsplit(":", 1)
+    with socket_module.create_connection((name, int(port)), timeout=20) as sock:
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall(
+            f"GET /v1/responses HTTP/1.1\r\nHost: {address}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {ALICE}\r\n"
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n".encode()
+        )
+        buffer = b""
+        while b"\r\n\r\n" not in buffer:
+            buffer += sock.recv(65536)
+        head, buffer = buffer.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 101") and b"permessage-deflate" in head.lower(), head
+        payload = json.dumps(message).encode()
+        mask = os.urandom(4)
+        masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+        sock.sendall(bytes((0x81, 0x80 | 126)) + len(payload).to_bytes(2, "big") + mask + masked)
+        while True:
+            while len(buffer) < 2 or len(buffer) < _frame_end(buffer):
+                buffer += sock.recv(65536)
+            end = _frame_end(buffer)
+            length = buffer[1] & 0x7F
+            start = 2 if length < 126 else 4 if length == 126 else 10
+            yield bool(buffer[0] & 0x40), buffer[start:end]
+            buffer = buffer[end:]
+
+
+def _frame_end(buffer: bytes) -> int:
+    """Where the unmasked frame at the start of `buffer` ends (past its end while its header is incomplete)."""
+    length = buffer[1] & 0x7F
+    if length == 126:
+        return 4 + int.from_bytes(buffer[2:4], "big") if len(buffer) >= 4 else 1 << 30
+    if length == 127:
+        return 10 + int.from_bytes(buffer[2:10], "big") if len(buffer) >= 10 else 1 << 30
+    return 2 + length
+
+
+def test_events_go_as_frames_of_their_own_uncompressed_and_in_order_under_permessage_deflate(
+    server: ParleyProcess,
+) -> None:
+    """The events of a batch are framed by Parley (parley.api.websocket.text_frame) and leave in one write,
+    uncompressed as RFC 7692 lets a message go; the last of each batch leaves through `websockets`, which
+    compresses it. A client that negotiated compression (as openai-python's does) reads both, in order: the
+    official client's tests above read them so. Here the frames themselves: if the server no longer let Parley
+    frame a batch's events, every frame would be compressed."""
+    streams = server.websocket_streams()
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)  # the client's side of permessage-deflate, context kept
+    compressed = plain = 0
+    for is_compressed, payload in _frames(
+        server, {"type": "response.create", "model": "fake/fake-long", "input": "long", "max_output_tokens": 300}
+    ):
+        if is_compressed:
+            compressed += 1
+            payload = inflater.decompress(payload + b"\x00\x00\xff\xff")
+        else:
+            plain += 1
+        event = streams.feed(payload.decode())
+        if event["type"] in TERMINAL:
+            break
+    assert event["type"] == "response.completed"
+    assert "".join(event["response"]["output"][0]["content"][0]["text"]) == "".join(f"tok{i} " for i in range(300))
+    assert len(streams.validated) == 1
+    assert plain > compressed > 0, (plain, compressed)
 
 
 def test_background_is_refused_with_an_error_event(socket: Socket) -> None:
