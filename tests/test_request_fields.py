@@ -16,6 +16,7 @@ from parley.engine.request import (
     LAGGING_FIELDS,
     PACKAGE_FIELDS,
     REFUSED_FIELDS,
+    WEBSOCKET_FIELDS,
     CreateResponseRequest,
 )
 from tests.conftest import ParleyProcess
@@ -29,9 +30,11 @@ def test_every_field_the_package_knows_is_handled_ignored_or_refused() -> None:
 
 
 def test_every_field_parley_takes_is_known_to_the_api() -> None:
-    # Parley declares no create field of its own: each is the package's, or one it lags behind on.
+    # Parley declares no create field of its own: each is the package's, or one it lags behind on, or one that
+    # the package's WebSocket `response.create` adds (`generate`), which no body may set.
     declared = set(CreateResponseRequest.model_fields) | IGNORED_FIELDS.keys() | REFUSED_FIELDS.keys()
-    assert declared <= KNOWN_FIELDS, sorted(declared - KNOWN_FIELDS)
+    assert declared <= KNOWN_FIELDS | WEBSOCKET_FIELDS, sorted(declared - KNOWN_FIELDS - WEBSOCKET_FIELDS)
+    assert not WEBSOCKET_FIELDS & KNOWN_FIELDS
 
 
 def test_lagging_fields_are_only_those_the_package_lacks() -> None:

@@ -403,6 +403,56 @@ def test_events_go_as_frames_of_their_own_uncompressed_and_in_order_under_permes
     assert plain > compressed > 0, (plain, compressed)
 
 
+def test_a_warm_up_calls_no_model_and_the_next_turn_continues_from_it(
+    socket: Socket, fake_upstream: FakeUpstream
+) -> None:
+    """`generate: false` (OpenAI's warm-up, which the Codex CLI sends before a turn): a response with no model
+    output, whose context a later `previous_response_id` continues, held by the connection when unstored."""
+    since = len(fake_upstream.requests)
+    socket.create(model=ECHO, input="the warm context", store=False, generate=False)
+    events = socket.response()
+    assert [event["type"] for event in events] == ["response.created", "response.in_progress", "response.completed"]
+    warm = completed(events)
+    assert warm["output"] == []
+    assert warm["usage"]["input_tokens"] == warm["usage"]["output_tokens"] == 0
+    assert len(fake_upstream.requests) == since  # no model was called
+    socket.create(model=ECHO, input="now the turn", store=False, previous_response_id=warm["id"])
+    assert text_of(completed(socket.response())) == "now the turn"
+    assert fake_upstream.requests[-1]["messages"] == [
+        {"role": "user", "content": "the warm context"},
+        {"role": "user", "content": "now the turn"},
+    ]
+    assert len(fake_upstream.requests) == since + 1
+
+
+def test_a_stored_warm_up_is_retrieved_and_continued_over_http(
+    socket: Socket, alice: openai.OpenAI, fake_upstream: FakeUpstream
+) -> None:
+    socket.create(model=ECHO, input="stored warm context", generate=False)
+    warm = completed(socket.response())
+    retrieved = alice.responses.retrieve(warm["id"])
+    assert retrieved.status == "completed" and retrieved.output == []
+    assert [item.type for item in alice.responses.input_items.list(warm["id"]).data] == ["message"]
+    after = alice.responses.create(model=ECHO, input="over http", previous_response_id=warm["id"])
+    assert after.output_text == "over http"
+    assert fake_upstream.requests[-1]["messages"] == [
+        {"role": "user", "content": "stored warm context"},
+        {"role": "user", "content": "over http"},
+    ]
+
+
+def test_generate_is_a_websocket_field_only_and_a_boolean(socket: Socket, alice: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        alice.responses.create(model=ECHO, input="over http", extra_body={"generate": False})
+    assert refused.value.code == "unknown_parameter"
+    socket.create(model=ECHO, input="warm", generate="no")
+    refusal = socket.refusal()
+    assert refusal["status"] == 400
+    assert (refusal["error"]["param"], refusal["error"]["code"]) == ("generate", "invalid_type")
+    socket.create(model=ECHO, input="still usable", generate=True)
+    assert text_of(completed(socket.response())) == "still usable"
+
+
 def test_background_is_refused_with_an_error_event(socket: Socket) -> None:
     socket.create(model=ECHO, input="later", background=True)
     refusal = socket.refusal()
@@ -431,7 +481,7 @@ HOSTILE = [
     (json.dumps({"type": "response.create", "model": ECHO, "input": "x", "surprise": 1}), 400, "surprise"),
     (json.dumps({"type": "response.create", "model": ECHO, "input": "nul \u0000 here"}), 400, "input"),
     (json.dumps({"type": "response.create", "model": ECHO, "input": "x", "stream_id": "lane"}), 400, "stream_id"),
-    (json.dumps({"type": "response.create", "model": ECHO, "input": "x", "generate": False}), 400, "generate"),
+    (json.dumps({"type": "response.create", "model": ECHO, "input": "x", "generate": [False]}), 400, "generate"),
     (json.dumps({"type": "response.create", "model": "nobody/nothing", "input": "x"}), 404, "model"),
     (json.dumps({"type": "response.create", "model": ECHO, "input": "x", "metadata": _nested(100)}), 400, "metadata"),
     (json.dumps({"type": "response.create", "model": ECHO, "input": "x" * MAX_BODY_BYTES}), 413, None),

@@ -28,8 +28,13 @@ SSE stream would carry, one JSON text message each, numbered the same.
 - **Closing** the socket mid-response is a client leaving an HTTP stream:
   a stored response is still produced and stored; an unstored one is stopped.
 
-Not supported: `background` (as at OpenAI), `generate: false`, and
-`stream_id` lanes (each response here runs alone, in order).
+- **Warm-ups.** `generate: false` makes a response that calls no model: its
+  context is made ready (MCP listings, approved calls) and it ends
+  `completed` with no model output, so that a later `previous_response_id`
+  continues from it, as OpenAI's warm-ups do.
+
+Not supported: `background` (as at OpenAI) and `stream_id` lanes (each
+response here runs alone, in order).
 """
 
 from __future__ import annotations
@@ -193,10 +198,12 @@ class ResponsesConnection:
         """One message: a response created and streamed to its end, or one `error` message."""
         continues: str | None = None
         try:
-            data = self._fields(message)
+            data, generate = self._fields(message)
             previous = data.get("previous_response_id")
             continues = previous if isinstance(previous, str) else None
-            run = await self.service.create(validate_body(data, CreateResponseRequest), self.caller, self.held)
+            request = validate_body(data, CreateResponseRequest)
+            request.generate = generate
+            run = await self.service.create(request, self.caller, self.held)
         except ParleyError as exc:
             await self._refuse(exc, continues)
             return
@@ -237,8 +244,9 @@ class ResponsesConnection:
         for _, event in batch:
             await self.websocket.send_text(event.decode())
 
-    def _fields(self, message: str | bytes) -> dict[str, Any]:
-        """The fields of `POST /v1/responses` that a message carries, `stream` set; a 400 (413) for any other."""
+    def _fields(self, message: str | bytes) -> tuple[dict[str, Any], bool]:
+        """The fields of `POST /v1/responses` that a message carries, `stream` set, and whether it generates
+        (`generate: false` is a warm-up); a 400 (413) for any other message."""
         raw = message.encode() if isinstance(message, str) else message
         if len(raw) > self.max_bytes:
             raise too_large(self.max_bytes)
@@ -263,15 +271,15 @@ class ResponsesConnection:
                 param="stream_id",
                 code="unsupported_parameter",
             )
-        if data.get("generate") not in (None, True):
+        if data.get("generate") not in (None, True, False):
             raise InvalidRequestError(
-                "Unsupported parameter: 'generate'. This server always generates the response.",
+                f"Invalid type for 'generate': expected a boolean, but got {type(data['generate']).__name__}.",
                 param="generate",
-                code="unsupported_parameter",
+                code="invalid_type",
             )
         fields = {name: value for name, value in data.items() if name not in _ENVELOPE}
         fields["stream"] = True
-        return fields
+        return fields, data.get("generate") is not False
 
     async def _send_error(self, error: ParleyError) -> None:
         """An error that refuses a message, as OpenAI sends it on the socket: its HTTP status, and the error body."""

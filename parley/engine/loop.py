@@ -8,6 +8,8 @@
     until the model answers, hands a function call to the caller, needs an
     approval, runs out of output tokens, or the iteration bound is reached
 
+A warm-up (`generate: false`, WebSocket mode) stops after `prepare`.
+
 Everything a turn carries is one `Turn`; the model sits behind the provider
 interface, server-side tools behind the `Toolbox` (each kind behind
 `parley.tools.ToolKind`), and every event leaves through the turn's
@@ -73,7 +75,10 @@ class Turn:
 async def run(turn: Turn) -> None:
     """Produces the turn's output; raises ParleyError on failure (see `service`)."""
     await read_input(turn)
-    await _produce(turn)
+    if turn.request.generate:
+        await _produce(turn)
+    else:
+        await _warm_up(turn)
 
 
 async def read_input(turn: Turn) -> None:
@@ -125,6 +130,13 @@ async def _produce(turn: Turn) -> None:
         if not builder.server_calls or hands_back:
             return _finish(turn, builder.finish_reason)
     _finish(turn, "length")  # the iteration bound: the response ran out of room to finish
+
+
+async def _warm_up(turn: Turn) -> None:
+    """A turn that makes its context ready and calls no model (`generate: false`): the tool kinds' own items
+    and the approved calls' results are its output, and a later turn continues from it."""
+    announce(turn, await _prepare(turn))
+    _finish(turn, None)
 
 
 def announce(turn: Turn, finished: list[dict[str, Any]] | None = None) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypeVar
 
-from openai.types.responses import response_create_params
+from openai.types.responses import response_create_params, responses_client_event_param
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from parley.errors import InvalidRequestError, invalid_parameter, most_specific
@@ -214,6 +214,9 @@ LAGGING_FIELDS = {
     "frequency_penalty": "in Open Responses' CreateResponseBody, and echoed on OpenAI's response object",
 }
 KNOWN_FIELDS = PACKAGE_FIELDS | LAGGING_FIELDS.keys()
+# What WebSocket mode's `response.create` adds to those, as the package declares it (`generate`, `stream_id`):
+# read from a message's envelope (parley.api.websocket), never from a body.
+WEBSOCKET_FIELDS = keys_of(responses_client_event_param.ResponseCreate) - PACKAGE_FIELDS - {"type"}
 
 # Known fields that are accepted and have nothing to apply to here: OpenAI's own services.
 IGNORED_FIELDS = {
@@ -315,6 +318,10 @@ class CreateResponseRequest(BaseModel):
     # Compaction when the context grows too large (see parley.engine.compaction); checked by
     # `check_context_management`.
     context_management: Any = None
+    # False for a warm-up (`generate: false`): the context made ready, no model called. One of
+    # WEBSOCKET_FIELDS: set from a message's envelope (parley.api.websocket); a body naming it is refused
+    # (`check_fields`), as `POST /v1/responses` takes no such field.
+    generate: bool = True
 
     _metadata_limits = field_validator("metadata")(lambda cls, value: check_metadata(value))
     _output_tokens = field_validator("max_output_tokens")(lambda cls, value: check_max_output_tokens(value))
