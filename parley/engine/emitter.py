@@ -20,8 +20,11 @@ Sink = Callable[[str, bytes], None]
 
 
 class EventEmitter:
-    def __init__(self, sink: Sink | None = None, first_sequence: int = 0) -> None:
+    def __init__(self, sink: Sink | None = None, first_sequence: int = 0, *, read_live: bool | None = None) -> None:
         self._sink = sink
+        # Whether a client reads the events as they are made (by default, whenever they are sent somewhere): a
+        # background response's are kept for whoever follows later, and only its creator may read them live.
+        self.read_live = sink is not None if read_live is None else read_live
         # A background response's run numbers its events after those sent when it was queued.
         self._sequence = first_sequence
         # Every event counts, sent or not (a response that is not streamed has none sent): whoever keeps
@@ -80,10 +83,6 @@ class EventEmitter:
         elif event_type.endswith("arguments.done"):
             self._open_items[index]["arguments"] = event["arguments"]
             self._streaming_arguments.discard(index)
-
-    @property
-    def streaming(self) -> bool:
-        return self._sink is not None
 
     def emit(self, event_type: str, **fields: Any) -> None:
         self.changes += 1

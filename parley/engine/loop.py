@@ -230,7 +230,7 @@ async def _open_model_stream(turn: Turn, prepared: list[dict[str, Any]], offer: 
                     turn.response["truncated_items"] = turn.dropped_items
                     continue
             raise
-        if turn.emitter.streaming and not turn.announced:
+        if turn.emitter.read_live and not turn.announced:
             return _first_output_apart(first, stream)
         return prepend(first, stream)
 

@@ -748,7 +748,9 @@ class ResponseService:
         def sink(event_type: str, data: bytes) -> None:
             live.send(events.add(event_type, data), event_type, data)
 
-        emitter = EventEmitter(sink, first_sequence=2)
+        # Read live only by a creator that streams it (`first_token_sent` is for such a reader: with none, its
+        # yield of the core cost two workers a tenth of their event loops' time, bench/background.py).
+        emitter = EventEmitter(sink, first_sequence=2, read_live=stream is not None)
         lock: _ConversationLock | None = None
         try:
             request, input_items, caller = self.job_seal.open(job.sealed)
