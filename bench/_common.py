@@ -126,9 +126,11 @@ def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
     return line
 
 
-def start_fake(children: Children, name: str, delay_ms: float) -> str:
-    """A fake upstream pausing `delay_ms` before each streamed chunk; returns its base URL."""
-    proc = children.spawn(name, [sys.executable, str(FAKE_UPSTREAM), "--port", "0", "--delay-ms", str(delay_ms)])
+def start_fake(children: Children, name: str, delay_ms: float, *, burst: bool = False) -> str:
+    """A fake upstream pausing `delay_ms` before each streamed chunk (`burst`: unpaced, the chunks after the first
+    in one write); returns its base URL."""
+    command = [sys.executable, str(FAKE_UPSTREAM), "--port", "0", "--delay-ms", str(delay_ms)]
+    proc = children.spawn(name, command + (["--burst"] if burst else []))
     try:
         return _read_line(proc, 30)
     except RuntimeError as exc:

@@ -386,7 +386,7 @@ def main() -> int:
 
     def start(children: Children) -> Any:
         url = children.database(options.database, "bench")
-        upstream = start_fake(children, "fake", delay_ms=0)
+        upstream = start_fake(children, "fake", delay_ms=0, burst=True)
         paced = start_fake(children, "paced", delay_ms=5)
         servers = Servers(children, config(upstream, paced, url, options.concurrency))
         return scenarios(children, servers, url, (upstream, paced))

@@ -118,10 +118,14 @@ _MODEL_LIST = orjson.dumps(
 
 
 class FakeApp:
-    """The ASGI app. `delay` is the pause between two streamed chunks, in seconds."""
+    """The ASGI app. `delay` is the pause between two streamed chunks, in seconds; `burst`, unpaced, the chunks
+    after the first in one write (see `_stream_long`)."""
 
-    def __init__(self, delay: float = 0.0, requests: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self, delay: float = 0.0, requests: list[dict[str, Any]] | None = None, *, burst: bool = False
+    ) -> None:
         self.delay = delay
+        self.burst = burst
         self.requests: list[dict[str, Any]] = requests if requests is not None else []
         self.closing = False
         self._closed: asyncio.Event | None = None
@@ -325,22 +329,28 @@ class FakeApp:
         async with _Watch(receive) as watch:
             await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
             await send({"type": "http.response.body", "body": first, "more_body": True})
-            if not delay and count:
-                # Unpaced: the first token, then the rest in one write, as a fast server's burst arrives. uvloop
-                # writes out what a loop iteration queued only when the iteration ends: yield once, so that
-                # the first token leaves now. One write rather than a write a chunk took the fake's CPU a job of
-                # bench/background.py from 1.3 to 0.3 ms, on the two cores that Parley's processes share with it.
+            if not delay and count and self.burst:
+                # Unpaced, `burst`: the first token, then the rest in one write. uvloop writes out what a loop
+                # iteration queued only when the iteration ends: yield once, so that the first token leaves now.
+                # One write rather than a write a chunk took the fake's CPU a job of bench/background.py from 1.3
+                # to 0.3 ms, on the two cores that Parley's processes share with it. Not the default: read in one
+                # write, the streaming benchmarks' direct baseline measured the client alone (bench/README.md).
                 await send({"type": "http.response.body", "body": b"%b0%b" % (before, after), "more_body": True})
                 await asyncio.sleep(0)
                 rest = b"".join(b"%b%d%b" % (before, i, after) for i in range(1, count))
                 await send({"type": "http.response.body", "body": rest, "more_body": True})
-            for i in range(count if delay else 0):
-                await asyncio.sleep(delay)
-                if watch.gone:
-                    return
-                if self.closing:
-                    break
+                count = 0
+            for i in range(count):
+                if delay:
+                    await asyncio.sleep(delay)
+                    if watch.gone:
+                        return
+                    if self.closing:
+                        break
                 await send({"type": "http.response.body", "body": b"%b%d%b" % (before, i, after), "more_body": True})
+                if i == 0 and not delay:
+                    # Yield once, so that the first token leaves now rather than with the first 64 KiB.
+                    await asyncio.sleep(0)
             if delay:
                 await asyncio.sleep(delay)
             await send({"type": "http.response.body", "body": last, "more_body": False})
@@ -653,6 +663,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="pause between streamed chunks")
+    parser.add_argument("--burst", action="store_true", help="unpaced, the chunks after the first in one write")
     args = parser.parse_args(argv)
 
     sock = _bind(args.host, args.port)
@@ -661,7 +672,7 @@ def main(argv: list[str] | None = None) -> None:
     def ready() -> None:
         print(url, flush=True)
 
-    server = _Server(FakeApp(args.delay_ms / 1000), uvicorn.config.LOGGING_CONFIG, ready)
+    server = _Server(FakeApp(args.delay_ms / 1000, burst=args.burst), uvicorn.config.LOGGING_CONFIG, ready)
     server.run(sockets=[sock])  # SIGINT and SIGTERM stop it.
 
 
