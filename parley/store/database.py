@@ -228,8 +228,9 @@ class Database:
         if not group:
             return
         assert self._sqlite is not None
-        if all(isinstance(work, _Notice) for work, _ in group):  # notifications alone: no transaction to take
-            self._signals.send([(work.channel, work.payload) for work, _ in group])  # type: ignore[attr-defined]
+        notices = [work for work, _ in group if isinstance(work, _Notice)]
+        if len(notices) == len(group):  # notifications alone: no transaction to take
+            self._signals.send([(notice.channel, notice.payload) for notice in notices])
             for _, future in group:
                 future.set_result(None)
             return
@@ -333,6 +334,17 @@ def notify(connection: sa.Connection, channel: str, payload: str) -> None:
         connection.execute(sa.select(sa.func.pg_notify(channel, payload)))
     else:
         connection.info.setdefault(_NOTES, []).append((channel, payload))
+
+
+def notify_each(connection: sa.Connection, channel: str, statement: sa.UpdateBase) -> None:
+    """Runs `statement`, which returns one column, and tells each value it returns on `channel` (see `notify`): on
+    PostgreSQL in the same statement (a data-modifying CTE), one round trip rather than two."""
+    if connection.dialect.name == "postgresql":
+        written = statement.cte("written")
+        connection.execute(sa.select(sa.func.pg_notify(channel, next(iter(written.c)))))
+        return
+    for (payload,) in connection.execute(statement):
+        notify(connection, channel, payload)
 
 
 # Where a SQLite write keeps its notifications until it commits (the connection's `info`).

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from parley.store.database import Database, notify
+from parley.store.database import Database, notify, notify_each
 from parley.store.owners import Caller, visible_to
 from parley.store.pagination import Page, PageRequest, read_page
 from parley.store.tables import conversation_items, response_events, response_items, responses
@@ -352,15 +352,10 @@ class ResponseStore:
             .values({flag: True})
         )
 
-        def ask(connection: sa.Connection) -> None:
-            if connection.dialect.name == "postgresql":
-                # The ask and its NOTIFY in one statement (one round trip), heard once the ask is in.
-                asked = statement.returning(responses.c.id).cte("asked")
-                connection.execute(sa.select(sa.func.pg_notify(channel, asked.c.id)))
-            elif connection.execute(statement).rowcount:
-                notify(connection, channel, response_id)
-
-        await self.db.write(ask, autocommit=True)
+        # The ask and its NOTIFY, heard once the ask is in; none when nothing was asked.
+        await self.db.write(
+            lambda connection: notify_each(connection, channel, statement.returning(responses.c.id)), autocommit=True
+        )
 
     async def asked(self, token: str) -> tuple[list[str], list[str]]:
         """The background responses that server `token` runs whose cancel was asked of another server, and those
@@ -595,10 +590,10 @@ def _events_insert(response_id: str, first: int, events: list[tuple[str, str]]) 
 
 
 def _keep_events(connection: sa.Connection, response_id: str, batch: EventBatch) -> None:
-    if batch.announce and batch.events and connection.dialect.name == "postgresql":
-        # The batch and its NOTIFY in one statement: one round trip of a follower's wait instead of two.
-        kept = _events_insert(response_id, batch.first, batch.events).returning(response_events.c.response_id)
-        connection.execute(sa.select(sa.func.pg_notify(EVENTS_CHANNEL, kept.cte("kept").c.response_id)))
+    if batch.announce and batch.events:
+        # The batch and its NOTIFY together: one round trip of a follower's wait on PostgreSQL instead of two.
+        statement = _events_insert(response_id, batch.first, batch.events).returning(response_events.c.response_id)
+        notify_each(connection, EVENTS_CHANNEL, statement)
         return
     _insert_events(connection, response_id, batch.first, batch.events)
     if batch.announce:
