@@ -285,14 +285,20 @@ class BackgroundWorker:
         ]
 
     async def _take_jobs(self) -> None:
+        # Whether the last claim took as many jobs as it asked for: the queue was not empty then, and the next
+        # claim goes straight to its write, without the read that spares a server with nothing to do one.
+        busy = False
         while True:
             try:
                 free = self.concurrency - len(self._running)
                 if free > 0:
-                    for job in await self.store.claim_jobs(self.token, free):
+                    jobs = await self.store.claim_jobs(self.token, free, look_first=not busy)
+                    busy = len(jobs) == free
+                    for job in jobs:
                         task = asyncio.create_task(self._run(job), name=f"background {job.id}")
                         self._running[job.id] = _Running(task, job)
             except Exception:
+                busy = False
                 log.exception("cannot take background jobs")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), POLL_SECONDS[self.store.db.is_sqlite])

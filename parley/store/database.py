@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import re
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +22,7 @@ from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from parley.store.checkpoints import Checkpoints
 from parley.store.signals import Signals
 
 log = logging.getLogger(__name__)
@@ -70,14 +71,13 @@ class Database:
     return its result. The repositories write each transaction as such a function,
     the same for both databases; what differs is where it runs:
 
-    - SQLite (the standard library's driver) runs each transaction whole on a
-      thread of its own, one thread trip per transaction. An asyncio driver
-      (aiosqlite) makes one thread trip per driver call instead: a response's
-      row and items took seven, and three times the CPU of the work itself.
-      Writes run on one thread, in the order they come: SQLite lets one writer
-      at a time in, and its busy handler makes the others sleep in steps of up
-      to 100 ms, which under load was the whole tail. Reads run on a few threads
-      beside it (WAL lets them).
+    - SQLite (sqlean, the standard library's driver with its own SQLite) runs
+      each read whole on one of a few threads (WAL lets them run beside the
+      writer), one thread trip per transaction: an asyncio driver (aiosqlite)
+      makes one per driver call instead, and a response's row and items took
+      seven, and three times the CPU of the work itself. Writes run in the order
+      they come, those that wait together in one transaction, on the event loop
+      once the write lock is had (`_drain`): SQLite lets one writer at a time in.
     - PostgreSQL (asyncpg) runs the function on the event loop
       (`AsyncConnection.run_sync`): each statement is awaited, and PostgreSQL
       locks rows itself.
@@ -104,6 +104,7 @@ class Database:
                 raise ValueError("Parley stores in a SQLite file: a database in memory would be one per thread.")
             Path(database).parent.mkdir(parents=True, exist_ok=True)
             self._signals = Signals(Path(database))
+            self._checkpoints = Checkpoints(Path(database))
             # `sqlite+aiosqlite://`, the URL earlier versions documented, names the same file.
             # The driver is sqlean (SQLite 3.50 with its own copy of the library), not the standard
             # library's sqlite3: most Pythons' sqlite3 (pyenv's, macOS's) cannot load extensions, and
@@ -118,10 +119,11 @@ class Database:
             )
             event.listen(self._sqlite, "connect", _sqlite_pragmas)
             event.listen(self._sqlite, "begin", _sqlite_begin)
-            self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
-            self._pending: list[tuple[Work[Any], Future[Any]]] = []  # writes handed over, not yet taken
-            self._pending_lock = threading.Lock()
-            self._draining = False  # whether the writer thread has `_drain` to run, or runs it
+            # Writes handed over and not yet taken, in order: (work, its caller's future, whether it runs on the
+            # thread `_offloaded`); and the task that takes them (`_drain`), while there are any.
+            self._pending: collections.deque[tuple[Work[Any], asyncio.Future[Any], bool]] = collections.deque()
+            self._draining: asyncio.Task[None] | None = None
+            self._offloaded = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
             self._readers = ThreadPoolExecutor(_SQLITE_READERS, thread_name_prefix="sqlite-reader")
         else:
             options.update(pool_size=10, max_overflow=20, json_serializer=_jsonb_dumps)
@@ -172,21 +174,22 @@ class Database:
                 await connection.execution_options(isolation_level="AUTOCOMMIT")
             return await connection.run_sync(work)
 
-    async def write(self, work: Work[T], *, autocommit: bool = False) -> T:
+    async def write(self, work: Work[T], *, autocommit: bool = False, offload: bool = False) -> T:
         """`work(connection)`, in a transaction that commits, or rolls back if `work` raises.
 
         With `autocommit`, on PostgreSQL, each statement commits on its own, outside a transaction, without the
         BEGIN and COMMIT round trips (see `read`): for work of one statement, or whose statements need not commit
         together (a row, then a NOTIFY that it is there).
+
+        On SQLite the writes run in the order they come, on the event loop (`_drain`); with `offload`, on a
+        thread, for work that may take long (a migration, thousands of rows).
         """
         if self._sqlite is not None:
-            future: Future[T] = Future()
-            with self._pending_lock:
-                self._pending.append((work, future))
-                start, self._draining = not self._draining, True
-            if start:
-                self._writer.submit(self._drain)
-            return await asyncio.wrap_future(future)
+            future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+            self._pending.append((work, future, offload))
+            if self._draining is None:
+                self._draining = asyncio.create_task(self._drain(), name="sqlite writes")
+            return await future
         assert self.engine is not None
         if autocommit:
             async with self.engine.connect() as connection:
@@ -204,54 +207,112 @@ class Database:
         with self._sqlite.connect() as connection:
             return work(connection)
 
-    def _drain(self) -> None:
-        """The writer thread: the writes handed over, in order, those waiting together in one transaction
-        (`_sqlite_write`), until none is left."""
-        while True:
-            with self._pending_lock:
-                group, self._pending = self._pending[:_SQLITE_GROUP], self._pending[_SQLITE_GROUP:]
-                if not group:
-                    self._draining = False
-                    return
-            self._sqlite_write([(work, future) for work, future in group if future.set_running_or_notify_cancel()])
+    async def _drain(self) -> None:
+        """The writes handed over, in order, until none is left: those waiting together committed in one
+        transaction (`_sqlite_write`), on the event loop once SQLite's write lock is this server's
+        (`_write_lock`), or alone on a thread when offloaded.
 
-    def _sqlite_write(self, group: list[tuple[Work[Any], Future[Any]]]) -> None:
-        """Writes that waited together, committed in one transaction, each in a savepoint of its own when they
-        are more than one: one that raises is undone alone, and raises to its caller; the others commit.
-
-        SQLite lets one writer in at a time, and each of Parley's transactions held that lock for about 2 ms,
-        most of it Python (the statements' building, the commit) slowed by the event loop's thread: with two
-        `parley serve` workers on one file the lock was held all the time, and 2 workers ran 1.4 times the jobs
-        of one, 4 no more than 2 (bench/background.py). Writes that queue while another transaction holds
-        the lock are what a group commit amortises: one lock taken and one commit for all of them.
+        On the event loop rather than on a thread of their own, as they ran first: a transaction then holds the
+        lock for the time its statements take, while a writer thread, waiting for the event loop's thread to
+        let go of the interpreter lock after each statement, held it for 4 to 10 times longer (bench/
+        background.py: 7 ms for a group of 6 background jobs' writes of 1.3 ms of CPU, and with two `parley
+        serve` workers on one file the lock was held three quarters of the time, their cores a quarter idle).
         """
-        if not group:
-            return
+        group: list[tuple[Work[Any], asyncio.Future[Any], bool]] = []
+        try:
+            while self._pending:
+                group = self._take_group()
+                if not group:
+                    continue
+                try:
+                    if group[0][2]:
+                        works = [work for work, _, _ in group]
+                        outcomes = await asyncio.get_running_loop().run_in_executor(
+                            self._offloaded, self._sqlite_write, works, None
+                        )
+                    else:
+                        outcomes = self._sqlite_write([work for work, _, _ in group], await self._write_lock(group))
+                except Exception as exc:  # the lock not had within the wait
+                    outcomes = [(False, exc)] * len(group)
+                for (_, future, _), (ok, value) in zip(group, outcomes, strict=True):
+                    if future.done():
+                        continue
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+                group = []
+        finally:
+            self._draining = None
+            for _, future, _ in [*group, *self._pending]:  # the drain was cancelled (the loop closes)
+                future.cancel()
+            self._pending.clear()
+
+    def _take_group(self) -> list[tuple[Work[Any], asyncio.Future[Any], bool]]:
+        """The next writes to commit together: up to `_SQLITE_GROUP` run on the event loop, or one offloaded; those
+        whose callers stopped waiting are dropped."""
+        group: list[tuple[Work[Any], asyncio.Future[Any], bool]] = []
+        while self._pending and len(group) < _SQLITE_GROUP:
+            if self._pending[0][2] and group:
+                break
+            write = self._pending.popleft()
+            if write[1].cancelled():
+                continue
+            group.append(write)
+            if write[2]:
+                break
+        return group
+
+    async def _write_lock(self, group: list[Any]) -> sa.Connection | None:
+        """A connection holding SQLite's write lock (BEGIN IMMEDIATE), tried now and again every 0.1 to 1 ms
+        while another process writes, up to `_SQLITE_WRITE_WAIT_SECONDS`; None for a group of notifications
+        alone, which needs none."""
         assert self._sqlite is not None
-        notices = [work for work, _ in group if isinstance(work, _Notice)]
+        if all(isinstance(work, _Notice) for work, _, _ in group):
+            return None
+        connection = self._sqlite.connect()
+        try:
+            deadline = time.monotonic() + _SQLITE_WRITE_WAIT_SECONDS
+            pause = 0.0001
+            while not _try_write_lock(connection):
+                if time.monotonic() > deadline:
+                    raise sqlean.OperationalError("database is locked")
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.001)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _sqlite_write(self, group: list[Work[Any]], locked: sa.Connection | None) -> list[tuple[bool, Any]]:
+        """Writes that waited together, committed in one transaction, each in a savepoint of its own when they
+        are more than one: one that raises is undone alone (its outcome is what it raised); the others commit.
+        On `locked`, which holds the write lock already, and closed then; without it (offloaded), on a
+        connection that waits for the lock as it begins (`_sqlite_begin`). Each write's outcome, in order.
+
+        SQLite lets one writer in at a time: writes that queue while a transaction holds the lock are what a
+        group commit amortises, one lock taken and one commit for all of them.
+        """
+        assert self._sqlite is not None
+        notices = [work for work in group if isinstance(work, _Notice)]
         if len(notices) == len(group):  # notifications alone: no transaction to take
             self._signals.send([(notice.channel, notice.payload) for notice in notices])
-            for _, future in group:
-                future.set_result(None)
-            return
+            return [(True, None)] * len(group)
         outcomes: list[tuple[bool, Any]] = []
         notes: list[tuple[str, str]] = []
         try:
-            with self._sqlite.connect() as connection:
-                connection.execution_options(parley_write=True)
+            with locked if locked is not None else self._sqlite.connect() as connection:
+                connection.execution_options(parley_write="begun" if locked is not None else "wait")
                 with connection.begin():
-                    for work, _ in group:
+                    for work in group:
                         outcomes.append(self._one_write(connection, work, notes, alone=len(group) == 1))
         except BaseException as exc:  # the transaction failed as a whole (its BEGIN, its COMMIT): every write
             outcomes = [(False, exc)] * len(group)
             notes = []
+        self._checkpoints.wanted()
         if notes:
             self._signals.send(notes)  # committed: now the others may look
-        for (_, future), (ok, value) in zip(group, outcomes, strict=True):
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
+        return outcomes
 
     @staticmethod
     def _one_write(
@@ -287,13 +348,16 @@ class Database:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 
-        await self.write(upgrade)
+        await self.write(upgrade, offload=True)
 
     async def close(self) -> None:
         if self._sqlite is not None:
-            # Transactions already handed to the threads finish first.
-            await asyncio.to_thread(self._writer.shutdown)
+            # Transactions already handed over finish first.
+            if self._draining is not None:
+                await asyncio.shield(self._draining)
+            await asyncio.to_thread(self._offloaded.shutdown)
             await asyncio.to_thread(self._readers.shutdown)
+            await asyncio.to_thread(self._checkpoints.close)
             self._sqlite.dispose()
             self._signals.close()
         if self._listening is not None:
@@ -336,14 +400,16 @@ def notify(connection: sa.Connection, channel: str, payload: str) -> None:
         connection.info.setdefault(_NOTES, []).append((channel, payload))
 
 
-def notify_each(connection: sa.Connection, channel: str, statement: sa.UpdateBase) -> None:
-    """Runs `statement`, which returns one column, and tells each value it returns on `channel` (see `notify`): on
-    PostgreSQL in the same statement (a data-modifying CTE), one round trip rather than two."""
+def notify_each(
+    connection: sa.Connection, channel: str, statement: sa.UpdateBase, parameters: dict[str, Any] | None = None
+) -> None:
+    """Runs `statement` (with `parameters`), which returns one column, and tells each value it returns on `channel`
+    (see `notify`): on PostgreSQL in the same statement (a data-modifying CTE), one round trip rather than two."""
     if connection.dialect.name == "postgresql":
         written = statement.cte("written")
-        connection.execute(sa.select(sa.func.pg_notify(channel, next(iter(written.c)))))
+        connection.execute(sa.select(sa.func.pg_notify(channel, next(iter(written.c)))), parameters)
         return
-    for (payload,) in connection.execute(statement):
+    for (payload,) in connection.execute(statement, parameters):
         notify(connection, channel, payload)
 
 
@@ -427,6 +493,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA wal_autocheckpoint=0")  # a thread of their own checkpoints (parley.store.checkpoints)
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
     # Transactions begin where SQLAlchemy begins them (`_sqlite_begin`), not where the driver would guess: it
@@ -437,28 +504,39 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_begin(connection: sa.Connection) -> None:
     """A write transaction takes the write lock as it begins (BEGIN IMMEDIATE), waiting its turn behind another
     process's writer: one that read first and then wrote would be refused at once (SQLITE_BUSY) when another
-    process had written since its read, as two `parley serve` workers on one file do. A read begins deferred."""
-    if not connection.get_execution_options().get("parley_write", False):
+    process had written since its read, as two `parley serve` workers on one file do. A read begins deferred;
+    a write on the event loop took the lock before (`Database._write_lock`)."""
+    how = connection.get_execution_options().get("parley_write")
+    if how == "begun":
+        return
+    if how != "wait":
         connection.exec_driver_sql("BEGIN")
         return
-    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
     # Waiting here, not in SQLite's busy handler: it sleeps 1, 2, 5, 10, 15 ms and on, while another process's
     # write takes well under one; two `parley serve` workers on one file lost a fifth of their time so (bench/
     # background.py: 23% of both cores idle). The lock is tried every 0.1 to 1 ms instead, up to the 30 s
     # the connection's own timeout would wait.
+    deadline = time.monotonic() + _SQLITE_WRITE_WAIT_SECONDS
+    pause = 0.0001
+    while not _try_write_lock(connection):
+        if time.monotonic() > deadline:
+            raise sqlean.OperationalError("database is locked")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.001)
+
+
+def _try_write_lock(connection: sa.Connection) -> bool:
+    """BEGIN IMMEDIATE, once, without waiting: whether the connection now holds SQLite's write lock (False when
+    another connection, of this process or another, holds it)."""
+    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
     cursor.execute("PRAGMA busy_timeout = 0")
     try:
-        deadline = time.monotonic() + _SQLITE_WRITE_WAIT_SECONDS
-        pause = 0.0001
-        while True:
-            try:
-                cursor.execute("BEGIN IMMEDIATE")
-                return
-            except sqlean.OperationalError as exc:
-                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
-                    raise
-            time.sleep(pause)
-            pause = min(pause * 2, 0.001)
+        cursor.execute("BEGIN IMMEDIATE")
+        return True
+    except sqlean.OperationalError as exc:
+        if "locked" not in str(exc) and "busy" not in str(exc):
+            raise
+        return False
     finally:
         cursor.execute(f"PRAGMA busy_timeout = {int(_SQLITE_WRITE_WAIT_SECONDS * 1000)}")
         cursor.close()

@@ -31,6 +31,42 @@ _FINISH_RESPONSE = (
     .where(responses.c.id == sa.bindparam("response_id"))
     .values(status=sa.bindparam("status"), body=sa.bindparam("body"), lease_until=None, job=None, claim=None)
 )
+# The queued jobs that server `token` may take at `now`, oldest first: those no server holds, and its own.
+_PICK_JOBS = (
+    sa.select(responses.c.id)
+    .where(
+        responses.c.status == "queued",
+        sa.or_(
+            responses.c.claim.is_(None),
+            responses.c.claim == sa.bindparam("token"),
+            responses.c.lease_until < sa.bindparam("now"),
+        ),
+    )
+    .order_by(responses.c.seq)
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+)
+# Takes up to `limit` of them for `token`, in one statement, atomic on its own: on PostgreSQL the jobs another
+# server is taking are skipped (its lock on them), not waited for; SQLite lets one writer in at a time. The pick is
+# a MATERIALIZED CTE, run once: as a subquery of the UPDATE, PostgreSQL may run it again for rows it rechecks, and
+# with SKIP LOCKED a second run picks other rows (a server took two jobs with one slot free).
+_PICKED = _PICK_JOBS.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
+_CLAIM_JOBS = (
+    responses.update()
+    .where(responses.c.id.in_(sa.select(_PICKED.c.id)), responses.c.status == "queued")
+    .values(
+        status="in_progress",
+        claim=sa.bindparam("token"),
+        lease_until=sa.bindparam("lease_until"),
+        attempts=responses.c.attempts + 1,
+    )
+    .returning(
+        responses.c.seq, responses.c.id, responses.c.job, responses.c.body, responses.c.owner, responses.c.attempts
+    )
+)
+_INSERT_EVENTS = response_events.insert()
+# The statements of the frequent writes are built once, here: building them (the claim's, an event batch's) took
+# SQLAlchemy more than running them, inside SQLite's one write lock (bench/background.py).
+
 # The statuses a response ends with.
 TERMINAL = ("completed", "incomplete", "failed", "cancelled")
 # The PostgreSQL channel on which a cancel of a background response is announced (its payload: the response's id).
@@ -259,47 +295,25 @@ class ResponseStore:
 
         await self.db.write(insert)
 
-    async def claim_jobs(self, token: str, limit: int) -> list[Job]:
+    async def claim_jobs(self, token: str, limit: int, *, look_first: bool = True) -> list[Job]:
         """Takes up to `limit` queued jobs, oldest first, for the server `token`: those no server holds, and its
-        own. Each is `in_progress` under this server's lease once taken; no other server can take it."""
-        lease = self.lease_seconds
+        own. Each is `in_progress` under this server's lease once taken; no other server can take it.
 
-        def pick(now: float) -> sa.Select[Any]:
-            free = sa.or_(responses.c.claim.is_(None), responses.c.claim == token, responses.c.lease_until < now)
-            return (
-                sa.select(responses.c.id)
-                .where(responses.c.status == "queued", free)
-                .order_by(responses.c.seq)
-                .limit(limit)
-            )
-
-        # A read first: every server looks twice a second, and a write transaction each time, nearly always for
-        # nothing, would take SQLite's one writer from the turns that need it.
-        if not await self.db.read(lambda connection: connection.execute(pick(time.time())).first(), autocommit=True):
-            return []
+        `look_first`: with a read before, and no write when it finds none. Every server looks twice a second,
+        and a write transaction each time, nearly always for nothing, would take SQLite's one writer from the
+        turns that need it; a server that has just found the queue full of jobs spares the read.
+        """
+        if look_first:
+            picked = {"token": token, "now": time.time(), "limit": limit}
+            pick = _PICK_JOBS
+            if not await self.db.read(lambda connection: connection.execute(pick, picked).first(), autocommit=True):
+                return []
 
         def claim(connection: sa.Connection) -> list[Job]:
             now = time.time()
-            # One statement, atomic on its own: on PostgreSQL the jobs another server is taking are skipped (its
-            # lock on them), not waited for; SQLite lets one writer in at a time. The pick is a MATERIALIZED
-            # CTE, run once: as a subquery of the UPDATE, PostgreSQL may run it again for rows it rechecks, and
-            # with SKIP LOCKED a second run picks other rows (a server took two jobs with one slot free).
-            picked = pick(now).with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
-            rows = connection.execute(
-                responses.update()
-                .where(responses.c.id.in_(sa.select(picked.c.id)), responses.c.status == "queued")
-                .values(status="in_progress", claim=token, lease_until=now + lease, attempts=responses.c.attempts + 1)
-                .returning(
-                    responses.c.seq,
-                    responses.c.id,
-                    responses.c.job,
-                    responses.c.body,
-                    responses.c.owner,
-                    responses.c.attempts,
-                )
-            )
-            ordered = sorted(rows, key=lambda row: row.seq)
-            return [Job(row.id, row.job, row.body, row.owner, row.attempts) for row in ordered]
+            values = {"token": token, "now": now, "limit": limit, "lease_until": now + self.lease_seconds}
+            rows = sorted(connection.execute(_CLAIM_JOBS, values), key=lambda row: row.seq)
+            return [Job(row.id, row.job, row.body, row.owner, row.attempts) for row in rows]
 
         return await self.db.write(claim, autocommit=True)
 
@@ -577,23 +591,23 @@ def _read_response(connection: sa.Connection, response_id: str, caller: Caller) 
 
 def _insert_events(connection: sa.Connection, response_id: str, first: int, events: list[tuple[str, str]]) -> None:
     if events:
-        connection.execute(_events_insert(response_id, first, events))
+        connection.execute(_INSERT_EVENTS, _events_row(response_id, first, events))
 
 
-def _events_insert(response_id: str, first: int, events: list[tuple[str, str]]) -> sa.Insert:
-    return response_events.insert().values(
-        response_id=response_id,
-        first=first,
-        last=first + len(events) - 1,
-        events=orjson.dumps([list(event) for event in events]).decode(),
-    )
+def _events_row(response_id: str, first: int, events: list[tuple[str, str]]) -> dict[str, Any]:
+    return {
+        "response_id": response_id,
+        "first": first,
+        "last": first + len(events) - 1,
+        "events": orjson.dumps([list(event) for event in events]).decode(),
+    }
 
 
 def _keep_events(connection: sa.Connection, response_id: str, batch: EventBatch) -> None:
     if batch.announce and batch.events:
         # The batch and its NOTIFY together: one round trip of a follower's wait on PostgreSQL instead of two.
-        statement = _events_insert(response_id, batch.first, batch.events).returning(response_events.c.response_id)
-        notify_each(connection, EVENTS_CHANNEL, statement)
+        row = _events_row(response_id, batch.first, batch.events)
+        notify_each(connection, EVENTS_CHANNEL, _INSERT_EVENTS.returning(response_events.c.response_id), row)
         return
     _insert_events(connection, response_id, batch.first, batch.events)
     if batch.announce:
