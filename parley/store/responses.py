@@ -606,8 +606,9 @@ def _events_row(response_id: str, first: int, events: list[tuple[str, str]]) -> 
 def _keep_events(connection: sa.Connection, response_id: str, batch: EventBatch) -> None:
     if batch.announce and batch.events:
         # The batch and its NOTIFY together: one round trip of a follower's wait on PostgreSQL instead of two.
-        row = _events_row(response_id, batch.first, batch.events)
-        notify_each(connection, EVENTS_CHANNEL, _INSERT_EVENTS.returning(response_events.c.response_id), row)
+        # (Built here: PostgreSQL's form puts it in a CTE, whose values must be its own, not the execution's.)
+        statement = response_events.insert().values(_events_row(response_id, batch.first, batch.events))
+        notify_each(connection, EVENTS_CHANNEL, statement.returning(response_events.c.response_id))
         return
     _insert_events(connection, response_id, batch.first, batch.events)
     if batch.announce:

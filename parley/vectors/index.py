@@ -227,7 +227,8 @@ class ChunkIndex:
             added = self._insert_chunks(connection, state, file_id, rows, matrix) if rows else 0
             self._bump(connection, state, added - removed, removed > 0, dims if rows else None)
 
-        await self.db.write(work)
+        # Off the event loop: a file's thousands of chunks would hold every stream of this server meanwhile.
+        await self.db.write(work, offload=True)
         if not self.sqlite:
             self._written_since_analysis += len(rows)
             if self._written_since_analysis >= max(ANALYZE_AFTER_CHUNKS, self._rows_at_analysis // 5):
@@ -245,7 +246,7 @@ class ChunkIndex:
             if removed:
                 self._bump(connection, state, -removed, True, None)
 
-        await self.db.write(work)
+        await self.db.write(work, offload=True)
 
     async def remove_store(self, vector_store_id: str) -> None:
         """Removes every chunk of the store and its term counts. Its index state stays, emptied: its `version`
@@ -271,7 +272,7 @@ class ChunkIndex:
                 params,
             )
 
-        await self.db.write(work)
+        await self.db.write(work, offload=True)
         self._catalog.drop(vector_store_id)
         if self._cache is not None:
             self._cache.drop(vector_store_id)
