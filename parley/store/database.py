@@ -20,7 +20,6 @@ import sqlite_vec  # type: ignore[import-untyped]
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
-from sqlalchemy.sql import visitors
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from parley.store.checkpoints import Checkpoints
@@ -432,49 +431,6 @@ def notify_each(connection: sa.Connection, channel: str, statement: sa.UpdateBas
         return
     for (payload,) in connection.execute(statement):
         notify(connection, channel, payload)
-
-
-# The most rows `write_together` sends in one statement (PostgreSQL takes up to 32,767 parameters in one).
-_TOGETHER_ROWS = 500
-
-# A statement of `write_together`, and what it writes: an INSERT's rows (none: nothing to write), or the values of
-# the bound parameters of another statement.
-Together = tuple[sa.Insert | sa.Update, list[dict[str, Any]] | dict[str, Any]]
-
-
-def write_together(connection: sa.Connection, writes: list[Together], notice: tuple[str, str] | None = None) -> None:
-    """Runs writes none of which needs to see the others' rows (nor touches theirs), then `notify(*notice)`.
-
-    On PostgreSQL as one statement, each write a data-modifying CTE (foreign keys are checked at its end), which
-    is atomic alone: run with `Database.write(autocommit=True)`, one round trip instead of one a write and the
-    BEGIN and COMMIT about them (a background job's creation took six, its final state five, most of
-    PostgreSQL's CPU a job in bench/background.py). On SQLite, one after another, in the caller's transaction.
-    """
-    writes = [(statement, values) for statement, values in writes if values]
-    rows = sum(len(values) if isinstance(values, list) else 1 for _, values in writes)
-    if connection.dialect.name == "postgresql" and rows <= _TOGETHER_ROWS:
-        ctes = [_with_values(statement, values).cte(f"write_{i}") for i, (statement, values) in enumerate(writes)]
-        head = sa.func.pg_notify(*notice) if notice is not None else sa.literal(1)
-        connection.execute(sa.select(head).add_cte(*ctes))
-        return
-    for statement, values in writes:
-        connection.execute(statement, values)
-    if notice is not None:
-        notify(connection, *notice)
-
-
-def _with_values(statement: sa.Insert | sa.Update, values: list[dict[str, Any]] | dict[str, Any]) -> sa.UpdateBase:
-    """The statement with what it writes in it: an INSERT's rows, or another statement's bound parameters."""
-    if isinstance(values, list):
-        assert isinstance(statement, sa.Insert)
-        return statement.values(values)
-
-    def bind(parameter: sa.BindParameter[Any]) -> None:  # what `params()` does, which DML statements refuse
-        if parameter.key in values:
-            parameter.value = values[parameter.key]
-            parameter.required = False
-
-    return visitors.cloned_traverse(statement, {"maintain_key": True}, {"bindparam": bind})
 
 
 # Where a SQLite write keeps its notifications until it commits (the connection's `info`).
