@@ -20,6 +20,7 @@ import sqlite_vec  # type: ignore[import-untyped]
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from parley.store.checkpoints import Checkpoints
@@ -431,6 +432,73 @@ def notify_each(connection: sa.Connection, channel: str, statement: sa.UpdateBas
         return
     for (payload,) in connection.execute(statement):
         notify(connection, channel, payload)
+
+
+# A statement of `write_together`, and what it writes: an INSERT's rows (none: nothing to write), or the values of
+# the bound parameters of another statement.
+Together = tuple[sa.Insert | sa.Update, list[dict[str, Any]] | dict[str, Any]]
+
+
+def write_together(connection: sa.Connection, writes: list[Together], notice: tuple[str, str] | None = None) -> None:
+    """Runs writes none of which needs to see the others' rows (nor touches theirs), then `notify(*notice)`.
+
+    On PostgreSQL as one statement, each write a data-modifying CTE (foreign keys are checked at its end), which
+    is atomic alone: run with `Database.write(autocommit=True)`, one round trip instead of one a write and the
+    BEGIN and COMMIT about them. A background job's creation took six, its final state five: as one each, a
+    job's writes took Parley 1.42-1.49 ms of CPU rather than 2.36-2.42, and PostgreSQL 0.73-0.75 rather than
+    1.00-1.05 (a microbenchmark of a job's creation, claim and final state). On SQLite, one after another, in
+    the caller's transaction.
+    """
+    writes = [(statement, values) for statement, values in writes if values]
+    if connection.dialect.name != "postgresql":
+        for statement, values in writes:
+            connection.execute(statement, values)
+        if notice is not None:
+            notify(connection, *notice)
+        return
+    shape = (notice is not None, *((statement, _columns(values)) for statement, values in writes))
+    together = _TOGETHER.get(shape)
+    if together is None:
+        together = _TOGETHER[shape] = _together(shape)
+    parameters: dict[str, Any] = {}
+    for i, (_, values) in enumerate(writes):
+        if isinstance(values, list):
+            parameters[f"rows_{i}"] = values
+        else:
+            parameters.update(values)
+    if notice is not None:
+        parameters.update(notice_channel=notice[0], notice_payload=notice[1])
+    connection.execute(together, parameters)
+
+
+# `write_together`'s statements on PostgreSQL, by shape (whether it notifies; each write's statement and the columns
+# of its rows), built once: SQLAlchemy caches the compiled form of a statement whose values are parameters, not of
+# a multi-row INSERT's, and compiling that anew each time cost Parley more than the round trips saved (3.9 against
+# 2.35 ms of CPU a background job's writes).
+_TOGETHER: dict[tuple[Any, ...], sa.Select[Any]] = {}
+
+
+def _columns(values: list[dict[str, Any]] | dict[str, Any]) -> tuple[str, ...] | None:
+    return tuple(values[0]) if isinstance(values, list) else None
+
+
+def _together(shape: tuple[Any, ...]) -> sa.Select[Any]:
+    """One statement of a shape of `write_together`: each INSERT's rows from one parameter (`rows_<i>`, a JSON
+    array of its rows, through `jsonb_to_recordset`), each other statement with its own parameters."""
+    notifies, *writes = shape
+    ctes = []
+    for i, (statement, columns) in enumerate(writes):
+        if columns is not None:
+            table = statement.table
+            rows = (
+                sa.func.jsonb_to_recordset(sa.bindparam(f"rows_{i}", type_=JSONB))
+                .table_valued(*(sa.column(name, table.c[name].type) for name in columns))
+                .render_derived(name=f"rows_{i}", with_types=True)
+            )
+            statement = table.insert().from_select(list(columns), sa.select(*(rows.c[name] for name in columns)))
+        ctes.append(statement.cte(f"write_{i}"))
+    head = sa.func.pg_notify(sa.bindparam("notice_channel"), sa.bindparam("notice_payload")) if notifies else None
+    return sa.select(head if head is not None else sa.literal(1)).add_cte(*ctes)
 
 
 # Where a SQLite write keeps its notifications until it commits (the connection's `info`).

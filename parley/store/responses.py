@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from parley.store.database import Database, notify, notify_each
+from parley.store.database import Database, Together, notify, notify_each, write_together
 from parley.store.owners import Caller, visible_to
 from parley.store.pagination import Page, PageRequest, read_page
 from parley.store.tables import conversation_items, response_events, response_items, responses
@@ -197,6 +197,13 @@ class ResponseStore:
         values = {"response_id": response["id"], "status": response["status"], "body": _without_output(response)}
         kept = _kept_rows(response) if replace else None
 
+        if kept is None and (events is None or not events.announce):
+            writes: list[Together] = [(_FINISH_RESPONSE, values), (_INSERT_ITEMS, rows)]
+            if events is not None and events.events:
+                writes.append((_INSERT_EVENTS, [_events_row(response["id"], events.first, events.events)]))
+            await self.db.write(lambda connection: write_together(connection, writes), autocommit=True)
+            return
+
         def finish(connection: sa.Connection) -> None:
             connection.execute(_FINISH_RESPONSE, values)
             if kept is not None:
@@ -255,13 +262,8 @@ class ResponseStore:
     ) -> None:
         # The rows are made here, on the event loop, which may change the response once it has handed them on.
         row = _response_row(response, lease_until, owner)
-
-        def insert(connection: sa.Connection) -> None:
-            connection.execute(_INSERT_RESPONSE, row)
-            if rows:
-                connection.execute(_INSERT_ITEMS, rows)
-
-        await self.db.write(insert)
+        writes: list[Together] = [(_INSERT_RESPONSE, [row]), (_INSERT_ITEMS, rows)]
+        await self.db.write(lambda connection: write_together(connection, writes), autocommit=True)
 
     async def get(self, response_id: str, caller: Caller) -> dict[str, Any] | None:
         return await self.db.read(lambda connection: _read_response(connection, response_id, caller), autocommit=True)
@@ -285,15 +287,11 @@ class ResponseStore:
         row.update(job=sealed_job, claim=claim)
         rows = [] if response.get("conversation") else _item_rows(response["id"], "input", input_items)
 
-        def insert(connection: sa.Connection) -> None:
-            connection.execute(_INSERT_RESPONSE, row)
-            if rows:
-                connection.execute(_INSERT_ITEMS, rows)
-            _insert_events(connection, response["id"], 0, events)
-            if announce:
-                notify(connection, JOBS_CHANNEL, "")
-
-        await self.db.write(insert)
+        writes: list[Together] = [(_INSERT_RESPONSE, [row]), (_INSERT_ITEMS, rows)]
+        if events:
+            writes.append((_INSERT_EVENTS, [_events_row(response["id"], 0, events)]))
+        notice = (JOBS_CHANNEL, "") if announce else None
+        await self.db.write(lambda connection: write_together(connection, writes, notice), autocommit=True)
 
     async def claim_jobs(self, token: str, limit: int, *, look_first: bool = True) -> list[Job]:
         """Takes up to `limit` queued jobs, oldest first, for the server `token`: those no server holds, and its
