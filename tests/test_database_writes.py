@@ -95,3 +95,20 @@ async def test_a_write_alone_that_fails_is_rolled_back_whole(databases: tuple[Da
         await writer.write(_write(14, transactions))
     assert await writer.read(lambda c: c.exec_driver_sql("SELECT count(*) FROM notes").scalar()) == 0
     assert await writer.write(_write(15, transactions)) == 15
+
+
+async def test_the_log_is_checkpointed_as_writes_go_on(databases: tuple[Database, Database]) -> None:
+    """SQLite's own checkpoint is off (`wal_autocheckpoint=0`): a thread of the server's checkpoints the WAL, so
+    that the log stays as short as a few writes rather than growing with every one (parley.store.checkpoints)."""
+    writer, _ = databases
+    wal = Path(str(writer.url.database) + "-wal")
+    blob = "x" * 200_000
+    for number in range(200):  # 40 MB written in all, 200 KB a transaction
+        await writer.write(
+            lambda c, n=number: c.execute(
+                sa.text("INSERT INTO notes (id, word) VALUES (:id, :word)"), {"id": n, "word": f"{n}{blob}"}
+            )
+        )
+        if number % 10 == 9:
+            await asyncio.sleep(0.06)  # a checkpoint's turn comes every 50 ms at most
+    assert wal.stat().st_size < 10_000_000, f"the WAL grew to {wal.stat().st_size} bytes"
