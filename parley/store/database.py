@@ -8,7 +8,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -228,15 +228,14 @@ class Database:
                 group = self._take_group()
                 if not group:
                     continue
+                works = [work for work, _, _ in group]
                 try:
                     if group[0][2]:
-                        works = [work for work, _, _ in group]
                         outcomes = await asyncio.get_running_loop().run_in_executor(
                             self._offloaded, self._sqlite_write, works, None
                         )
                     else:
-                        locked = await self._write_lock(group)
-                        works = [work for work, _, _ in group]
+                        locked = await self._write_lock(works)
                         outcomes = self._sqlite_write(works, locked, _SQLITE_LOOP_BUDGET_SECONDS)
                 except Exception as exc:  # the lock not had within the wait
                     outcomes = [(False, exc)] * len(group)
@@ -273,22 +272,17 @@ class Database:
                 break
         return group
 
-    async def _write_lock(self, group: list[Any]) -> sa.Connection | None:
-        """A connection holding SQLite's write lock (BEGIN IMMEDIATE), tried now and again every 0.1 to 1 ms
-        while another process writes, up to `_SQLITE_WRITE_WAIT_SECONDS`; None for a group of notifications
-        alone, which needs none."""
+    async def _write_lock(self, works: list[Work[Any]]) -> sa.Connection | None:
+        """A connection holding SQLite's write lock (BEGIN IMMEDIATE), tried again while another process writes
+        (`_lock_pauses`); None for notifications alone, which need none."""
         assert self._sqlite is not None
-        if all(isinstance(work, _Notice) for work, _, _ in group):
+        if all(isinstance(work, _Notice) for work in works):
             return None
         connection = self._sqlite.connect()
         try:
-            deadline = time.monotonic() + _SQLITE_WRITE_WAIT_SECONDS
-            pause = 0.0001
+            pauses = _lock_pauses()
             while not _try_write_lock(connection):
-                if time.monotonic() > deadline:
-                    raise sqlean.OperationalError("database is locked")
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 0.001)
+                await asyncio.sleep(next(pauses))
         except BaseException:
             connection.close()
             raise
@@ -600,17 +594,24 @@ def _sqlite_begin(connection: sa.Connection) -> None:
     if how != "wait":
         connection.exec_driver_sql("BEGIN")
         return
-    # Waiting here, not in SQLite's busy handler: it sleeps 1, 2, 5, 10, 15 ms and on, while another process's
-    # write takes well under one; two `parley serve` workers on one file lost a fifth of their time so (bench/
-    # background.py: 23% of both cores idle). The lock is tried every 0.1 to 1 ms instead, up to the 30 s
-    # the connection's own timeout would wait.
+    pauses = _lock_pauses()
+    while not _try_write_lock(connection):
+        time.sleep(next(pauses))
+
+
+def _lock_pauses() -> Iterator[float]:
+    """The pauses between two tries of SQLite's write lock while another connection holds it: 0.1 ms, doubling
+    up to 1 ms, until the 30 s the connections' own timeout would wait; then "database is locked".
+
+    Waiting so, not in SQLite's busy handler: it sleeps 1, 2, 5, 10, 15 ms and on, while another process's
+    write takes well under one; two `parley serve` workers on one file lost a fifth of their time so (bench/
+    background.py: 23% of both cores idle)."""
     deadline = time.monotonic() + _SQLITE_WRITE_WAIT_SECONDS
     pause = 0.0001
-    while not _try_write_lock(connection):
-        if time.monotonic() > deadline:
-            raise sqlean.OperationalError("database is locked")
-        time.sleep(pause)
+    while time.monotonic() <= deadline:
+        yield pause
         pause = min(pause * 2, 0.001)
+    raise sqlean.OperationalError("database is locked")
 
 
 def _try_write_lock(connection: sa.Connection) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from parley.store.database import Database, Together, notify, notify_each, write_together
+from parley.store.database import Database, Together, notify_each, write_together
 from parley.store.owners import Caller, visible_to
 from parley.store.pagination import Page, PageRequest, read_page
 from parley.store.tables import conversation_items, response_events, response_items, responses
@@ -195,23 +195,20 @@ class ResponseStore:
         elif response["status"] == "failed":
             rows = _all_rows(response["id"], input_items, output_items)
         values = {"response_id": response["id"], "status": response["status"], "body": _without_output(response)}
-        kept = _kept_rows(response) if replace else None
-
-        if kept is None and (events is None or not events.announce):
-            writes: list[Together] = [(_FINISH_RESPONSE, values), (_INSERT_ITEMS, rows)]
-            if events is not None and events.events:
-                writes.append((_INSERT_EVENTS, [_events_row(response["id"], events.first, events.events)]))
-            await self.db.write(lambda connection: write_together(connection, writes), autocommit=True)
+        writes: list[Together] = [(_FINISH_RESPONSE, values), (_INSERT_ITEMS, rows)]
+        notice = None
+        if events is not None:
+            batch, notice = _batch_write(response["id"], events)
+            writes.append(batch)
+        if not replace:
+            await self.db.write(lambda connection: write_together(connection, writes, notice), autocommit=True)
             return
+        # What was kept goes first: the output in its place takes the same positions.
+        kept = _kept_rows(response)
 
         def finish(connection: sa.Connection) -> None:
-            connection.execute(_FINISH_RESPONSE, values)
-            if kept is not None:
-                connection.execute(kept)
-            if rows:
-                connection.execute(_INSERT_ITEMS, rows)
-            if events is not None:
-                _keep_events(connection, response["id"], events)
+            connection.execute(kept)
+            write_together(connection, writes, notice)
 
         await self.db.write(finish)
 
@@ -303,8 +300,8 @@ class ResponseStore:
         """
         if look_first:
             picked = {"token": token, "now": time.time(), "limit": limit}
-            pick = _PICK_JOBS
-            if not await self.db.read(lambda connection: connection.execute(pick, picked).first(), autocommit=True):
+            found = await self.db.read(lambda c: c.execute(_PICK_JOBS, picked).first(), autocommit=True)
+            if found is None:
                 return []
 
         def claim(connection: sa.Connection) -> list[Job]:
@@ -382,7 +379,8 @@ class ResponseStore:
 
     async def add_events(self, response_id: str, events: EventBatch) -> None:
         """Keeps a batch of a background response's events (and then announces them, when it is to)."""
-        await self.db.write(lambda connection: _keep_events(connection, response_id, events), autocommit=True)
+        batch, notice = _batch_write(response_id, events)
+        await self.db.write(lambda connection: write_together(connection, [batch], notice), autocommit=True)
 
     async def announce_events(self, response_id: str) -> None:
         """Tells the servers following a background response that its events written so far are all in."""
@@ -587,11 +585,6 @@ def _read_response(connection: sa.Connection, response_id: str, caller: Caller) 
     return {**row.body, "status": row.status, "output": list(output)}
 
 
-def _insert_events(connection: sa.Connection, response_id: str, first: int, events: list[tuple[str, str]]) -> None:
-    if events:
-        connection.execute(_INSERT_EVENTS, _events_row(response_id, first, events))
-
-
 def _events_row(response_id: str, first: int, events: list[tuple[str, str]]) -> dict[str, Any]:
     return {
         "response_id": response_id,
@@ -601,16 +594,11 @@ def _events_row(response_id: str, first: int, events: list[tuple[str, str]]) -> 
     }
 
 
-def _keep_events(connection: sa.Connection, response_id: str, batch: EventBatch) -> None:
-    if batch.announce and batch.events:
-        # The batch and its NOTIFY together: one round trip of a follower's wait on PostgreSQL instead of two.
-        # (Built here: PostgreSQL's form puts it in a CTE, whose values must be its own, not the execution's.)
-        statement = response_events.insert().values(_events_row(response_id, batch.first, batch.events))
-        notify_each(connection, EVENTS_CHANNEL, statement.returning(response_events.c.response_id))
-        return
-    _insert_events(connection, response_id, batch.first, batch.events)
-    if batch.announce:
-        notify(connection, EVENTS_CHANNEL, response_id)
+def _batch_write(response_id: str, batch: EventBatch) -> tuple[Together, tuple[str, str] | None]:
+    """A batch of events as `write_together` writes it (none: nothing to write), and the notification that
+    announces it, when it is to be announced (on PostgreSQL in the same statement)."""
+    rows = [_events_row(response_id, batch.first, batch.events)] if batch.events else []
+    return (_INSERT_EVENTS, rows), (EVENTS_CHANNEL, response_id) if batch.announce else None
 
 
 def _requeue(connection: sa.Connection, response_id: str) -> None:
