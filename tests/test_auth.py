@@ -34,6 +34,7 @@ import pytest
 
 from tests.conftest import ROOT, ParleyProcess, upstream_config
 from tests.fake_upstream import FakeUpstream
+from tests.support.migrations import migrate_to
 from tests.support.own_server import own_database
 
 ECHO = "fake/fake-echo"
@@ -91,29 +92,6 @@ def ownerless(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstr
     # Back to the schema before owners: the keyed server migrates these rows as an upgrade would.
     migrate_to(database_url, "0003")
     return Ownerless(response.id, conversation.id, server.output)
-
-
-def migrate_to(database_url: str, revision: str) -> None:
-    """Alembic down to `revision`, with the migrations Parley runs up at start."""
-    from alembic import command
-    from alembic.config import Config
-
-    from parley.store import Database
-
-    def downgrade(connection: Any) -> None:
-        config = Config()
-        config.set_main_option("script_location", str(ROOT / "parley" / "store" / "migrations"))
-        config.attributes["connection"] = connection
-        command.downgrade(config, revision)
-
-    async def run() -> None:
-        database = Database(database_url)
-        try:
-            await database.write(downgrade)
-        finally:
-            await database.close()
-
-    asyncio.run(run())
 
 
 def keyed_config(fake: FakeUpstream, database_url: str) -> dict[str, Any]:

@@ -47,9 +47,17 @@ def _jsonb_dumps(value: Any) -> str:
 
     Requests carrying one are refused (see `api.body`); one that a model or a
     tool produced is stored as U+FFFD, so that the turn is still stored.
+    Bytes (a `bytea` column's, in `write_together`'s rows) are written as
+    PostgreSQL reads bytea from text, `\\x` and their hex.
     """
-    text = orjson.dumps(value).decode()
+    text = orjson.dumps(value, default=_bytea).decode()
     return _NUL_ESCAPE.sub(r"\1\\ufffd", text) if "\\u0000" in text else text
+
+
+def _bytea(value: Any) -> str:
+    if isinstance(value, bytes):
+        return "\\x" + value.hex()
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 T = TypeVar("T")

@@ -51,14 +51,15 @@ responses = sa.Table(
     sa.Index("ix_responses_owner_seq", "owner", "seq"),
 )
 
-# A background response's events, in batches, for a stream to be followed again from any point.
+# A background response's events, in batches, for a stream to be followed again from any point: `events`, a batch's
+# [type, data] pairs as JSON, compressed (parley.store.responses._pack).
 response_events = sa.Table(
     "response_events",
     metadata,
     sa.Column("response_id", sa.String(64), sa.ForeignKey("responses.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("first", sa.Integer, primary_key=True),
     sa.Column("last", sa.Integer, nullable=False),
-    sa.Column("events", sa.Text, nullable=False),
+    sa.Column("events", sa.LargeBinary, nullable=False),
 )
 
 response_items = sa.Table(
