@@ -202,7 +202,7 @@ class ResponseStore:
             batch, notice = _batch_write(response["id"], events)
             writes.append(batch)
         if not replace:
-            await self.db.write(lambda connection: write_together(connection, writes, notice), autocommit=True)
+            await self.db.write_together(writes, notice)
             return
         # What was kept goes first: the output in its place takes the same positions.
         kept = _kept_rows(response)
@@ -261,7 +261,7 @@ class ResponseStore:
         # The rows are made here, on the event loop, which may change the response once it has handed them on.
         row = _response_row(response, lease_until, owner)
         writes: list[Together] = [(_INSERT_RESPONSE, [row]), (_INSERT_ITEMS, rows)]
-        await self.db.write(lambda connection: write_together(connection, writes), autocommit=True)
+        await self.db.write_together(writes)
 
     async def get(self, response_id: str, caller: Caller) -> dict[str, Any] | None:
         return await self.db.read(lambda connection: _read_response(connection, response_id, caller), autocommit=True)
@@ -289,7 +289,7 @@ class ResponseStore:
         if events:
             writes.append((_INSERT_EVENTS, [_events_row(response["id"], 0, events)]))
         notice = (JOBS_CHANNEL, "") if announce else None
-        await self.db.write(lambda connection: write_together(connection, writes, notice), autocommit=True)
+        await self.db.write_together(writes, notice)
 
     async def claim_jobs(self, token: str, limit: int, *, look_first: bool = True) -> list[Job]:
         """Takes up to `limit` queued jobs, oldest first, for the server `token`: those no server holds, and its
@@ -381,7 +381,7 @@ class ResponseStore:
     async def add_events(self, response_id: str, events: EventBatch) -> None:
         """Keeps a batch of a background response's events (and then announces them, when it is to)."""
         batch, notice = _batch_write(response_id, events)
-        await self.db.write(lambda connection: write_together(connection, [batch], notice), autocommit=True)
+        await self.db.write_together([batch], notice)
 
     async def announce_events(self, response_id: str) -> None:
         """Tells the servers following a background response that its events written so far are all in."""
