@@ -24,9 +24,7 @@ TOKENS = 200
 
 
 def config_of(fake: FakeUpstream, database_url: str) -> dict[str, Any]:
-    config = upstream_config(fake)
-    config["storage"] = {"url": database_url}
-    return config
+    return {**upstream_config(fake), "storage": {"url": database_url}}
 
 
 @pytest.fixture(scope="module")
