@@ -340,6 +340,11 @@ def test_cancel_of_an_ended_or_a_foreground_response_is_a_400(client: openai.Ope
     ended(client, done.id)
     with pytest.raises(openai.BadRequestError, match="Cannot cancel a completed response"):
         client.responses.cancel(done.id)
+    words = " ".join(f"w{i}" for i in range(20))
+    cut = client.responses.create(model="fake/fake-echo", input=words, max_output_tokens=16, background=True)
+    assert ended(client, cut.id).status == "incomplete"
+    with pytest.raises(openai.BadRequestError, match="Cannot cancel an incomplete response"):
+        client.responses.cancel(cut.id)
     foreground = client.responses.create(model="fake/fake-echo", input="quick")
     with pytest.raises(openai.BadRequestError, match="background"):
         client.responses.cancel(foreground.id)

@@ -903,7 +903,8 @@ class ResponseService:
         if status == "cancelled":
             return response
         if status in TERMINAL:
-            raise InvalidRequestError(f"Cannot cancel a {status} response.")
+            article = "an" if status[0] in "aeiou" else "a"
+            raise InvalidRequestError(f"Cannot cancel {article} {status} response.")
         if status == "queued" and await self.store.cancel_queued(response_id):
             waiting = self._waiting_streams.pop(response_id, None)
             if waiting is not None:
