@@ -458,15 +458,12 @@ def write_together(connection: sa.Connection, writes: list[Together], notice: tu
     BEGIN and COMMIT about them. A background job's creation took six, its final state five: as one each, a
     job's writes took Parley 1.42-1.49 ms of CPU rather than 2.36-2.42, and PostgreSQL 0.73-0.75 rather than
     1.00-1.05 (a microbenchmark of a job's creation, claim and final state). On SQLite, one after another, in
-    the caller's transaction.
+    the caller's transaction, by the driver (`_DriverWrites`).
     """
-    writes = [(statement, values) for statement, values in writes if values]
     if connection.dialect.name != "postgresql":
-        for statement, values in writes:
-            connection.execute(statement, values)
-        if notice is not None:
-            notify(connection, *notice)
+        _DriverWrites(writes, notice, connection.dialect)(connection)
         return
+    writes = [(statement, values) for statement, values in writes if values]
     shape = (notice is not None, *((statement, _columns(values)) for statement, values in writes))
     together = _TOGETHER.get(shape)
     if together is None:

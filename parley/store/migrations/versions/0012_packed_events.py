@@ -16,6 +16,8 @@ Create Date: 2026-12-05
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -28,7 +30,7 @@ depends_on = None
 _CHUNK = 1000
 
 
-def _convert(source: str, target: str, change: object) -> None:
+def _convert(source: str, target: str, change: Callable[[Any], Any]) -> None:
     """Writes each row's `source` column, changed by `change`, into its `target` column, in chunks of rows in key
     order."""
     table = sa.table(
@@ -51,7 +53,7 @@ def _convert(source: str, target: str, change: object) -> None:
             table.update()
             .where(table.c.response_id == sa.bindparam("key_id"), table.c.first == sa.bindparam("key_first"))
             .values({target: sa.bindparam("value")}),
-            [{"key_id": row[0], "key_first": row[1], "value": change(row[2])} for row in rows],  # type: ignore[operator]
+            [{"key_id": row[0], "key_first": row[1], "value": change(row[2])} for row in rows],
         )
         after = (rows[-1][0], rows[-1][1])
 
